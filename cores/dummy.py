@@ -1,0 +1,141 @@
+"""The dummy core: an engine model (``llmlib.engine_model``) run in real time.
+
+It needs no GPU, model or server. Output tokens are the reference output when the sample
+has one, else deterministic pseudo tokens of the sample's reference output length. First
+tokens and finals are emitted at the model's times by one engine thread; the ``zero``
+profile answers at once, in the caller's thread, so the harness's own overhead can be
+measured. ``dummy_fail_after`` makes the engine die after that many requests, to exercise
+the failure path (every pending query completes as failed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmlib.clock import Clock
+from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
+from llmlib.engine_model import make_model, profile_from_config
+from llmlib.errors import HealthCheckError
+from llmlib.registry import register_core
+from llmlib.request import LLMRequest, LLMResponse
+from llmlib.tokens import pseudo_tokens
+
+
+@register_core("dummy")
+class DummyCore(LLMCore):
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+
+    def __init__(
+        self,
+        core_id: int,
+        cfg: Any,
+        callback: CompletionCallback | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(core_id, cfg, callback)
+        self.profile = profile_from_config(cfg)
+        self.clock = clock or Clock()
+        self._seed, self._vocab = int(cfg.seed), int(cfg.vocab_size)
+        self._fail_after = int(getattr(cfg, "dummy_fail_after", -1))
+        self._accepted = 0
+        self._live: dict[int, tuple[LLMRequest, np.ndarray]] = {}
+        self._inbox: list[LLMRequest] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        if not self.profile.is_zero:
+            self._model = make_model(self.profile)
+            self._thread = threading.Thread(target=self._run, name=f"dummy-{core_id}", daemon=True)
+            self._thread.start()
+
+    def output_tokens(self, req: LLMRequest) -> np.ndarray:
+        """What this core answers for ``req`` (a pure function of the request)."""
+        if req.reference_tokens is not None:
+            return req.reference_tokens[: req.max_new_tokens]
+        n = req.output_len if req.output_len is not None else req.max_new_tokens
+        return pseudo_tokens(
+            self._seed, self._vocab, req.sample_index, max(1, min(n, req.max_new_tokens))
+        )
+
+    def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
+        if self._thread is None:
+            self._answer_now(requests)
+            return
+        with self._cond:
+            self._inbox.extend(requests)
+            self._cond.notify()
+
+    def _answer_now(self, requests: Sequence[LLMRequest]) -> None:
+        self._count(len(requests))
+        now, cid, out = self.clock.now_ns(), self.core_id, []
+        for req in requests:
+            tokens = self.output_tokens(req)
+            if req.stream:
+                out.append(LLMResponse(req.request_id, tokens[:1], False, now, cid))
+            out.append(LLMResponse(req.request_id, tokens, True, now, cid))
+        self._deliver(out)
+
+    def _count(self, n: int) -> None:
+        self._accepted += n
+        if 0 <= self._fail_after < self._accepted:
+            self._fail(f"injected failure after {self._fail_after} requests (dummy_fail_after)")
+            raise RuntimeError("dummy core failed on purpose")
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._step(batch)
+        except Exception as exc:  # the engine died: everything pending fails, nothing hangs
+            if self._dead is None:
+                self._fail(repr(exc))
+
+    def _next_batch(self) -> list[LLMRequest] | None:
+        """Wait for new requests or the model's next event; None when closing."""
+        clock, cond = self.clock, self._cond
+        with cond:
+            while not self._closing:
+                if self._inbox:
+                    break
+                wake = self._model.next_wakeup_ns()
+                if wake is not None and wake <= clock.now_ns():
+                    break
+                clock.wait(cond, wake)
+            if self._closing:
+                return None
+            batch, self._inbox = self._inbox, []
+            return batch
+
+    def _step(self, batch: list[LLMRequest]) -> None:
+        model, live, now = self._model, self._live, self.clock.now_ns()
+        if batch:
+            self._count(len(batch))
+        for req in batch:
+            tokens = self.output_tokens(req)
+            live[req.request_id] = (req, tokens)
+            model.submit(req.request_id, now, len(req.input_tokens), len(tokens))
+        events = model.advance(self.clock.now_ns())
+        if not events:
+            return
+        t, cid, out = self.clock.now_ns(), self.core_id, []
+        for _, rid, final in events:
+            if final:
+                req, tokens = live.pop(rid)
+                out.append(LLMResponse(rid, tokens, True, t, cid))
+            elif live[rid][0].stream:
+                out.append(LLMResponse(rid, live[rid][1][:1], False, t, cid))
+        self._deliver(out)
+
+    def _health_check_impl(self) -> None:
+        if self._thread is not None and not self._thread.is_alive():
+            raise HealthCheckError("engine thread is not running")
+
+    def _close_impl(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)

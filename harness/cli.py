@@ -1,0 +1,194 @@
+"""``python -m harness``: parse flags, validate everything up front, then run each
+(benchmark, scenario, mode) in its own process and results directory, and print a table.
+
+Bad input exits with status 2 and one line naming the bad value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmlib.config import _FIELD_LIST, FIELDS, REPO_ROOT, Config, benchmark_names, resolve
+from llmlib.engine_model import profile_from_config
+from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
+from llmlib.policies import POLICIES
+from llmlib.registry import core_names
+
+from .report import console_table
+
+MODES = {
+    "PerformanceOnly": ["PerformanceOnly"],
+    "AccuracyOnly": ["AccuracyOnly"],
+    "SubmissionRun": ["PerformanceOnly", "AccuracyOnly"],
+}
+MODE_DIR = {"PerformanceOnly": "performance", "AccuracyOnly": "accuracy"}
+_ACTIONS = ("help", "print_config")
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    """``--name=value`` / ``--name value`` / bare ``--bool_flag`` into raw strings."""
+    flags: dict[str, str] = {}
+    actions: set[str] = set()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            actions.add("help")
+            continue
+        if not arg.startswith("--"):
+            raise ConfigError(
+                f"unexpected argument '{arg}': flags look like --name=value (see --help)"
+            )
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name in _ACTIONS:
+            actions.add(name)
+            continue
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, [*FIELDS, *_ACTIONS], n=1, cutoff=0.6)
+            hint = f" Did you mean '--{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown flag '--{name}'.{hint} Run with --help for all flags.")
+        if not eq:
+            if FIELDS[name].type is bool and (i >= len(args) or args[i].startswith("--")):
+                value = "true"
+            elif i < len(args):
+                value, i = args[i], i + 1
+            else:
+                raise ConfigError(f"flag '--{name}' needs a value")
+        flags[name] = value
+    return flags, actions
+
+
+def help_text() -> str:
+    lines = [
+        "usage: python -m harness [--name=value ...]   (make run_harness RUN_ARGS=...)",
+        "",
+        "Precedence: explicit > flag > environment overlay > YAML (configs/) > default.",
+        "Flag strings are key1:value1,key2:value2. --print_config shows every resolved",
+        "value and where it came from.",
+        "",
+    ]
+    group = None
+    for f in _FIELD_LIST:
+        if f.group != group:
+            group = f.group
+            lines.append(f"[{group}]")
+        typ = f.type if isinstance(f.type, str) else f.type.__name__
+        default = (
+            ",".join(f.default) if f.type == "list" else (f.default if f.type != "flags" else "")
+        )
+        env = f"  (env {f.env})" if f.env else ""
+        lines.append(f"  --{f.name}=<{typ}>  default: {default!s}{env}")
+        lines.append(f"      {f.help}")
+    lines += [
+        "",
+        f"core types: {', '.join(core_names())}",
+        f"benchmarks: {', '.join(benchmark_names(FIELDS['config_dir'].default))}",
+        f"traffic policies: {', '.join(POLICIES)}",
+    ]
+    return "\n".join(lines)
+
+
+def validate(cfg: Config) -> None:
+    """Everything that can be checked before a process is started."""
+    if cfg.core_type not in core_names():
+        raise UnknownNameError("core type", cfg.core_type, core_names())
+    pol = cfg.traffic_distribution_policy
+    if pol and pol not in POLICIES:
+        raise UnknownNameError("traffic distribution policy", pol, POLICIES)
+    for name in ("user_conf", "audit_config"):
+        path = getattr(cfg, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"--{name}: file not found: {path}")
+    if cfg.core_type == "dummy":
+        profile_from_config(cfg)
+
+
+def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Config]:
+    """One resolved, validated Config per (benchmark, scenario)."""
+    base = resolve(flags, env=env)
+    known = benchmark_names(base.config_dir)
+    for b in base.benchmarks:
+        if b not in known:
+            raise UnknownNameError("benchmark", b, known)
+    return [
+        resolve(flags, benchmark=b, scenario=s, env=env, validate=validate)
+        for b in base.benchmarks
+        for s in base.scenarios
+    ]
+
+
+def run_child(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any] | None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = run_dir / "spec.json"
+    spec.write_text(json.dumps({"config": cfg.to_json(), "mode": mode, "run_dir": str(run_dir)}))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    rc = subprocess.call(
+        [sys.executable, "-m", "harness", "_run_one", str(spec)], cwd=run_dir, env=env
+    )
+    summary = run_dir / "summary.json"
+    if rc != 0 or not summary.is_file():
+        print(
+            f"error: {cfg.benchmark}/{cfg.scenario}/{MODE_DIR[mode]} failed (exit {rc}); "
+            f"see {run_dir / 'harness.log'}",
+            file=sys.stderr,
+        )
+        return None
+    return json.loads(summary.read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_run_one"]:
+        from .runner import main_child
+
+        return main_child(argv[1])
+    try:
+        flags, actions = parse_flags(argv)
+        if "help" in actions:
+            print(help_text())
+            return 0
+        configs = plan(flags)
+    except LLMLibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "print_config" in actions:
+        print("\n\n".join(c.describe() for c in configs))
+        return 0
+    if Path("audit.config").is_file():
+        print(
+            f"note: {Path('audit.config').resolve()} is present. LoadGen would apply it "
+            "silently; llmlib runs each test in its own directory and does NOT use it. "
+            "Pass --audit_config=PATH to apply an audit config.",
+            file=sys.stderr,
+        )
+    stamp = time.strftime("%Y.%m.%d-%H.%M.%S")
+    root = Path(configs[0].log_dir) / stamp / configs[0].system_name
+    summaries, failed = [], 0
+    for cfg in configs:
+        for mode in MODES[cfg.test_mode]:
+            run_dir = (root / cfg.benchmark / cfg.scenario / MODE_DIR[mode]).resolve()
+            s = run_child(cfg, mode, run_dir)
+            if s is None:
+                failed += 1
+            else:
+                summaries.append(s)
+    if summaries:
+        print()
+        print(console_table(summaries))
+        print()
+        for s in summaries:
+            print(f"report: {Path(s['run_dir']) / 'report.md'}")
+    print(f"results: {root.resolve()}")
+    return 1 if failed else 0

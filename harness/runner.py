@@ -1,0 +1,203 @@
+"""One LoadGen test (benchmark, scenario, mode) in this process, in its own directory.
+
+Run by the driver as ``python -m harness _run_one <spec.json>`` with the run directory as
+working directory: LoadGen's FromConfig reads the embedded mlperf.conf only on its first
+call in a process, and would silently apply an ``audit.config`` found in the working
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from llmlib.config import Config
+from llmlib.core import LLMCore
+from llmlib.errors import LLMLibError
+from llmlib.metrics import RequestLog
+from llmlib.policies import DEFAULT_POLICY, make_policy
+from llmlib.registry import get_core_class
+from llmlib.request import LLMRequest
+from llmlib.server import LLMServer
+from llmlib.warmup import run_warmup, wait_until_healthy
+from llmlib.workloads import BenchmarkSpec, Dataset, SyntheticDataset, load_benchmark
+
+from .progress import Progress
+from .report import harness_result, loadgen_result, overall_validity, parse_detail_log, write_report
+from .sut import HarnessSUT, LoadGenSink
+
+log = logging.getLogger("harness")
+
+LG_SCENARIO = {"offline": "Offline", "server": "Server", "singlestream": "SingleStream"}
+MODE_DIR = {"PerformanceOnly": "performance", "AccuracyOnly": "accuracy"}
+
+
+def build_cores(cfg: Config) -> list[LLMCore]:
+    cls = get_core_class(cfg.core_type)
+    n = cls.num_cores_for_workload(cfg)
+    return [cls(i, cls.config_for_core(i, cfg)) for i in range(n)]
+
+
+def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
+    return SyntheticDataset(spec, cfg.seed, cfg.vocab_size, cfg.sample_count)
+
+
+def warmup_requests(ds: Dataset, count: int, stream: bool) -> list[LLMRequest]:
+    return [
+        LLMRequest(
+            -1 - i,
+            i % len(ds),
+            ds.input_tokens(i % len(ds)),
+            ds.max_new_tokens,
+            stream,
+            ds.output_len(i % len(ds)),
+            ds.reference_tokens(i % len(ds)),
+            time.perf_counter_ns(),
+        )
+        for i in range(count)
+    ]
+
+
+def test_settings(
+    lg: Any,
+    cfg: Config,
+    spec: BenchmarkSpec,
+    mode: str,
+    n_samples: int,
+    run_dir: Path,
+    notes: list[str],
+) -> Any:
+    """mlperf.conf, then user.conf, then the settings given to llmlib (non-zero ones)."""
+    scen = LG_SCENARIO[cfg.scenario]
+    user_conf = run_dir / "user.conf"
+    if cfg.user_conf:
+        shutil.copyfile(cfg.user_conf, user_conf)
+    else:
+        user_conf.write_text("")
+    ts = lg.TestSettings()
+    ts.FromConfig(str(user_conf), spec.mlperf_model, scen, 1)
+    ts.scenario = getattr(lg.TestScenario, scen)
+    ts.mode = getattr(lg.TestMode, mode)
+    if cfg.server_target_qps > 0:
+        ts.server_target_qps = cfg.server_target_qps
+    if cfg.offline_expected_qps > 0:
+        ts.offline_expected_qps = cfg.offline_expected_qps
+    if cfg.single_stream_expected_latency_ms > 0:
+        ts.single_stream_expected_latency_ns = int(cfg.single_stream_expected_latency_ms * 1e6)
+    if cfg.min_duration > 0:
+        ts.min_duration_ms = cfg.min_duration
+    if cfg.min_query_count > 0:
+        ts.min_query_count = cfg.min_query_count
+    if cfg.max_query_count > 0:
+        ts.max_query_count = cfg.max_query_count
+    psc = cfg.performance_sample_count or ts.performance_sample_count_override or n_samples
+    if psc > n_samples:
+        notes.append(
+            f"performance sample count {psc} (mlperf.conf) is more than the dataset's "
+            f"{n_samples} samples; using {n_samples}"
+        )
+        psc = n_samples
+    ts.performance_sample_count_override = psc
+    return ts
+
+
+def run_one(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any]:
+    import mlperf_loadgen as lg
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    spec = load_benchmark(cfg.config_dir, cfg.benchmark)
+    notes: list[str] = []
+    dataset = build_dataset(cfg, spec)
+    stream = cfg.scenario != "offline"
+    cores = build_cores(cfg)
+    policy_name = cfg.traffic_distribution_policy or DEFAULT_POLICY[cfg.scenario]
+    server = LLMServer(cores, make_policy(policy_name, len(cores), cfg.policy_seed))
+    try:
+        wait_until_healthy(cores, cfg.readiness_timeout_s)
+        if run_warmup(server, warmup_requests(dataset, cfg.warmup_queries, stream)):
+            notes.append("some warmup queries failed (see harness.log)")
+        rlog = RequestLog()
+        sut = HarnessSUT(server, dataset, LoadGenSink(), stream, rlog, cfg.output_dtype)
+        ts = test_settings(lg, cfg, spec, mode, len(dataset), run_dir, notes)
+        settings = lg.LogSettings()
+        settings.enable_trace = cfg.enable_trace
+        settings.log_output.outdir = str(run_dir)
+        settings.log_output.copy_summary_to_stdout = False
+        audit = run_dir / "audit.config"
+        if cfg.audit_config:
+            shutil.copyfile(cfg.audit_config, audit)
+            notes.append(f"audit.config applied deliberately: {cfg.audit_config}")
+        lg_sut = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
+        qsl = lg.ConstructQSL(
+            len(dataset), ts.performance_sample_count_override, lambda s: None, lambda s: None
+        )
+        label = f"{cfg.benchmark} {cfg.scenario} {MODE_DIR[mode]}"
+        t0 = time.perf_counter_ns()
+        with Progress(
+            rlog, label, cfg.progress_interval_s, cfg.show_steady_state_progress, cfg.progress
+        ):
+            lg.StartTestWithLogSettings(
+                lg_sut, qsl, ts, settings, str(audit if cfg.audit_config else run_dir / "none")
+            )
+        duration = time.perf_counter_ns() - t0
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(lg_sut)
+    finally:
+        server.close()
+    rlog.write_csv(run_dir / "requests.csv", t0)
+    detail = parse_detail_log(run_dir / "mlperf_log_detail.txt")
+    summary_txt = run_dir / "mlperf_log_summary.txt"
+    lg_res = loadgen_result(detail, summary_txt.read_text() if summary_txt.is_file() else "")
+    h_res = harness_result(rlog, duration, server.issued)
+    validity, reasons = overall_validity(lg_res, h_res)
+    summary = {
+        "benchmark": cfg.benchmark,
+        "scenario": cfg.scenario,
+        "mode": MODE_DIR[mode],
+        "system": cfg.system_name,
+        "core_type": cfg.core_type,
+        "num_cores": len(cores),
+        "policy": policy_name,
+        "mlperf_model": spec.mlperf_model,
+        "dataset": dataset.name,
+        "samples": len(dataset),
+        "started": started,
+        "run_dir": str(run_dir),
+        "validity": validity,
+        "reasons": reasons,
+        "loadgen": lg_res,
+        "harness": h_res,
+        "notes": notes,
+        "config": cfg.values,
+        "config_sources": cfg.sources,
+    }
+    write_report(run_dir, summary)
+    return summary
+
+
+def main_child(spec_path: str) -> int:
+    """Entry of the per-test process: ``python -m harness _run_one <spec.json>``."""
+    spec = json.loads(Path(spec_path).read_text())
+    run_dir = Path(spec["run_dir"])
+    logging.basicConfig(
+        level=logging.INFO,
+        filename=run_dir / "harness.log",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cfg = Config.from_json(spec["config"])
+    (run_dir / "config.txt").write_text(cfg.describe() + "\n")
+    try:
+        run_one(cfg, spec["mode"], run_dir)
+    except LLMLibError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        log.exception("test failed")
+        raise
+    return 0

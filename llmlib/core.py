@@ -1,0 +1,211 @@
+"""The LLMCore contract: one backend engine (or endpoint) behind a small surface.
+
+Required of a subclass: ``_enqueue_impl(requests)`` and a response source that hands
+``LLMResponse`` lists to ``self._deliver`` (from its own thread, an asyncio loop or a
+callback). Optional: ``_health_check_impl``, ``_close_impl``, and the classmethods
+``num_cores_for_workload`` / ``config_for_core``.
+
+The base keeps the books: which requests are pending, telemetry (pending count, TTFT and
+TPOT moving averages), warmup mode (responses are not forwarded), and failure: if the
+backend dies, ``_fail`` completes every pending request as failed so LoadGen never hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import HealthCheckError
+from .request import LLMRequest, LLMResponse, failed_response
+
+log = logging.getLogger(__name__)
+
+CompletionCallback = Callable[[list[LLMResponse]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CoreCapabilities:
+    streaming: bool = True
+    token_ids_out: bool = True
+    loglikelihood: bool = False
+    max_concurrency: int | None = None
+
+
+class Telemetry:
+    """Live per-core numbers that traffic policies read (EWMA with weight ``alpha``)."""
+
+    __slots__ = ("alpha", "ttft_ewma_ns", "tpot_ewma_ns", "completed", "failed", "tokens")
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.ttft_ewma_ns: float | None = None
+        self.tpot_ewma_ns: float | None = None
+        self.completed = 0
+        self.failed = 0
+        self.tokens = 0
+
+    def observe_ttft(self, ns: int) -> None:
+        old = self.ttft_ewma_ns
+        self.ttft_ewma_ns = float(ns) if old is None else old + self.alpha * (ns - old)
+
+    def observe_tpot(self, ns: float) -> None:
+        old = self.tpot_ewma_ns
+        self.tpot_ewma_ns = float(ns) if old is None else old + self.alpha * (ns - old)
+
+
+class LLMCore(ABC):
+    """Base class of every backend. See the module docstring for the contract."""
+
+    name: ClassVar[str] = "abstract"
+    capabilities: ClassVar[CoreCapabilities] = CoreCapabilities()
+
+    def __init__(self, core_id: int, cfg: Any, callback: CompletionCallback | None = None) -> None:
+        self.core_id = core_id
+        self.cfg = cfg
+        self.callback = callback
+        self.telemetry = Telemetry()
+        self._pending: dict[int, LLMRequest] = {}
+        self._first_ns: dict[int, int] = {}
+        self._warmup = False
+        self._dead: str | None = None
+        self._idle = threading.Condition()
+
+    # --- sizing ---------------------------------------------------------------------------
+    @classmethod
+    def num_cores_for_workload(cls, cfg: Any) -> int:
+        """How many cores of this type the workload gets (default: ``cfg.num_cores`` or 1)."""
+        return int(getattr(cfg, "num_cores", 1) or 1)
+
+    @classmethod
+    def config_for_core(cls, index: int, cfg: Any) -> Any:
+        """The configuration core ``index`` is built with (default: the shared one)."""
+        return cfg
+
+    # --- public surface -------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None
+
+    def enqueue(self, requests: Sequence[LLMRequest]) -> None:
+        """Hand requests to the backend. Never raises for a runtime failure: the requests
+        are completed as failed instead."""
+        if not requests:
+            return
+        pending = self._pending
+        for r in requests:
+            pending[r.request_id] = r
+        if self._dead is not None:
+            self._fail_requests(requests, f"core {self.core_id} is down: {self._dead}")
+            return
+        try:
+            self._enqueue_impl(requests)
+        except Exception as exc:  # a backend failure becomes failed requests, not a hang
+            log.exception("core %d: enqueue failed", self.core_id)
+            self._fail_requests(requests, f"enqueue failed: {exc!r}")
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Block until nothing is pending; False if ``timeout_s`` passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._idle:
+            while self._pending:
+                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    @contextmanager
+    def warmup_mode(self) -> Iterator[None]:
+        """Responses produced inside are not forwarded to the callback (LoadGen never sees
+        warmup queries)."""
+        self._warmup = True
+        try:
+            yield
+        finally:
+            self._warmup = False
+
+    def run_health_check(self) -> None:
+        """Raise HealthCheckError if the backend is not ready to serve."""
+        if self._dead is not None:
+            raise HealthCheckError(f"core {self.core_id} ({self.name}) is down: {self._dead}")
+        try:
+            self._health_check_impl()
+        except HealthCheckError:
+            raise
+        except Exception as exc:
+            raise HealthCheckError(f"core {self.core_id} ({self.name}): {exc}") from exc
+
+    def close(self) -> None:
+        """Stop the backend; whatever is still pending completes as failed."""
+        try:
+            self._close_impl()
+        finally:
+            if self._pending:
+                self._fail_requests(list(self._pending.values()), "core closed with work pending")
+
+    # --- for subclasses -------------------------------------------------------------------
+    @abstractmethod
+    def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
+        """Submit requests to the backend; responses arrive later through ``_deliver``."""
+
+    def _health_check_impl(self) -> None:  # noqa: B027 - optional hook
+        """Raise if not ready. Default: ready."""
+
+    def _close_impl(self) -> None:  # noqa: B027 - optional hook
+        """Release backend resources. Default: nothing."""
+
+    def _deliver(self, responses: list[LLMResponse]) -> None:
+        """Record responses (pending, telemetry) and forward them unless warming up.
+
+        Only responses for requests still pending go on, so a request is never completed
+        twice (say, by its backend and by ``_fail`` racing it)."""
+        pending, first, tel = self._pending, self._first_ns, self.telemetry
+        forward: list[LLMResponse] = []
+        for r in responses:
+            rid = r.request_id
+            if not r.is_final:
+                req = pending.get(rid)
+                if req is not None and rid not in first:
+                    first[rid] = r.time_ns
+                    tel.observe_ttft(r.time_ns - req.issue_ns)
+                    forward.append(r)
+                continue
+            if pending.pop(rid, None) is None:
+                continue
+            forward.append(r)
+            t_first = first.pop(rid, None)
+            if r.error is not None:
+                tel.failed += 1
+                continue
+            n = len(r.output_tokens)
+            tel.completed += 1
+            tel.tokens += n
+            if t_first is not None and n > 1:
+                tel.observe_tpot((r.time_ns - t_first) / (n - 1))
+        if forward and not self._warmup and self.callback is not None:
+            self.callback(forward)
+        if not pending:
+            with self._idle:
+                self._idle.notify_all()
+
+    def _fail(self, reason: str) -> None:
+        """The backend died: mark the core down and fail everything pending."""
+        log.error("core %d (%s) failed: %s", self.core_id, self.name, reason)
+        self._dead = reason
+        self._fail_requests(list(self._pending.values()), f"core {self.core_id} failed: {reason}")
+
+    def _fail_requests(self, requests: Sequence[LLMRequest], reason: str) -> None:
+        now = time.perf_counter_ns()
+        todo = [r for r in requests if r.request_id in self._pending]
+        if todo:
+            self._deliver([failed_response(r.request_id, reason, now, self.core_id) for r in todo])
