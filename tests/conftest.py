@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from llmlib.config import Config, resolve
+from llmlib.request import LLMResponse
+
+
+def make_cfg(
+    benchmark: str | None = "tiny", scenario: str | None = "server", **explicit: Any
+) -> Config:
+    """A resolved config from the repo's YAML with no environment overlays."""
+    return resolve({}, benchmark=benchmark, scenario=scenario, env={}, explicit=explicit)
+
+
+class Collector:
+    """A completion callback that records every batch it is given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[LLMResponse]] = []
+        self.lock = threading.RLock()
+        self.done = threading.Condition(self.lock)
+
+    def __call__(self, responses: list[LLMResponse]) -> None:
+        with self.lock:
+            self.batches.append(list(responses))
+            self.done.notify_all()
+
+    @property
+    def responses(self) -> list[LLMResponse]:
+        with self.lock:
+            return [r for b in self.batches for r in b]
+
+    def finals(self) -> dict[int, LLMResponse]:
+        return {r.request_id: r for r in self.responses if r.is_final}
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+        with self.done:
+            return self.done.wait_for(pred, timeout)
+
+
+@pytest.fixture
+def collector() -> Collector:
+    return Collector()

@@ -1,0 +1,112 @@
+"""End to end through real LoadGen, one process per test, on the dummy core."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmlib.config import REPO_ROOT
+from llmlib.tokens import pseudo_tokens
+from llmlib.workloads import SyntheticDataset, load_benchmark
+
+pytestmark = pytest.mark.slow
+
+QUICK = [
+    "--min_duration=2000",
+    "--min_query_count=500",
+    "--server_target_qps=200",
+    "--progress=false",
+    "--warmup_queries=4",
+]
+
+
+def harness(tmp_path, *args, cwd=None, timeout=240):
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}", *QUICK, *args],
+        cwd=cwd or REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    summaries = {}
+    for s in (tmp_path / "logs").glob("*/*/*/*/*/summary.json"):
+        d = json.loads(s.read_text())
+        summaries[(d["scenario"], d["mode"])] = (d, s.parent)
+    return p, summaries
+
+
+def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
+    p, runs = harness(tmp_path, "--scenarios=offline,server")
+    assert p.returncode == 0, p.stderr
+    assert set(runs) == {("offline", "performance"), ("server", "performance")}
+    for (scenario, _), (s, run_dir) in runs.items():
+        assert s["validity"] == "VALID", (scenario, s["reasons"])
+        assert s["loadgen"]["validity"] == "VALID"
+        h = s["harness"]
+        assert h["failed"] == 0 and h["completed"] == h["issued"] > 0
+        assert sum(c["issued"] for c in h["per_core"].values()) == h["issued"]
+        assert len(h["per_core"]) == 2  # cpu-dummy system: two cores
+        assert s["loadgen"]["tokens_per_second"] > 0
+        for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "report.md", "config.txt"):
+            assert (run_dir / f).is_file()
+        rows = list(csv.DictReader((run_dir / "requests.csv").read_text().splitlines()))
+        assert len(rows) == h["issued"]
+        assert str(run_dir).endswith(f"cpu-dummy/tiny/{scenario}/performance")
+    server = runs[("server", "performance")][0]
+    assert server["loadgen"]["ttft_ns"]["p99"] > 0 and server["harness"]["tpot_ns"]["p99"] > 0
+    assert "report: " in p.stdout and "results: " in p.stdout
+
+
+def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
+    p, runs = harness(tmp_path, "--scenarios=server", "--num_cores=1", "--dummy_fail_after=120")
+    assert p.returncode == 0, p.stderr
+    s, _ = runs[("server", "performance")]
+    h = s["harness"]
+    assert h["failed"] > 0 and h["completed"] + h["failed"] == h["issued"]
+    assert s["validity"] == "INVALID"
+    assert any("requests failed" in r for r in s["reasons"])
+    assert any("injected failure" in e for e in h["errors"])
+
+
+def test_accuracy_mode_hands_loadgen_the_cores_token_ids(tmp_path):
+    p, runs = harness(
+        tmp_path,
+        "--scenarios=offline",
+        "--test_mode=AccuracyOnly",
+        "--engine_profile=zero",
+        "--seed=5",
+    )
+    assert p.returncode == 0, p.stderr
+    s, run_dir = runs[("offline", "accuracy")]
+    spec = load_benchmark(REPO_ROOT / "configs", "tiny")
+    ds = SyntheticDataset(spec, 5, 2048)
+    entries = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    assert len(entries) == len(ds)
+    for e in entries:
+        got = np.frombuffer(bytes.fromhex(e["data"]), dtype=np.uint32)
+        i = e["qsl_idx"]
+        assert list(got) == list(pseudo_tokens(5, 2048, i, ds.output_len(i)))
+
+
+def test_submission_run_is_performance_then_accuracy_and_audit_config_is_not_used(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    # an audit.config that would force accuracy mode if LoadGen picked it up
+    (cwd / "audit.config").write_text("*.*.mode = 1\n")
+    p, runs = harness(
+        tmp_path,
+        "--scenarios=singlestream",
+        "--test_mode=SubmissionRun",
+        "--engine_profile=zero",
+        "--sample_count=64",
+        cwd=cwd,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "audit.config" in p.stderr and "does NOT use it" in p.stderr
+    assert set(runs) == {("singlestream", "performance"), ("singlestream", "accuracy")}
+    perf = runs[("singlestream", "performance")][0]
+    assert perf["loadgen"]["mode"] == "PerformanceOnly"
+    assert perf["harness"]["failed"] == 0

@@ -1,0 +1,94 @@
+"""Bad input: exit status 2 and one line naming the bad value and the choices."""
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main, parse_flags
+from llmlib.config import REPO_ROOT
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--core_type=dumy"], ["'dumy'", "Did you mean 'dummy'", "Available: dummy"]),
+        (
+            ["--benchmarks=llama2-70c"],
+            ["'llama2-70c'", "Did you mean 'llama2-70b'", "mixtral-8x7b"],
+        ),
+        (["--scenarios=offline,sever"], ["'sever'", "Did you mean 'server'", "singlestream"]),
+        (["--benchmark=tiny"], ["Unknown flag '--benchmark'", "Did you mean '--benchmarks'"]),
+        (
+            ["--runtime_flags=max_batch_size"],
+            ["malformed flag string for runtime_flags", "key1:value1,key2:value2"],
+        ),
+        (["--runtime_flags=max_bach_size:8"], ["'max_bach_size'", "Did you mean 'max_batch_size'"]),
+        (["--user_conf=/nonexistent/user.conf"], ["file not found: /nonexistent/user.conf"]),
+        (["--system_config=/nonexistent/sys.yaml"], ["config file not found", "sys.yaml"]),
+        (["--traffic_distribution_policy=rr"], ["'rr'", "round_robin"]),
+        (["--engine_profile=h100"], ["engine profile 'h100'", "cpu-tiny"]),
+        (["--test_mode=Accuracy"], ["'Accuracy'", "AccuracyOnly"]),
+        (["--min_duration=ten"], ["min_duration", "'ten' is not a valid int"]),
+        (["tiny"], ["unexpected argument 'tiny'"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(capsys, args, expect):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    for text in expect:
+        assert text in err
+
+
+def test_bad_environment_overlay_is_one_clear_line(capsys, monkeypatch):
+    monkeypatch.setenv("TRTLLM_BUILD_FLAGS", "max_seq_len=4")
+    assert main([]) == 2
+    assert "malformed flag string for build_flags" in capsys.readouterr().err
+
+
+def test_exit_status_from_a_real_process():
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", "--core_type=nope"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert "Unknown core type 'nope'" in p.stderr
+
+
+def test_help_lists_every_field_with_default_and_env(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "--server_target_qps=<float>",
+        "default: PerformanceOnly",
+        "(env TRTLLM_RUNTIME_FLAGS)",
+        "(env TRTLLM_CHECKPOINT_FLAGS)",
+        "core types: dummy",
+        "--show_steady_state_progress",
+    ):
+        assert text in out
+
+
+def test_print_config_shows_values_and_sources(capsys, monkeypatch):
+    monkeypatch.setenv("TRTLLM_RUNTIME_FLAGS", "max_batch_size:7")
+    assert main(["--print_config", "--scenarios=server", "--num_cores=3"]) == 0
+    out = capsys.readouterr().out
+    assert "# tiny / server" in out
+    assert "max_batch_size:7" in out and "[env TRTLLM_RUNTIME_FLAGS]" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("num_cores"))
+    assert "3" in line and "[flag]" in line
+    line = next(x for x in out.splitlines() if x.strip().startswith("server_target_qps"))
+    assert "tiny.yaml:server" in line
+
+
+def test_flag_forms():
+    flags, actions = parse_flags(
+        ["--num_cores", "2", "--progress", "--seed=4", "--enable-trace=false", "--print_config"]
+    )
+    assert flags == {"num_cores": "2", "progress": "true", "seed": "4", "enable_trace": "false"}
+    assert actions == {"print_config"}

@@ -1,0 +1,152 @@
+from pathlib import Path
+
+import pytest
+
+from llmlib.config import FIELDS, resolve
+from llmlib.errors import ConfigError, UnknownNameError
+from llmlib.flags import RUNTIME_FLAGS, format_flag_string, parse_flag_string
+
+
+def test_flag_string_values_are_typed():
+    got = parse_flag_string(
+        "max_batch_size:64, kvcache_free_gpu_mem_frac:0.9,enable_chunked_context:true,"
+        "batch_scheduler_policy:max_util",
+        RUNTIME_FLAGS,
+        "runtime_flags",
+    )
+    assert got == {
+        "max_batch_size": 64,
+        "kvcache_free_gpu_mem_frac": 0.9,
+        "enable_chunked_context": True,
+        "batch_scheduler_policy": "max_util",
+    }
+    assert parse_flag_string("", RUNTIME_FLAGS, "runtime_flags") == {}
+    assert parse_flag_string(format_flag_string(got), RUNTIME_FLAGS, "x") == got
+
+
+@pytest.mark.parametrize(
+    "text", ["max_batch_size", "max_batch_size:", ":3", "max_batch_size:1,,streaming:true"]
+)
+def test_malformed_flag_string_says_the_expected_shape(text):
+    with pytest.raises(ConfigError, match="expected key1:value1,key2:value2"):
+        parse_flag_string(text, RUNTIME_FLAGS, "runtime_flags")
+
+
+def test_unknown_key_in_flag_string_suggests():
+    with pytest.raises(UnknownNameError, match="Did you mean 'max_batch_size'"):
+        parse_flag_string("max_bach_size:3", RUNTIME_FLAGS, "runtime_flags")
+
+
+@pytest.mark.parametrize("text", ["max_batch_size:1.5", "max_batch_size:x", "streaming:maybe"])
+def test_badly_typed_flag_value(text):
+    with pytest.raises(ConfigError, match="is not a"):
+        parse_flag_string(text, RUNTIME_FLAGS, "runtime_flags")
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "systems").mkdir()
+    (tmp_path / "benchmarks" / "b.yaml").write_text(
+        "benchmark: {mlperf_model: llama2-70b, max_new_tokens: 8, synthetic: {samples: 4,"
+        " input_len: {mean: 4}, output_len: {mean: 4}}}\n"
+        "settings: {num_cores: 3, seed: 7, runtime_flags: {max_batch_size: 16,"
+        " max_num_tokens: 100}}\n"
+        "scenarios: {server: {server_target_qps: 5}}\n"
+    )
+    (tmp_path / "systems" / "s.yaml").write_text(
+        "settings: {num_cores: 4}\nbenchmarks: {b: {scenarios: {server: {policy_seed: 9}}}}\n"
+    )
+    return tmp_path
+
+
+def _resolve(confdir, flags=None, env=None, explicit=None):
+    flags = {"config_dir": str(confdir), "system_name": "s", **(flags or {})}
+    return resolve(flags, benchmark="b", scenario="server", env=env or {}, explicit=explicit)
+
+
+def test_precedence_explicit_over_flag_over_env_over_yaml_over_default(confdir):
+    cfg = _resolve(confdir)
+    assert cfg.num_cores == 4 and "systems/s.yaml" in cfg.sources["num_cores"]
+    assert cfg.seed == 7 and cfg.sources["seed"].startswith("yaml")
+    assert cfg.policy_seed == 9
+    assert cfg.server_target_qps == 5.0
+    assert cfg.min_duration == 0 and cfg.sources["min_duration"] == "default"
+
+    env = {"TRTLLM_RUNTIME_FLAGS": "max_batch_size:32"}
+    cfg = _resolve(confdir, env=env)
+    # the env overlay changes one key and keeps the YAML's others
+    assert cfg.runtime_flags == {"max_batch_size": 32, "max_num_tokens": 100}
+    assert cfg.sources["runtime_flags"].startswith("env TRTLLM_RUNTIME_FLAGS over yaml")
+
+    cfg = _resolve(confdir, flags={"runtime_flags": "max_batch_size:64", "num_cores": "5"}, env=env)
+    assert cfg.runtime_flags["max_batch_size"] == 64 and cfg.num_cores == 5
+    assert cfg.sources["num_cores"] == "flag"
+
+    cfg = _resolve(confdir, flags={"num_cores": "5"}, explicit={"num_cores": 6})
+    assert cfg.num_cores == 6 and cfg.sources["num_cores"] == "explicit"
+
+
+@pytest.mark.parametrize(
+    "var,field",
+    [
+        ("TRTLLM_CHECKPOINT_FLAGS", "checkpoint_flags"),
+        ("TRTLLM_BUILD_FLAGS", "build_flags"),
+        ("TRTLLM_RUNTIME_FLAGS", "runtime_flags"),
+    ],
+)
+def test_all_three_trtllm_environment_overlays_apply(confdir, var, field):
+    key = {
+        "checkpoint_flags": "tp_size",
+        "build_flags": "max_seq_len",
+        "runtime_flags": "max_num_tokens",
+    }[field]
+    cfg = _resolve(confdir, env={var: f"{key}:2"})
+    assert cfg.values[field][key] == 2
+    with pytest.raises(UnknownNameError, match=f"key in {field}"):
+        _resolve(confdir, env={var: "nonsense_key:1"})
+
+
+def test_unknown_key_in_yaml_names_the_file_and_suggests(confdir):
+    (confdir / "systems" / "s.yaml").write_text("settings: {num_core: 2}\n")
+    with pytest.raises(UnknownNameError) as exc:
+        _resolve(confdir)
+    assert "s.yaml" in str(exc.value) and "Did you mean 'num_cores'" in str(exc.value)
+
+
+def test_selection_fields_cannot_come_from_yaml(confdir):
+    (confdir / "systems" / "s.yaml").write_text("settings: {benchmarks: [b]}\n")
+    with pytest.raises(ConfigError, match="cannot be set from YAML"):
+        _resolve(confdir)
+
+
+def test_missing_system_config_is_an_error(confdir):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        _resolve(confdir, flags={"system_config": str(confdir / "nope.yaml")})
+
+
+def test_unknown_setting_and_range_checks(confdir):
+    with pytest.raises(UnknownNameError, match="Did you mean 'num_cores'"):
+        _resolve(confdir, flags={"num_core": "1"})
+    with pytest.raises(ConfigError, match="below the minimum"):
+        _resolve(confdir, flags={"num_cores": "0"})
+    with pytest.raises(UnknownNameError, match="Did you mean 'offline'"):
+        resolve({"scenarios": "ofline"}, env={})
+    with pytest.raises(UnknownNameError, match="test_mode"):
+        _resolve(confdir, flags={"test_mode": "Performance"})
+
+
+def test_describe_shows_every_field_with_its_source(confdir):
+    text = _resolve(confdir, env={"TRTLLM_BUILD_FLAGS": "max_seq_len:9"}).describe()
+    for name in FIELDS:
+        assert name in text
+    assert "max_seq_len:9" in text and "[env TRTLLM_BUILD_FLAGS]" in text
+
+
+def test_config_round_trips_through_json(confdir):
+    from llmlib.config import Config
+
+    cfg = _resolve(confdir, env={"TRTLLM_BUILD_FLAGS": "max_seq_len:9"})
+    back = Config.from_json(cfg.to_json())
+    assert back.values == cfg.values and back.sources == cfg.sources
+    assert back.benchmark == "b" and back.scenario == "server"

@@ -1,0 +1,53 @@
+import pytest
+
+from cores.dummy import DummyCore
+from llmlib.core import LLMCore
+from llmlib.errors import ConfigError, MissingDependencyError, UnknownNameError
+from llmlib.registry import CORE_TABLE, core_names, get_core_class, register_core
+
+
+def test_dummy_is_in_the_lazy_table_and_loads():
+    assert CORE_TABLE["dummy"] == "cores.dummy:DummyCore"
+    assert get_core_class("dummy") is DummyCore
+    assert "dummy" in core_names()
+
+
+def test_unknown_core_type_suggests_the_close_name_and_lists_choices():
+    with pytest.raises(UnknownNameError) as exc:
+        get_core_class("dumy")
+    msg = str(exc.value)
+    assert "Unknown core type 'dumy'" in msg
+    assert "Did you mean 'dummy'?" in msg
+    assert "Available: " in msg and "dummy" in msg.split("Available: ")[1]
+
+
+def test_far_name_gets_no_suggestion():
+    with pytest.raises(UnknownNameError) as exc:
+        get_core_class("zzzzzz")
+    assert "Did you mean" not in str(exc.value)
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch):
+    monkeypatch.setitem(CORE_TABLE, "needs_trt", "tests.unit.needs_trtllm:Core")
+    with pytest.raises(MissingDependencyError, match=r"pip install -e \.\[trtllm\]"):
+        get_core_class("needs_trt")
+
+
+def test_target_that_is_not_a_core_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(CORE_TABLE, "notacore", "llmlib.errors:unknown_message")
+    with pytest.raises(ConfigError, match="not an LLMCore subclass"):
+        get_core_class("notacore")
+
+
+def test_register_core_decorator_records_the_class(monkeypatch):
+    monkeypatch.setattr("llmlib.registry._loaded", {})
+    monkeypatch.setattr("llmlib.registry.CORE_TABLE", dict(CORE_TABLE))
+
+    @register_core("plugin_x")
+    class PluginCore(LLMCore):
+        def _enqueue_impl(self, requests):
+            pass
+
+    assert get_core_class("plugin_x") is PluginCore
+    assert PluginCore.name == "plugin_x"
+    assert "plugin_x" in core_names()

@@ -1,0 +1,112 @@
+"""The token-latency contract on the way to LoadGen (TEST06's checks), with a recording
+sink in place of LoadGen and real dummy cores behind a real LLMServer."""
+
+import ctypes
+
+import numpy as np
+
+from cores.dummy import DummyCore
+from harness.sut import HarnessSUT
+from llmlib.metrics import RequestLog
+from llmlib.policies import make_policy
+from llmlib.server import LLMServer
+from llmlib.workloads import SyntheticDataset, load_benchmark
+from tests.conftest import make_cfg
+
+EOS = 2
+
+
+class RecordingSink:
+    """Copies the data at each pointer, as LoadGen does during the call."""
+
+    def __init__(self):
+        self.calls = []  # ("first"|"final", [(qid, tokens, n_tokens)])
+
+    def _copy(self, items):
+        out = []
+        for qid, ptr, nbytes, n in items:
+            data = ctypes.string_at(ptr, nbytes) if nbytes else b""
+            out.append((qid, list(np.frombuffer(data, dtype=np.uint32)), n))
+        return out
+
+    def first_token_complete(self, items):
+        self.calls.append(("first", self._copy(items)))
+
+    def query_samples_complete(self, items):
+        self.calls.append(("final", self._copy(items)))
+
+    def events(self, kind):
+        return {q: (toks, n) for k, items in self.calls if k == kind for q, toks, n in items}
+
+
+class Q:
+    def __init__(self, qid, index):
+        self.id, self.index = qid, index
+
+
+def setup(stream, cores=2, clock=None, **cfg_kw):
+    cfg = make_cfg(**cfg_kw)
+    ds = SyntheticDataset(load_benchmark(cfg.config_dir, "tiny"), 0, 2048, 64)
+    cs = [DummyCore(i, cfg, clock=clock) for i in range(cores)]
+    server = LLMServer(cs, make_policy("round_robin", cores))
+    sink, log = RecordingSink(), RequestLog()
+    return HarnessSUT(server, ds, sink, stream, log), server, sink, log, ds
+
+
+def check_test06(sink, ds, qids):
+    firsts, finals = sink.events("first"), sink.events("final")
+    assert set(finals) == set(qids)
+    for q in qids:
+        toks, n = finals[q]
+        assert n == len(toks)  # n_tokens equals the data length
+        assert toks[: len(firsts[q][0])] == firsts[q][0]  # final starts with the first data
+        assert toks[:-1].count(EOS) == 0  # at most one EOS, and only at the end
+    order = [(k, q) for k, items in sink.calls for q, _, _ in items]
+    for q in qids:
+        assert order.index(("first", q)) < order.index(("final", q))
+
+
+def test_streamed_queries_meet_the_token_latency_contract():
+    sut, server, sink, log, ds = setup(True, engine_flags={"kind": "batching"})
+    qids = list(range(100, 140))
+    sut.issue_queries([Q(q, q % len(ds)) for q in qids])
+    assert server.flush(10)
+    server.close()
+    check_test06(sink, ds, qids)
+    assert log.completed == 40 and log.failed == 0
+    assert sum(n for _, n in sink.events("final").values()) == log.tokens
+
+
+def test_output_length_is_the_samples_reference_length():
+    sut, server, sink, log, ds = setup(False, engine_profile="zero")
+    sut.issue_queries([Q(q, q) for q in range(10)])
+    for q in range(10):
+        assert sink.events("final")[q][1] == ds.output_len(q)
+    assert sink.events("first") == {}
+
+
+def test_completions_ready_together_go_to_loadgen_in_one_call():
+    sut, server, sink, log, ds = setup(False, cores=1, engine_profile="zero")
+    sut.issue_queries([Q(q, q) for q in range(50)])
+    assert [k for k, _ in sink.calls] == ["final"]
+    assert len(sink.calls[0][1]) == 50
+
+
+def test_failed_queries_complete_with_a_first_token_and_are_counted():
+    sut, server, sink, log, ds = setup(True, cores=1, engine_profile="zero", dummy_fail_after=5)
+    sut.issue_queries([Q(q, q) for q in range(3)])
+    sut.issue_queries([Q(q, q) for q in range(3, 8)])  # the core dies here
+    sut.issue_queries([Q(8, 8)])
+    finals, firsts = sink.events("final"), sink.events("first")
+    assert set(finals) == set(range(9)) and set(firsts) == set(range(9))
+    for q in range(3, 9):
+        assert finals[q] == ([], 0)
+    assert log.completed == 3 and log.failed == 6
+    assert "injected failure" in log.error[3]
+
+
+def test_int32_output_for_accuracy_checkers_that_want_it():
+    sut, server, sink, log, ds = setup(False, cores=1, engine_profile="zero")
+    sut.dtype = np.dtype(np.int32)
+    sut.issue_queries([Q(1, 1)])
+    assert sink.events("final")[1][1] == ds.output_len(1)
