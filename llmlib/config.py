@@ -13,6 +13,7 @@ Each resolved value remembers where it came from (``--print_config``).
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -39,7 +40,7 @@ class Field:
     group: str = "harness"
     choices: tuple[str, ...] | None = None
     env: str | None = None  # environment overlay variable
-    schema: Mapping[str, type] | None = None  # keys of a flag-string field
+    schema: Mapping[str, builtins.type] | None = None  # keys of a flag-string field
     yaml: bool = True  # may be set from YAML
     minimum: float | None = None
 
