@@ -43,7 +43,7 @@ class DummyCore(LLMCore):
         self._fail_after = int(getattr(cfg, "dummy_fail_after", -1))
         self._accepted = 0
         self._live: dict[int, tuple[LLMRequest, np.ndarray]] = {}
-        self._inbox: list[LLMRequest] = []
+        self._inbox: list[tuple[LLMRequest, int]] = []
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -65,8 +65,9 @@ class DummyCore(LLMCore):
         if self._thread is None:
             self._answer_now(requests)
             return
+        now = self.clock.now_ns()  # the engine has the request from now on
         with self._cond:
-            self._inbox.extend(requests)
+            self._inbox.extend((r, now) for r in requests)
             self._cond.notify()
 
     def _answer_now(self, requests: Sequence[LLMRequest]) -> None:
@@ -93,7 +94,7 @@ class DummyCore(LLMCore):
             if self._dead is None:
                 self._fail(repr(exc))
 
-    def _next_batch(self) -> list[LLMRequest] | None:
+    def _next_batch(self) -> list[tuple[LLMRequest, int]] | None:
         """Wait for new requests or the model's next event; None when closing."""
         clock, cond = self.clock, self._cond
         with cond:
@@ -109,14 +110,14 @@ class DummyCore(LLMCore):
             batch, self._inbox = self._inbox, []
             return batch
 
-    def _step(self, batch: list[LLMRequest]) -> None:
-        model, live, now = self._model, self._live, self.clock.now_ns()
+    def _step(self, batch: list[tuple[LLMRequest, int]]) -> None:
+        model, live = self._model, self._live
         if batch:
             self._count(len(batch))
-        for req in batch:
+        for req, arrival in batch:
             tokens = self.output_tokens(req)
             live[req.request_id] = (req, tokens)
-            model.submit(req.request_id, now, len(req.input_tokens), len(tokens))
+            model.submit(req.request_id, arrival, len(req.input_tokens), len(tokens))
         events = model.advance(self.clock.now_ns())
         if not events:
             return
