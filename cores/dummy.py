@@ -43,6 +43,8 @@ class DummyCore(LLMCore):
         self._fail_after = int(getattr(cfg, "dummy_fail_after", -1))
         self._accepted = 0
         self._live: dict[int, tuple[LLMRequest, np.ndarray]] = {}
+        # samples repeat (LoadGen draws from the performance set): cache their token views
+        self._token_cache: dict[tuple[int, int | None, int], np.ndarray] = {}
         self._inbox: list[tuple[LLMRequest, int]] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -56,10 +58,14 @@ class DummyCore(LLMCore):
         """What this core answers for ``req`` (a pure function of the request)."""
         if req.reference_tokens is not None:
             return req.reference_tokens[: req.max_new_tokens]
-        n = req.output_len if req.output_len is not None else req.max_new_tokens
-        return pseudo_tokens(
-            self._seed, self._vocab, req.sample_index, max(1, min(n, req.max_new_tokens))
-        )
+        key = (req.sample_index, req.output_len, req.max_new_tokens)
+        tokens = self._token_cache.get(key)
+        if tokens is None:
+            n = req.output_len if req.output_len is not None else req.max_new_tokens
+            n = max(1, min(n, req.max_new_tokens))
+            tokens = pseudo_tokens(self._seed, self._vocab, req.sample_index, n)
+            self._token_cache[key] = tokens
+        return tokens
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if self._thread is None:

@@ -257,6 +257,9 @@ _FIELD_LIST = [
     ),
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
+PATH_FIELDS = frozenset(
+    {"system_config", "config_dir", "log_dir", "user_conf", "audit_config", "engine_profiles_file"}
+)
 
 
 def coerce_field(field: Field, value: Any, where: str) -> Any:
@@ -430,6 +433,9 @@ def resolve(
     def put(name: str, raw: Any, where: str) -> None:
         f = FIELDS[name]
         value = coerce_field(f, raw, where)
+        if name in PATH_FIELDS and value:
+            # tests run in their own directories: paths are fixed where they are given
+            value = str(Path(value).expanduser().resolve())
         if f.type == "flags":
             value = {**values[name], **value}
             where = where if sources[name] == "default" else f"{where} over {sources[name]}"

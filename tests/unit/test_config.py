@@ -150,3 +150,12 @@ def test_config_round_trips_through_json(confdir):
     back = Config.from_json(cfg.to_json())
     assert back.values == cfg.values and back.sources == cfg.sources
     assert back.benchmark == "b" and back.scenario == "server"
+
+
+def test_relative_paths_are_made_absolute_where_they_are_given(confdir, monkeypatch):
+    monkeypatch.chdir(confdir)
+    (confdir / "u.conf").write_text("")
+    cfg = _resolve(confdir, flags={"user_conf": "u.conf", "log_dir": "out"})
+    assert cfg.user_conf == str(confdir / "u.conf")
+    assert cfg.log_dir == str(confdir / "out")
+    assert _resolve(confdir).user_conf == ""
