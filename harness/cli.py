@@ -23,13 +23,13 @@ from llmlib.policies import POLICIES
 from llmlib.registry import core_names
 
 from .report import console_table
+from .runner import MODE_DIR
 
 MODES = {
     "PerformanceOnly": ["PerformanceOnly"],
     "AccuracyOnly": ["AccuracyOnly"],
     "SubmissionRun": ["PerformanceOnly", "AccuracyOnly"],
 }
-MODE_DIR = {"PerformanceOnly": "performance", "AccuracyOnly": "accuracy"}
 _ACTIONS = ("help", "print_config")
 
 
