@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmlib.config import _FIELD_LIST, FIELDS, REPO_ROOT, Config, benchmark_names, resolve
+from llmlib.config import FIELDS, REPO_ROOT, Config, benchmark_names, resolve
 from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
 from llmlib.policies import POLICIES
@@ -79,7 +79,7 @@ def help_text() -> str:
         "",
     ]
     group = None
-    for f in _FIELD_LIST:
+    for f in FIELDS.values():
         if f.group != group:
             group = f.group
             lines.append(f"[{group}]")
