@@ -100,7 +100,8 @@ def harness_result(log: RequestLog, duration_ns: int, per_core_issued: list[int]
     ttft, tpot = log.latencies()
     secs = max(duration_ns, 1) / 1e9
     per_core: dict[int, dict[str, int]] = {}
-    for core, err, n in zip(log.core, log.error, log.n_tokens, strict=True):
+    err_col = log.column("error")
+    for core, err, n in zip(log.column("core"), err_col, log.column("n_tokens"), strict=True):
         c = per_core.setdefault(core, {"completed": 0, "failed": 0, "tokens": 0})
         if err:
             c["failed"] += 1
@@ -108,7 +109,7 @@ def harness_result(log: RequestLog, duration_ns: int, per_core_issued: list[int]
             c["completed"] += 1
             c["tokens"] += n
     errors: dict[str, int] = {}
-    for err in log.error:
+    for err in err_col:
         if err:
             errors[err] = errors.get(err, 0) + 1
     return {

@@ -26,7 +26,13 @@ from llmlib.registry import get_core_class
 from llmlib.request import LLMRequest
 from llmlib.server import LLMServer
 from llmlib.warmup import run_warmup, wait_until_healthy
-from llmlib.workloads import BenchmarkSpec, Dataset, SyntheticDataset, load_benchmark
+from llmlib.workloads import (
+    BenchmarkSpec,
+    Dataset,
+    RequestBuilder,
+    SyntheticDataset,
+    load_benchmark,
+)
 
 from .progress import Progress
 from .report import harness_result, loadgen_result, overall_validity, parse_detail_log, write_report
@@ -49,19 +55,9 @@ def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
 
 
 def warmup_requests(ds: Dataset, count: int, stream: bool) -> list[LLMRequest]:
-    return [
-        LLMRequest(
-            -1 - i,
-            i % len(ds),
-            ds.input_tokens(i % len(ds)),
-            ds.max_new_tokens,
-            stream,
-            ds.output_len(i % len(ds)),
-            ds.reference_tokens(i % len(ds)),
-            time.perf_counter_ns(),
-        )
-        for i in range(count)
-    ]
+    """Warmup queries: ids below zero (never LoadGen's), samples in order."""
+    idx = [i % len(ds) for i in range(count)]
+    return RequestBuilder(ds, stream).build(range(-1, -1 - count, -1), idx, time.perf_counter_ns())
 
 
 def test_settings(

@@ -75,6 +75,7 @@ class LLMCore(ABC):
         self._warmup = False
         self._dead: str | None = None
         self._idle = threading.Condition()
+        self._flush_waiters = 0  # _deliver notifies only when someone waits in flush()
 
     # --- sizing ---------------------------------------------------------------------------
     @classmethod
@@ -117,11 +118,15 @@ class LLMCore(ABC):
         """Block until nothing is pending; False if ``timeout_s`` passed first."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._idle:
-            while self._pending:
-                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
+            self._flush_waiters += 1
+            try:
+                while self._pending:
+                    left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                    if left <= 0:
+                        return False
+                    self._idle.wait(left)
+            finally:
+                self._flush_waiters -= 1
         return True
 
     @contextmanager
@@ -194,7 +199,7 @@ class LLMCore(ABC):
                 tel.observe_tpot((r.time_ns - t_first) / (n - 1))
         if forward and not self._warmup and self.callback is not None:
             self.callback(forward)
-        if not pending:
+        if not pending and self._flush_waiters:  # (a missed notify costs one 50 ms poll)
             with self._idle:
                 self._idle.notify_all()
 

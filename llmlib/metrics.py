@@ -16,96 +16,157 @@ PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
 
 class RequestLog:
     """What happened to each issued request: when issued, first token, final, tokens, core,
-    error. Appends on the hot path; arrays are built only when asked."""
+    error.
+
+    The request path only appends the request and response objects it already has (one
+    ``list.extend`` each, atomic under the GIL, no lock); ``sync()`` folds them into
+    per-request columns. The progress monitor syncs periodically (which also bounds the
+    memory held), and every reader syncs first."""
 
     def __init__(self) -> None:
-        self.qid: list[int] = []
-        self.sample: list[int] = []
-        self.issue_ns: list[int] = []
-        self.first_ns: list[int] = []
-        self.final_ns: list[int] = []
-        self.n_tokens: list[int] = []
-        self.core: list[int] = []
-        self.error: list[str] = []
+        self._issued: list[LLMRequest] = []
+        self._responses: list[LLMResponse] = []
+        self._qid: list[int] = []
+        self._sample: list[int] = []
+        self._issue_ns: list[int] = []
+        self._first_ns: list[int] = []
+        self._final_ns: list[int] = []
+        self._n_tokens: list[int] = []
+        self._core: list[int] = []
+        self._error: list[str] = []
         self._index: dict[int, int] = {}
-        self.completed = 0
-        self.failed = 0
-        self.tokens = 0
+        self._completed = 0
+        self._failed = 0
+        self._tokens = 0
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self.qid)
-
+    # --- the request path: appends only ---------------------------------------------------
     def on_issue(self, requests: Sequence[LLMRequest]) -> None:
-        with self._lock:
-            base = len(self.qid)
-            n = len(requests)
-            self._index.update({r.request_id: base + i for i, r in enumerate(requests)})
-            self.qid.extend(r.request_id for r in requests)
-            self.sample.extend(r.sample_index for r in requests)
-            self.issue_ns.extend(r.issue_ns for r in requests)
-            zeros = [0] * n
-            self.first_ns.extend(zeros)
-            self.final_ns.extend(zeros)
-            self.n_tokens.extend(zeros)
-            self.core.extend(zeros)
-            self.error.extend([""] * n)
+        self._issued.extend(requests)
 
     def on_responses(self, responses: Iterable[LLMResponse]) -> None:
+        self._responses.extend(responses)
+
+    # --- folding into columns -------------------------------------------------------------
+    def sync(self) -> None:
+        """Fold what the request path appended into the columns (requests first, so every
+        response finds its row)."""
         with self._lock:
-            self._record(responses)
+            self._fold()
+
+    def _fold(self) -> None:
+        """The body of ``sync``; the caller holds the lock."""
+        issued, responses = self._issued, self._responses
+        # count responses before requests: a request is appended before it is sent, so
+        # every response counted here finds its request among those folded below
+        n_resp = len(responses)
+        n = len(issued)
+        if n:
+            new = issued[:n]
+            del issued[:n]  # only this (locked) side removes; appends land after
+            base = len(self._qid)
+            qids = [r.request_id for r in new]
+            self._index.update(zip(qids, range(base, base + n), strict=True))
+            self._qid += qids
+            self._sample += [r.sample_index for r in new]
+            self._issue_ns += [r.issue_ns for r in new]
+            zeros = [0] * n
+            self._first_ns += zeros
+            self._final_ns += zeros
+            self._n_tokens += zeros
+            self._core += zeros
+            self._error += [""] * n
+        if n_resp:
+            done = responses[:n_resp]
+            del responses[:n_resp]
+            self._record(done)
 
     def _record(self, responses: Iterable[LLMResponse]) -> None:
-        index = self._index
+        index, first_ns = self._index, self._first_ns
         for r in responses:
             i = index.get(r.request_id)
             if i is None:
                 continue
             if not r.is_final:
-                if not self.first_ns[i]:
-                    self.first_ns[i] = r.time_ns
+                if not first_ns[i]:
+                    first_ns[i] = r.time_ns
                 continue
             del index[r.request_id]
-            self.final_ns[i] = r.time_ns
-            self.core[i] = r.core_id
+            self._final_ns[i] = r.time_ns
+            self._core[i] = r.core_id
             if r.error is not None:
-                self.error[i] = r.error
-                self.failed += 1
+                self._error[i] = r.error
+                self._failed += 1
             else:
                 n = len(r.output_tokens)
-                self.n_tokens[i] = n
-                self.tokens += n
-                self.completed += 1
+                self._n_tokens[i] = n
+                self._tokens += n
+                self._completed += 1
+
+    def __len__(self) -> int:
+        self.sync()
+        return len(self._qid)
+
+    @property
+    def completed(self) -> int:
+        self.sync()
+        return self._completed
+
+    @property
+    def failed(self) -> int:
+        self.sync()
+        return self._failed
+
+    @property
+    def tokens(self) -> int:
+        self.sync()
+        return self._tokens
+
+    def column(self, name: str) -> list:
+        """One per-request column (qid, sample, issue_ns, first_ns, final_ns, n_tokens,
+        core, error), in issue order."""
+        self.sync()
+        return list(getattr(self, f"_{name}"))
 
     def has_first(self, query_id: int) -> bool:
-        i = self._index.get(query_id)
-        return i is not None and self.first_ns[i] != 0
+        with self._lock:
+            self._fold()
+            i = self._index.get(query_id)
+            return i is not None and self._first_ns[i] != 0
+
+    def _times(self, lo: int = 0) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Issue, first, final and n_tokens columns from row ``lo`` (negative: from the end),
+        taken together after a sync."""
+        with self._lock:
+            self._fold()
+            n = len(self._qid)
+            lo = max(0, n + lo) if lo < 0 else lo
+            return (
+                self._issue_ns[lo:n],
+                self._first_ns[lo:n],
+                self._final_ns[lo:n],
+                self._n_tokens[lo:n],
+            )
 
     def recent_latencies(self, window: int = 2000) -> tuple[np.ndarray, np.ndarray]:
         """TTFT and TPOT (ns) of up to ``window`` recent finished requests (for progress)."""
-        n = len(self.qid)
-        lo = max(0, n - 4 * window)
-        return _ttft_tpot(
-            self.issue_ns[lo:n],
-            self.first_ns[lo:n],
-            self.final_ns[lo:n],
-            self.n_tokens[lo:n],
-            window,
-        )
+        return _ttft_tpot(*self._times(-4 * window), window)
 
     def latencies(self) -> tuple[np.ndarray, np.ndarray]:
         """TTFT and TPOT (ns) of every successful request that has them."""
-        return _ttft_tpot(self.issue_ns, self.first_ns, self.final_ns, self.n_tokens, None)
+        return _ttft_tpot(*self._times(), None)
 
     def total_latencies(self) -> np.ndarray:
         """Issue to final (ns) of every successful request."""
-        iss = np.asarray(self.issue_ns, dtype=np.int64)
-        fin = np.asarray(self.final_ns, dtype=np.int64)
-        ok = (fin > 0) & (np.asarray(self.n_tokens) > 0)
+        issue, _, final, ntok = self._times()
+        iss = np.asarray(issue, dtype=np.int64)
+        fin = np.asarray(final, dtype=np.int64)
+        ok = (fin > 0) & (np.asarray(ntok) > 0)
         return (fin - iss)[ok]
 
     def write_csv(self, path: str | Path, origin_ns: int = 0) -> None:
         """One row per request; times in ms relative to ``origin_ns``."""
+        self.sync()
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(
@@ -121,27 +182,27 @@ class RequestLog:
                     "error",
                 ]
             )
-            for i in range(len(self.qid)):
+            for i in range(len(self._qid)):
                 iss, first, fin, n = (
-                    self.issue_ns[i],
-                    self.first_ns[i],
-                    self.final_ns[i],
-                    self.n_tokens[i],
+                    self._issue_ns[i],
+                    self._first_ns[i],
+                    self._final_ns[i],
+                    self._n_tokens[i],
                 )
                 ttft = (first - iss) / 1e6 if first else ""
                 lat = (fin - iss) / 1e6 if fin else ""
                 tpot = (fin - first) / (n - 1) / 1e6 if first and fin and n > 1 else ""
                 w.writerow(
                     [
-                        self.qid[i],
-                        self.sample[i],
-                        self.core[i],
+                        self._qid[i],
+                        self._sample[i],
+                        self._core[i],
                         f"{(iss - origin_ns) / 1e6:.3f}",
                         _fmt(ttft),
                         _fmt(lat),
                         _fmt(tpot),
                         n,
-                        self.error[i],
+                        self._error[i],
                     ]
                 )
 

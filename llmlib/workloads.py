@@ -11,6 +11,7 @@ the reference output length and tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, UnknownNameError
+from .request import LLMRequest
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,26 @@ class SyntheticDataset(Dataset):
         np.cumsum(in_lens, out=offsets[1:])
         ids = rng.integers(3, vocab_size, int(offsets[-1]), dtype=np.uint32)
         super().__init__(ids, offsets, out_lens, spec.max_new_tokens)
+
+
+class RequestBuilder:
+    """Builds ``LLMRequest``s for sample indices of a dataset. Per-sample fields (prompt
+    token view, reference output length and tokens) are looked up once, up front, so the
+    request path only indexes lists."""
+
+    def __init__(self, dataset: Dataset, stream: bool) -> None:
+        n = len(dataset)
+        self.stream = stream
+        self.max_new_tokens = dataset.max_new_tokens
+        self._inputs = [dataset.input_tokens(i) for i in range(n)]
+        self._out_lens = [dataset.output_len(i) for i in range(n)]
+        self._refs = [dataset.reference_tokens(i) for i in range(n)]
+
+    def build(self, ids: Sequence[int], indices: Sequence[int], issue_ns: int) -> list[LLMRequest]:
+        """One request per (request id, sample index), all stamped ``issue_ns``."""
+        inputs, out_lens, refs = self._inputs, self._out_lens, self._refs
+        mnt, stream = self.max_new_tokens, self.stream
+        return [
+            LLMRequest(q, i, inputs[i], mnt, stream, out_lens[i], refs[i], issue_ns)
+            for q, i in zip(ids, indices, strict=True)
+        ]

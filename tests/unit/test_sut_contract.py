@@ -102,7 +102,7 @@ def test_failed_queries_complete_with_a_first_token_and_are_counted():
     for q in range(3, 9):
         assert finals[q] == ([], 0)
     assert log.completed == 3 and log.failed == 6
-    assert "injected failure" in log.error[3]
+    assert "injected failure" in log.column("error")[3]
 
 
 def test_int32_output_for_accuracy_checkers_that_want_it():
