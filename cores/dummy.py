@@ -42,9 +42,9 @@ class DummyCore(LLMCore):
         self._seed, self._vocab = int(cfg.seed), int(cfg.vocab_size)
         self._fail_after = int(getattr(cfg, "dummy_fail_after", -1))
         self._accepted = 0
-        self._live: dict[int, tuple[LLMRequest, np.ndarray]] = {}
-        # samples repeat (LoadGen draws from the performance set): cache their token views
-        self._token_cache: dict[tuple[int, int | None, int], np.ndarray] = {}
+        self._live: dict[int, tuple[LLMRequest, np.ndarray, np.ndarray]] = {}
+        # sample index -> (tokens, first token, output_len, max_new_tokens, reference)
+        self._token_cache: dict[int, tuple[Any, ...]] = {}
         self._inbox: list[tuple[LLMRequest, int]] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -56,16 +56,34 @@ class DummyCore(LLMCore):
 
     def output_tokens(self, req: LLMRequest) -> np.ndarray:
         """What this core answers for ``req`` (a pure function of the request)."""
+        return self._answer(req)[0]
+
+    def _answer(self, req: LLMRequest) -> tuple[np.ndarray, np.ndarray]:
+        """(output tokens, first-token view) for ``req``, cached per sample: LoadGen draws
+        the same samples again and again."""
+        hit = self._token_cache.get(req.sample_index)
+        if (
+            hit is not None
+            and hit[2] == req.output_len
+            and hit[3] == req.max_new_tokens
+            and hit[4] is req.reference_tokens
+        ):
+            return hit[0], hit[1]
         if req.reference_tokens is not None:
-            return req.reference_tokens[: req.max_new_tokens]
-        key = (req.sample_index, req.output_len, req.max_new_tokens)
-        tokens = self._token_cache.get(key)
-        if tokens is None:
+            tokens = req.reference_tokens[: req.max_new_tokens]
+        else:
             n = req.output_len if req.output_len is not None else req.max_new_tokens
             n = max(1, min(n, req.max_new_tokens))
             tokens = pseudo_tokens(self._seed, self._vocab, req.sample_index, n)
-            self._token_cache[key] = tokens
-        return tokens
+        first = tokens[:1]
+        self._token_cache[req.sample_index] = (
+            tokens,
+            first,
+            req.output_len,
+            req.max_new_tokens,
+            req.reference_tokens,
+        )
+        return tokens, first
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if self._thread is None:
@@ -79,10 +97,11 @@ class DummyCore(LLMCore):
     def _answer_now(self, requests: Sequence[LLMRequest]) -> None:
         self._count(len(requests))
         now, cid, out = self.clock.now_ns(), self.core_id, []
+        answer = self._answer
         for req in requests:
-            tokens = self.output_tokens(req)
+            tokens, first = answer(req)
             if req.stream:
-                out.append(LLMResponse(req.request_id, tokens[:1], False, now, cid))
+                out.append(LLMResponse(req.request_id, first, False, now, cid))
             out.append(LLMResponse(req.request_id, tokens, True, now, cid))
         self._deliver(out)
 
@@ -121,8 +140,8 @@ class DummyCore(LLMCore):
         if batch:
             self._count(len(batch))
         for req, arrival in batch:
-            tokens = self.output_tokens(req)
-            live[req.request_id] = (req, tokens)
+            tokens, first = self._answer(req)
+            live[req.request_id] = (req, tokens, first)
             model.submit(req.request_id, arrival, len(req.input_tokens), len(tokens))
         events = model.advance(self.clock.now_ns())
         if not events:
@@ -130,10 +149,9 @@ class DummyCore(LLMCore):
         t, cid, out = self.clock.now_ns(), self.core_id, []
         for _, rid, final in events:
             if final:
-                req, tokens = live.pop(rid)
-                out.append(LLMResponse(rid, tokens, True, t, cid))
-            elif live[rid][0].stream:
-                out.append(LLMResponse(rid, live[rid][1][:1], False, t, cid))
+                out.append(LLMResponse(rid, live.pop(rid)[1], True, t, cid))
+            elif (entry := live[rid])[0].stream:
+                out.append(LLMResponse(rid, entry[2], False, t, cid))
         self._deliver(out)
 
     def _health_check_impl(self) -> None:

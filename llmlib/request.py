@@ -7,7 +7,7 @@ core can produce them cheaply; any sequence of ints is accepted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ class LLMRequest:
 
     ``request_id`` is LoadGen's query id (or a warmup id). ``output_len`` is the reference
     output length when the dataset has one (the dummy core uses it; real backends ignore it),
-    ``reference_tokens`` the reference output token ids when present.
+    ``reference_tokens`` the reference output token ids when present. ``extra`` carries
+    backend-specific options (None when there are none: a dict per request costs time).
     """
 
     request_id: int
@@ -32,7 +33,7 @@ class LLMRequest:
     output_len: int | None = None
     reference_tokens: np.ndarray | None = None
     issue_ns: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
