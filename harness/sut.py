@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Sequence
+from itertools import starmap
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,12 +43,10 @@ class LoadGenSink:
         self._resp = lg.QuerySampleResponse
 
     def first_token_complete(self, items: list[tuple[int, int, int, int]]) -> None:
-        resp = self._resp
-        self._lg.FirstTokenComplete([resp(q, p, b, n) for q, p, b, n in items])
+        self._lg.FirstTokenComplete(list(starmap(self._resp, items)))
 
     def query_samples_complete(self, items: list[tuple[int, int, int, int]]) -> None:
-        resp = self._resp
-        self._lg.QuerySamplesComplete([resp(q, p, b, n) for q, p, b, n in items])
+        self._lg.QuerySamplesComplete(list(starmap(self._resp, items)))
 
 
 class HarnessSUT:
@@ -73,7 +72,14 @@ class HarnessSUT:
         """Requests go to the pool in chunks: an Offline test issues every query in one
         call, and chunks let each one's objects be freed (and their memory reused) before
         the next is built, instead of millions living at once."""
-        build, log, server = self.builder.build, self.log, self.server
+        log, server = self.log, self.server
+        if len(query_samples) == 1:  # Server: one query per call, the common case
+            q = query_samples[0]
+            reqs = [self.builder.one(q.id, q.index, time.perf_counter_ns())]
+            log.on_issue(reqs)
+            server.issue(reqs)
+            return
+        build = self.builder.build
         for lo in range(0, len(query_samples), ISSUE_CHUNK):
             qs = query_samples[lo : lo + ISSUE_CHUNK]
             reqs = build([q.id for q in qs], [q.index for q in qs], time.perf_counter_ns())
@@ -85,29 +91,40 @@ class HarnessSUT:
 
     # --- cores -> LoadGen -----------------------------------------------------------------
     def complete(self, responses: list[LLMResponse]) -> None:
-        if not responses:
-            return
-        firsts = [r for r in responses if not r.is_final]
-        finals = [r for r in responses if r.is_final] if firsts else responses
+        # Plain loops, not comprehensions: on Python 3.11 each comprehension is a function
+        # call, and in Server most calls carry one or two responses.
+        firsts: list[LLMResponse] = []
+        finals: list[LLMResponse] = []
+        failed = False
+        for r in responses:
+            if r.is_final:
+                finals.append(r)
+                if r.error is not None:
+                    failed = True
+            else:
+                firsts.append(r)
         if firsts:
-            items, buf = self._pack(firsts)
+            items, keep = self._pack(firsts)
             self.sink.first_token_complete(items)
         if finals:
-            if self.stream:
+            if failed and self.stream:
                 self._first_for_failures(finals, firsts)
-            items, buf = self._pack(finals)
+            items, keep = self._pack(finals)
             self.sink.query_samples_complete(items)
-        del buf  # the token data had to outlive the LoadGen calls above
+        del keep  # the token data had to outlive the LoadGen calls above
         self.log.on_responses(responses)
 
     def _first_for_failures(self, finals: list[LLMResponse], firsts: list[LLMResponse]) -> None:
         """A streamed request that fails before its first token still gets one (empty), so
         LoadGen's token-latency bookkeeping has both events."""
-        failed = [r.request_id for r in finals if r.error is not None]
-        if not failed:
-            return
         sent = {r.request_id for r in firsts}
-        missing = [q for q in failed if q not in sent and not self.log.has_first(q)]
+        missing = [
+            r.request_id
+            for r in finals
+            if r.error is not None
+            and r.request_id not in sent
+            and not self.log.has_first(r.request_id)
+        ]
         if missing:
             self.sink.first_token_complete([(q, 0, 0, 0) for q in missing])
 

@@ -140,6 +140,19 @@ class RequestBuilder:
         self._out_lens = [dataset.output_len(i) for i in range(n)]
         self._refs = [dataset.reference_tokens(i) for i in range(n)]
 
+    def one(self, request_id: int, index: int, issue_ns: int) -> LLMRequest:
+        """The request for sample ``index`` with id ``request_id``."""
+        return LLMRequest(
+            request_id,
+            index,
+            self._inputs[index],
+            self.max_new_tokens,
+            self.stream,
+            self._out_lens[index],
+            self._refs[index],
+            issue_ns,
+        )
+
     def build(self, ids: Sequence[int], indices: Sequence[int], issue_ns: int) -> list[LLMRequest]:
         """One request per (request id, sample index), all stamped ``issue_ns``."""
         inputs, out_lens, refs = self._inputs, self._out_lens, self._refs
