@@ -2,8 +2,8 @@
 
 * overhead: the dummy core's ``zero`` profile (answers at once) through the whole harness,
   against a null SUT (completes every query inside LoadGen's issue callback with the same
-  token data), in the same session, under the same LoadGen settings: Offline samples/s,
-  and the highest Server QPS that stays VALID (TTFT/TPOT p99 bounds tightened to 10 ms by a
+  token data), in the same session, under the same LoadGen settings: Offline samples/s
+  (interleaved pairs, median ratio), and the highest Server QPS that stays VALID (TTFT/TPOT p99 bounds tightened to 10 ms by a
   user.conf, so falling behind shows up at once).
 * fidelity: the dummy core with a fixed TTFT and TPOT at moderate Server load; LoadGen's
   p50/p99 TTFT and TPOT against the injected values.
@@ -69,8 +69,9 @@ def _run(
     duration_ms: int,
     root: Path,
     extra: list[str] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
-    out = root / f"{kind}-{scenario}-{qps:g}"
+    out = root / f"{kind}-{scenario}-{qps:g}{tag}"
     out.mkdir(parents=True, exist_ok=True)
     conf = root / "bench_user.conf"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -130,19 +131,25 @@ def max_valid_qps(kind: str, root: Path, duration_ms: int, start: float, steps: 
     return {"max_valid_qps": lo, "trials": trials}
 
 
-def overhead(root: Path, duration_ms: int, steps: int) -> dict[str, Any]:
-    res: dict[str, Any] = {}
-    for kind in ("null", "dummy"):
-        r = _run(kind, "Offline", 400_000, duration_ms, root)
-        res[f"{kind}_offline"] = {
-            "samples_per_second": r["samples_per_second"],
-            "validity": r["validity"],
-        }
+def overhead(root: Path, duration_ms: int, steps: int, repeats: int) -> dict[str, Any]:
+    """Offline: ``repeats`` interleaved (null, harness) pairs, ratio per pair and the median
+    (this machine's speed drifts between minutes; a pair shares the drift). Server: one
+    max-VALID-QPS search each."""
+    res: dict[str, Any] = {"offline_pairs": []}
+    for i in range(repeats):
+        pair = {}
+        for kind in ("null", "dummy"):
+            r = _run(kind, "Offline", 400_000, duration_ms, root, tag=f"-{i}")
+            pair[kind] = r["samples_per_second"]
+        pair["ratio"] = pair["dummy"] / pair["null"]
+        res["offline_pairs"].append(pair)
+    pairs = sorted(res["offline_pairs"], key=lambda p: p["ratio"])
+    median = pairs[len(pairs) // 2]
+    res["null_offline"] = {"samples_per_second": median["null"]}
+    res["dummy_offline"] = {"samples_per_second": median["dummy"]}
+    res["offline_ratio"] = median["ratio"]
     for kind in ("null", "dummy"):
         res[f"{kind}_server"] = max_valid_qps(kind, root, duration_ms, 8000, steps)
-    res["offline_ratio"] = (
-        res["dummy_offline"]["samples_per_second"] / res["null_offline"]["samples_per_second"]
-    )
     res["server_ratio"] = res["dummy_server"]["max_valid_qps"] / max(
         res["null_server"]["max_valid_qps"], 1
     )
@@ -176,7 +183,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             "| measure | null SUT | harness + dummy `zero` | ratio |",
             "|---|---|---|---|",
-            f"| Offline samples/s | {o['null_offline']['samples_per_second']:,.0f} | "
+            f"| Offline samples/s (median pair of {len(o['offline_pairs'])}) | "
+            f"{o['null_offline']['samples_per_second']:,.0f} | "
             f"{o['dummy_offline']['samples_per_second']:,.0f} | {o['offline_ratio']:.2f} |",
             f"| Server max VALID QPS | {o['null_server']['max_valid_qps']:,.0f} | "
             f"{o['dummy_server']['max_valid_qps']:,.0f} | {o['server_ratio']:.2f} |",
@@ -210,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--duration_ms", type=int, default=5000)
     ap.add_argument("--bisect_steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved Offline pairs")
     ap.add_argument("--out", default="build/bench")
     args = ap.parse_args(argv)
     root = (Path(args.out) / time.strftime("%Y.%m.%d-%H.%M.%S")).resolve()
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     (root / "bench_user.conf").write_text(BENCH_USER_CONF)
     res: dict[str, Any] = {}
     if "overhead" in args.what:
-        res["overhead"] = overhead(root, args.duration_ms, args.bisect_steps)
+        res["overhead"] = overhead(root, args.duration_ms, args.bisect_steps, args.repeats)
     if "fidelity" in args.what:
         res["fidelity"] = fidelity(root, max(args.duration_ms, 10_000), 100.0, 20.0, 40.0)
     (root / "results.json").write_text(json.dumps(res, indent=2))
