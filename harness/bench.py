@@ -3,8 +3,9 @@
 * overhead: the dummy core's ``zero`` profile (answers at once) through the whole harness,
   against a null SUT (completes every query inside LoadGen's issue callback with the same
   token data), in the same session, under the same LoadGen settings: Offline samples/s
-  (interleaved pairs, median ratio), and the highest Server QPS that stays VALID (TTFT/TPOT p99 bounds tightened to 10 ms by a
-  user.conf, so falling behind shows up at once).
+  (interleaved pairs, median ratio), and the highest Server QPS that stays VALID
+  (TTFT/TPOT p99 bounds tightened to 10 ms by a user.conf, so falling behind shows up at
+  once).
 * fidelity: the dummy core with a fixed TTFT and TPOT at moderate Server load; LoadGen's
   p50/p99 TTFT and TPOT against the injected values.
 
