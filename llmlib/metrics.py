@@ -103,6 +103,11 @@ class RequestLog:
                 self._tokens += n
                 self._completed += 1
 
+    @property
+    def unfolded(self) -> int:
+        """Records appended by the request path and not folded yet."""
+        return len(self._issued) + len(self._responses)
+
     def __len__(self) -> int:
         self.sync()
         return len(self._qid)
@@ -129,6 +134,7 @@ class RequestLog:
         return list(getattr(self, f"_{name}"))
 
     def has_first(self, query_id: int) -> bool:
+        """Whether an open (not yet final) request has had its first token recorded."""
         with self._lock:
             self._fold()
             i = self._index.get(query_id)

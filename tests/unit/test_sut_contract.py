@@ -110,3 +110,31 @@ def test_int32_output_for_accuracy_checkers_that_want_it():
     sut.dtype = np.dtype(np.int32)
     sut.issue_queries([Q(1, 1)])
     assert sink.events("final")[1][1] == ds.output_len(1)
+
+
+def test_offline_issue_larger_than_a_chunk_completes_every_query_once():
+    from harness.sut import ISSUE_CHUNK
+
+    sut, server, sink, log, ds = setup(False, cores=2, engine_profile="zero")
+    n = 2 * ISSUE_CHUNK + 77
+    sut.issue_queries([Q(q, q % len(ds)) for q in range(n)])
+    finals = [q for k, items in sink.calls if k == "final" for q, _, _ in items]
+    assert sorted(finals) == list(range(n))  # each exactly once
+    assert len(sink.calls) >= 3  # handed over chunk by chunk, not all at the end
+    for q, (toks, n_tok) in sink.events("final").items():
+        assert n_tok == len(toks) == ds.output_len(q % len(ds))
+    assert log.completed == n and sum(server.issued) == n
+
+
+def test_request_builder_single_and_batch_agree():
+    from llmlib.workloads import RequestBuilder
+
+    _, _, _, _, ds = setup(True)
+    b = RequestBuilder(ds, True)
+    one = b.one(42, 3, 7)
+    (many,) = b.build([42], [3], 7)
+    for f in ("request_id", "sample_index", "max_new_tokens", "stream", "output_len", "issue_ns"):
+        assert getattr(one, f) == getattr(many, f)
+    assert np.array_equal(one.input_tokens, ds.input_tokens(3))
+    assert np.array_equal(many.input_tokens, ds.input_tokens(3))
+    assert one.output_len == ds.output_len(3) and one.stream and one.issue_ns == 7
