@@ -1,8 +1,6 @@
-"""The run's monitor thread (never the request path): it folds the request log's appended
-records into columns every ``FOLD_INTERVAL_S`` (small folds keep the GIL pauses short and
-the memory held bounded), and, when enabled, draws a tqdm bar: completed samples out of
-issued, tokens/s, recent p99 TTFT and TPOT, and optionally steady-state tokens/s (over the
-last 10 s)."""
+"""A tqdm progress bar fed by a monitor thread (never by the request path): completed
+samples out of issued, tokens/s, recent p99 TTFT and TPOT, and optionally steady-state
+tokens/s (over the last 10 s)."""
 
 from __future__ import annotations
 
@@ -14,8 +12,6 @@ import numpy as np
 from tqdm import tqdm
 
 from llmlib.metrics import RequestLog
-
-FOLD_INTERVAL_S = 0.05
 
 
 class Progress:
@@ -35,8 +31,9 @@ class Progress:
         self._window: deque[tuple[float, int]] = deque()
 
     def __enter__(self) -> Progress:
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._thread.start()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -45,25 +42,13 @@ class Progress:
             self._thread.join()
 
     def _run(self) -> None:
-        t0 = next_draw = time.monotonic()
-        bar = (
-            tqdm(desc=self.label, unit="sample", dynamic_ncols=True, leave=True)
-            if self.enabled
-            else None
-        )
-        try:
+        t0 = time.monotonic()
+        with tqdm(desc=self.label, unit="sample", dynamic_ncols=True, leave=True) as bar:
             while True:
-                stopping = self._stop.wait(FOLD_INTERVAL_S)
-                self.log.sync()
-                now = time.monotonic()
-                if bar is not None and (stopping or now >= next_draw):
-                    self._refresh(bar, now - t0)
-                    next_draw = now + self.interval
+                stopping = self._stop.wait(self.interval)
+                self._refresh(bar, time.monotonic() - t0)
                 if stopping:
                     return
-        finally:
-            if bar is not None:
-                bar.close()
 
     def _refresh(self, bar: tqdm, elapsed: float) -> None:
         log = self.log

@@ -20,8 +20,9 @@ class RequestLog:
 
     The request path only appends the request and response objects it already has (one
     ``list.extend`` each, atomic under the GIL, no lock); ``sync()`` folds them into
-    per-request columns. The progress monitor syncs periodically (which also bounds the
-    memory held), and every reader syncs first."""
+    per-request columns, off the request path: the progress bar's thread when one is shown,
+    otherwise the first reader after the run. (Folding does not save memory: the columns
+    hold about as much per request as the objects, ~200 bytes.)"""
 
     def __init__(self) -> None:
         self._issued: list[LLMRequest] = []
@@ -102,11 +103,6 @@ class RequestLog:
                 self._n_tokens[i] = n
                 self._tokens += n
                 self._completed += 1
-
-    @property
-    def unfolded(self) -> int:
-        """Records appended by the request path and not folded yet."""
-        return len(self._issued) + len(self._responses)
 
     def __len__(self) -> int:
         self.sync()

@@ -1,11 +1,9 @@
 """RequestLog: the request path appends, a monitor folds; nothing may be lost in between."""
 
 import threading
-import time
 
 import numpy as np
 
-from harness.progress import Progress
 from llmlib.metrics import RequestLog
 from llmlib.request import LLMRequest, LLMResponse, failed_response
 
@@ -74,15 +72,3 @@ def test_nothing_is_lost_while_a_monitor_folds_concurrently():
         t.join()
     assert len(log) == n and log.completed == n and log.tokens == 10 * n
     assert len(log.latencies()[0]) == n
-
-
-def test_the_monitor_folds_even_without_a_progress_bar():
-    log = RequestLog()
-    with Progress(log, "x", enabled=False):
-        log.on_issue([req(1)])
-        log.on_responses(answer(1))
-        deadline = time.monotonic() + 5
-        while log.unfolded and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert log.unfolded == 0
-    assert log.completed == 1
