@@ -79,10 +79,9 @@ class HarnessSUT:
             log.on_issue(reqs)
             server.issue(reqs)
             return
-        build = self.builder.build
+        build = self.builder.from_queries
         for lo in range(0, len(query_samples), ISSUE_CHUNK):
-            qs = query_samples[lo : lo + ISSUE_CHUNK]
-            reqs = build([q.id for q in qs], [q.index for q in qs], time.perf_counter_ns())
+            reqs = build(query_samples[lo : lo + ISSUE_CHUNK], time.perf_counter_ns())
             log.on_issue(reqs)
             server.issue(reqs)
 

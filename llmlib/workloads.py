@@ -161,3 +161,13 @@ class RequestBuilder:
             LLMRequest(q, i, inputs[i], mnt, stream, out_lens[i], refs[i], issue_ns)
             for q, i in zip(ids, indices, strict=True)
         ]
+
+    def from_queries(self, queries: Sequence[Any], issue_ns: int) -> list[LLMRequest]:
+        """One request per query object with ``id`` and ``index`` (LoadGen's QuerySample),
+        each attribute read once (they are slow pybind properties)."""
+        inputs, out_lens, refs = self._inputs, self._out_lens, self._refs
+        mnt, stream = self.max_new_tokens, self.stream
+        return [
+            LLMRequest(q.id, (i := q.index), inputs[i], mnt, stream, out_lens[i], refs[i], issue_ns)
+            for q in queries
+        ]
