@@ -219,22 +219,30 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_null"]:
-        scen, qps, dur, out, conf = argv[1:6]
-        null_sut(scen, float(qps), int(dur), Path(out), Path(conf))
-        return 0
+MEASURES = ("overhead", "fidelity")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m harness.bench")
-    ap.add_argument(
-        "what", nargs="*", default=["overhead", "fidelity"], choices=["overhead", "fidelity"]
-    )
+    # no default list here: argparse (3.11) checks a list default against choices as a whole
+    ap.add_argument("what", nargs="*", choices=MEASURES, help="default: all")
     ap.add_argument("--duration_ms", type=int, default=5000)
     ap.add_argument("--bisect_steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved Offline pairs")
     ap.add_argument("--attempts", type=int, default=2, help="runs per Server rate tried")
     ap.add_argument("--out", default="build/bench")
     args = ap.parse_args(argv)
+    args.what = args.what or list(MEASURES)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_null"]:
+        scen, qps, dur, out, conf = argv[1:6]
+        null_sut(scen, float(qps), int(dur), Path(out), Path(conf))
+        return 0
+    args = parse_args(argv)
     root = (Path(args.out) / time.strftime("%Y.%m.%d-%H.%M.%S")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench_user.conf").write_text(BENCH_USER_CONF)

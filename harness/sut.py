@@ -3,7 +3,7 @@
 The completion path keeps LoadGen's token-latency contract: a streamed request gets
 ``FirstTokenComplete`` with its first token(s), then ``QuerySamplesComplete`` with all output
 token ids (so the final data starts with the first-token data) and ``n_tokens`` equal to
-their count. Responses ready together go to LoadGen in one call, in one contiguous buffer.
+their count. Responses ready together go to LoadGen in one call.
 A failed request completes too (no data, ``n_tokens`` 0), so LoadGen never waits for it;
 the request log counts it.
 """
