@@ -224,14 +224,18 @@ MEASURES = ("overhead", "fidelity")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m harness.bench")
-    # no default list here: argparse (3.11) checks a list default against choices as a whole
-    ap.add_argument("what", nargs="*", choices=MEASURES, help="default: all")
+    # choices checked below: argparse (3.11) checks an empty or default list against
+    # ``choices`` as a whole and refuses it
+    ap.add_argument("what", nargs="*", help=f"any of {', '.join(MEASURES)} (default: all)")
     ap.add_argument("--duration_ms", type=int, default=5000)
     ap.add_argument("--bisect_steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved Offline pairs")
     ap.add_argument("--attempts", type=int, default=2, help="runs per Server rate tried")
     ap.add_argument("--out", default="build/bench")
     args = ap.parse_args(argv)
+    for w in args.what:
+        if w not in MEASURES:
+            ap.error(f"invalid choice: {w!r} (choose from {', '.join(MEASURES)})")
     args.what = args.what or list(MEASURES)
     return args
 
