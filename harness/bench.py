@@ -16,6 +16,7 @@ and a markdown table is printed for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -60,6 +61,9 @@ def null_sut(scenario: str, qps: float, duration_ms: int, outdir: Path, user_con
     ls = lg.LogSettings()
     ls.enable_trace = False
     ls.log_output.outdir = str(outdir)
+    gc.collect()  # the same GC treatment as the harness's test (runner.run_one)
+    gc.freeze()
+    gc.disable()
     lg.StartTestWithLogSettings(sut, qsl, ts, ls, str(outdir / "none"))
 
 
