@@ -60,12 +60,14 @@ class DummyCore(LLMCore):
 
     def _answer(self, req: LLMRequest) -> tuple[np.ndarray, np.ndarray]:
         """(output tokens, first-token view) for ``req``, cached per sample: LoadGen draws
-        the same samples again and again."""
+        the same samples again and again. A hit needs the very same output length, cap and
+        reference objects (the request builder hands out one set per sample); anything else
+        is a miss and is recomputed, never answered wrongly."""
         hit = self._token_cache.get(req.sample_index)
         if (
             hit is not None
-            and hit[2] == req.output_len
-            and hit[3] == req.max_new_tokens
+            and hit[2] is req.output_len
+            and hit[3] is req.max_new_tokens
             and hit[4] is req.reference_tokens
         ):
             return hit[0], hit[1]
@@ -95,14 +97,24 @@ class DummyCore(LLMCore):
             self._cond.notify()
 
     def _answer_now(self, requests: Sequence[LLMRequest]) -> None:
-        self._count(len(requests))
+        if self._fail_after >= 0:
+            self._count(len(requests))
         now, cid, out = self.clock.now_ns(), self.core_id, []
-        answer = self._answer
+        cache = self._token_cache
         for req in requests:
-            tokens, first = answer(req)
+            # _answer's cache hit, inlined: this loop is all the zero profile costs
+            hit = cache.get(req.sample_index)
+            if (
+                hit is None
+                or hit[2] is not req.output_len
+                or hit[3] is not req.max_new_tokens
+                or hit[4] is not req.reference_tokens
+            ):
+                self._answer(req)
+                hit = cache[req.sample_index]
             if req.stream:
-                out.append(LLMResponse(req.request_id, first, False, now, cid))
-            out.append(LLMResponse(req.request_id, tokens, True, now, cid))
+                out.append(LLMResponse(req.request_id, hit[1], False, now, cid))
+            out.append(LLMResponse(req.request_id, hit[0], True, now, cid))
         self._deliver(out)
 
     def _count(self, n: int) -> None:

@@ -137,9 +137,8 @@ class HarnessSUT:
             if type(t) is not np.ndarray or t.dtype is not dtype:
                 t = np.asarray(t, dtype=dtype)
             b = t.tobytes()
-            keep.append(b)
-            n = len(t)
-            items.append((r.request_id, id(b) + off if n else 0, len(b), n))
+            keep.append(b)  # (an empty one has a valid address too; LoadGen reads 0 bytes)
+            items.append((r.request_id, id(b) + off, len(b), len(t)))
         return items, keep
 
 

@@ -176,6 +176,7 @@ class LLMCore(ABC):
         twice (say, by its backend and by ``_fail`` racing it)."""
         pending, first, tel = self._pending, self._first_ns, self.telemetry
         forward: list[LLMResponse] = []
+        completed = tokens = 0
         for r in responses:
             rid = r.request_id
             if not r.is_final:
@@ -188,15 +189,17 @@ class LLMCore(ABC):
             if pending.pop(rid, None) is None:
                 continue
             forward.append(r)
-            t_first = first.pop(rid, None)
+            t_first = first.pop(rid, None) if first else None
             if r.error is not None:
                 tel.failed += 1
                 continue
             n = len(r.output_tokens)
-            tel.completed += 1
-            tel.tokens += n
+            completed += 1
+            tokens += n
             if t_first is not None and n > 1:
                 tel.observe_tpot((r.time_ns - t_first) / (n - 1))
+        tel.completed += completed
+        tel.tokens += tokens
         if forward and not self._warmup and self.callback is not None:
             self.callback(forward)
         if not pending and self._flush_waiters:  # (a missed notify costs one 50 ms poll)
