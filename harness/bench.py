@@ -6,6 +6,8 @@
   (interleaved pairs, median ratio), and the highest Server QPS that stays VALID
   (TTFT/TPOT p99 bounds tightened to 10 ms by a user.conf, so falling behind shows up at
   once).
+* path: the request path's cost per query in process (Python opcodes, deterministic, and
+  microseconds), see ``harness.pathcost``.
 * fidelity: the dummy core with a fixed TTFT and TPOT at moderate Server load; LoadGen's
   p50/p99 TTFT and TPOT against the injected values.
 
@@ -194,8 +196,18 @@ def fidelity(root: Path, duration_ms: int, ttft_ms: float, tpot_ms: float, qps: 
 
 
 def markdown(res: dict[str, Any]) -> str:
-    o, f = res.get("overhead"), res.get("fidelity")
+    o, f, p = res.get("overhead"), res.get("fidelity"), res.get("path")
     lines = []
+    if p:
+        lines += [
+            "| request path, in process | Python opcodes/query | us/query (best of 5) |",
+            "|---|---|---|",
+        ]
+        for scen in ("offline", "server"):
+            lines.append(
+                f"| {scen} | {p[scen]['opcodes_per_query']:.0f} | {p[scen]['us_per_query']:.2f} |"
+            )
+        lines.append("")
     if o:
         lines += [
             "| measure | null SUT | harness + dummy `zero` | ratio |",
@@ -223,7 +235,7 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-MEASURES = ("overhead", "fidelity")
+MEASURES = ("overhead", "fidelity", "path")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -259,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         res["overhead"] = overhead(
             root, args.duration_ms, args.bisect_steps, args.repeats, args.attempts
         )
+    if "path" in args.what:
+        from .pathcost import path_cost
+
+        res["path"] = path_cost()
     if "fidelity" in args.what:
         res["fidelity"] = fidelity(root, max(args.duration_ms, 10_000), 100.0, 20.0, 40.0)
     (root / "results.json").write_text(json.dumps(res, indent=2))

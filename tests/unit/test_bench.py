@@ -1,0 +1,29 @@
+"""`make bench`: its arguments, and the in-process path measure."""
+
+import pytest
+
+from harness.bench import parse_args
+
+
+def test_no_measure_named_means_all():
+    assert parse_args([]).what == ["overhead", "fidelity", "path"]
+
+
+def test_one_measure_and_options():
+    a = parse_args(["fidelity", "--repeats=5"])
+    assert a.what == ["fidelity"] and a.repeats == 5
+
+
+def test_unknown_measure_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["speed"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_path_cost_counts_opcodes_of_a_completed_path():
+    from harness.pathcost import opcodes_per_query, us_per_query
+
+    for scen in ("offline", "server"):
+        ops, top = opcodes_per_query(scen, n=64)
+        assert ops > 20 and any("_deliver" in k for k in top)
+        assert us_per_query(scen, 64, rounds=1) > 0  # raises if a query went missing
