@@ -23,7 +23,7 @@ from llmlib.policies import POLICIES
 from llmlib.registry import core_names
 
 from .report import console_table
-from .runner import MODE_DIR
+from .runner import MODE_DIR, compliance_audit_config
 
 MODES = {
     "PerformanceOnly": ["PerformanceOnly"],
@@ -112,6 +112,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--{name}: file not found: {path}")
     if cfg.core_type == "dummy":
         profile_from_config(cfg)
+    for test in cfg.compliance_list:
+        compliance_audit_config(cfg, test)
 
 
 def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Config]:
@@ -128,10 +130,21 @@ def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Confi
     ]
 
 
-def run_child(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any] | None:
+def run_child(
+    cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
+) -> dict[str, Any] | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "spec.json"
-    spec.write_text(json.dumps({"config": cfg.to_json(), "mode": mode, "run_dir": str(run_dir)}))
+    spec.write_text(
+        json.dumps(
+            {
+                "config": cfg.to_json(),
+                "mode": mode,
+                "run_dir": str(run_dir),
+                "compliance": compliance,
+            }
+        )
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     rc = subprocess.call(
@@ -140,7 +153,8 @@ def run_child(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any] | None:
     summary = run_dir / "summary.json"
     if rc != 0 or not summary.is_file():
         print(
-            f"error: {cfg.benchmark}/{cfg.scenario}/{MODE_DIR[mode]} failed (exit {rc}); "
+            f"error: {cfg.benchmark}/{cfg.scenario}/{compliance or MODE_DIR[mode]} failed "
+            f"(exit {rc}); "
             f"see {run_dir / 'harness.log'}",
             file=sys.stderr,
         )
@@ -177,9 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(configs[0].log_dir) / stamp / configs[0].system_name
     summaries, failed = [], 0
     for cfg in configs:
-        for mode in MODES[cfg.test_mode]:
-            run_dir = (root / cfg.benchmark / cfg.scenario / MODE_DIR[mode]).resolve()
-            s = run_child(cfg, mode, run_dir)
+        runs = [(mode, None, MODE_DIR[mode]) for mode in MODES[cfg.test_mode]]
+        runs += [("PerformanceOnly", t, f"compliance/{t}") for t in cfg.compliance_list]
+        for mode, test, sub in runs:
+            run_dir = (root / cfg.benchmark / cfg.scenario / sub).resolve()
+            s = run_child(cfg, mode, run_dir, test)
             if s is None:
                 failed += 1
             else:

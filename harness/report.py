@@ -162,8 +162,30 @@ def render_markdown(s: dict[str, Any]) -> str:
         f"System `{s['system']}`, core `{s['core_type']}` x{s['num_cores']}, policy "
         f"`{s['policy']}`, LoadGen model `{s['mlperf_model']}`, started {s['started']}.",
         "",
-        f"**Result: {s['validity']}** (LoadGen: {lg.get('validity')})",
     ]
+    comp = s.get("compliance")
+    if comp:
+        checks = comp["checks"]
+        lines += [
+            f"**{comp['test']}: {comp['result']}** on {comp['samples']} logged samples "
+            "(`verify_accuracy.txt`). This run's performance figures below come from the "
+            "audit settings and are not a result.",
+            "",
+            "| check | pass |",
+            "|---|---|",
+            f"| final data starts with the first-token data | {checks['first_token']} |",
+            f"| at most one trailing EOS | {checks['eos']} |",
+            f"| token_count equals the data length | {checks['length']} |",
+        ]
+        if comp.get("problem"):
+            lines += ["", f"Problem: {comp['problem']}"]
+        if comp["failures"]:
+            lines += ["", "First failures:"] + [
+                f"- {f['check']}: seq {f['seq_id']}, sample {f['qsl_idx']}: {f['why']}"
+                for f in comp["failures"]
+            ]
+        lines.append("")
+    lines.append(f"**Result: {s['validity']}** (LoadGen: {lg.get('validity')})")
     lines += [f"- {r}" for r in s["reasons"]]
     lines += [
         "",
@@ -227,7 +249,9 @@ def console_table(summaries: list[dict[str, Any]]) -> str:
                 s["benchmark"],
                 s["scenario"],
                 s["mode"],
-                s["validity"],
+                f"{s['compliance']['test']} {s['compliance']['result']}"
+                if s.get("compliance")
+                else s["validity"],
                 _num(lg.get("samples_per_second")),
                 _num(lg.get("tokens_per_second")),
                 _ms(lg.get("ttft_ns", {}), "p99"),

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmlib.compliance import check_test06
 from llmlib.config import Config
 from llmlib.core import LLMCore
-from llmlib.errors import LLMLibError
+from llmlib.errors import ConfigError, LLMLibError
 from llmlib.metrics import RequestLog
 from llmlib.policies import DEFAULT_POLICY, make_policy
 from llmlib.registry import get_core_class
@@ -103,8 +104,20 @@ def test_settings(
     return ts
 
 
-def run_one(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any]:
+def compliance_audit_config(cfg: Config, test: str) -> Path:
+    path = Path(cfg.config_dir) / "compliance" / test / "audit.config"
+    if not path.is_file():
+        raise ConfigError(f"{test}: audit config not found: {path}")
+    return path
+
+
+def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None) -> dict[str, Any]:
+    """One LoadGen test in ``run_dir``. With ``compliance`` (a test name), the test runs
+    under that test's audit.config and its checks are made on the logs afterwards."""
     import mlperf_loadgen as lg
+
+    if compliance:
+        cfg = cfg.replace(audit_config=str(compliance_audit_config(cfg, compliance)))
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     spec = load_benchmark(cfg.config_dir, cfg.benchmark)
@@ -133,7 +146,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any]:
         qsl = lg.ConstructQSL(
             len(dataset), ts.performance_sample_count_override, lambda s: None, lambda s: None
         )
-        label = f"{cfg.benchmark} {cfg.scenario} {MODE_DIR[mode]}"
+        label = f"{cfg.benchmark} {cfg.scenario} {compliance or MODE_DIR[mode]}"
         # The request path makes no reference cycles; the cyclic GC's pauses (which grow
         # with the heap of per-request records) would only add latency jitter.
         gc.collect()
@@ -158,10 +171,18 @@ def run_one(cfg: Config, mode: str, run_dir: Path) -> dict[str, Any]:
     lg_res = loadgen_result(detail, summary_txt.read_text() if summary_txt.is_file() else "")
     h_res = harness_result(rlog, duration, server.issued)
     validity, reasons = overall_validity(lg_res, h_res)
+    checks = None
+    if compliance == "TEST06":
+        res06 = check_test06(
+            run_dir / "mlperf_log_accuracy.json", cfg.scenario, spec.eos_id, cfg.output_dtype
+        )
+        (run_dir / "verify_accuracy.txt").write_text(res06.verify_text())
+        checks = res06.to_json()
     summary = {
         "benchmark": cfg.benchmark,
         "scenario": cfg.scenario,
-        "mode": MODE_DIR[mode],
+        "mode": compliance or MODE_DIR[mode],
+        "compliance": checks,
         "system": cfg.system_name,
         "core_type": cfg.core_type,
         "num_cores": len(cores),
@@ -195,7 +216,7 @@ def main_child(spec_path: str) -> int:
     cfg = Config.from_json(spec["config"])
     (run_dir / "config.txt").write_text(cfg.describe() + "\n")
     try:
-        run_one(cfg, spec["mode"], run_dir)
+        run_one(cfg, spec["mode"], run_dir, spec.get("compliance"))
     except LLMLibError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -70,6 +70,15 @@ _FIELD_LIST = [
         "run",
         choices=TEST_MODES,
     ),
+    _f(
+        "compliance_tests",
+        str,
+        "",
+        "comma list of compliance tests to run after the modes (TEST06), each in "
+        "<run>/compliance/<test> with its audit.config",
+        "run",
+        yaml=False,
+    ),
     _f("core_type", str, "dummy", "backend core (see 'Backends' in the README)", "run"),
     _f(
         "num_cores",
@@ -292,6 +301,17 @@ def coerce_field(field: Field, value: Any, where: str) -> Any:
 
 class Config:
     """Resolved values with their sources. Attribute access reads values."""
+
+    @property
+    def compliance_list(self) -> list[str]:
+        """``compliance_tests`` as upper-case names, checked against the known tests."""
+        from .compliance import COMPLIANCE_TESTS
+
+        names = [t.strip().upper() for t in self.compliance_tests.split(",") if t.strip()]
+        for t in names:
+            if t not in COMPLIANCE_TESTS:
+                raise UnknownNameError("compliance test", t, COMPLIANCE_TESTS)
+        return names
 
     def __init__(
         self,

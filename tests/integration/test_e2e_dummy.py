@@ -32,7 +32,7 @@ def harness(tmp_path, *args, cwd=None, timeout=240):
         timeout=timeout,
     )
     summaries = {}
-    for s in (tmp_path / "logs").glob("*/*/*/*/*/summary.json"):
+    for s in (tmp_path / "logs").rglob("summary.json"):
         d = json.loads(s.read_text())
         summaries[(d["scenario"], d["mode"])] = (d, s.parent)
     return p, summaries
@@ -110,3 +110,20 @@ def test_submission_run_is_performance_then_accuracy_and_audit_config_is_not_use
     perf = runs[("singlestream", "performance")][0]
     assert perf["loadgen"]["mode"] == "PerformanceOnly"
     assert perf["harness"]["failed"] == 0
+
+
+def test_test06_compliance_run_is_isolated_applied_and_verified(tmp_path):
+    p, runs = harness(
+        tmp_path, "--scenarios=server", "--test_mode=PerformanceOnly", "--compliance_tests=TEST06"
+    )
+    assert p.returncode == 0, p.stderr
+    perf, perf_dir = runs[("server", "performance")]
+    comp, comp_dir = runs[("server", "TEST06")]
+    assert comp_dir == perf_dir.parent / "compliance" / "TEST06"
+    assert comp["compliance"]["result"] == "PASS", comp["compliance"]
+    assert comp["compliance"]["samples"] > 0
+    assert (comp_dir / "verify_accuracy.txt").read_text().endswith("TEST06 verification complete\n")
+    assert (comp_dir / "audit.config").is_file()  # applied there, deliberately
+    assert not (perf_dir / "audit.config").exists()  # and nowhere else
+    assert json.loads((perf_dir / "mlperf_log_accuracy.json").read_text() or "[]") == []
+    assert "TEST06 PASS" in p.stdout

@@ -31,6 +31,7 @@ from llmlib.config import REPO_ROOT
         (["--test_mode=Accuracy"], ["'Accuracy'", "AccuracyOnly"]),
         (["--min_duration=ten"], ["min_duration", "'ten' is not a valid int"]),
         (["tiny"], ["unexpected argument 'tiny'"]),
+        (["--compliance_tests=TEST6"], ["compliance test 'TEST6'", "TEST06"]),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expect):
