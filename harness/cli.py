@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlib.config import FIELDS, REPO_ROOT, Config, benchmark_names, resolve
+from llmlib.datasets import detect_format
 from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
 from llmlib.policies import POLICIES
@@ -114,6 +115,12 @@ def validate(cfg: Config) -> None:
         profile_from_config(cfg)
     for test in cfg.compliance_list:
         compliance_audit_config(cfg, test)
+    if cfg.dataset_path:
+        path = Path(cfg.dataset_path)
+        if not path.is_file():
+            raise ConfigError(f"--dataset_path: file not found: {path}")
+        if cfg.dataset_format == "auto":
+            detect_format(path)
 
 
 def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Config]:

@@ -20,6 +20,7 @@ from typing import Any
 from llmlib.compliance import check_test06
 from llmlib.config import Config
 from llmlib.core import LLMCore
+from llmlib.datasets import load_dataset
 from llmlib.errors import ConfigError, LLMLibError
 from llmlib.metrics import RequestLog
 from llmlib.policies import DEFAULT_POLICY, make_policy
@@ -52,6 +53,8 @@ def build_cores(cfg: Config) -> list[LLMCore]:
 
 
 def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
+    if cfg.dataset_path:
+        return load_dataset(cfg.dataset_path, cfg.dataset_format, spec.name, spec.max_new_tokens)
     return SyntheticDataset(spec, cfg.seed, cfg.vocab_size, cfg.sample_count)
 
 

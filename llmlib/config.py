@@ -192,6 +192,22 @@ _FIELD_LIST = [
     ),
     _f("enable_trace", bool, False, "LoadGen trace log (costs ~25% throughput)", "loadgen"),
     # workload
+    _f(
+        "dataset_path",
+        str,
+        "",
+        "dataset file (MLPerf pickle or JSONL of token ids); empty: the benchmark's "
+        "seeded synthetic workload",
+        "workload",
+    ),
+    _f(
+        "dataset_format",
+        str,
+        "auto",
+        "auto (from the file name), mlperf_pickle or jsonl",
+        "workload",
+        choices=("auto", "mlperf_pickle", "jsonl"),
+    ),
     _f("sample_count", int, 0, "synthetic samples (0: the benchmark's)", "workload", minimum=0),
     _f("seed", int, 0, "seed of synthetic data and pseudo tokens", "workload"),
     _f(
@@ -267,7 +283,15 @@ _FIELD_LIST = [
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
 PATH_FIELDS = frozenset(
-    {"system_config", "config_dir", "log_dir", "user_conf", "audit_config", "engine_profiles_file"}
+    {
+        "system_config",
+        "config_dir",
+        "log_dir",
+        "user_conf",
+        "audit_config",
+        "engine_profiles_file",
+        "dataset_path",
+    }
 )
 
 

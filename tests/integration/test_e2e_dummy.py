@@ -127,3 +127,33 @@ def test_test06_compliance_run_is_isolated_applied_and_verified(tmp_path):
     assert not (perf_dir / "audit.config").exists()  # and nowhere else
     assert json.loads((perf_dir / "mlperf_log_accuracy.json").read_text() or "[]") == []
     assert "TEST06 PASS" in p.stdout
+
+
+def test_a_jsonl_dataset_is_served_and_its_references_reach_loadgen(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = [
+        {
+            "input_ids": rng.integers(3, 32000, rng.integers(4, 40)).tolist(),
+            "output_ids": rng.integers(3, 32000, rng.integers(1, 30)).tolist() + [2],
+        }
+        for _ in range(40)
+    ]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p, runs = harness(
+        tmp_path,
+        "--scenarios=server",
+        "--test_mode=AccuracyOnly",
+        "--engine_profile=zero",
+        f"--dataset_path={data}",
+    )
+    assert p.returncode == 0, p.stderr
+    s, run_dir = runs[("server", "accuracy")]
+    assert s["dataset"] == "jsonl" and s["samples"] == 40
+    entries = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    assert sorted(e["qsl_idx"] for e in entries) == list(range(40))
+    for e in entries:
+        want = rows[e["qsl_idx"]]["output_ids"]
+        assert np.frombuffer(bytes.fromhex(e["data"]), dtype=np.uint32).tolist() == want
+        assert np.frombuffer(bytes.fromhex(e["token_data"]), dtype=np.uint32).tolist() == want[:1]
+        assert e["token_count"] == len(want)

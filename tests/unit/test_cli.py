@@ -32,6 +32,8 @@ from llmlib.config import REPO_ROOT
         (["--min_duration=ten"], ["min_duration", "'ten' is not a valid int"]),
         (["tiny"], ["unexpected argument 'tiny'"]),
         (["--compliance_tests=TEST6"], ["compliance test 'TEST6'", "TEST06"]),
+        (["--dataset_path=/nonexistent/d.jsonl"], ["--dataset_path: file not found"]),
+        (["--dataset_format=csv"], ["'csv'", "mlperf_pickle"]),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expect):
