@@ -175,6 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runner import main_child
 
         return main_child(argv[1])
+    if argv[:1] == ["compare"]:
+        from .compare import main as compare_main
+
+        try:
+            return compare_main(argv[1:])
+        except LLMLibError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         flags, actions = parse_flags(argv)
         if "help" in actions:

@@ -212,6 +212,8 @@ def render_markdown(s: dict[str, Any]) -> str:
             f"| {cid} | {c['issued']} | {c.get('completed', 0)} | "
             f"{c.get('failed', 0)} | {c.get('tokens', 0)} |"
         )
+    for png in s.get("plots") or []:
+        lines += ["", f"![{png[:-4].replace('_', ' ')}]({png})"]
     if h["errors"]:
         lines += ["", "Errors:"] + [f"- {n} x {e}" for e, n in h["errors"].items()]
     if s.get("notes"):

@@ -36,6 +36,7 @@ from llmlib.workloads import (
     load_benchmark,
 )
 
+from .plots import plot_run
 from .progress import Progress
 from .report import harness_result, loadgen_result, overall_validity, parse_detail_log, write_report
 from .sut import HarnessSUT, LoadGenSink
@@ -203,6 +204,13 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         "config": cfg.values,
         "config_sources": cfg.sources,
     }
+    try:
+        summary["plots"] = plot_run(run_dir, summary)
+        if not summary["plots"]:
+            notes.append("no plots: matplotlib is not installed (pip install -e .[plots])")
+    except Exception as exc:  # a plotting problem must not cost the run its report
+        log.exception("plotting failed")
+        notes.append(f"plots failed: {exc!r} (see harness.log)")
     write_report(run_dir, summary)
     return summary
 

@@ -55,6 +55,20 @@ def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
         rows = list(csv.DictReader((run_dir / "requests.csv").read_text().splitlines()))
         assert len(rows) == h["issued"]
         assert str(run_dir).endswith(f"cpu-dummy/tiny/{scenario}/performance")
+        assert s["plots"] == ["latency_cdf.png", "throughput.png"]
+        report = (run_dir / "report.md").read_text()
+        for png in s["plots"]:
+            assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({png})" in report
+    # and the two runs side by side
+    cmp = subprocess.run(
+        [sys.executable, "-m", "harness", "compare", str(tmp_path / "logs"), "--plot="],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    assert "| offline/performance |" in cmp.stdout and "| server/performance |" in cmp.stdout
     server = runs[("server", "performance")][0]
     assert server["loadgen"]["ttft_ns"]["p99"] > 0 and server["harness"]["tpot_ns"]["p99"] > 0
     assert "report: " in p.stdout and "results: " in p.stdout
