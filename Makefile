@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run_harness test test-fast bench lint format venv clean
+.PHONY: run_harness test test-fast bench lint format venv clean tiny-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+tiny-model: $(STAMP)
+	$(PY) -m harness.tiny_model
 
 bench: $(STAMP)
 	$(PY) -m harness.bench $(BENCH_ARGS)

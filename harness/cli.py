@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from llmlib.config import FIELDS, REPO_ROOT, Config, benchmark_names, resolve
-from llmlib.datasets import detect_format
+from llmlib.datasets import TEXT_FORMATS, detect_format
 from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
 from llmlib.policies import POLICIES
 from llmlib.registry import core_names
+from llmlib.tokenizer import load_tokenizer
 
 from .report import console_table
 from .runner import MODE_DIR, compliance_audit_config
@@ -121,6 +122,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--dataset_path: file not found: {path}")
         if cfg.dataset_format == "auto":
             detect_format(path)
+    if cfg.tokenizer_path:
+        load_tokenizer(cfg.tokenizer_path)  # a bad path fails here, before any process starts
+    elif cfg.dataset_format in TEXT_FORMATS:
+        raise ConfigError(
+            f"the {cfg.dataset_format} dataset is text: give --tokenizer_path "
+            "(make tiny-model builds one into build/tiny-model)"
+        )
 
 
 def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Config]:

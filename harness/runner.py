@@ -20,13 +20,14 @@ from typing import Any
 from llmlib.compliance import check_test06
 from llmlib.config import Config
 from llmlib.core import LLMCore
-from llmlib.datasets import load_dataset
+from llmlib.datasets import TEXT_FORMATS, load_dataset
 from llmlib.errors import ConfigError, LLMLibError
 from llmlib.metrics import RequestLog
 from llmlib.policies import DEFAULT_POLICY, make_policy
 from llmlib.registry import get_core_class
 from llmlib.request import LLMRequest
 from llmlib.server import LLMServer
+from llmlib.tokenizer import load_tokenizer
 from llmlib.warmup import run_warmup, wait_until_healthy
 from llmlib.workloads import (
     BenchmarkSpec,
@@ -54,8 +55,17 @@ def build_cores(cfg: Config) -> list[LLMCore]:
 
 
 def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
-    if cfg.dataset_path:
-        return load_dataset(cfg.dataset_path, cfg.dataset_format, spec.name, spec.max_new_tokens)
+    if cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS:
+        return load_dataset(
+            cfg.dataset_path,
+            cfg.dataset_format,
+            spec.name,
+            spec.max_new_tokens,
+            load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None,
+            cfg.cache_dir or None,
+            cfg.dataset_multi_turn,
+            cfg.dataset_samples,
+        )
     return SyntheticDataset(spec, cfg.seed, cfg.vocab_size, cfg.sample_count)
 
 
@@ -127,6 +137,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     spec = load_benchmark(cfg.config_dir, cfg.benchmark)
     notes: list[str] = []
     dataset = build_dataset(cfg, spec)
+    notes += getattr(dataset, "notes", [])
     stream = cfg.scenario != "offline"
     cores = build_cores(cfg)
     policy_name = cfg.traffic_distribution_policy or DEFAULT_POLICY[cfg.scenario]

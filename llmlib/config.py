@@ -204,9 +204,39 @@ _FIELD_LIST = [
         "dataset_format",
         str,
         "auto",
-        "auto (from the file name), mlperf_pickle or jsonl",
+        "auto (from the file name), mlperf_pickle, jsonl, sharegpt or humaneval "
+        "(the last two read their registry package when no path is given)",
         "workload",
-        choices=("auto", "mlperf_pickle", "jsonl"),
+        choices=("auto", "mlperf_pickle", "jsonl", "sharegpt", "humaneval"),
+    ),
+    _f(
+        "dataset_samples",
+        int,
+        0,
+        "use only the first N samples of the dataset (0: all)",
+        "workload",
+        minimum=0,
+    ),
+    _f(
+        "dataset_multi_turn",
+        bool,
+        False,
+        "ShareGPT: one sample per reply with the conversation so far as its prompt",
+        "workload",
+    ),
+    _f(
+        "tokenizer_path",
+        str,
+        "",
+        "local tokenizer (a directory with tokenizer.json, or the file) for text datasets",
+        "workload",
+    ),
+    _f(
+        "cache_dir",
+        str,
+        str(REPO_ROOT / "build" / "cache"),
+        "where tokenized datasets are cached ('' for no cache)",
+        "workload",
     ),
     _f("sample_count", int, 0, "synthetic samples (0: the benchmark's)", "workload", minimum=0),
     _f("seed", int, 0, "seed of synthetic data and pseudo tokens", "workload"),
@@ -291,6 +321,8 @@ PATH_FIELDS = frozenset(
         "audit_config",
         "engine_profiles_file",
         "dataset_path",
+        "tokenizer_path",
+        "cache_dir",
     }
 )
 

