@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run_harness test test-fast bench lint format venv clean tiny-model
+.PHONY: run_harness test test-fast bench lint format venv clean tiny-model evaluate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+RUN_DIR ?= build/logs
+evaluate: $(STAMP)
+	$(PY) -m harness evaluate $(RUN_DIR)
 
 tiny-model: $(STAMP)
 	$(PY) -m harness.tiny_model

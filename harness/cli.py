@@ -183,11 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runner import main_child
 
         return main_child(argv[1])
-    if argv[:1] == ["compare"]:
+    if argv[:1] in (["compare"], ["evaluate"]):
         from .compare import main as compare_main
+        from .evaluate import main as evaluate_main
 
         try:
-            return compare_main(argv[1:])
+            return (compare_main if argv[0] == "compare" else evaluate_main)(argv[1:])
         except LLMLibError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

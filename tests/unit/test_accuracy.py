@@ -1,0 +1,115 @@
+"""Accuracy scoring: ROUGE against an independent computation, targets and verdicts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from llmlib.accuracy import LLAMA2_TARGETS, read_accuracy_log, rouge_scores, score
+from llmlib.errors import ConfigError
+
+
+def _ngrams(words, n):
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def _f(overlap, n_pred, n_ref):
+    if not overlap:
+        return 0.0
+    p, r = overlap / n_pred, overlap / n_ref
+    return 2 * p * r / (p + r)
+
+
+def _lcs(a, b):
+    t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
+    return t[-1][-1]
+
+
+def independent_rouge(pred, ref):
+    """ROUGE-1/2/L F on lower-case words (inputs chosen so stemming changes nothing)."""
+    pw, rw = pred.lower().split(), ref.lower().split()
+    out = {}
+    for n, name in ((1, "rouge1"), (2, "rouge2")):
+        pg, rg = _ngrams(pw, n), _ngrams(rw, n)
+        overlap = sum(min(pg.count(g), rg.count(g)) for g in set(pg))
+        out[name] = _f(overlap, len(pg), len(rg))
+    out["rougeL"] = _f(_lcs(pw, rw), len(pw), len(rw))
+    return out
+
+
+PAIRS = [
+    ("the cat sat on the mat", "the cat sat on a mat"),
+    ("a big red dog ran home", "the red dog went home"),
+    ("we can not go there now", "we will go there now"),
+    ("one two three four five", "five four three two one"),
+    ("blue sky", "green grass"),
+]
+
+
+def test_rouge_matches_an_independent_computation():
+    got = rouge_scores([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    want = {k: 0.0 for k in ("rouge1", "rouge2", "rougeL")}
+    for p, r in PAIRS:
+        for k, v in independent_rouge(p, r).items():
+            want[k] += v / len(PAIRS)
+    for k in want:
+        assert got[k] == pytest.approx(100 * want[k], abs=1e-3), k
+
+
+def test_rouge_of_identical_text_is_100():
+    assert rouge_scores(["Paris is the capital."], ["Paris is the capital."]) == {
+        "rouge1": 100.0,
+        "rouge2": 100.0,
+        "rougeL": 100.0,
+    }
+
+
+def outputs(lengths):
+    return {i: np.arange(3, 3 + n, dtype=np.uint32) for i, n in enumerate(lengths)}
+
+
+def test_llama2_passes_with_reference_text_and_length():
+    texts = ["alpha beta gamma delta", "epsilon zeta eta theta"]
+    res = score("llama2-70b", outputs([294, 295]), texts, None, lambda ids: texts[len(ids) - 294])
+    assert res.verdict == "PASS" and res.scores["rouge1"] == 100.0
+    tiers = {(c.metric, c.tier) for c in res.checks}
+    assert ("rougeL", "99.0%") in tiers and ("rougeL", "99.9%") in tiers
+    low = next(c for c in res.checks if c.metric == "rouge2" and c.tier == "99.9%").low
+    assert low == pytest.approx(LLAMA2_TARGETS["rouge2"] * 0.999)
+
+
+def test_llama2_fails_on_poor_text_or_wrong_length():
+    texts = ["alpha beta gamma delta", "epsilon zeta eta theta"]
+    bad = score("llama2-70b", outputs([294, 294]), texts, None, lambda ids: "omega")
+    assert bad.verdict == "FAIL" and bad.scores["rouge1"] == 0.0
+    short = score("llama2-70b", outputs([100, 100]), texts, None, lambda ids: texts[0])
+    tps = next(c for c in short.checks if c.metric == "tokens_per_sample")
+    assert tps.passed is False and short.verdict == "FAIL"
+
+
+def test_llama2_without_reference_text_is_unscored_with_the_reason():
+    res = score("llama2-70b", outputs([5]), None, None)
+    assert res.verdict == "UNSCORED" and "--tokenizer_path" in res.note
+
+
+def test_reference_match_for_datasets_without_targets():
+    refs = [np.arange(3, 8, dtype=np.uint32), np.arange(3, 9, dtype=np.uint32)]
+    res = score("tiny", {0: refs[0], 1: refs[0]}, None, refs)
+    assert res.scores["reference_match_pct"] == 50.0 and res.verdict == "UNSCORED"
+
+
+def test_read_accuracy_log(tmp_path):
+    p = tmp_path / "mlperf_log_accuracy.json"
+    a = np.array([5, 6], dtype=np.uint32).tobytes().hex()
+    b = np.array([7], dtype=np.uint32).tobytes().hex()
+    p.write_text(json.dumps([{"qsl_idx": 3, "data": a}, {"qsl_idx": 3, "data": b}]))
+    got = read_accuracy_log(p)
+    assert list(got) == [3] and got[3].tolist() == [5, 6]  # the first entry counts
+    p.write_text("[]")
+    with pytest.raises(ConfigError, match="no samples logged"):
+        read_accuracy_log(p)
+    with pytest.raises(ConfigError, match="was this an AccuracyOnly run"):
+        read_accuracy_log(tmp_path / "none.json")
