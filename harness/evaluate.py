@@ -51,15 +51,12 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{run_dir}: sample index {max(outputs)} is past the dataset's {len(ds)}")
     tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
     fields = getattr(ds, "fields", None)
-    texts = None
-    if fields and all("output" in f for f in fields):
-        texts = [str(f["output"]) for f in fields]
     refs = [ds.reference_tokens(i) for i in range(len(ds))]
     refs_capped = None if any(r is None for r in refs) else [r[: ds.max_new_tokens] for r in refs]  # type: ignore[index]
     res = score(
         cfg.benchmark,
         outputs,
-        texts,
+        fields,
         refs_capped,
         (lambda ids: tok.decode(ids)) if tok is not None else None,
     )

@@ -5,7 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from llmlib.accuracy import LLAMA2_TARGETS, read_accuracy_log, rouge_scores, score
+from llmlib.accuracy import (
+    LLAMA2_TARGETS,
+    gsm8k_answer,
+    niah_em,
+    qa_em,
+    read_accuracy_log,
+    rouge_scores,
+    score,
+)
 from llmlib.errors import ConfigError
 
 
@@ -68,24 +76,33 @@ def test_rouge_of_identical_text_is_100():
 
 
 def outputs(lengths):
-    return {i: np.arange(3, 3 + n, dtype=np.uint32) for i, n in enumerate(lengths)}
+    """Sample i's output starts with token 3 + i (decode_index reads it back)."""
+    return {i: np.arange(3 + i, 3 + i + n, dtype=np.uint32) for i, n in enumerate(lengths)}
+
+
+def orca(texts):
+    return [{"output": t} for t in texts]
 
 
 def test_llama2_passes_with_reference_text_and_length():
     texts = ["alpha beta gamma delta", "epsilon zeta eta theta"]
-    res = score("llama2-70b", outputs([294, 295]), texts, None, lambda ids: texts[len(ids) - 294])
+    res = score(
+        "llama2-70b", outputs([294, 295]), orca(texts), None, lambda ids: texts[decode_index(ids)]
+    )
     assert res.verdict == "PASS" and res.scores["rouge1"] == 100.0
     tiers = {(c.metric, c.tier) for c in res.checks}
     assert ("rougeL", "99.0%") in tiers and ("rougeL", "99.9%") in tiers
     low = next(c for c in res.checks if c.metric == "rouge2" and c.tier == "99.9%").low
     assert low == pytest.approx(LLAMA2_TARGETS["rouge2"] * 0.999)
+    tps = next(c for c in res.checks if c.metric == "tokens_per_sample")
+    assert (tps.low, tps.high) == pytest.approx((294.45 * 0.9, 294.45 * 1.1))
 
 
 def test_llama2_fails_on_poor_text_or_wrong_length():
     texts = ["alpha beta gamma delta", "epsilon zeta eta theta"]
-    bad = score("llama2-70b", outputs([294, 294]), texts, None, lambda ids: "omega")
+    bad = score("llama2-70b", outputs([294, 294]), orca(texts), None, lambda ids: "omega")
     assert bad.verdict == "FAIL" and bad.scores["rouge1"] == 0.0
-    short = score("llama2-70b", outputs([100, 100]), texts, None, lambda ids: texts[0])
+    short = score("llama2-70b", outputs([100, 100]), orca(texts), None, lambda ids: texts[0])
     tps = next(c for c in short.checks if c.metric == "tokens_per_sample")
     assert tps.passed is False and short.verdict == "FAIL"
 
@@ -113,3 +130,88 @@ def test_read_accuracy_log(tmp_path):
         read_accuracy_log(p)
     with pytest.raises(ConfigError, match="was this an AccuracyOnly run"):
         read_accuracy_log(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("She has 3 apples, then 5. The answer is 8.", 8.0),
+        ("The answer is 1,250 dollars, not 3", 1250.0),
+        ("First 2, then 7 and finally -4.5", -4.5),
+        ("So 12.\nQ: next question has 99", 12.0),
+        ("no numbers here", None),
+    ],
+)
+def test_gsm8k_answer_extraction(text, want):
+    assert gsm8k_answer(text) == want
+
+
+def test_qa_em_and_niah_em():
+    assert qa_em("Paris|paris, France", "Let me think. Answer: Paris") == 100.0
+    assert qa_em("New York", "Answer: new  york city") == 100.0  # whitespace/case removed
+    assert qa_em("Rome", "Answer: Paris") == 0.0
+    u = "12345678-abcd-ef01-2345-6789abcdef01"
+    assert niah_em(f"the key is {u}", f"I found {u}") == 100.0
+    assert niah_em(f"the key is {u}", "no uuid") == 0.0
+
+
+def mixtral_fields():
+    return [
+        {"dataset": "OpenOrca", "gt_output": "the cat sat on the mat"},
+        {"dataset": "GSM8K", "gt_output": "42"},
+        {"dataset": "GSM8K", "gt_output": "7"},
+    ]
+
+
+def test_mixtral_openorca_rouge_and_gsm8k():
+    answers = {0: "the cat sat on the mat", 1: "The answer is 42", 2: "The answer is 6"}
+    res = score(
+        "mixtral-8x7b",
+        outputs([145, 145, 145]),
+        mixtral_fields(),
+        None,
+        lambda ids: answers[decode_index(ids)],
+    )
+    assert res.scores["rouge1"] == 100.0 and res.scores["gsm8k"] == pytest.approx(50.0)
+    gsm = next(c for c in res.checks if c.metric == "gsm8k")
+    assert gsm.low == pytest.approx(73.66 * 0.99) and gsm.passed is False
+    assert res.verdict == "FAIL"
+
+
+def test_mixtral_with_mbxp_samples_is_incomplete():
+    fields = [
+        *mixtral_fields(),
+        {"dataset": "MBXP", "gt_output": "assert f() == 1", "id": "python_f"},
+    ]
+    answers = {0: "the cat sat on the mat", 1: "The answer is 42", 2: "The answer is 7", 3: "x"}
+    res = score(
+        "mixtral-8x7b",
+        outputs([145, 145, 145, 145]),
+        fields,
+        None,
+        lambda ids: answers[decode_index(ids)],
+    )
+    assert res.verdict == "INCOMPLETE" and "1 MBXP samples not scored" in res.note
+
+
+def test_llama31_405b_per_metric():
+    fields = [
+        {"metric": "rouge", "gt_output": "the quick brown fox"},
+        {"metric": "qa_em", "gt_output": "Paris"},
+        {"metric": "qa_em", "gt_output": "Rome"},
+    ]
+    answers = {0: "the quick brown fox", 1: "Answer: Paris", 2: "Answer: Paris"}
+    res = score(
+        "llama3.1-405b",
+        outputs([684, 684, 684]),
+        fields,
+        None,
+        lambda ids: answers[decode_index(ids)],
+    )
+    assert res.scores["rougeL"] == 100.0 and res.scores["exact_match"] == 50.0
+    assert res.verdict == "FAIL"  # exact match below 90.1335 x 0.99
+
+
+def decode_index(ids):
+    """The test outputs are arange(3, 3 + n); tell samples apart by a marker set below."""
+    return int(ids[0]) - 3
