@@ -224,11 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
             else:
                 summaries.append(s)
+    rule_errors = 0
     if summaries:
         print()
         print(console_table(summaries))
         print()
         for s in summaries:
             print(f"report: {Path(s['run_dir']) / 'report.md'}")
+        for s in summaries:
+            rules = s.get("rules") or {}
+            for p in rules.get("problems", []):
+                level = rules.get("level", "warning")
+                rule_errors += level == "error"
+                print(
+                    f"{level} (MLPerf run rules): {s['benchmark']}/{s['scenario']}: {p}",
+                    file=sys.stderr,
+                )
     print(f"results: {root.resolve()}")
-    return 1 if failed else 0
+    return 1 if failed or rule_errors else 0

@@ -187,6 +187,18 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines.append("")
     lines.append(f"**Result: {s['validity']}** (LoadGen: {lg.get('validity')})")
     lines += [f"- {r}" for r in s["reasons"]]
+    rules = s.get("rules")
+    if rules is not None:
+        if rules["problems"]:
+            what = "Errors" if rules["level"] == "error" else "Warnings"
+            lines += ["", f"{what} against MLPerf's rules for a submission:"]
+            lines += [f"- {p}" for p in rules["problems"]]
+        else:
+            lines += [
+                "",
+                "Meets MLPerf's run rules checked here (duration, queries, samples, "
+                "token latencies, limits).",
+            ]
     lines += [
         "",
         "| | LoadGen | harness |",

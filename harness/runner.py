@@ -26,6 +26,7 @@ from llmlib.metrics import RequestLog
 from llmlib.policies import DEFAULT_POLICY, make_policy
 from llmlib.registry import get_core_class
 from llmlib.request import LLMRequest
+from llmlib.rules import check_llm_run, official_settings
 from llmlib.server import LLMServer
 from llmlib.tokenizer import load_tokenizer
 from llmlib.warmup import run_warmup, wait_until_healthy
@@ -186,6 +187,15 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     lg_res = loadgen_result(detail, summary_txt.read_text() if summary_txt.is_file() else "")
     h_res = harness_result(rlog, duration, server.issued)
     validity, reasons = overall_validity(lg_res, h_res)
+    rules = None
+    if mode == "PerformanceOnly" and not compliance:
+        scen = LG_SCENARIO[cfg.scenario]
+        rules = {
+            "level": "error" if cfg.test_mode == "SubmissionRun" else "warning",
+            "problems": check_llm_run(
+                detail, official_settings(spec.mlperf_model, scen), cfg.scenario
+            ),
+        }
     checks = None
     if compliance == "TEST06":
         res06 = check_test06(
@@ -198,6 +208,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         "scenario": cfg.scenario,
         "mode": compliance or MODE_DIR[mode],
         "compliance": checks,
+        "rules": rules,
         "system": cfg.system_name,
         "core_type": cfg.core_type,
         "num_cores": len(cores),

@@ -56,6 +56,8 @@ def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
         assert len(rows) == h["issued"]
         assert str(run_dir).endswith(f"cpu-dummy/tiny/{scenario}/performance")
         assert s["plots"] == ["latency_cdf.png", "throughput.png"]
+        assert s["rules"]["level"] == "warning"  # a local run: warnings, exit status 0
+        assert any("min_duration 2000 ms is below" in x for x in s["rules"]["problems"])
         report = (run_dir / "report.md").read_text()
         for png in s["plots"]:
             assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -118,10 +120,14 @@ def test_submission_run_is_performance_then_accuracy_and_audit_config_is_not_use
         "--sample_count=64",
         cwd=cwd,
     )
-    assert p.returncode == 0, p.stderr
+    # a 2 s run on 64 samples is no submission: the rules make it an error (exit 1)
+    assert p.returncode == 1, p.stderr
+    assert "error (MLPerf run rules): tiny/singlestream: min_duration 2000 ms" in p.stderr
     assert "audit.config" in p.stderr and "does NOT use it" in p.stderr
     assert set(runs) == {("singlestream", "performance"), ("singlestream", "accuracy")}
     perf = runs[("singlestream", "performance")][0]
+    assert perf["rules"]["level"] == "error" and len(perf["rules"]["problems"]) >= 2
+    assert runs[("singlestream", "accuracy")][0]["rules"] is None
     assert perf["loadgen"]["mode"] == "PerformanceOnly"
     assert perf["harness"]["failed"] == 0
 
