@@ -30,7 +30,10 @@ RUN_DIR ?= build/logs
 evaluate: $(STAMP)
 	$(PY) -m harness evaluate $(RUN_DIR)
 
+# the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)
+	$(PY) -c "import torch, transformers" 2>/dev/null || \
+		$(PY) -m pip install -q -e '.[model]' -c constraints-cpu.txt
 	$(PY) -m harness.tiny_model
 
 bench: $(STAMP)

@@ -1,10 +1,16 @@
-"""``make tiny-model``: the project's own tokenizer, trained here (nothing is downloaded).
+"""``make tiny-model``: the project's own tokenizer and a tiny random Llama, built here
+(nothing is downloaded).
 
-A byte-level BPE tokenizer (vocabulary 2048; ``<unk>``, ``<s>``, ``</s>`` at ids 0-2, so
-EOS is 2 as in Llama) trained on text from registry packages: HumanEval's prompts and
-solutions and the first conversations of ShareGPT. Written to ``build/tiny-model`` as
-``tokenizer.json`` + ``tokenizer_config.json`` (loadable by ``PreTrainedTokenizerFast``).
-The tiny random Llama that real backends need comes with the vLLM core.
+* A byte-level BPE tokenizer (vocabulary 2048; ``<unk>``, ``<s>``, ``</s>`` at ids 0-2, so
+  EOS is 2 as in Llama) trained on text from registry packages: HumanEval's prompts and
+  solutions and the first conversations of ShareGPT: ``tokenizer.json`` +
+  ``tokenizer_config.json`` (loadable by ``PreTrainedTokenizerFast``, with a chat template).
+* A ``LlamaForCausalLM`` with random weights (seeded): hidden 64, 2 layers, 2 heads of
+  head_dim 32 (vLLM's CPU attention needs >= 32), FFN 128, bf16, saved with
+  ``save_pretrained`` next to the tokenizer (~0.7 MB). Needs torch + transformers (the
+  ``model`` extra); without them only the tokenizer is built, and it says so.
+
+Everything goes to ``build/tiny-model``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 
 from llmlib.config import REPO_ROOT
 from llmlib.datasets import read_sharegpt
+from llmlib.errors import MissingDependencyError
 from llmlib.tokenizer import load_tokenizer, train_tiny_tokenizer
 
 DEFAULT_OUT = REPO_ROOT / "build" / "tiny-model"
@@ -39,6 +46,36 @@ def build(out: Path = DEFAULT_OUT, vocab_size: int = 2048, conversations: int = 
     return out
 
 
+def build_llama(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
+    """Save a tiny random Llama into ``out`` (next to its tokenizer)."""
+    try:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise MissingDependencyError(
+            "the tiny Llama needs torch and transformers: "
+            "pip install -e .[model] -c constraints-cpu.txt"
+        ) from None
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.tiny_model", description=__doc__)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -50,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     ids = tok.encode("def hello():\n    return 'world'")
     print(f"tokenizer: {out / 'tokenizer.json'} (vocabulary {tok.vocab_size}, EOS {tok.eos_id})")
     print(f"check: {ids[:12]} -> {tok.decode(ids)!r}")
+    try:
+        build_llama(out, tok.vocab_size)
+    except MissingDependencyError as exc:
+        print(f"tiny Llama not built: {exc}")
+        return 0
+    print(f"model: {out / 'model.safetensors'} (tiny random Llama, bf16)")
     return 0
 
 
