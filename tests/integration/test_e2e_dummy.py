@@ -74,6 +74,8 @@ def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
     server = runs[("server", "performance")][0]
     assert server["loadgen"]["ttft_ns"]["p99"] > 0 and server["harness"]["tpot_ns"]["p99"] > 0
     assert "report: " in p.stdout and "results: " in p.stdout
+    assert "note: 2 run(s) would not meet MLPerf's run rules" in p.stdout  # one line, not more
+    assert "MLPerf run rules" not in p.stderr
 
 
 def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
