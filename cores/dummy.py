@@ -54,38 +54,33 @@ class DummyCore(LLMCore):
             self._thread = threading.Thread(target=self._run, name=f"dummy-{core_id}", daemon=True)
             self._thread.start()
 
-    def output_tokens(self, req: LLMRequest) -> np.ndarray:
-        """What this core answers for ``req`` (a pure function of the request)."""
-        return self._answer(req)[0]
-
     def _answer(self, req: LLMRequest) -> tuple[np.ndarray, np.ndarray]:
-        """(output tokens, first-token view) for ``req``, cached per sample: LoadGen draws
-        the same samples again and again. A hit needs the very same output length, cap and
-        reference objects (the request builder hands out one set per sample); anything else
-        is a miss and is recomputed, never answered wrongly."""
+        """(output tokens, first-token view) for ``req``: the reference output when the
+        sample has one, else deterministic pseudo tokens of its reference length."""
         hit = self._token_cache.get(req.sample_index)
         if (
-            hit is not None
-            and hit[2] is req.output_len
-            and hit[3] is req.max_new_tokens
-            and hit[4] is req.reference_tokens
+            hit is None
+            or hit[2] is not req.output_len
+            or hit[3] is not req.max_new_tokens
+            or hit[4] is not req.reference_tokens
         ):
-            return hit[0], hit[1]
+            hit = self._fill(req)
+        return hit[0], hit[1]
+
+    def _fill(self, req: LLMRequest) -> tuple[Any, ...]:
+        """Compute and cache ``req``'s answer per sample (LoadGen draws the same samples
+        again and again). A cache hit needs the very same output length, cap and reference
+        objects (the request builder hands out one set per sample); anything else misses
+        and is recomputed, never answered wrongly."""
         if req.reference_tokens is not None:
             tokens = req.reference_tokens[: req.max_new_tokens]
         else:
             n = req.output_len if req.output_len is not None else req.max_new_tokens
             n = max(1, min(n, req.max_new_tokens))
             tokens = pseudo_tokens(self._seed, self._vocab, req.sample_index, n)
-        first = tokens[:1]
-        self._token_cache[req.sample_index] = (
-            tokens,
-            first,
-            req.output_len,
-            req.max_new_tokens,
-            req.reference_tokens,
-        )
-        return tokens, first
+        entry = (tokens, tokens[:1], req.output_len, req.max_new_tokens, req.reference_tokens)
+        self._token_cache[req.sample_index] = entry
+        return entry
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if self._thread is None:
@@ -102,7 +97,7 @@ class DummyCore(LLMCore):
         now, cid, out = self.clock.now_ns(), self.core_id, []
         cache = self._token_cache
         for req in requests:
-            # _answer's cache hit, inlined: this loop is all the zero profile costs
+            # _answer's cache check, inlined: this loop is all the zero profile costs
             hit = cache.get(req.sample_index)
             if (
                 hit is None
@@ -110,8 +105,7 @@ class DummyCore(LLMCore):
                 or hit[3] is not req.max_new_tokens
                 or hit[4] is not req.reference_tokens
             ):
-                self._answer(req)
-                hit = cache[req.sample_index]
+                hit = self._fill(req)
             if req.stream:
                 out.append(LLMResponse(req.request_id, hit[1], False, now, cid))
             out.append(LLMResponse(req.request_id, hit[0], True, now, cid))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlib.config import FIELDS, REPO_ROOT, Config, benchmark_names, resolve
-from llmlib.datasets import TEXT_FORMATS, detect_format
+from llmlib.datasets import TEXT_FORMATS, check_source
 from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
 from llmlib.policies import POLICIES
@@ -116,19 +116,10 @@ def validate(cfg: Config) -> None:
         profile_from_config(cfg)
     for test in cfg.compliance_list:
         compliance_audit_config(cfg, test)
-    if cfg.dataset_path:
-        path = Path(cfg.dataset_path)
-        if not path.is_file():
-            raise ConfigError(f"--dataset_path: file not found: {path}")
-        if cfg.dataset_format == "auto":
-            detect_format(path)
+    if cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS:
+        check_source(cfg.dataset_path, cfg.dataset_format, bool(cfg.tokenizer_path))
     if cfg.tokenizer_path:
         load_tokenizer(cfg.tokenizer_path)  # a bad path fails here, before any process starts
-    elif cfg.dataset_format in TEXT_FORMATS:
-        raise ConfigError(
-            f"the {cfg.dataset_format} dataset is text: give --tokenizer_path "
-            "(make tiny-model builds one into build/tiny-model)"
-        )
 
 
 def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Config]:

@@ -102,6 +102,7 @@ class HarnessSUT:
                     failed = True
             else:
                 firsts.append(r)
+        # each ``keep`` holds the token data until its LoadGen call has returned
         if firsts:
             items, keep = self._pack(firsts)
             self.sink.first_token_complete(items)
@@ -110,7 +111,6 @@ class HarnessSUT:
                 self._first_for_failures(finals, firsts)
             items, keep = self._pack(finals)
             self.sink.query_samples_complete(items)
-        del keep  # the token data had to outlive the LoadGen calls above
         self.log.on_responses(responses)
 
     def _first_for_failures(self, finals: list[LLMResponse], firsts: list[LLMResponse]) -> None:

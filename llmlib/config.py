@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from . import flags as fl
+from .datasets import DATASET_FORMATS
 from .errors import ConfigError, UnknownNameError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -207,7 +208,7 @@ _FIELD_LIST = [
         "auto (from the file name), mlperf_pickle, jsonl, sharegpt or humaneval "
         "(the last two read their registry package when no path is given)",
         "workload",
-        choices=("auto", "mlperf_pickle", "jsonl", "sharegpt", "humaneval"),
+        choices=DATASET_FORMATS,
     ),
     _f(
         "dataset_samples",

