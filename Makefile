@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 
 RUN_DIR ?= build/logs
 evaluate: $(STAMP)
-	$(PY) -m harness evaluate $(RUN_DIR)
+	$(PY) -m harness evaluate $(RUN_DIR) $(EVAL_ARGS)
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)

@@ -1,7 +1,8 @@
 """``python -m harness evaluate RUN_DIR ...`` (``make evaluate RUN_DIR=...``): score accuracy
 runs (see ``llmlib.accuracy``). A RUN_DIR is an accuracy run directory, or a directory above
 some. The dataset and tokenizer are the run's own (from its ``spec.json``); the verdict goes
-to the console and to ``accuracy.json`` / ``accuracy.txt`` in the run directory.
+to the console and to ``accuracy.json`` / ``accuracy.txt`` in the run directory. MBXP
+(mixtral-8x7b) builds and runs generated code: ``--workers`` programs at once.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def find_accuracy_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
-def evaluate_run(run_dir: Path) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, workers: int | None = None) -> dict[str, Any]:
     spec = json.loads((run_dir / "spec.json").read_text())
     cfg = Config.from_json(spec["config"])
     bench = load_benchmark(cfg.config_dir, cfg.benchmark)
@@ -59,6 +60,7 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
         fields,
         refs_capped,
         (lambda ids: tok.decode(ids)) if tok is not None else None,
+        mbxp_workers=workers,
     )
     out = res.to_json() | {"run_dir": str(run_dir), "dataset": getattr(ds, "name", "")}
     (run_dir / "accuracy.json").write_text(json.dumps(out, indent=2))
@@ -70,6 +72,14 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness evaluate", description=__doc__)
     ap.add_argument("runs", nargs="+", help="accuracy run directories (or directories above)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="MBXP programs built and run at once (default: one per CPU)",
+    )
     args = ap.parse_args(argv)
-    verdicts = [evaluate_run(r)["verdict"] for r in find_accuracy_runs(args.runs)]
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers must be at least 1, got {args.workers}")
+    verdicts = [evaluate_run(r, args.workers)["verdict"] for r in find_accuracy_runs(args.runs)]
     return 1 if "FAIL" in verdicts else 0

@@ -11,12 +11,13 @@ MLPerf's script joins sentences with newlines first (nltk punkt) for ROUGE-Lsum;
 split on non-alphanumerics, so that step does not change them and is not needed here.
 
 mixtral-8x7b: ROUGE on the OpenOrca samples (``gt_output``), GSM8K accuracy (the number
-the answer ends on, as MLPerf's script finds it, against ``gt_output``); MBXP samples need
-each language's toolchain to run the generated code and are not scored here, which makes
-the verdict INCOMPLETE. llama3.1-405b: per-sample ``metric``: ROUGE-L for ``rouge``,
-exact match for ``qa_em`` and ``niah_em`` (MLPerf's computations), averaged over those
-samples (ROUGE-L with stemming as in the other two scripts; the version of the 405b script
-read for this did not show how its scorer is built, so that one detail is unconfirmed).
+the answer ends on, as MLPerf's script finds it, against ``gt_output``) and MBXP (the
+generated code run against its tests, ``llmlib.mbxp``; where a language's toolchain is not
+installed the MBXP score is missing and the verdict INCOMPLETE). llama3.1-405b: per-sample
+``metric``: ROUGE-L for ``rouge``, exact match for ``qa_em`` and ``niah_em`` (MLPerf's
+computations), averaged over those samples (ROUGE-L with stemming as in the other two
+scripts; the version of the 405b script read for this did not show how its scorer is
+built, so that one detail is unconfirmed).
 Targets and tokens-per-sample windows are the submission checker's.
 
 Any other dataset with reference tokens (synthetic, JSONL, HumanEval, ShareGPT): the share
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from . import mbxp
 from .errors import ConfigError, MissingDependencyError
 
 # MLPerf reference scores, tiers and tokens-per-sample windows (the submission checker's
@@ -240,10 +242,11 @@ def score(
     fields: list[dict[str, Any]] | None,
     reference_tokens: list[np.ndarray | None] | None,
     decode: Any = None,
+    mbxp_workers: int | None = None,
 ) -> AccuracyResult:
     """Score ``outputs`` (sample index -> token ids) of ``benchmark``; ``fields`` are the
     dataset's per-sample fields (reference text and the like), ``decode`` turns token ids
-    into text."""
+    into text; ``mbxp_workers`` programs run at once for MBXP (default: one per CPU)."""
     idx = sorted(outputs)
     res = AccuracyResult(benchmark, len(idx))
     tps = float(np.mean([len(outputs[i]) for i in idx]))
@@ -261,7 +264,7 @@ def score(
         return res
     text = {i: decode(outputs[i]) for i in idx}
     if benchmark == "mixtral-8x7b":
-        _score_mixtral(res, text, fields)
+        _score_mixtral(res, text, fields, mbxp_workers)
     elif benchmark == "llama3.1-405b":
         _score_405b(res, text, fields)
     else:
@@ -277,10 +280,15 @@ def score(
     return res
 
 
-def _score_mixtral(res: AccuracyResult, text: dict[int, str], fields: list[dict[str, Any]]) -> None:
+def _score_mixtral(
+    res: AccuracyResult,
+    text: dict[int, str],
+    fields: list[dict[str, Any]],
+    mbxp_workers: int | None,
+) -> None:
     orca = [i for i in text if fields[i]["dataset"] == "OpenOrca"]
     gsm = [i for i in text if fields[i]["dataset"] == "GSM8K"]
-    mbxp = [i for i in text if fields[i]["dataset"] not in ("OpenOrca", "GSM8K")]
+    code = [i for i in text if fields[i]["dataset"] not in ("OpenOrca", "GSM8K")]
     if orca:
         res.scores.update(
             rouge_scores([text[i] for i in orca], [str(fields[i]["gt_output"]) for i in orca])
@@ -295,12 +303,37 @@ def _score_mixtral(res: AccuracyResult, text: dict[int, str], fields: list[dict[
                 want = None
             right += got is not None and got == want
         res.scores["gsm8k"] = round(100 * right / len(gsm), 4)
-    if mbxp:
-        res.note = (
-            f"{len(mbxp)} MBXP samples not scored: MBXP runs the generated code in each "
-            "language's toolchain, which this scorer does not do; the verdict cannot be PASS"
-        )
-        res.checks.append(Check("mbxp", float("nan"), TARGETS["mixtral-8x7b"].scores["mbxp"]))
+    if code:
+        _score_mbxp(res, code, text, fields, mbxp_workers)
+
+
+def _score_mbxp(
+    res: AccuracyResult,
+    idx: list[int],
+    text: dict[int, str],
+    fields: list[dict[str, Any]],
+    workers: int | None,
+) -> None:
+    target = TARGETS["mixtral-8x7b"].scores["mbxp"]
+    if not all("id" in fields[i] for i in idx):
+        res.note = "MBXP samples need the dataset's 'id' column (<language>_<entry point>)"
+        res.checks.append(Check("mbxp", float("nan"), target))
+        return
+    try:
+        problems = [
+            mbxp.Problem.from_sample(str(fields[i]["id"]), str(fields[i]["gt_output"]), text[i])
+            for i in idx
+        ]
+    except ValueError as exc:
+        raise ConfigError(f"mixtral-8x7b dataset: {exc}") from None
+    found = mbxp.evaluate(problems, workers)
+    res.note = found.note()
+    for lang, (passed, n) in found.by_language().items():
+        res.scores[f"mbxp_{lang}"] = round(100 * passed / n, 4)
+    if found.complete and found.outcomes:
+        res.scores["mbxp"] = round(found.score, 4)
+    else:  # a scored language could not be run (or nothing to run): never a PASS
+        res.checks.append(Check("mbxp", float("nan"), target))
 
 
 def _score_405b(res: AccuracyResult, text: dict[int, str], fields: list[dict[str, Any]]) -> None:

