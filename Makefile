@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run_harness test test-fast bench lint format venv clean tiny-model evaluate
+.PHONY: run_harness test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test-fast: $(STAMP)
 RUN_DIR ?= build/logs
 evaluate: $(STAMP)
 	$(PY) -m harness evaluate $(RUN_DIR) $(EVAL_ARGS)
+
+# MBXP scoring builds and runs code in the six languages MLPerf scores: python, g++ and node
+# are usually there; php, ruby and tsc come from Debian packages and npm (needs root)
+mbxp-toolchains:
+	command -v g++ >/dev/null && command -v node >/dev/null && command -v npm >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends g++ nodejs npm; }
+	command -v php >/dev/null && command -v ruby >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends php-cli ruby; }
+	command -v tsc >/dev/null || npm install -g -s typescript@5
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)

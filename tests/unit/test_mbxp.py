@@ -15,13 +15,17 @@ CPP_TEST = (
     "\nint main() {\n    if (add(2, 3) != 5) return 1;\n    if (add(-1, 1) != 0) return 1;\n"
     "    return 0;\n}\n"
 )
+
+
+def needs(*exes):
+    gone = [e for e in exes if shutil.which(e) is None]
+    return pytest.mark.skipif(bool(gone), reason=f"not installed: {gone} (make mbxp-toolchains)")
+
+
 JS_TEST = (
     "\nconst assert = require('assert');\nassert.deepEqual(add(2, 3), 5);\n"
     "assert.deepEqual(add(-1, 1), 0);\n"
 )
-
-needs_gpp = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
-needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
 
 
 def py(response, test=PY_TEST, name="add"):
@@ -80,7 +84,7 @@ def test_programs_run_in_their_own_directory(tmp_path, monkeypatch):
     assert not (tmp_path / "left_behind.txt").exists()
 
 
-@needs_gpp
+@needs("g++")
 def test_cpp_is_built_with_gpp_and_run():
     good = Problem.from_sample("cpp_add", CPP_TEST, "int add(int a, int b) { return a + b; }\n")
     wrong = Problem.from_sample("cpp_add", CPP_TEST, "int add(int a, int b) { return a * b; }\n")
@@ -91,7 +95,7 @@ def test_cpp_is_built_with_gpp_and_run():
     assert res.score == pytest.approx(100 / 3)
 
 
-@needs_node
+@needs("node")
 def test_javascript_runs_on_node():
     good = Problem.from_sample("javascript_add", JS_TEST, "function add(a, b) { return a + b; }")
     wrong = Problem.from_sample("javascript_add", JS_TEST, "function add(a, b) { return a; }")
@@ -122,3 +126,33 @@ def test_missing_toolchain_lookup_names_every_executable_needed():
         "typescript"
     }
     assert mbxp.missing_toolchains(langs, lambda exe: "/x") == set()
+
+
+@needs("tsc", "node")
+def test_typescript_is_compiled_by_tsc_then_run_even_with_type_errors():
+    test = "\ndeclare var require: any;\nconst assert = require('assert');\n"
+    test += "assert.deepEqual(add(2, 3), 5);\n"
+    sig = "function add(a: number, b: number): number "
+    good = Problem.from_sample("typescript_add", test, sig + "{ return a + b; }")
+    # console is not declared under --lib es2016: a type error, yet tsc writes the .js
+    logged = Problem.from_sample("typescript_add", test, sig + "{ console.log(a); return a + b; }")
+    wrong = Problem.from_sample("typescript_add", test, sig + "{ return a * b; }")
+    broken = Problem.from_sample("typescript_add", test, sig + "{ return a + ; }")
+    res = evaluate([good, logged, wrong, broken], workers=2)
+    assert [o.passed for o in res.outcomes] == [True, True, False, False]
+
+
+@needs("php")
+def test_php_runs_and_an_uncaught_exception_fails():
+    test = "\nif (add(2, 3) !== 5) { throw new Exception('Test failed!'); }\n"
+    good = Problem.from_sample("php_add", test, "<?php\nfunction add($a, $b) { return $a + $b; }")
+    wrong = Problem.from_sample("php_add", test, "<?php\nfunction add($a, $b) { return $a; }")
+    assert [o.passed for o in evaluate([good, wrong]).outcomes] == [True, False]
+
+
+@needs("ruby")
+def test_ruby_runs_and_a_raise_fails():
+    test = "\nraise 'Test failed!' unless add(2, 3) == 5\n"
+    good = Problem.from_sample("ruby_add", test, "def add(a, b)\n  a + b\nend")
+    wrong = Problem.from_sample("ruby_add", test, "def add(a, b)\n  a - b\nend")
+    assert [o.passed for o in evaluate([good, wrong]).outcomes] == [True, False]
