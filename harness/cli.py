@@ -174,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runner import main_child
 
         return main_child(argv[1])
+    if argv[:1] == ["serve"]:
+        from .front import main as serve_main
+
+        try:
+            return serve_main(argv[1:])
+        except LLMLibError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if argv[:1] in (["compare"], ["evaluate"]):
         from .compare import main as compare_main
         from .evaluate import main as evaluate_main
