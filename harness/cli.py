@@ -21,7 +21,7 @@ from llmlib.datasets import TEXT_FORMATS, check_source
 from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
 from llmlib.policies import POLICIES
-from llmlib.registry import core_names
+from llmlib.registry import core_names, get_core_class
 from llmlib.tokenizer import load_tokenizer
 
 from .report import console_table
@@ -112,6 +112,7 @@ def validate(cfg: Config) -> None:
         path = getattr(cfg, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"--{name}: file not found: {path}")
+    get_core_class(cfg.core_type).validate_config(cfg)
     if cfg.core_type == "dummy":
         profile_from_config(cfg)
     for test in cfg.compliance_list:

@@ -8,7 +8,7 @@ when no heavier server is wanted, and a stand-in server for trying a client setu
 - ``POST /v1/completions``: ``prompt`` as text (needs ``--tokenizer_path``) or token ids;
   ``max_tokens``; ``stream`` (SSE, ``data: [DONE]`` at the end); ``stream_options.
   include_usage``; ``return_token_ids`` adds ``token_ids`` (the chunk's new tokens) to each
-  choice, as vLLM does.
+  choice, as vLLM does (``--no_token_ids``: ignored, as a text-only server would).
 - ``POST /v1/chat/completions``: ``messages`` rendered as ``role: content`` lines and
   tokenized (needs a tokenizer); the same options; ``delta.content`` chunks.
 - ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus text:
@@ -77,8 +77,11 @@ class BadRequest(Exception):
 class ServingFront:
     """The app: HTTP requests in, LLMRequests to one core, its responses out as SSE."""
 
-    def __init__(self, cfg: Config, tokenizer: Tokenizer | None, model: str) -> None:
+    def __init__(
+        self, cfg: Config, tokenizer: Tokenizer | None, model: str, token_ids: bool = True
+    ) -> None:
         self.cfg, self.tok, self.model = cfg, tokenizer, model
+        self.token_ids = token_ids  # honour return_token_ids (off: a text-only server)
         cls = get_core_class(cfg.core_type)
         self.core: LLMCore = cls(0, cls.config_for_core(0, cfg), self._on_responses)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -242,7 +245,7 @@ class ServingFront:
             c["message"] = {"role": "assistant", "content": text}
         else:
             c["delta"] = {"role": "assistant", "content": text} if first else {"content": text}
-        if body.get("return_token_ids"):
+        if self.token_ids and body.get("return_token_ids"):
             c["token_ids"] = [int(t) for t in toks]
         return c
 
@@ -345,6 +348,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tokenizer_path", default="", help="tokenizer.json directory (text I/O)")
     ap.add_argument("--model", default="llmlib-dummy", help="the model name served")
     ap.add_argument("--dummy_fail_after", type=int, default=-1)
+    ap.add_argument(
+        "--no_token_ids",
+        action="store_true",
+        help="ignore return_token_ids (behave as a server that sends text only)",
+    )
     args = ap.parse_args(argv)
     try:
         from aiohttp import web  # noqa: F401
@@ -360,5 +368,6 @@ def main(argv: list[str]) -> int:
     if tok is not None:
         explicit["vocab_size"] = tok.vocab_size
     cfg = resolve({}, benchmark="tiny", scenario="server", explicit=explicit)
-    asyncio.run(serve(ServingFront(cfg, tok, args.model), args.host, args.port))
+    front = ServingFront(cfg, tok, args.model, token_ids=not args.no_token_ids)
+    asyncio.run(serve(front, args.host, args.port))
     return 0

@@ -181,6 +181,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         lg.DestroySUT(lg_sut)
     finally:
         server.close()
+    notes += [n for c in cores for n in c.report_notes()]
     rlog.write_csv(run_dir / "requests.csv", t0)
     detail = parse_detail_log(run_dir / "mlperf_log_detail.txt")
     summary_txt = run_dir / "mlperf_log_summary.txt"

@@ -283,6 +283,40 @@ _FIELD_LIST = [
     _f(
         "dummy_fail_after", int, -1, "dummy core dies after this many requests (-1: never)", "dummy"
     ),
+    # OpenAI-compatible endpoints (trtllm_endpoint core)
+    _f(
+        "trtllm_server_urls",
+        "list",
+        [],
+        "comma list of OpenAI-compatible server URLs, one core each (trtllm-serve, vllm "
+        "serve, llama.cpp, python -m harness serve)",
+        "endpoint",
+    ),
+    _f(
+        "endpoint_api",
+        str,
+        "completions",
+        "which API: completions (token ids in) or chat (text in)",
+        "endpoint",
+        choices=("completions", "chat"),
+    ),
+    _f("endpoint_model", str, "", "model name sent (empty: the server's first)", "endpoint"),
+    _f(
+        "endpoint_concurrency",
+        int,
+        512,
+        "requests in flight per core (more wait in the core)",
+        "endpoint",
+        minimum=1,
+    ),
+    _f(
+        "endpoint_timeout_s",
+        float,
+        600.0,
+        "a request's limit, first byte to last (it fails after)",
+        "endpoint",
+        minimum=0.1,
+    ),
     # TensorRT-LLM flag strings
     _f(
         "checkpoint_flags",

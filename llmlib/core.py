@@ -84,6 +84,12 @@ class LLMCore(ABC):
         return int(getattr(cfg, "num_cores", 1) or 1)
 
     @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        """Raise ConfigError for settings this core cannot run with (checked before any
+        process starts). Default: nothing to check."""
+        return None
+
+    @classmethod
     def config_for_core(cls, index: int, cfg: Any) -> Any:
         """The configuration core ``index`` is built with (default: the shared one)."""
         return cfg
@@ -149,6 +155,10 @@ class LLMCore(ABC):
             raise
         except Exception as exc:
             raise HealthCheckError(f"core {self.core_id} ({self.name}): {exc}") from exc
+
+    def report_notes(self) -> list[str]:
+        """Lines for the run's report (what the backend did that a reader should know)."""
+        return []
 
     def close(self) -> None:
         """Stop the backend; whatever is still pending completes as failed."""

@@ -18,12 +18,19 @@ from .errors import ConfigError, MissingDependencyError, UnknownNameError
 
 CORE_TABLE: dict[str, str] = {
     "dummy": "cores.dummy:DummyCore",
+    "trtllm_endpoint": "cores.trtllm_endpoint:EndpointCore",
 }
 
 _loaded: dict[str, type[LLMCore]] = {}
 
 # Which pip extra brings the package a backend imports, for the error message.
-_EXTRAS = {"vllm": "vllm", "tritonclient": "triton", "tensorrt_llm": "trtllm", "torch": "torch"}
+_EXTRAS = {
+    "aiohttp": "http",
+    "vllm": "vllm",
+    "tritonclient": "triton",
+    "tensorrt_llm": "trtllm",
+    "torch": "torch",
+}
 
 C = TypeVar("C", bound=type[LLMCore])
 

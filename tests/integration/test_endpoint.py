@@ -1,0 +1,205 @@
+"""The trtllm_endpoint core against a real OpenAI-compatible server on 127.0.0.1: llmlib's
+own serving front (``python -m harness serve``), started and stopped here."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from llmlib.config import REPO_ROOT
+
+from .test_e2e_dummy import harness
+
+pytestmark = pytest.mark.slow
+
+
+FAST = ("--engine_profile=fixed",)  # 20 ms TTFT, 5 ms TPOT, no batch limit
+
+
+class Front:
+    """``python -m harness serve`` on a free port; ``url`` once it listens."""
+
+    def __init__(self, *args):
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "serve", "--port=0", *(args or FAST)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+        )
+        line = self.proc.stdout.readline()  # the one line it prints: where it listens
+        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        if not m:
+            self.stop()
+            self.err.seek(0)
+            raise RuntimeError(f"serving front did not start: {line}{self.err.read()!r}")
+        self.url = m.group(1)
+
+    def post(self, path, body):
+        req = urllib.request.Request(
+            self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return r.read().decode()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.err.close()
+
+
+@pytest.fixture
+def front():
+    f = Front()
+    yield f
+    f.stop()
+
+
+def endpoint_args(url, *more):
+    return [
+        "--core_type=trtllm_endpoint",
+        f"--trtllm_server_urls={url}",
+        "--min_query_count=400",
+        "--offline_expected_qps=600",
+        *more,
+    ]
+
+
+def test_offline_and_server_through_loadgen_are_valid(tmp_path, front):
+    p, runs = harness(tmp_path, *endpoint_args(front.url), "--server_target_qps=100")
+    assert p.returncode == 0, p.stderr
+    for scen in ("offline", "server"):
+        s, run_dir = runs[(scen, "performance")]
+        assert s["validity"] == "VALID", (scen, s["reasons"])
+        assert s["harness"]["failed"] == 0 and s["harness"]["completed"] > 0
+        assert any("output token ids: " in n and " server" in n for n in s["notes"])
+    ttft_count = re.search(r"time_to_first_token_seconds_count\S* (\d+)", front.get("/metrics"))
+    assert int(ttft_count.group(1)) >= runs[("server", "performance")][0]["harness"]["completed"]
+
+
+def test_loadgen_receives_the_servers_token_ids(tmp_path, front):
+    p, runs = harness(
+        tmp_path, *endpoint_args(front.url), "--scenarios=server", "--test_mode=AccuracyOnly"
+    )
+    assert p.returncode == 0, p.stderr
+    s, run_dir = runs[("server", "accuracy")]
+    logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    from harness.runner import build_dataset
+    from llmlib.config import resolve
+    from llmlib.workloads import load_benchmark
+
+    cfg = resolve({}, benchmark="tiny", scenario="server", env={})
+    spec = load_benchmark(cfg.config_dir, "tiny")
+    ds = build_dataset(cfg, spec)  # the run's own synthetic prompts
+    for e in logged[:5]:
+        i = e["qsl_idx"]
+        want = front.post(
+            "/v1/completions",
+            {
+                "prompt": ds.input_tokens(i).tolist(),
+                "max_tokens": spec.max_new_tokens,
+                "return_token_ids": True,
+                "stream": False,
+            },
+        )["choices"][0]
+        got = np.frombuffer(bytes.fromhex(e["data"]), dtype=np.uint32).tolist()
+        assert got == want["token_ids"] and len(got) > 1
+
+
+def test_chat_api_with_a_text_only_server_is_retokenized_and_keeps_test06(tmp_path, tiny_tokenizer):
+    f = Front(*FAST, f"--tokenizer_path={tiny_tokenizer}", "--no_token_ids")
+    try:
+        p, runs = harness(
+            tmp_path,
+            *endpoint_args(f.url, "--endpoint_api=chat", f"--tokenizer_path={tiny_tokenizer}"),
+            "--scenarios=server",
+            "--compliance_tests=TEST06",
+            "--server_target_qps=100",
+            "--vocab_size=512",
+        )
+    finally:
+        f.stop()
+    assert p.returncode == 0, p.stderr
+    s, _ = runs[("server", "TEST06")]
+    assert s["compliance"]["result"] == "PASS" and s["compliance"]["samples"] > 0, s["compliance"]
+    assert any("retokenized" in n and "/v1/chat/completions" in n for n in s["notes"])
+
+
+def kill_after(front, successes):
+    """SIGKILL the front once it has answered ``successes`` requests (read from /metrics)."""
+
+    def watch():
+        while front.proc.poll() is None:
+            try:
+                m = re.search(r'outcome="success"\} (\d+)', front.get("/metrics"))
+            except OSError:  # stopped by the test's cleanup
+                return
+            if m and int(m.group(1)) >= successes:
+                front.proc.send_signal(signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_server_killed_mid_run_fails_its_queries_and_the_run_ends(tmp_path):
+    f = Front()
+    killer = kill_after(f, 150)  # warmup queries count too: well into the timed run
+    try:
+        t0 = time.monotonic()
+        p, runs = harness(
+            tmp_path,
+            *endpoint_args(f.url, "--endpoint_timeout_s=5"),
+            "--scenarios=server",
+            "--min_duration=6000",
+            "--server_target_qps=100",
+        )
+        took = time.monotonic() - t0
+    finally:
+        f.stop()
+        killer.join(5)
+    s, _ = runs[("server", "performance")]
+    h = s["harness"]
+    assert h["failed"] > 0 and h["completed"] > 0
+    assert h["completed"] + h["failed"] == h["issued"]  # every query accounted for
+    assert s["validity"] == "INVALID" and took < 120
+    assert "failed" in p.stdout
+
+
+def test_no_server_listening_is_a_clear_error(tmp_path):
+    p, _ = harness(
+        tmp_path,
+        *endpoint_args("http://127.0.0.1:9"),
+        "--scenarios=offline",
+        "--readiness_timeout_s=2",
+    )
+    assert p.returncode != 0
+    assert "http://127.0.0.1:9" in p.stderr
+
+
+def test_missing_urls_and_a_bad_url_are_config_errors(tmp_path):
+    p, _ = harness(tmp_path, "--core_type=trtllm_endpoint", "--scenarios=offline")
+    assert p.returncode == 2 and "--trtllm_server_urls" in p.stderr
+    p, _ = harness(tmp_path, *endpoint_args("localhost:8000"), "--scenarios=offline")
+    assert p.returncode == 2 and "not an http(s) URL" in p.stderr
