@@ -21,30 +21,21 @@ tokens: the request completes as failed with the reason, and the report counts i
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from llmlib.core import CoreCapabilities, LLMCore
+from llmlib.async_core import AsyncLoopCore, RequestFailed
+from llmlib.core import CoreCapabilities
 from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
-from llmlib.request import LLMRequest, LLMResponse, failed_response
+from llmlib.request import LLMRequest, LLMResponse
 from llmlib.tokenizer import Tokenizer, load_tokenizer
 
-log = logging.getLogger(__name__)
 
-
-class EndpointError(Exception):
-    """One request's failure, with the reason the report shows."""
-
-
-class EndpointCore(LLMCore):
+class EndpointCore(AsyncLoopCore):
     name = "trtllm_endpoint"
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
 
@@ -68,15 +59,14 @@ class EndpointCore(LLMCore):
         return len(cfg.trtllm_server_urls)
 
     def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
-        super().__init__(core_id, cfg, callback)
         try:
             import aiohttp
         except ImportError:
             raise MissingDependencyError(
                 f"core_type {self.name} needs aiohttp: pip install -e .[http]"
             ) from None
-        self._aiohttp = aiohttp
         self.validate_config(cfg)
+        self._aiohttp = aiohttp
         self.url = str(cfg.trtllm_server_urls[core_id]).rstrip("/")
         self.api = cfg.endpoint_api
         self.model = cfg.endpoint_model
@@ -86,56 +76,25 @@ class EndpointCore(LLMCore):
         self.path = "/v1/chat/completions" if self.api == "chat" else "/v1/completions"
         self.timeout_s = float(cfg.endpoint_timeout_s)
         self.token_source: Counter[str] = Counter()
-        self._loop = asyncio.new_event_loop()
-        self._sem = asyncio.Semaphore(int(cfg.endpoint_concurrency))
-        self._tasks: set[asyncio.Task] = set()
         self._session: Any = None
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"endpoint-{core_id}", daemon=True
-        )
-        self._thread.start()
-        self._call(self._open(int(cfg.endpoint_concurrency)), 30.0)
+        self._limit = int(cfg.endpoint_concurrency)
+        super().__init__(core_id, cfg, callback, concurrency=self._limit)
 
-    # --- the loop thread ------------------------------------------------------------------
-    def _call(self, coro: Any, timeout_s: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
-
-    async def _open(self, concurrency: int) -> None:
+    async def _setup(self) -> None:
         aiohttp = self._aiohttp
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency, force_close=False),
+            connector=aiohttp.TCPConnector(limit=self._limit),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
         )
 
-    def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
-        self._loop.call_soon_threadsafe(self._start, list(requests))
+    async def _teardown(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
-    def _start(self, requests: list[LLMRequest]) -> None:
-        for r in requests:
-            t = self._loop.create_task(self._one(r))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-
-    async def _one(self, req: LLMRequest) -> None:
-        async with self._sem:
-            try:
-                await self._request(req)
-            except asyncio.CancelledError:
-                self._fail_one(req, "cancelled (core closed)")
-                raise
-            except EndpointError as exc:
-                self._fail_one(req, str(exc))
-            except TimeoutError:
-                self._fail_one(req, f"timed out after {self.timeout_s:g} s")
-            except self._aiohttp.ClientError as exc:
-                self._fail_one(req, f"{type(exc).__name__}: {exc}")
-            except Exception as exc:  # never let a request vanish
-                log.exception("core %d: request %d", self.core_id, req.request_id)
-                self._fail_one(req, f"{type(exc).__name__}: {exc}")
-
-    def _fail_one(self, req: LLMRequest, reason: str) -> None:
-        now = _now()
-        self._deliver([failed_response(req.request_id, reason, now, self.core_id)])
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"timed out after {self.timeout_s:g} s"
+        return super()._describe(exc)
 
     # --- one request ----------------------------------------------------------------------
     def _body(self, req: LLMRequest) -> dict[str, Any]:
@@ -155,22 +114,30 @@ class EndpointCore(LLMCore):
             body["prompt"] = ids.tolist()
         return body
 
-    async def _request(self, req: LLMRequest) -> None:
+    async def _serve(self, req: LLMRequest) -> None:
         stream = _Stream()
         async with self._session.post(self.url + self.path, json=self._body(req)) as resp:
             if resp.status != 200:
                 text = (await resp.text())[:300]
-                raise EndpointError(f"HTTP {resp.status} from {self.url}: {text}")
+                raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
             async for raw in resp.content:
                 if stream.feed(raw) and req.stream and stream.first_ids is None:
                     first = self._first_ids(stream)
-                    self._deliver([LLMResponse(req.request_id, first, False, _now(), self.core_id)])
+                    self._deliver(
+                        [
+                            LLMResponse(
+                                req.request_id, first, False, time.perf_counter_ns(), self.core_id
+                            )
+                        ]
+                    )
         if not stream.done:
-            raise EndpointError("the stream ended without [DONE] (server closed it)")
+            raise RequestFailed("the stream ended without [DONE] (server closed it)")
         if not stream.ids and not "".join(stream.texts):
-            raise EndpointError("empty stream: no tokens")
+            raise RequestFailed("empty stream: no tokens")
         tokens = self._final_ids(stream)
-        self._deliver([LLMResponse(req.request_id, tokens, True, _now(), self.core_id)])
+        self._deliver(
+            [LLMResponse(req.request_id, tokens, True, time.perf_counter_ns(), self.core_id)]
+        )
 
     def _first_ids(self, s: _Stream) -> np.ndarray:
         if s.server_ids:
@@ -192,24 +159,19 @@ class EndpointCore(LLMCore):
 
     def _encode(self, text: str) -> list[int]:
         if self.tok is None:
-            raise EndpointError(
+            raise RequestFailed(
                 f"{self.url} sent text without token ids: give --tokenizer_path to re-tokenize"
             )
         return self.tok.encode(text, add_bos=False)
 
-    # --- health, report, close ------------------------------------------------------------
-    def _health_check_impl(self) -> None:
-        try:
-            self._call(self._health(), 10.0)
-        except HealthCheckError:
-            raise
-        except Exception as exc:
-            raise HealthCheckError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-
+    # --- health and report ----------------------------------------------------------------
     async def _health(self) -> None:
-        async with self._session.get(self.url + "/health") as resp:
-            if resp.status != 200:
-                raise HealthCheckError(f"{self.url}/health: HTTP {resp.status}")
+        try:
+            async with self._session.get(self.url + "/health") as resp:
+                if resp.status != 200:
+                    raise HealthCheckError(f"{self.url}/health: HTTP {resp.status}")
+        except self._aiohttp.ClientError as exc:
+            raise HealthCheckError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         if not self.model:
             async with self._session.get(self.url + "/v1/models") as resp:
                 data = (await resp.json()).get("data") or []
@@ -221,22 +183,6 @@ class EndpointCore(LLMCore):
         src = ", ".join(f"{n} {k}" for k, n in sorted(self.token_source.items()))
         api = f"{self.url}{self.path}, model {self.model or '?'}"
         return [f"core {self.core_id}: {api}; output token ids: {src or 'none completed'}"]
-
-    def _close_impl(self) -> None:
-        if not self._loop.is_running():
-            return
-        try:
-            self._call(self._shutdown(), 30.0)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10.0)
-
-    async def _shutdown(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
 
 
 class _Stream:
@@ -264,9 +210,9 @@ class _Stream:
         try:
             obj = json.loads(data)
         except json.JSONDecodeError:
-            raise EndpointError(f"not JSON in the stream: {data[:100]!r}") from None
+            raise RequestFailed(f"not JSON in the stream: {data[:100]!r}") from None
         if obj.get("error"):
-            raise EndpointError(f"server error: {obj['error']}")
+            raise RequestFailed(f"server error: {obj['error']}")
         got = False
         for c in obj.get("choices") or ():
             ids = c.get("token_ids")
@@ -281,6 +227,3 @@ class _Stream:
                 self.texts.append(text)
                 got = True
         return got
-
-
-_now = time.perf_counter_ns
