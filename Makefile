@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run_harness test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ venv: $(STAMP)
 
 run_harness: $(STAMP)
 	$(PY) -m harness $(RUN_ARGS)
+
+# start an OpenAI-compatible server and keep it up (Ctrl-C stops it), e.g.
+# make run_llm_server RUN_ARGS="--launch_server=vllm --server_model=build/tiny-model --server_port=8000"
+run_llm_server: $(STAMP)
+	$(PY) -m harness launch $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

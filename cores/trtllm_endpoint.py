@@ -42,10 +42,10 @@ class EndpointCore(AsyncLoopCore):
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         urls = list(cfg.trtllm_server_urls)
-        if not urls:
+        if not urls and not cfg.launch_server:
             raise ConfigError(
                 f"core_type {cls.name} needs --trtllm_server_urls (comma list of server URLs, "
-                "e.g. http://127.0.0.1:8000)"
+                "e.g. http://127.0.0.1:8000) or --launch_server"
             )
         for u in urls:
             if not str(u).startswith(("http://", "https://")):

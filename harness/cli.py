@@ -20,6 +20,7 @@ from llmlib.config import FIELDS, REPO_ROOT, Config, benchmark_names, resolve
 from llmlib.datasets import TEXT_FORMATS, check_source
 from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
+from llmlib.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
 from llmlib.policies import POLICIES
 from llmlib.registry import core_names, get_core_class
 from llmlib.tokenizer import load_tokenizer
@@ -113,6 +114,13 @@ def validate(cfg: Config) -> None:
         if path and not Path(path).is_file():
             raise ConfigError(f"--{name}: file not found: {path}")
     get_core_class(cfg.core_type).validate_config(cfg)
+    if cfg.launch_server:
+        if cfg.core_type != "trtllm_endpoint":
+            raise ConfigError("--launch_server runs with --core_type=trtllm_endpoint")
+        if cfg.trtllm_server_urls:
+            raise ConfigError("--launch_server and --trtllm_server_urls: give one of them")
+        ServerSpec(cfg.launch_server, cfg.server_model).command()  # a model, a known kind
+        parse_server_args(cfg.server_args)
     if cfg.core_type == "dummy":
         profile_from_config(cfg)
     for test in cfg.compliance_list:
@@ -175,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runner import main_child
 
         return main_child(argv[1])
+    if argv[:1] == ["launch"]:
+        return launch_main(argv[1:])
     if argv[:1] == ["serve"]:
         from .front import main as serve_main
 
@@ -213,6 +223,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     stamp = time.strftime("%Y.%m.%d-%H.%M.%S")
     top = Path(configs[0].log_dir) / stamp
+    if configs[0].launch_server:
+        try:
+            server = launched_server(configs[0], top / "server.log")
+            print(f"server: {server.spec.kind} at {server.url} (log {server.log_path})")
+        except LLMLibError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            urls = [server.url]
+            return run_all([c.replace(trtllm_server_urls=urls) for c in configs], top)
+        finally:
+            server.stop()
+    return run_all(configs, top)
+
+
+def launch_main(argv: list[str]) -> int:
+    """``python -m harness launch --launch_server=KIND --server_model=...`` (``make
+    run_llm_server``): start the server, print its URL, keep it up until Ctrl-C/SIGTERM."""
+    import signal
+
+    try:
+        flags, _ = parse_flags(argv)
+        cfg = resolve(flags)
+        if not cfg.launch_server:
+            raise ConfigError("launch needs --launch_server=vllm|trtllm|llamacpp|llmlib")
+        log_path = Path(cfg.log_dir) / f"server-{time.strftime('%Y.%m.%d-%H.%M.%S')}.log"
+        server = launched_server(cfg, log_path)
+    except LLMLibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"server: {server.spec.kind} at {server.url} (log {server.log_path}); Ctrl-C stops it")
+    print(f"  --core_type=trtllm_endpoint --trtllm_server_urls={server.url}", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"] and server.proc is not None and server.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def launched_server(cfg: Config, log_path: Path) -> LaunchedServer:
+    """Start ``--launch_server`` and wait until it answers /health."""
+    spec = ServerSpec(
+        cfg.launch_server,
+        cfg.server_model,
+        port=cfg.server_port or free_port(),
+        args=parse_server_args(cfg.server_args),
+    )
+    server = LaunchedServer(spec, log_path).start()
+    server.wait_ready(cfg.server_ready_timeout_s)
+    return server
+
+
+def run_all(configs: list[Config], top: Path) -> int:
+    """Every planned test, one child process each; the console table; the exit status."""
     root = top / configs[0].system_name
     summaries, failed, accuracy_errors = [], 0, 0
     for cfg in configs:

