@@ -34,7 +34,6 @@ from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
 from llmlib.request import LLMRequest, LLMResponse
 from llmlib.tokenizer import Tokenizer, load_tokenizer
 
-
 KEEPALIVE_S = 2.0
 
 

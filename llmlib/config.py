@@ -317,6 +317,14 @@ _FIELD_LIST = [
         "endpoint",
         minimum=0.1,
     ),
+    _f(
+        "disagg_config",
+        str,
+        "",
+        "trtllm-serve disaggregated's YAML (hostname, port, context_servers, "
+        "generation_servers): the trtllm_disagg core's leader and workers",
+        "endpoint",
+    ),
     # launching a server for the run (trtllm_endpoint core)
     _f(
         "launch_server",
@@ -391,6 +399,7 @@ PATH_FIELDS = frozenset(
         "dataset_path",
         "tokenizer_path",
         "cache_dir",
+        "disagg_config",
     }
 )
 

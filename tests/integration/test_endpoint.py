@@ -203,3 +203,60 @@ def test_missing_urls_and_a_bad_url_are_config_errors(tmp_path):
     assert p.returncode == 2 and "--trtllm_server_urls" in p.stderr
     p, _ = harness(tmp_path, *endpoint_args("localhost:8000"), "--scenarios=offline")
     assert p.returncode == 2 and "not an http(s) URL" in p.stderr
+
+
+def disagg_yaml(path, leader, ctx, gen):
+    """A trtllm-serve disaggregated YAML (host:port entries, no scheme, as its docs show)."""
+    import yaml
+
+    host, port = leader.removeprefix("http://").split(":")
+    doc = {
+        "hostname": host,
+        "port": int(port),
+        "backend": "pytorch",
+        "context_servers": {"num_instances": len(ctx), "urls": [u[7:] for u in ctx]},
+        "generation_servers": {"num_instances": len(gen), "urls": [u[7:] for u in gen]},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_disagg_core_reads_the_leader_and_workers_from_the_disagg_yaml(tmp_path):
+    fronts = [Front() for _ in range(3)]  # our front in each role: leader, context, generation
+    try:
+        leader, ctx, gen = fronts
+        conf = disagg_yaml(tmp_path / "disagg.yaml", leader.url, [ctx.url], [gen.url])
+        p, runs = harness(
+            tmp_path,
+            "--core_type=trtllm_disagg",
+            f"--disagg_config={conf}",
+            "--scenarios=server",
+            "--min_query_count=400",
+            "--server_target_qps=100",
+        )
+        assert p.returncode == 0, p.stderr
+        s, _ = runs[("server", "performance")]
+        assert s["validity"] == "VALID" and s["harness"]["failed"] == 0
+        assert any(f"leader {leader.url}, 1 context / 1 generation" in n for n in s["notes"])
+        # a worker that does not answer is named before the run starts
+        gen.stop()
+        p, _ = harness(
+            tmp_path / "down",
+            "--core_type=trtllm_disagg",
+            f"--disagg_config={conf}",
+            "--scenarios=offline",
+            "--readiness_timeout_s=2",
+        )
+        assert p.returncode != 0 and f"generation server {gen.url}" in p.stderr
+    finally:
+        for f in fronts:
+            f.stop()
+
+
+def test_disagg_config_errors_name_the_file_and_the_problem(tmp_path):
+    p, _ = harness(tmp_path, "--core_type=trtllm_disagg", "--scenarios=offline")
+    assert p.returncode == 2 and "--disagg_config" in p.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hostname: localhost\nport: 8000\ncontext_servers: {urls: []}\n")
+    p, _ = harness(tmp_path, "--core_type=trtllm_disagg", f"--disagg_config={bad}")
+    assert p.returncode == 2 and "context_servers.urls is missing or empty" in p.stderr
