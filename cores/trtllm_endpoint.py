@@ -14,6 +14,13 @@ ids, the rest of the text the remaining ids (so the final data still starts with
 first-token data). Which way each request's tokens came is counted and the report says so.
 A chunk may carry any number of tokens; none is assumed per chunk.
 
+Worker processes (``workers_per_core``, default 0: none): the core hands its requests, in
+batches, to N processes (spawned), each with its own event loop, session and share of the
+concurrency cap, so one Python process's GIL is not the client's ceiling; their responses
+come back in batches to a reader thread that delivers them. Timestamps are taken in the
+worker (``perf_counter_ns`` is the system's monotonic clock, the same in every process). A
+worker that dies takes its core down: everything pending fails, the run ends.
+
 A failure is a record, not a retry: an HTTP error status, a connection error, a timeout
 (``endpoint_timeout_s``), an error event, a stream that ends without ``[DONE]`` or with no
 tokens: the request completes as failed with the reason, and the report counts it.
@@ -21,20 +28,24 @@ tokens: the request completes as failed with the reason, and the report counts i
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import multiprocessing as mp
+import queue
+import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from llmlib.async_core import AsyncLoopCore, RequestFailed
+from llmlib.async_core import AsyncLoopCore
 from llmlib.core import CoreCapabilities
-from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
+from llmlib.errors import ConfigError
 from llmlib.request import LLMRequest, LLMResponse
-from llmlib.tokenizer import Tokenizer, load_tokenizer
 
-KEEPALIVE_S = 2.0
+from .endpoint_client import EndpointClient
 
 
 class EndpointCore(AsyncLoopCore):
@@ -61,174 +72,204 @@ class EndpointCore(AsyncLoopCore):
         return len(cfg.trtllm_server_urls)
 
     def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
-        try:
-            import aiohttp
-        except ImportError:
-            raise MissingDependencyError(
-                f"core_type {self.name} needs aiohttp: pip install -e .[http]"
-            ) from None
         self.validate_config(cfg)
-        self._aiohttp = aiohttp
-        self.url = str(cfg.trtllm_server_urls[core_id]).rstrip("/")
-        self.api = cfg.endpoint_api
-        self.model = cfg.endpoint_model
-        self.tok: Tokenizer | None = (
-            load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
-        )
-        self.path = "/v1/chat/completions" if self.api == "chat" else "/v1/completions"
-        self.timeout_s = float(cfg.endpoint_timeout_s)
+        limit = int(cfg.endpoint_concurrency)
+        self.settings = {
+            "url": str(cfg.trtllm_server_urls[core_id]).rstrip("/"),
+            "api": cfg.endpoint_api,
+            "model": cfg.endpoint_model,
+            "timeout_s": float(cfg.endpoint_timeout_s),
+            "limit": limit,
+            "tokenizer_path": cfg.tokenizer_path,
+        }
+        self.client = EndpointClient(**self.settings)
+        self.url, self.path = self.client.url, self.client.path
         self.token_source: Counter[str] = Counter()
-        self._session: Any = None
-        self._limit = int(cfg.endpoint_concurrency)
-        super().__init__(core_id, cfg, callback, concurrency=self._limit)
+        self.n_workers = int(cfg.workers_per_core)
+        self._workers: list[Any] = []
+        super().__init__(core_id, cfg, callback, concurrency=limit)
+
+    @property
+    def model(self) -> str:
+        return self.client.model
 
     async def _setup(self) -> None:
-        aiohttp = self._aiohttp
-        self._session = aiohttp.ClientSession(
-            # idle connections are dropped before servers drop them (uvicorn, under vllm serve
-            # and trtllm-serve, closes keep-alive connections idle for 5 s): reusing one the
-            # server is closing fails the request with ServerDisconnectedError
-            connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=KEEPALIVE_S),
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-        )
+        await self.client.open()
 
     async def _teardown(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.client.close()
 
     def _describe(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError):
-            return f"timed out after {self.timeout_s:g} s"
-        return super()._describe(exc)
+        return self.client.describe(exc)
 
-    # --- one request ----------------------------------------------------------------------
-    def _body(self, req: LLMRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": int(req.max_new_tokens),
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "return_token_ids": True,
-        }
-        ids = np.asarray(req.input_tokens)
-        if self.api == "chat":
-            assert self.tok is not None
-            body["messages"] = [{"role": "user", "content": self.tok.decode(ids)}]
-        else:
-            body["prompt"] = ids.tolist()
-        return body
-
-    async def _serve(self, req: LLMRequest) -> None:
-        stream = _Stream()
-        async with self._session.post(self.url + self.path, json=self._body(req)) as resp:
-            if resp.status != 200:
-                text = (await resp.text())[:300]
-                raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
-            async for raw in resp.content:
-                if stream.feed(raw) and req.stream and stream.first_ids is None:
-                    first = self._first_ids(stream)
-                    self._deliver(
-                        [
-                            LLMResponse(
-                                req.request_id, first, False, time.perf_counter_ns(), self.core_id
-                            )
-                        ]
-                    )
-        if not stream.done:
-            raise RequestFailed("the stream ended without [DONE] (server closed it)")
-        if not stream.ids and not "".join(stream.texts):
-            raise RequestFailed("empty stream: no tokens")
-        tokens = self._final_ids(stream)
-        self._deliver(
-            [LLMResponse(req.request_id, tokens, True, time.perf_counter_ns(), self.core_id)]
-        )
-
-    def _first_ids(self, s: _Stream) -> np.ndarray:
-        if s.server_ids:
-            s.first_ids = np.asarray(s.ids, dtype=np.uint32)
-        else:
-            s.first_ids = np.asarray(self._encode("".join(s.texts)), dtype=np.uint32)
-            s.first_text_len = len(s.texts)
-        return s.first_ids
-
-    def _final_ids(self, s: _Stream) -> np.ndarray:
-        if s.server_ids:
-            self.token_source["server"] += 1
-            return np.asarray(s.ids, dtype=np.uint32)
-        self.token_source["retokenized"] += 1
-        if s.first_ids is None:
-            return np.asarray(self._encode("".join(s.texts)), dtype=np.uint32)
-        rest = self._encode("".join(s.texts[s.first_text_len :]))
-        return np.concatenate([s.first_ids, np.asarray(rest, dtype=np.uint32)])
-
-    def _encode(self, text: str) -> list[int]:
-        if self.tok is None:
-            raise RequestFailed(
-                f"{self.url} sent text without token ids: give --tokenizer_path to re-tokenize"
-            )
-        return self.tok.encode(text, add_bos=False)
-
-    # --- health and report ----------------------------------------------------------------
     async def _health(self) -> None:
-        try:
-            async with self._session.get(self.url + "/health") as resp:
-                if resp.status != 200:
-                    raise HealthCheckError(f"{self.url}/health: HTTP {resp.status}")
-        except self._aiohttp.ClientError as exc:
-            raise HealthCheckError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-        if not self.model:
-            async with self._session.get(self.url + "/v1/models") as resp:
-                data = (await resp.json()).get("data") or []
-                if not data:
-                    raise HealthCheckError(f"{self.url}/v1/models lists no model")
-                self.model = str(data[0]["id"])
+        await self.client.health()
+        self.settings["model"] = self.client.model  # workers use what /v1/models named
+
+    def _health_check_impl(self) -> None:
+        super()._health_check_impl()
+        if self.n_workers and not self._workers:  # started once the model name is known
+            self._start_workers()
+
+    # --- in process -----------------------------------------------------------------------
+    async def _serve(self, req: LLMRequest) -> None:
+        rid, cid = req.request_id, self.core_id
+
+        def first(ids: np.ndarray) -> None:
+            self._deliver([LLMResponse(rid, ids, False, time.perf_counter_ns(), cid)])
+
+        tokens, source = await self.client.request(
+            np.asarray(req.input_tokens), req.max_new_tokens, first if req.stream else None
+        )
+        self.token_source[source] += 1
+        self._deliver([LLMResponse(rid, tokens, True, time.perf_counter_ns(), cid)])
+
+    # --- worker processes -----------------------------------------------------------------
+    def _start_workers(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._out: Any = ctx.Queue()
+        share = max(1, self.client.limit // self.n_workers)
+        for i in range(self.n_workers):
+            inq = ctx.Queue()
+            settings = dict(self.settings, limit=share)
+            p = ctx.Process(
+                target=worker_main, args=(settings, inq, self._out), name=f"endpoint-{i}"
+            )
+            p.daemon = True
+            p.start()
+            self._workers.append((p, inq))
+        self._next = 0
+        self._reader = threading.Thread(target=self._read, name=f"endpoint-{self.core_id}-rx")
+        self._reader.daemon = True
+        self._reader.start()
+
+    def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
+        if not self.n_workers:
+            super()._enqueue_impl(requests)
+            return
+        if not self._workers:
+            self._start_workers()
+        items = [
+            (
+                r.request_id,
+                np.asarray(r.input_tokens, dtype=np.uint32).tobytes(),
+                int(r.max_new_tokens),
+                bool(r.stream),
+            )
+            for r in requests
+        ]
+        n = self.n_workers
+        for k in range(n):  # round robin, one batch per worker
+            part = items[(k - self._next) % n :: n]
+            if part:
+                self._workers[k][1].put(part)
+        self._next = (self._next + len(items)) % n
+
+    def _read(self) -> None:
+        cid = self.core_id
+        while True:
+            try:
+                batch = self._out.get(timeout=0.5)
+            except queue.Empty:
+                dead = [p for p, _ in self._workers if not p.is_alive()]
+                if dead and self.alive and not self._closing_workers:
+                    self._fail(f"worker process {dead[0].name} exited (code {dead[0].exitcode})")
+                continue
+            if batch is None:
+                return
+            out = []
+            for rid, data, final, t, err, source in batch:
+                ids = np.frombuffer(data, dtype=np.uint32)
+                if err is not None:
+                    out.append(LLMResponse(rid, ids, True, t, cid, err))
+                    continue
+                if final:
+                    self.token_source[source] += 1
+                out.append(LLMResponse(rid, ids, final, t, cid))
+            self._deliver(out)
+
+    _closing_workers = False
+
+    def _close_impl(self) -> None:
+        if self._workers:
+            self._closing_workers = True
+            for _, inq in self._workers:
+                with contextlib.suppress(Exception):
+                    inq.put(None)
+            for p, _ in self._workers:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+            self._out.put(None)
+            self._reader.join(10)
+        super()._close_impl()
 
     def report_notes(self) -> list[str]:
         src = ", ".join(f"{n} {k}" for k, n in sorted(self.token_source.items()))
         api = f"{self.url}{self.path}, model {self.model or '?'}"
-        return [f"core {self.core_id}: {api}; output token ids: {src or 'none completed'}"]
+        procs = f"; {self.n_workers} worker processes" if self.n_workers else ""
+        return [f"core {self.core_id}: {api}{procs}; output token ids: {src or 'none completed'}"]
 
 
-class _Stream:
-    """What one SSE stream has said so far."""
+# --- the worker process ----------------------------------------------------------------------
+def worker_main(settings: dict[str, Any], inq: Any, outq: Any) -> None:
+    """A worker: requests in batches from ``inq`` (None stops it), responses in batches to
+    ``outq`` as (id, token bytes, is_final, time_ns, error, source)."""
+    asyncio.run(_worker(settings, inq, outq))
 
-    __slots__ = ("ids", "texts", "server_ids", "done", "first_ids", "first_text_len")
 
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.texts: list[str] = []
-        self.server_ids = False
-        self.done = False
-        self.first_ids: np.ndarray | None = None
-        self.first_text_len = 0
+async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
+    client = EndpointClient(**settings)
+    await client.open()
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(client.limit)
+    pending: list[tuple[Any, ...]] = []
+    tasks: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
 
-    def feed(self, raw: bytes) -> bool:
-        """Take one SSE line; True when it brought output (token ids or text)."""
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            return False
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            self.done = True
-            return False
-        try:
-            obj = json.loads(data)
-        except json.JSONDecodeError:
-            raise RequestFailed(f"not JSON in the stream: {data[:100]!r}") from None
-        if obj.get("error"):
-            raise RequestFailed(f"server error: {obj['error']}")
-        got = False
-        for c in obj.get("choices") or ():
-            ids = c.get("token_ids")
-            text = c.get("text")
-            if text is None:
-                text = (c.get("delta") or {}).get("content") or ""
-            if ids:
-                self.server_ids = True
-                self.ids.extend(ids)
-                got = True
-            if text:
-                self.texts.append(text)
-                got = True
-        return got
+    def emit(item: tuple[Any, ...]) -> None:
+        if not pending:  # everything emitted in this loop iteration goes in one batch
+            loop.call_soon(flush)
+        pending.append(item)
+
+    def flush() -> None:
+        outq.put(list(pending))
+        pending.clear()
+
+    async def one(rid: int, prompt: bytes, max_new: int, stream: bool) -> None:
+        async with slots:
+
+            def first(ids: np.ndarray) -> None:
+                emit((rid, ids.tobytes(), False, time.perf_counter_ns(), None, ""))
+
+            try:
+                ids, source = await client.request(
+                    np.frombuffer(prompt, dtype=np.uint32), max_new, first if stream else None
+                )
+            except Exception as exc:
+                emit((rid, b"", True, time.perf_counter_ns(), client.describe(exc), ""))
+                return
+            emit((rid, ids.tobytes(), True, time.perf_counter_ns(), None, source))
+
+    def start(batch: list[tuple[Any, ...]] | None) -> None:
+        if batch is None:
+            stop.set()
+            return
+        for item in batch:
+            t = loop.create_task(one(*item))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    def read() -> None:
+        while True:
+            batch = inq.get()
+            loop.call_soon_threadsafe(start, batch)
+            if batch is None:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    await stop.wait()
+    for t in list(tasks):
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.close()

@@ -302,6 +302,14 @@ _FIELD_LIST = [
     ),
     _f("endpoint_model", str, "", "model name sent (empty: the server's first)", "endpoint"),
     _f(
+        "workers_per_core",
+        int,
+        0,
+        "worker processes per endpoint core, each with its own loop and session (0: none)",
+        "endpoint",
+        minimum=0,
+    ),
+    _f(
         "endpoint_concurrency",
         int,
         512,

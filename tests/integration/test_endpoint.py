@@ -96,12 +96,17 @@ def test_offline_and_server_through_loadgen_are_valid(tmp_path, front):
     assert int(ttft_count.group(1)) >= runs[("server", "performance")][0]["harness"]["completed"]
 
 
-def test_loadgen_receives_the_servers_token_ids(tmp_path, front):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loadgen_receives_the_servers_token_ids(tmp_path, front, workers):
     p, runs = harness(
-        tmp_path, *endpoint_args(front.url), "--scenarios=server", "--test_mode=AccuracyOnly"
+        tmp_path,
+        *endpoint_args(front.url, f"--workers_per_core={workers}"),
+        "--scenarios=server",
+        "--test_mode=AccuracyOnly",
     )
     assert p.returncode == 0, p.stderr
     s, run_dir = runs[("server", "accuracy")]
+    assert any(f"{workers} worker processes" in n for n in s["notes"]) == (workers > 0)
     logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
     from harness.runner import build_dataset
     from llmlib.config import resolve
@@ -163,14 +168,15 @@ def kill_after(front, successes):
     return t
 
 
-def test_a_server_killed_mid_run_fails_its_queries_and_the_run_ends(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_server_killed_mid_run_fails_its_queries_and_the_run_ends(tmp_path, workers):
     f = Front()
     killer = kill_after(f, 150)  # warmup queries count too: well into the timed run
     try:
         t0 = time.monotonic()
         p, runs = harness(
             tmp_path,
-            *endpoint_args(f.url, "--endpoint_timeout_s=5"),
+            *endpoint_args(f.url, "--endpoint_timeout_s=5", f"--workers_per_core={workers}"),
             "--scenarios=server",
             "--min_duration=6000",
             "--server_target_qps=100",

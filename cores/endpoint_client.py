@@ -1,0 +1,189 @@
+"""The HTTP side of the ``trtllm_endpoint`` core: one aiohttp session to one
+OpenAI-compatible server, one request at a time per call to ``request`` (called
+concurrently from an event loop), and the SSE stream read into output token ids.
+
+Used in the core's own loop, or in each of its worker processes (``workers_per_core``);
+see ``cores.trtllm_endpoint`` for the behaviour it implements.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from llmlib.async_core import RequestFailed
+from llmlib.errors import HealthCheckError, MissingDependencyError
+from llmlib.tokenizer import Tokenizer, load_tokenizer
+
+KEEPALIVE_S = 2.0
+
+
+class EndpointClient:
+    def __init__(
+        self,
+        url: str,
+        api: str,
+        model: str,
+        timeout_s: float,
+        limit: int,
+        tokenizer_path: str = "",
+    ) -> None:
+        try:
+            import aiohttp
+        except ImportError:
+            raise MissingDependencyError(
+                "the endpoint cores need aiohttp: pip install -e .[http]"
+            ) from None
+        self.aiohttp = aiohttp
+        self.url, self.api, self.model = url.rstrip("/"), api, model
+        self.path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+        self.timeout_s, self.limit = timeout_s, limit
+        self.tok: Tokenizer | None = load_tokenizer(tokenizer_path) if tokenizer_path else None
+        self.session: Any = None
+
+    async def open(self) -> None:
+        aiohttp = self.aiohttp
+        self.session = aiohttp.ClientSession(
+            # idle connections are dropped before servers drop them (uvicorn, under vllm serve
+            # and trtllm-serve, closes keep-alive connections idle for 5 s): reusing one the
+            # server is closing fails the request with ServerDisconnectedError
+            connector=aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=KEEPALIVE_S),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def describe(self, exc: BaseException) -> str:
+        """A failed request's reason."""
+        if isinstance(exc, TimeoutError):
+            return f"timed out after {self.timeout_s:g} s"
+        if isinstance(exc, RequestFailed):
+            return str(exc)
+        return f"{type(exc).__name__}: {exc}"
+
+    async def health(self) -> None:
+        try:
+            async with self.session.get(self.url + "/health") as resp:
+                if resp.status != 200:
+                    raise HealthCheckError(f"{self.url}/health: HTTP {resp.status}")
+        except self.aiohttp.ClientError as exc:
+            raise HealthCheckError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        if not self.model:
+            async with self.session.get(self.url + "/v1/models") as resp:
+                data = (await resp.json()).get("data") or []
+                if not data:
+                    raise HealthCheckError(f"{self.url}/v1/models lists no model")
+                self.model = str(data[0]["id"])
+
+    def body(self, prompt: np.ndarray, max_new_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": int(max_new_tokens),
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+        }
+        if self.api == "chat":
+            assert self.tok is not None
+            body["messages"] = [{"role": "user", "content": self.tok.decode(prompt)}]
+        else:
+            body["prompt"] = prompt.tolist()
+        return body
+
+    async def request(
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        on_first: Callable[[np.ndarray], None] | None,
+    ) -> tuple[np.ndarray, str]:
+        """Stream one completion; ``on_first(ids)`` at the first output. Returns the output
+        token ids and where they came from ("server" or "retokenized"); raises for any
+        failure."""
+        s = _Stream()
+        async with self.session.post(
+            self.url + self.path, json=self.body(prompt, max_new_tokens)
+        ) as resp:
+            if resp.status != 200:
+                text = (await resp.text())[:300]
+                raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
+            async for raw in resp.content:
+                if s.feed(raw) and on_first is not None and s.first_ids is None:
+                    on_first(self._first_ids(s))
+        if not s.done:
+            raise RequestFailed("the stream ended without [DONE] (server closed it)")
+        if not s.ids and not "".join(s.texts):
+            raise RequestFailed("empty stream: no tokens")
+        return self._final_ids(s)
+
+    def _first_ids(self, s: _Stream) -> np.ndarray:
+        if s.server_ids:
+            s.first_ids = np.asarray(s.ids, dtype=np.uint32)
+        else:
+            s.first_ids = np.asarray(self._encode("".join(s.texts)), dtype=np.uint32)
+            s.first_text_len = len(s.texts)
+        return s.first_ids
+
+    def _final_ids(self, s: _Stream) -> tuple[np.ndarray, str]:
+        if s.server_ids:
+            return np.asarray(s.ids, dtype=np.uint32), "server"
+        if s.first_ids is None:
+            return np.asarray(self._encode("".join(s.texts)), dtype=np.uint32), "retokenized"
+        rest = np.asarray(self._encode("".join(s.texts[s.first_text_len :])), dtype=np.uint32)
+        return np.concatenate([s.first_ids, rest]), "retokenized"
+
+    def _encode(self, text: str) -> list[int]:
+        if self.tok is None:
+            raise RequestFailed(
+                f"{self.url} sent text without token ids: give --tokenizer_path to re-tokenize"
+            )
+        return self.tok.encode(text, add_bos=False)
+
+
+class _Stream:
+    """What one SSE stream has said so far."""
+
+    __slots__ = ("ids", "texts", "server_ids", "done", "first_ids", "first_text_len")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.texts: list[str] = []
+        self.server_ids = False
+        self.done = False
+        self.first_ids: np.ndarray | None = None
+        self.first_text_len = 0
+
+    def feed(self, raw: bytes) -> bool:
+        """Take one SSE line; True when it brought output (token ids or text)."""
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            return False
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return False
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            raise RequestFailed(f"not JSON in the stream: {data[:100]!r}") from None
+        if obj.get("error"):
+            raise RequestFailed(f"server error: {obj['error']}")
+        got = False
+        for c in obj.get("choices") or ():
+            ids = c.get("token_ids")
+            text = c.get("text")
+            if text is None:
+                text = (c.get("delta") or {}).get("content") or ""
+            if ids:
+                self.server_ids = True
+                self.ids.extend(ids)
+                got = True
+            if text:
+                self.texts.append(text)
+                got = True
+        return got
