@@ -51,6 +51,11 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT))
 
 
+def _run_logged(cmd: list[str], log: Path) -> None:
+    with open(log, "wb") as f:
+        subprocess.run(cmd, check=True, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+
+
 def harness_run(url: str, out: Path, args: list[str]) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -113,7 +118,7 @@ def peer(url: str, model: str, tokenizer: Path, out: Path, n: int, concurrency: 
         f"--result-dir={out}",
         "--result-filename=peer.json",
     ]
-    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+    _run_logged(cmd, out / "peer.log")
     r = json.loads((out / "peer.json").read_text())
     if r["failed"]:
         raise RuntimeError(f"vllm bench serve: {r['failed']} requests failed")
@@ -229,7 +234,7 @@ def peer_ttft(url: str, model: str, tokenizer: Path, out: Path, n: int, qps: flo
         f"--result-dir={out}",
         "--result-filename=peer.json",
     ]
-    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+    _run_logged(cmd, out / "peer.log")
     r = json.loads((out / "peer.json").read_text())
     return {
         "requests": r["completed"],
