@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.async_core import RequestFailed
+from llmlib.async_core import RequestFailed, describe_failure
 from llmlib.errors import HealthCheckError, MissingDependencyError
 from llmlib.tokenizer import Tokenizer, load_tokenizer
 
@@ -62,9 +62,7 @@ class EndpointClient:
         """A failed request's reason."""
         if isinstance(exc, TimeoutError):
             return f"timed out after {self.timeout_s:g} s"
-        if isinstance(exc, RequestFailed):
-            return str(exc)
-        return f"{type(exc).__name__}: {exc}"
+        return describe_failure(exc)
 
     async def health(self) -> None:
         try:

@@ -21,8 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from llmlib.config import read_yaml
 from llmlib.errors import ConfigError, HealthCheckError
 
 from .trtllm_endpoint import EndpointCore
@@ -30,13 +29,10 @@ from .trtllm_endpoint import EndpointCore
 
 def read_disagg_config(path: str) -> dict[str, Any]:
     """The leader URL and the worker URLs of a ``trtllm-serve disaggregated`` YAML."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--disagg_config: file not found: {path}")
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--disagg_config {path}: not valid YAML ({exc})") from None
+        doc = read_yaml(Path(path))
+    except ConfigError as exc:
+        raise ConfigError(f"--disagg_config: {exc}") from None
     out: dict[str, Any] = {}
     for role in ("context_servers", "generation_servers"):
         urls = (doc.get(role) or {}).get("urls") or []

@@ -87,6 +87,7 @@ class EndpointCore(AsyncLoopCore):
         self.token_source: Counter[str] = Counter()
         self.n_workers = int(cfg.workers_per_core)
         self._workers: list[Any] = []
+        self._closing_workers = False
         super().__init__(core_id, cfg, callback, concurrency=limit)
 
     @property
@@ -187,8 +188,6 @@ class EndpointCore(AsyncLoopCore):
                     self.token_source[source] += 1
                 out.append(LLMResponse(rid, ids, final, t, cid))
             self._deliver(out)
-
-    _closing_workers = False
 
     def _close_impl(self) -> None:
         if self._workers:

@@ -96,7 +96,9 @@ def ours(url: str, out: Path, n: int, concurrency: int, vocab: int) -> dict[str,
     }
 
 
-def peer(url: str, model: str, tokenizer: Path, out: Path, n: int, concurrency: int) -> dict:
+def run_peer(url: str, model: str, tokenizer: Path, out: Path, n: int, *extra: str) -> dict:
+    """``vllm bench serve`` against ``url``: ``n`` random prompts (64 in, 128 out) with
+    ``extra`` arguments; its result JSON (its log kept as peer.log)."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -111,15 +113,18 @@ def peer(url: str, model: str, tokenizer: Path, out: Path, n: int, concurrency: 
         "--random-input-len=64",
         "--random-output-len=128",
         f"--num-prompts={n}",
-        f"--max-concurrency={concurrency}",
-        "--ignore-eos",
         "--disable-tqdm",
         "--save-result",
         f"--result-dir={out}",
         "--result-filename=peer.json",
+        *extra,
     ]
     _run_logged(cmd, out / "peer.log")
-    r = json.loads((out / "peer.json").read_text())
+    return dict(json.loads((out / "peer.json").read_text()))
+
+
+def peer(url: str, model: str, tokenizer: Path, out: Path, n: int, concurrency: int) -> dict:
+    r = run_peer(url, model, tokenizer, out, n, f"--max-concurrency={concurrency}", "--ignore-eos")
     if r["failed"]:
         raise RuntimeError(f"vllm bench serve: {r['failed']} requests failed")
     return {
@@ -212,30 +217,16 @@ def server_window(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 
 def peer_ttft(url: str, model: str, tokenizer: Path, out: Path, n: int, qps: float) -> dict:
     """vllm bench serve's client-side TTFT at ``qps`` (Poisson), ms."""
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-c",
-        _PEER,
-        "--backend=openai",
-        f"--base-url={url}",
-        "--endpoint=/v1/completions",
-        f"--model={model}",
-        f"--tokenizer={tokenizer}",
-        "--dataset-name=random",
-        "--random-input-len=64",
-        "--random-output-len=128",
-        f"--num-prompts={n}",
+    r = run_peer(
+        url,
+        model,
+        tokenizer,
+        out,
+        n,
         f"--request-rate={qps}",
-        "--disable-tqdm",
         "--percentile-metrics=ttft",
         "--metric-percentiles=50,90,99",
-        "--save-result",
-        f"--result-dir={out}",
-        "--result-filename=peer.json",
-    ]
-    _run_logged(cmd, out / "peer.log")
-    r = json.loads((out / "peer.json").read_text())
+    )
     return {
         "requests": r["completed"],
         "mean": r["mean_ttft_ms"],

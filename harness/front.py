@@ -252,11 +252,9 @@ class ServingFront:
     def _envelope(
         self, rid: int, chat: bool, choices: list, n_in: int | None = None, n_out: int | None = None
     ) -> dict[str, Any]:
-        obj = (
-            ("chat.completion.chunk" if chat else "text_completion")
-            if n_in is None
-            else ("chat.completion" if chat else "text_completion")
-        )
+        obj = "chat.completion.chunk" if n_in is None else "chat.completion"
+        if not chat:
+            obj = "text_completion"
         out = {
             "id": f"cmpl-{rid}",
             "object": obj,

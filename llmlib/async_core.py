@@ -32,6 +32,14 @@ class RequestFailed(Exception):
     """One request's failure, with the reason the report shows."""
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A failed request's reason: a RequestFailed's own words, else the exception's type and
+    message."""
+    if isinstance(exc, RequestFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class AsyncLoopCore(LLMCore):
     SETUP_TIMEOUT_S = 600.0
     HEALTH_TIMEOUT_S = 10.0
@@ -72,9 +80,7 @@ class AsyncLoopCore(LLMCore):
 
     def _describe(self, exc: BaseException) -> str:
         """The failure reason for a request that raised ``exc``."""
-        if isinstance(exc, RequestFailed):
-            return str(exc)
-        return f"{type(exc).__name__}: {exc}"
+        return describe_failure(exc)
 
     # --- the loop thread ------------------------------------------------------------------
     def _call(self, coro: Coroutine[Any, Any, Any], timeout_s: float) -> Any:

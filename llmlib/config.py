@@ -511,7 +511,8 @@ class Config:
         return "\n".join([head, *rows])
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; ConfigError naming the file otherwise."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -549,7 +550,7 @@ def yaml_layers(
     layers: list[tuple[str, dict[str, Any]]] = []
     if benchmark:
         path = Path(config_dir) / "benchmarks" / f"{benchmark}.yaml"
-        data = _read_yaml(path)
+        data = read_yaml(path)
         layers.append((str(path), _section(data, str(path), "settings")))
         if scenario:
             layers.append((f"{path}:{scenario}", _section(data, str(path), "scenarios", scenario)))
@@ -559,7 +560,7 @@ def yaml_layers(
         else (Path(config_dir) / "systems" / f"{system_name}.yaml")
     )
     if system_config or sys_path.is_file():
-        data = _read_yaml(sys_path)
+        data = read_yaml(sys_path)
         keys: list[tuple[str, ...]] = [("settings",)]
         if scenario:
             keys.append(("scenarios", scenario))

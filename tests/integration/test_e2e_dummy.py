@@ -236,6 +236,18 @@ def test_sharegpt_from_the_registry_package(tmp_path, tiny_tokenizer):
     assert np.array_equal(again.input_tokens(1999), ds.input_tokens(1999))
 
 
+def evaluate(tmp_path, *args):
+    """``python -m harness evaluate`` over the test's logs; it must succeed."""
+    ev = subprocess.run(
+        [sys.executable, "-m", "harness", "evaluate", *args, str(tmp_path / "logs")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    return ev
+
+
 def llama2_pickle(path, tokenizer_dir, wrong_text=False):
     """An OpenOrca-shaped pickle tokenized with the tiny tokenizer: 12 samples whose
     references are ~294 tokens (MLPerf's tokens-per-sample target). ``wrong_text`` makes the
@@ -276,13 +288,7 @@ def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
         f"--tokenizer_path={tiny_tokenizer}",
     )
     assert p.returncode == 0, p.stderr
-    ev = subprocess.run(
-        [sys.executable, "-m", "harness", "evaluate", str(tmp_path / "logs")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert ev.returncode == 0, ev.stdout + ev.stderr
+    ev = evaluate(tmp_path)
     _, run_dir = runs[("offline", "accuracy")]
     acc = json.loads((run_dir / "accuracy.json").read_text())
     assert acc["verdict"] == "PASS" and acc["samples"] == 12
@@ -376,13 +382,7 @@ def test_mixtral_accuracy_run_scores_rouge_gsm8k_and_mbxp_by_running_the_code(
         f"--tokenizer_path={tiny_tokenizer}",
     )
     assert p.returncode == 0, p.stderr
-    ev = subprocess.run(
-        [sys.executable, "-m", "harness", "evaluate", "--workers=2", str(tmp_path / "logs")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert ev.returncode == 0, ev.stdout + ev.stderr
+    ev = evaluate(tmp_path, "--workers=2")
     acc = json.loads((runs[("offline", "accuracy")][1] / "accuracy.json").read_text())
     assert acc["samples"] == 12
     assert acc["scores"]["mbxp"] == acc["scores"]["mbxp_python"] == 100.0
