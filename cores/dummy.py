@@ -3,9 +3,9 @@
 It needs no GPU, model or server. Output tokens are the reference output when the sample
 has one, else deterministic pseudo tokens of the sample's reference output length. First
 tokens and finals are emitted at the model's times by one engine thread; the ``zero``
-profile answers at once, in the caller's thread, so the harness's own overhead can be
-measured. ``dummy_fail_after`` makes the engine die after that many requests, to exercise
-the failure path (every pending query completes as failed).
+profile answers at once, in the caller's thread (a RequestBatch with a ResponseBatch), so
+the harness's own overhead can be measured. ``dummy_fail_after`` makes the engine die after
+that many requests, to exercise the failure path (every pending query completes as failed).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.engine_model import make_model, profile_from_config
 from llmlib.errors import HealthCheckError
 from llmlib.registry import register_core
-from llmlib.request import LLMRequest, LLMResponse
+from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 from llmlib.tokens import pseudo_tokens
 
 
 @register_core("dummy")
 class DummyCore(LLMCore):
-    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True, batches=True)
 
     def __init__(
         self,
@@ -83,6 +83,11 @@ class DummyCore(LLMCore):
         return entry
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
+        if type(requests) is RequestBatch:
+            if self._thread is None and not requests.stream and self._fail_after < 0:
+                self._answer_batch(requests)
+                return
+            requests = requests.requests()
         if self._thread is None:
             self._answer_now(requests)
             return
@@ -110,6 +115,26 @@ class DummyCore(LLMCore):
                 out.append(LLMResponse(req.request_id, hit[1], False, now, cid))
             out.append(LLMResponse(req.request_id, hit[0], True, now, cid))
         self._deliver(out)
+
+    def _answer_batch(self, batch: RequestBatch) -> None:
+        """The zero profile's answer to a batch of non-streamed requests, as columns."""
+        src, cache = batch.source, self._token_cache
+        out_lens, refs, mnt = src.out_lens, src.refs, src.max_new_tokens
+        outs: list[Any] = []
+        add = outs.append
+        for i in batch.sample_indices:
+            hit = cache.get(i)  # the cache check of _answer_now, on the batch's columns
+            if (
+                hit is None
+                or hit[2] is not out_lens[i]
+                or hit[3] is not mnt
+                or hit[4] is not refs[i]
+            ):
+                hit = self._fill(src.one(0, i, 0))
+            add(hit[0])
+        self._deliver_batch(
+            ResponseBatch(batch.request_ids, outs, self.clock.now_ns(), self.core_id)
+        )
 
     def _count(self, n: int) -> None:
         self._accepted += n

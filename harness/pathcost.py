@@ -18,6 +18,7 @@ import gc
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from itertools import starmap
 from typing import Any
 
@@ -42,10 +43,10 @@ class _ResponseSink:
         self._resp = lg.QuerySampleResponse
         self.finals = 0
 
-    def first_token_complete(self, items: list[tuple[int, int, int, int]]) -> None:
+    def first_token_complete(self, items: Iterable[tuple[int, int, int, int]]) -> None:
         list(starmap(self._resp, items))
 
-    def query_samples_complete(self, items: list[tuple[int, int, int, int]]) -> None:
+    def query_samples_complete(self, items: Iterable[tuple[int, int, int, int]]) -> None:
         self.finals += len(list(starmap(self._resp, items)))
 
 

@@ -5,21 +5,23 @@ The completion path keeps LoadGen's token-latency contract: a streamed request g
 token ids (so the final data starts with the first-token data) and ``n_tokens`` equal to
 their count. Responses ready together go to LoadGen in one call.
 A failed request completes too (no data, ``n_tokens`` 0), so LoadGen never waits for it;
-the request log counts it.
+the request log counts it. Many queries issued at once (Offline) travel as ``RequestBatch``
+columns, and a core that answers columns sends back a ``ResponseBatch``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Sequence
-from itertools import starmap
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, repeat, starmap
+from operator import mul
 from typing import Any, Protocol
 
 import numpy as np
 
 from llmlib.metrics import RequestLog
-from llmlib.request import LLMResponse
+from llmlib.request import LLMResponse, ResponseBatch
 from llmlib.server import LLMServer
 from llmlib.workloads import Dataset, RequestBuilder
 
@@ -29,8 +31,8 @@ ISSUE_CHUNK = 1024  # queries per hand-off to the pool when LoadGen issues many 
 class CompletionSink(Protocol):
     """Where completions go: LoadGen, or a recorder in tests."""
 
-    def first_token_complete(self, items: list[tuple[int, int, int, int]]) -> None: ...
-    def query_samples_complete(self, items: list[tuple[int, int, int, int]]) -> None: ...
+    def first_token_complete(self, items: Iterable[tuple[int, int, int, int]]) -> None: ...
+    def query_samples_complete(self, items: Iterable[tuple[int, int, int, int]]) -> None: ...
 
 
 class LoadGenSink:
@@ -42,10 +44,10 @@ class LoadGenSink:
         self._lg = lg
         self._resp = lg.QuerySampleResponse
 
-    def first_token_complete(self, items: list[tuple[int, int, int, int]]) -> None:
+    def first_token_complete(self, items: Iterable[tuple[int, int, int, int]]) -> None:
         self._lg.FirstTokenComplete(list(starmap(self._resp, items)))
 
-    def query_samples_complete(self, items: list[tuple[int, int, int, int]]) -> None:
+    def query_samples_complete(self, items: Iterable[tuple[int, int, int, int]]) -> None:
         self._lg.QuerySamplesComplete(list(starmap(self._resp, items)))
 
 
@@ -69,9 +71,9 @@ class HarnessSUT:
 
     # --- LoadGen -> cores -----------------------------------------------------------------
     def issue_queries(self, query_samples: Sequence[Any]) -> None:
-        """Requests go to the pool in chunks: an Offline test issues every query in one
-        call, and chunks let each one's objects be freed (and their memory reused) before
-        the next is built, instead of millions living at once."""
+        """Many queries go to the pool as RequestBatches of ``ISSUE_CHUNK``: an Offline test
+        issues every query in one call, and chunks keep what is built for one hand-off
+        small (and its memory reused) instead of millions of objects living at once."""
         log, server = self.log, self.server
         if len(query_samples) == 1:  # Server: one query per call, the common case
             q = query_samples[0]
@@ -79,17 +81,20 @@ class HarnessSUT:
             log.on_issue(reqs)
             server.issue(reqs)
             return
-        build = self.builder.from_queries
+        build = self.builder.batch_from_queries
         for lo in range(0, len(query_samples), ISSUE_CHUNK):
-            reqs = build(query_samples[lo : lo + ISSUE_CHUNK], time.perf_counter_ns())
-            log.on_issue(reqs)
-            server.issue(reqs)
+            batch = build(query_samples[lo : lo + ISSUE_CHUNK], time.perf_counter_ns())
+            log.on_issue(batch)
+            server.issue(batch)
 
     def flush_queries(self) -> None:
         """LoadGen's flush: nothing is buffered on the way in."""
 
     # --- cores -> LoadGen -----------------------------------------------------------------
-    def complete(self, responses: list[LLMResponse]) -> None:
+    def complete(self, responses: list[LLMResponse] | ResponseBatch) -> None:
+        if type(responses) is ResponseBatch:
+            self._complete_batch(responses)
+            return
         # Plain loops, not comprehensions: on Python 3.11 each comprehension is a function
         # call, and in Server most calls carry one or two responses.
         firsts: list[LLMResponse] = []
@@ -112,6 +117,26 @@ class HarnessSUT:
             items, keep = self._pack(finals)
             self.sink.query_samples_complete(items)
         self.log.on_responses(responses)
+
+    def _complete_batch(self, batch: ResponseBatch) -> None:
+        """Final, successful responses as columns (a streamed request's first token went
+        to LoadGen as an LLMResponse before, if it had one). Every output's data is copied
+        back to back into one buffer (``bytes.join`` reads arrays through the buffer
+        protocol, in C) and each response points into it."""
+        outs, size = batch.outputs, self.dtype.itemsize
+        ns = list(map(len, outs))
+        try:
+            buf = b"".join(outs)  # type: ignore[arg-type]
+        except TypeError:  # lists of ints, or arrays that are not contiguous
+            buf = b""
+        if len(buf) != sum(ns) * size:  # (also: arrays of another width than the dtype's)
+            buf = b"".join([np.asarray(t, dtype=self.dtype).tobytes() for t in outs])
+        nbytes = list(map(mul, ns, repeat(size)))
+        # each response's start; one more at the end (the buffer's end), which zip drops
+        ptrs = accumulate(nbytes, initial=id(buf) + _BYTES_DATA_OFFSET)
+        items = zip(batch.request_ids, ptrs, nbytes, ns, strict=False)
+        self.sink.query_samples_complete(items)  # (buf lives through the call)
+        self.log.on_responses(batch)
 
     def _first_for_failures(self, finals: list[LLMResponse], firsts: list[LLMResponse]) -> None:
         """A streamed request that fails before its first token still gets one (empty), so

@@ -5,6 +5,10 @@ Required of a subclass: ``_enqueue_impl(requests)`` and a response source that h
 callback). Optional: ``_health_check_impl``, ``_close_impl``, and the classmethods
 ``num_cores_for_workload`` / ``config_for_core``.
 
+Requests issued together may arrive as a ``RequestBatch`` (columns). A core gets it as is
+only if it declares ``capabilities.batches`` (and may then answer with a ``ResponseBatch``
+through ``_deliver_batch``); any other core gets the batch's ``LLMRequest`` list.
+
 The base keeps the books: which requests are pending, telemetry (pending count, TTFT and
 TPOT moving averages), warmup mode (responses are not forwarded), and failure: if the
 backend dies, ``_fail`` completes every pending request as failed so LoadGen never hangs.
@@ -22,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import HealthCheckError
-from .request import LLMRequest, LLMResponse, failed_response
+from .request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch, failed_response
 
 log = logging.getLogger(__name__)
 
-CompletionCallback = Callable[[list[LLMResponse]], None]
+# gets a list of LLMResponse, or a ResponseBatch from a core that answers columns
+CompletionCallback = Callable[[list[LLMResponse] | ResponseBatch], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,7 @@ class CoreCapabilities:
     token_ids_out: bool = True
     loglikelihood: bool = False
     max_concurrency: int | None = None
+    batches: bool = False  # _enqueue_impl takes RequestBatch columns as they are
 
 
 class Telemetry:
@@ -70,7 +76,8 @@ class LLMCore(ABC):
         self.cfg = cfg
         self.callback = callback
         self.telemetry = Telemetry()
-        self._pending: dict[int, LLMRequest] = {}
+        # request id -> its request (or the RequestBatch it came in): what is in flight
+        self._pending: dict[int, LLMRequest | RequestBatch] = {}
         self._first_ns: dict[int, int] = {}
         self._warmup = False
         self._dead: str | None = None
@@ -104,13 +111,18 @@ class LLMCore(ABC):
         return self._dead is None
 
     def enqueue(self, requests: Sequence[LLMRequest]) -> None:
-        """Hand requests to the backend. Never raises for a runtime failure: the requests
-        are completed as failed instead."""
+        """Hand requests (a list, or a RequestBatch) to the backend. Never raises for a
+        runtime failure: the requests are completed as failed instead."""
         if not requests:
             return
         pending = self._pending
-        for r in requests:
-            pending[r.request_id] = r
+        if type(requests) is RequestBatch:
+            pending.update(dict.fromkeys(requests.request_ids, requests))
+            if not self.capabilities.batches:
+                requests = requests.requests()
+        else:
+            for r in requests:
+                pending[r.request_id] = r
         if self._dead is not None:
             self._fail_requests(requests, f"core {self.core_id} is down: {self._dead}")
             return
@@ -166,12 +178,14 @@ class LLMCore(ABC):
             self._close_impl()
         finally:
             if self._pending:
-                self._fail_requests(list(self._pending.values()), "core closed with work pending")
+                self._fail_ids(list(self._pending), "core closed with work pending")
 
     # --- for subclasses -------------------------------------------------------------------
     @abstractmethod
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
-        """Submit requests to the backend; responses arrive later through ``_deliver``."""
+        """Submit requests to the backend; responses arrive later through ``_deliver``
+        (or ``_deliver_batch``). ``requests`` is a RequestBatch only for a core whose
+        capabilities say ``batches``."""
 
     def _health_check_impl(self) -> None:  # noqa: B027 - optional hook
         """Raise if not ready. Default: ready."""
@@ -216,14 +230,50 @@ class LLMCore(ABC):
             with self._idle:
                 self._idle.notify_all()
 
+    def _deliver_batch(self, batch: ResponseBatch) -> None:
+        """``_deliver`` for final, successful responses as columns (a core that answers
+        RequestBatch columns). As there, only requests still pending go on."""
+        pending, ids, outs = self._pending, batch.request_ids, batch.outputs
+        pop = pending.pop
+        gone: set[int] | None = None
+        for rid in ids:
+            if pop(rid, None) is None:  # completed already (failed by _fail racing us)
+                if gone is None:
+                    gone = set()
+                gone.add(rid)
+        if gone:
+            keep = [k for k, rid in enumerate(ids) if rid not in gone]
+            batch = ResponseBatch(
+                [ids[k] for k in keep], [outs[k] for k in keep], batch.time_ns, batch.core_id
+            )
+        first = self._first_ns
+        if first:
+            for rid in batch.request_ids:
+                first.pop(rid, None)
+        tel = self.telemetry
+        tel.completed += len(batch.request_ids)
+        tel.tokens += sum(map(len, batch.outputs))
+        if batch.request_ids and not self._warmup and self.callback is not None:
+            self.callback(batch)
+        if not pending and self._flush_waiters:
+            with self._idle:
+                self._idle.notify_all()
+
     def _fail(self, reason: str) -> None:
         """The backend died: mark the core down and fail everything pending."""
         log.error("core %d (%s) failed: %s", self.core_id, self.name, reason)
         self._dead = reason
-        self._fail_requests(list(self._pending.values()), f"core {self.core_id} failed: {reason}")
+        self._fail_ids(list(self._pending), f"core {self.core_id} failed: {reason}")
 
     def _fail_requests(self, requests: Sequence[LLMRequest], reason: str) -> None:
-        now = time.perf_counter_ns()
-        todo = [r for r in requests if r.request_id in self._pending]
+        """Complete ``requests`` (a list or a RequestBatch) as failed (those still pending)."""
+        if type(requests) is RequestBatch:
+            self._fail_ids(requests.request_ids, reason)
+        else:
+            self._fail_ids([r.request_id for r in requests], reason)
+
+    def _fail_ids(self, request_ids: Sequence[int], reason: str) -> None:
+        now, pending = time.perf_counter_ns(), self._pending
+        todo = [rid for rid in request_ids if rid in pending]
         if todo:
-            self._deliver([failed_response(r.request_id, reason, now, self.core_id) for r in todo])
+            self._deliver([failed_response(rid, reason, now, self.core_id) for rid in todo])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .request import LLMRequest, LLMResponse
+from .request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
 PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
 
@@ -19,14 +19,14 @@ class RequestLog:
     error.
 
     The request path only appends the request and response objects it already has (one
-    ``list.extend`` each, atomic under the GIL, no lock); ``sync()`` folds them into
-    per-request columns, off the request path: the progress bar's thread when one is shown,
-    otherwise the first reader after the run. (Folding does not save memory: the columns
-    hold about as much per request as the objects, ~200 bytes.)"""
+    ``list.extend`` each, or one ``append`` of a batch, atomic under the GIL, no lock);
+    ``sync()`` folds them into per-request columns, off the request path: the progress bar's
+    thread when one is shown, otherwise the first reader after the run. (Folding does not
+    save memory: the columns hold about as much per request as the objects, ~200 bytes.)"""
 
     def __init__(self) -> None:
-        self._issued: list[LLMRequest] = []
-        self._responses: list[LLMResponse] = []
+        self._issued: list[LLMRequest | RequestBatch] = []
+        self._responses: list[LLMResponse | ResponseBatch] = []
         self._qid: list[int] = []
         self._sample: list[int] = []
         self._issue_ns: list[int] = []
@@ -43,10 +43,16 @@ class RequestLog:
 
     # --- the request path: appends only ---------------------------------------------------
     def on_issue(self, requests: Sequence[LLMRequest]) -> None:
-        self._issued.extend(requests)
+        if type(requests) is RequestBatch:
+            self._issued.append(requests)
+        else:
+            self._issued.extend(requests)
 
-    def on_responses(self, responses: Iterable[LLMResponse]) -> None:
-        self._responses.extend(responses)
+    def on_responses(self, responses: Iterable[LLMResponse] | ResponseBatch) -> None:
+        if isinstance(responses, ResponseBatch):  # (one call per batch or Server response)
+            self._responses.append(responses)
+        else:
+            self._responses.extend(responses)
 
     # --- folding into columns -------------------------------------------------------------
     def sync(self) -> None:
@@ -63,14 +69,26 @@ class RequestLog:
         n_resp = len(responses)
         n = len(issued)
         if n:
-            new = issued[:n]
+            taken = issued[:n]
             del issued[:n]  # only this (locked) side removes; appends land after
+            qids: list[int] = []
+            samples: list[int] = []
+            issue_ns: list[int] = []
+            for x in taken:
+                if isinstance(x, RequestBatch):
+                    qids += x.request_ids
+                    samples += x.sample_indices
+                    issue_ns += [x.issue_ns] * len(x.request_ids)
+                else:
+                    qids.append(x.request_id)
+                    samples.append(x.sample_index)
+                    issue_ns.append(x.issue_ns)
+            n = len(qids)
             base = len(self._qid)
-            qids = [r.request_id for r in new]
             self._index.update(zip(qids, range(base, base + n), strict=True))
             self._qid += qids
-            self._sample += [r.sample_index for r in new]
-            self._issue_ns += [r.issue_ns for r in new]
+            self._sample += samples
+            self._issue_ns += issue_ns
             zeros = [0] * n
             self._first_ns += zeros
             self._final_ns += zeros
@@ -82,9 +100,12 @@ class RequestLog:
             del responses[:n_resp]
             self._record(done)
 
-    def _record(self, responses: Iterable[LLMResponse]) -> None:
+    def _record(self, responses: Iterable[LLMResponse | ResponseBatch]) -> None:
         index, first_ns = self._index, self._first_ns
         for r in responses:
+            if isinstance(r, ResponseBatch):
+                self._record_batch(r)
+                continue
             i = index.get(r.request_id)
             if i is None:
                 continue
@@ -103,6 +124,19 @@ class RequestLog:
                 self._n_tokens[i] = n
                 self._tokens += n
                 self._completed += 1
+
+    def _record_batch(self, b: ResponseBatch) -> None:
+        index, final_ns, core, n_tokens = self._index, self._final_ns, self._core, self._n_tokens
+        t, c = b.time_ns, b.core_id
+        for rid, out in zip(b.request_ids, b.outputs, strict=True):
+            i = index.pop(rid, None)
+            if i is None:
+                continue
+            final_ns[i] = t
+            core[i] = c
+            n_tokens[i] = n = len(out)
+            self._tokens += n
+            self._completed += 1
 
     def __len__(self) -> int:
         self.sync()

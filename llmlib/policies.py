@@ -2,7 +2,9 @@
 
 A policy is a small strategy object. ``assign`` gets the batch and a snapshot of each core's
 pending count (which it updates as it assigns, so one batch spreads out) and returns the
-core index for every request. Random policies own a seeded ``random.Random``.
+core index for every request. The batch may be a ``RequestBatch``: a policy that does not
+read the requests should not iterate it (that builds every request object). Random
+policies own a seeded ``random.Random``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class LeastPending(TrafficPolicy):
 
     def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
         out = []
-        for _ in requests:
+        for _ in range(len(requests)):
             i = min(range(self.num_cores), key=loads.__getitem__)
             loads[i] += 1
             out.append(i)
@@ -67,7 +69,7 @@ class PowerOfTwo(TrafficPolicy):
 
     def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
         n, rng, out = self.num_cores, self._rng, []
-        for _ in requests:
+        for _ in range(len(requests)):
             if n == 1:
                 i = 0
             else:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from .core import CompletionCallback, LLMCore
 from .policies import TrafficPolicy
-from .request import LLMRequest
+from .request import LLMRequest, RequestBatch
 
 
 class LLMServer:
@@ -25,15 +25,25 @@ class LLMServer:
             c.callback = callback
 
     def issue(self, requests: Sequence[LLMRequest]) -> None:
+        """Requests (a list, or a RequestBatch, split per core as a batch) to the cores."""
         cores = self.cores
         if len(cores) == 1:
             self.issued[0] += len(requests)
             cores[0].enqueue(requests)
             return
         loads = [c.pending for c in cores]
-        groups: list[list[LLMRequest]] = [[] for _ in cores]
-        for req, i in zip(requests, self.policy.assign(requests, loads), strict=True):
-            groups[i].append(req)
+        assignment = self.policy.assign(requests, loads)
+        groups: list[Sequence[LLMRequest]]
+        if type(requests) is RequestBatch:  # split into one batch per core
+            positions: list[list[int]] = [[] for _ in cores]
+            for k, i in enumerate(assignment):
+                positions[i].append(k)
+            groups = [requests.subset(p) for p in positions]
+        else:
+            lists: list[list[LLMRequest]] = [[] for _ in cores]
+            for req, i in zip(requests, assignment, strict=True):
+                lists[i].append(req)
+            groups = list(lists)
         for i, group in enumerate(groups):
             if group:
                 self.issued[i] += len(group)

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, UnknownNameError
-from .request import LLMRequest
+from .request import LLMRequest, RequestBatch
 
 
 @dataclass(frozen=True)
@@ -128,28 +128,29 @@ class SyntheticDataset(Dataset):
 
 
 class RequestBuilder:
-    """Builds ``LLMRequest``s for sample indices of a dataset. Per-sample fields (prompt
-    token view, reference output length and tokens) are looked up once, up front, so the
-    request path only indexes lists."""
+    """Builds ``LLMRequest``s (and ``RequestBatch``es) for sample indices of a dataset.
+    Per-sample fields (prompt token view, reference output length and tokens) are looked
+    up once, up front, so the request path only indexes lists (``inputs``, ``out_lens``,
+    ``refs``: also what a core answering a RequestBatch's columns reads)."""
 
     def __init__(self, dataset: Dataset, stream: bool) -> None:
         n = len(dataset)
         self.stream = stream
         self.max_new_tokens = dataset.max_new_tokens
-        self._inputs = [dataset.input_tokens(i) for i in range(n)]
-        self._out_lens = [dataset.output_len(i) for i in range(n)]
-        self._refs = [dataset.reference_tokens(i) for i in range(n)]
+        self.inputs = [dataset.input_tokens(i) for i in range(n)]
+        self.out_lens = [dataset.output_len(i) for i in range(n)]
+        self.refs = [dataset.reference_tokens(i) for i in range(n)]
 
     def one(self, request_id: int, index: int, issue_ns: int) -> LLMRequest:
         """The request for sample ``index`` with id ``request_id``."""
         return LLMRequest(
             request_id,
             index,
-            self._inputs[index],
+            self.inputs[index],
             self.max_new_tokens,
             self.stream,
-            self._out_lens[index],
-            self._refs[index],
+            self.out_lens[index],
+            self.refs[index],
             issue_ns,
         )
 
@@ -157,13 +158,14 @@ class RequestBuilder:
         """One request per (request id, sample index), all stamped ``issue_ns``."""
         return [self.one(q, i, issue_ns) for q, i in zip(ids, indices, strict=True)]
 
-    def from_queries(self, queries: Sequence[Any], issue_ns: int) -> list[LLMRequest]:
-        """One request per query object with ``id`` and ``index`` (LoadGen's QuerySample),
-        each attribute read once (they are slow pybind properties). ``one``'s construction,
-        inlined: this is the Offline hot path."""
-        inputs, out_lens, refs = self._inputs, self._out_lens, self._refs
-        mnt, stream = self.max_new_tokens, self.stream
-        return [
-            LLMRequest(q.id, (i := q.index), inputs[i], mnt, stream, out_lens[i], refs[i], issue_ns)
-            for q in queries
-        ]
+    def batch_from_queries(self, queries: Sequence[Any], issue_ns: int) -> RequestBatch:
+        """A batch of one request per query object with ``id`` and ``index`` (LoadGen's
+        QuerySample), each attribute read once (they are slow pybind properties): the
+        Offline hot path."""
+        ids: list[int] = []
+        idx: list[int] = []
+        add_id, add_idx = ids.append, idx.append
+        for q in queries:
+            add_id(q.id)
+            add_idx(q.index)
+        return RequestBatch(ids, idx, issue_ns, self)

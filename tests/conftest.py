@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from llmlib.config import Config, resolve
-from llmlib.request import LLMResponse
+from llmlib.request import LLMResponse, ResponseBatch
 
 
 def make_cfg(
@@ -25,7 +25,9 @@ class Collector:
         self.lock = threading.RLock()
         self.done = threading.Condition(self.lock)
 
-    def __call__(self, responses: list[LLMResponse]) -> None:
+    def __call__(self, responses: list[LLMResponse] | ResponseBatch) -> None:
+        if isinstance(responses, ResponseBatch):
+            responses = responses.responses()
         with self.lock:
             self.batches.append(list(responses))
             self.done.notify_all()
