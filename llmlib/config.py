@@ -333,6 +333,22 @@ _FIELD_LIST = [
         "generation_servers): the trtllm_disagg core's leader and workers",
         "endpoint",
     ),
+    # the routing core
+    _f(
+        "routing_config",
+        str,
+        str(REPO_ROOT / "configs" / "routing" / "default.yaml"),
+        "the routing core's YAML: router artifact, gate rules, expert pools, fallbacks",
+        "routing",
+    ),
+    _f(
+        "routing_stats_file",
+        str,
+        "routing.json",
+        "where the routing core writes its decisions' statistics (relative: in the run "
+        "directory; '' for none)",
+        "routing",
+    ),
     # launching a server for the run (trtllm_endpoint core)
     _f(
         "launch_server",
@@ -408,6 +424,7 @@ PATH_FIELDS = frozenset(
         "tokenizer_path",
         "cache_dir",
         "disagg_config",
+        "routing_config",
     }
 )
 

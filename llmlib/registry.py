@@ -18,6 +18,7 @@ from .errors import ConfigError, MissingDependencyError, UnknownNameError
 
 CORE_TABLE: dict[str, str] = {
     "dummy": "cores.dummy:DummyCore",
+    "routing": "cores.routing:RoutingCore",
     "trtllm_disagg": "cores.trtllm_disagg:DisaggCore",
     "trtllm_endpoint": "cores.trtllm_endpoint:EndpointCore",
     "vllm": "cores.vllm:VLLMCore",

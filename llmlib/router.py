@@ -1,0 +1,447 @@
+"""The query router: a keyword gate, then hashed n-gram features and a small MLP.
+
+Features (``FEATURE_VERSION`` 1), from the prompt's first ``MAX_CHARS`` characters
+lower-cased and split on whitespace (the first ``MAX_WORDS`` words, each cut to
+``MAX_WORD_CHARS`` characters, so a prompt of megabytes costs what a short one does):
+
+* each word: ``crc32("w:" + word)``;
+* the character 3- and 4-grams of ``"<" + word + ">"``: ``crc32("c:" + gram)``;
+* each pair of neighbouring words: a multiplicative mix of the two words' hashes;
+
+all taken modulo the bucket count (crc32 is stable across processes and machines; Python's
+``hash`` is salted and is never used). The text's embedding is the mean of the feature
+rows of an embedding table (int8 with per-column scales, or float32), then
+``relu(x @ w1 + b1) @ w2 + b2`` gives one logit per expert.
+
+Inference needs only numpy. A word's features are the same wherever it appears, so each
+distinct word's summed rows are computed once and kept (``_WordCache``); a decision is then
+a dict lookup per word, two gathers, and the MLP.
+
+The gate decides before any of that: keyword rules (a word, after stripping punctuation,
+in a set; the earliest rule in the config wins), and regex rules that run only when one of
+their trigger words is present, so the gate's cost is a set lookup per word, never a long
+alternation over the whole prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+FEATURE_VERSION = 1
+MAX_CHARS = 2048
+MAX_WORDS = 128
+MAX_WORD_CHARS = 32
+CHAR_NGRAMS = (3, 4)
+_MIX = 0x9E3779B1  # Fibonacci hashing constant (2^32 / golden ratio)
+_MASK32 = 0xFFFFFFFF
+# stripped around a word before the gate looks it up (not ` or #: keywords like "```python"
+# and "#include" keep them)
+_PUNCT = "()[]{}<>\"'.,;:!?\u201c\u201d\u2018\u2019"
+
+
+def _crc(s: str) -> int:
+    return zlib.crc32(s.encode("utf-8", "surrogatepass"))
+
+
+def prepare(text: str | bytes) -> list[str]:
+    """The words features are taken from: lower-cased, split on whitespace, capped. Bytes
+    that are not UTF-8 are replaced, never an error."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        raise TypeError(f"a prompt is text or bytes, not {type(text).__name__}")
+    words = text[:MAX_CHARS].lower().split()[:MAX_WORDS]
+    for w in words:
+        if len(w) > MAX_WORD_CHARS:
+            return [w[:MAX_WORD_CHARS] for w in words]
+    return words
+
+
+def word_features(word: str, buckets: int) -> list[int]:
+    """The bucket ids of one word: the word itself and its character n-grams."""
+    out = [_crc("w:" + word) % buckets]
+    padded = f"<{word}>"
+    for n in CHAR_NGRAMS:
+        out += [_crc("c:" + padded[i : i + n]) % buckets for i in range(len(padded) - n + 1)]
+    return out
+
+
+def bigram_bucket(h1: int, h2: int, buckets: int) -> int:
+    return (((h1 * _MIX) & _MASK32) ^ h2) % buckets
+
+
+def feature_ids(text: str | bytes, buckets: int) -> list[int]:
+    """Every feature bucket of ``text``, in a fixed order (the reference the fast path and
+    training both follow)."""
+    words = prepare(text)
+    out: list[int] = []
+    hashes = [_crc("w:" + w) for w in words]
+    for w in words:
+        out += word_features(w, buckets)
+    out += [bigram_bucket(a, b, buckets) for a, b in zip(hashes, hashes[1:], strict=False)]
+    return out
+
+
+# --- gate -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateRule:
+    expert: str
+    keywords: tuple[str, ...] = ()
+    regex: str | None = None  # with ``keywords`` as its triggers
+
+
+class Gate:
+    """Keyword and triggered-regex rules, in order (the first rule that matches wins)."""
+
+    def __init__(self, rules: Sequence[GateRule]) -> None:
+        self.rules = list(rules)
+        self.keyword_rule: dict[str, int] = {}  # word -> the earliest rule it fires or triggers
+        self._regex: dict[int, re.Pattern[str]] = {}
+        for k, r in enumerate(self.rules):
+            if not r.keywords:
+                raise ConfigError(
+                    f"gate rule {k} ({r.expert}): needs keywords (a regex rule's keywords "
+                    "are its triggers, so the gate never scans every prompt with it)"
+                )
+            if r.regex is not None:
+                try:
+                    self._regex[k] = re.compile(r.regex)
+                except re.error as exc:
+                    raise ConfigError(f"gate rule {k} ({r.expert}): bad regex: {exc}") from None
+            for kw in r.keywords:
+                self.keyword_rule.setdefault(kw.lower(), k)
+
+    @classmethod
+    def from_config(cls, rules: Iterable[Mapping[str, Any]]) -> Gate:
+        out = []
+        for k, r in enumerate(rules):
+            if not isinstance(r, Mapping) or "expert" not in r:
+                raise ConfigError(f"gate rule {k}: expected a mapping with 'expert'")
+            unknown = set(r) - {"expert", "keywords", "regex"}
+            if unknown:
+                raise ConfigError(f"gate rule {k}: unknown keys {sorted(unknown)}")
+            kws = r.get("keywords") or []
+            if isinstance(kws, str) or not all(isinstance(x, str) for x in kws):
+                raise ConfigError(f"gate rule {k}: keywords must be a list of strings")
+            out.append(GateRule(str(r["expert"]), tuple(kws), r.get("regex")))
+        return cls(out)
+
+    def word_rule(self, word: str) -> int:
+        """The rule a word fires or triggers (-1 for none); punctuation around it ignored."""
+        k = self.keyword_rule.get(word)
+        if k is None:
+            k = self.keyword_rule.get(word.strip(_PUNCT), -1)
+        return k
+
+    def decide(self, rules_hit: Iterable[int], text: str) -> str | None:
+        """The expert of the first rule hit whose regex (if any) matches ``text``."""
+        for k in sorted(set(rules_hit)):
+            pat = self._regex.get(k)
+            if pat is None or pat.search(text):
+                return self.rules[k].expert
+        return None
+
+
+# --- the model --------------------------------------------------------------------------------
+@dataclass
+class RouterModel:
+    """The trained weights and what they were trained for."""
+
+    experts: list[str]
+    buckets: int
+    emb: np.ndarray  # (buckets, dim) float32
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.emb.shape[1])
+
+    def quantized(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table as int8 with one scale per column (symmetric, max-abs)."""
+        scale = np.abs(self.emb).max(axis=0) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(self.emb / scale), -127, 127).astype(np.int8)
+        return q, scale.astype(np.float32)
+
+    def save(self, path: str | Path, keep_float: bool = True) -> None:
+        """An ``.npz``: the int8 table and its scales always, the float table too unless
+        ``keep_float`` is False (the float/int8 agreement check needs it)."""
+        q, scale = self.quantized()
+        arrays = {
+            "emb_q": q,
+            "emb_scale": scale,
+            "w1": self.w1.astype(np.float32),
+            "b1": self.b1.astype(np.float32),
+            "w2": self.w2.astype(np.float32),
+            "b2": self.b2.astype(np.float32),
+        }
+        if keep_float:
+            arrays["emb"] = self.emb.astype(np.float32)
+        header = {
+            "feature_version": FEATURE_VERSION,
+            "buckets": self.buckets,
+            "experts": self.experts,
+            "max_words": MAX_WORDS,
+            "max_word_chars": MAX_WORD_CHARS,
+            "char_ngrams": list(CHAR_NGRAMS),
+            **self.meta,
+        }
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+
+def load_model(path: str | Path, precision: str = "int8") -> tuple[RouterModel, dict[str, Any]]:
+    """Load an artifact; the table dequantized from int8 (``precision`` int8) or the float
+    one (``float``: needs an artifact saved with it). Refuses another feature version."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"router artifact not found: {p} (python -m harness router train)")
+    try:
+        z = np.load(p, allow_pickle=False)
+        header = json.loads(bytes(z["header"]).decode())
+    except Exception as exc:
+        raise ConfigError(f"{p}: not a router artifact ({exc})") from None
+    got = header.get("feature_version")
+    if got != FEATURE_VERSION:
+        raise ConfigError(
+            f"{p}: router artifact has feature version {got}, this llmlib computes version "
+            f"{FEATURE_VERSION}: retrain it (python -m harness router train)"
+        )
+    if precision == "int8":
+        emb = z["emb_q"].astype(np.float32) * z["emb_scale"]
+    elif precision == "float":
+        if "emb" not in z:
+            raise ConfigError(f"{p}: saved without the float table; use precision int8")
+        emb = z["emb"]
+    else:
+        raise ConfigError(f"router precision must be int8 or float, not {precision!r}")
+    model = RouterModel(
+        list(header["experts"]),
+        int(header["buckets"]),
+        np.ascontiguousarray(emb, dtype=np.float32),
+        z["w1"],
+        z["b1"],
+        z["w2"],
+        z["b2"],
+        {k: v for k, v in header.items() if k not in ("experts", "buckets")},
+    )
+    return model, header
+
+
+# --- decisions --------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Decision:
+    """Where a query goes and why. ``source``: gate, mlp, default (the MLP was not
+    confident enough), empty (no words) or error (the prompt could not be read)."""
+
+    expert: str
+    source: str
+    top: list[tuple[str, float]]  # the top-k experts with their probabilities
+    confidence: float = 1.0
+    margin: float = 1.0
+    entropy: float = 0.0
+
+
+class _WordCache:
+    """Per distinct word: a row holding the sum of its feature embeddings (and, in an extra
+    last column, its feature count), its hash, its hash premixed for bigrams, and its gate
+    rule. The rows live after the embedding table's own (whose count column is 1) in one
+    matrix, so a text's words and bigrams are summed, counts included, with one gather and
+    one product. Cleared when full (bounded memory, not an LRU). Not thread-safe: one
+    router per thread."""
+
+    def __init__(self, emb: np.ndarray, buckets: int, gate: Gate, limit: int = 100_000) -> None:
+        self.emb, self.buckets, self.gate, self.limit = emb, buckets, gate, limit
+        self.index: dict[str, tuple[int, int, int, int]] = {}
+        self.table = np.zeros((buckets + 4096, emb.shape[1] + 1), dtype=np.float32)
+        self.table[:buckets, :-1] = emb
+        self.table[:buckets, -1] = 1.0
+
+    def add(self, word: str) -> tuple[int, int, int, int]:
+        if len(self.index) >= self.limit:
+            self.index.clear()
+        ids = word_features(word, self.buckets)
+        row = self.buckets + len(self.index)
+        if row >= len(self.table):
+            grown = np.zeros((2 * len(self.table), self.table.shape[1]), dtype=np.float32)
+            grown[: len(self.table)] = self.table
+            self.table = grown
+        self.table[row, :-1] = self.emb[ids].sum(axis=0)
+        self.table[row, -1] = len(ids)
+        h = _crc("w:" + word)
+        entry = (row, h, (h * _MIX) & _MASK32, self.gate.word_rule(word))
+        self.index[word] = entry
+        return entry
+
+
+class Router:
+    """Decides an expert for a prompt: the gate, else the MLP's top-k with a confidence
+    threshold (below it: ``default``) and a load-aware tie-break among near-equal experts."""
+
+    def __init__(
+        self,
+        model: RouterModel,
+        gate: Gate | None = None,
+        default: str | None = None,
+        threshold: float = 0.0,
+        top_k: int = 2,
+        tie_margin: float = 0.0,
+    ) -> None:
+        self.model = model
+        self.experts = model.experts
+        self.gate = gate or Gate([])
+        self.default = default or model.experts[0]
+        for name in [self.default] + [r.expert for r in self.gate.rules]:
+            if name not in self.experts:
+                raise ConfigError(
+                    f"router: unknown expert {name!r}; the model knows {', '.join(self.experts)}"
+                )
+        self.threshold, self.top_k, self.tie_margin = threshold, max(1, top_k), tie_margin
+        self._cache = _WordCache(model.emb, model.buckets, self.gate)
+        self._ones = np.ones(2 * MAX_WORDS, dtype=np.float32)
+        self._w1, self._b1, self._w2, self._b2 = model.w1, model.b1, model.w2, model.b2
+
+    # --- features -> logits ----------------------------------------------------------------
+    def embed(self, words: list[str]) -> tuple[np.ndarray, list[int]]:
+        """The mean feature embedding of ``words`` (at least one) and the gate rules they
+        hit: a row index per word (its cached sum) and per bigram (the table's own row),
+        then one gather; the count column gives the divisor."""
+        cache = self._cache
+        get, add = cache.index.get, cache.add
+        idx = array("q")
+        put = idx.append
+        rules: list[int] = []
+        mod = self.model.buckets
+        row, _, mixed, rule = get(words[0]) or add(words[0])
+        put(row)
+        if rule >= 0:
+            rules.append(rule)
+        for w in words[1:]:
+            row, h, m, rule = get(w) or add(w)
+            put(row)
+            put((mixed ^ h) % mod)  # the bigram (previous word, this word)
+            mixed = m
+            if rule >= 0:
+                rules.append(rule)
+        ii = np.frombuffer(idx, dtype=np.int64)
+        s = self._ones[: len(ii)] @ cache.table.take(ii, axis=0)
+        return s[:-1] / s[-1], rules
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        h = x @ self._w1
+        h += self._b1
+        np.maximum(h, 0, out=h)
+        z = h @ self._w2
+        z += self._b2
+        return z
+
+    # --- decisions -------------------------------------------------------------------------
+    def decide(
+        self,
+        text: str | bytes,
+        loads: Mapping[str, int] | None = None,
+        max_words: int = MAX_WORDS,
+    ) -> Decision:
+        """The decision for one prompt (its first ``max_words`` words, for incremental
+        routing). ``loads``: pending queries per expert, for the tie-break."""
+        try:
+            words = prepare(text)[:max_words]
+        except (TypeError, ValueError):  # not text: the default expert, never a stop
+            return self.unreadable()
+        if not words:
+            return Decision(self.default, "empty", [], 0.0, 0.0, 0.0)
+        x, rules = self.embed(words)
+        if rules:
+            raw = text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
+            hit = self.gate.decide(rules, raw)
+            if hit is not None:
+                return Decision(hit, "gate", [(hit, 1.0)])
+        return self._choose(self.logits(x), loads)
+
+    def unreadable(self) -> Decision:
+        """The decision for a prompt that could not be read: the default expert."""
+        return Decision(self.default, "error", [], 0.0, 0.0, 0.0)
+
+    def _choose(self, z: np.ndarray, loads: Mapping[str, int] | None) -> Decision:
+        # a handful of experts: plain floats are cheaper than numpy calls here
+        logits = z.tolist()
+        top_z = max(logits)
+        ex = [math.exp(v - top_z) for v in logits]
+        total = sum(ex)
+        probs = [v / total for v in ex]
+        order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: self.top_k]
+        experts = self.experts
+        top = [(experts[i], probs[i]) for i in order]
+        best = top[0][1]
+        margin = best - top[1][1] if len(top) > 1 else best
+        entropy = -sum(q * math.log(q) for q in probs if q > 0)
+        if best < self.threshold:
+            return Decision(self.default, "default", top, best, margin, entropy)
+        choice = top[0][0]
+        if loads and self.tie_margin > 0 and len(top) > 1:
+            near = [e for e, q in top if best - q <= self.tie_margin]
+            choice = min(near, key=lambda e: (loads.get(e, 0), near.index(e)))
+        return Decision(choice, "mlp", top, best, margin, entropy)
+
+    def decide_batch(self, texts: Sequence[str | bytes]) -> list[str]:
+        """Experts for many prompts (no loads: the batch is decided as a whole), the MLP
+        run once on the stacked embeddings."""
+        out: list[str | None] = [None] * len(texts)
+        xs = np.zeros((len(texts), self.model.dim), dtype=np.float32)
+        for k, t in enumerate(texts):
+            d = self._gate_or_embed(t, xs, k)
+            out[k] = d
+        z = self.logits(xs)
+        best = z.argmax(axis=1)
+        if self.threshold > 0:
+            zz = z - z.max(axis=1, keepdims=True)
+            p = np.exp(zz)
+            conf = 1.0 / p.sum(axis=1)  # the top probability
+            best = np.where(conf < self.threshold, self.experts.index(self.default), best)
+        names = self.experts
+        return [o if o is not None else names[b] for o, b in zip(out, best.tolist(), strict=True)]
+
+    def _gate_or_embed(self, text: str | bytes, xs: np.ndarray, k: int) -> str | None:
+        try:
+            words = prepare(text)
+        except (TypeError, ValueError):
+            return self.default
+        if not words:
+            return self.default
+        x, rules = self.embed(words)
+        if rules:
+            raw = text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
+            hit = self.gate.decide(rules, raw)
+            if hit is not None:
+                return hit
+        xs[k] = x
+        return None
+
+
+def load_router(
+    path: str | Path,
+    gate_rules: Iterable[Mapping[str, Any]] = (),
+    default: str | None = None,
+    precision: str = "int8",
+    threshold: float = 0.0,
+    top_k: int = 2,
+    tie_margin: float = 0.0,
+) -> Router:
+    model, _ = load_model(path, precision)
+    return Router(model, Gate.from_config(gate_rules), default, threshold, top_k, tie_margin)

@@ -1,0 +1,232 @@
+"""The router: stable features, the fast path against the reference features, training and
+the artifact, int8 against float, the gate, decisions (threshold, tie-break, prefixes) and
+bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmlib.errors import ConfigError
+from llmlib.router import (
+    MAX_WORDS,
+    Gate,
+    Router,
+    RouterModel,
+    feature_ids,
+    load_model,
+    load_router,
+    prepare,
+)
+
+torch = pytest.importorskip("torch", reason="router training needs the model extra")
+
+from harness.router_cli import agreement, evaluate, held_out, train  # noqa: E402
+
+CODE = [
+    "Write a python function that returns the {n} largest values of a list",
+    "Fix this javascript: const x = arr.map(v => v * {n}); console.log(x)",
+    "How do I write a SQL query joining two tables on user id {n}?",
+    "Implement a C++ class with a constructor and a destructor for a buffer of {n} bytes",
+    "def f{n}(x):\n    return x + {n}\n\nComplete the function and add tests",
+]
+GENERAL = [
+    "What should I pack for a {n} day trip to the mountains?",
+    "Write a short poem about the sea and the number {n}",
+    "Give me {n} ideas for a birthday party for my sister",
+    "Summarise the history of the Roman empire in {n} sentences",
+    "What are good habits for sleeping better, in {n} points?",
+]
+REASONING = [
+    "A train travels {n} km in 2 hours. What is its average speed?",
+    "Solve for x: 3x + {n} = 40",
+    "If {n} workers build a wall in 6 days, how long do 3 workers take?",
+    "What is {n}% of 250? Show your steps",
+    "Is {n} a prime number? Justify the answer",
+]
+
+
+def corpus(n=60):
+    rows = []
+    for label, temps in (("general", GENERAL), ("code", CODE), ("reasoning", REASONING)):
+        for k in range(n):
+            text = temps[k % len(temps)].format(n=k + 2)
+            rows.append({"text": text, "label": label, "split": "train"})
+    # held out: the same kinds of prompts with numbers never seen in training
+    for label, temps in (("general", GENERAL), ("code", CODE), ("reasoning", REASONING)):
+        for k in range(20):
+            rows.append(
+                {
+                    "text": temps[k % len(temps)].format(n=1000 + k),
+                    "label": label,
+                    "split": "held_out",
+                }
+            )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("router") / "router.npz"
+    model = train(corpus(), buckets=1 << 12, dim=16, hidden=32, epochs=15, log=lambda _: None)
+    model.save(path, keep_float=True)
+    return path
+
+
+TEXTS = [
+    "def main():\n    print('hi')",
+    "  Hello,   WORLD!  ",
+    "x",
+    "naïve café — 東京 🙂",
+    "word " * (MAX_WORDS + 50),
+    "a" * 500,
+    "\ud800 lone surrogate",
+]
+
+
+def test_features_are_stable_across_processes():
+    code = (
+        "import json, sys; from llmlib.router import feature_ids; "
+        "print(json.dumps([feature_ids(t, 4096) for t in json.loads(sys.argv[1])]))"
+    )
+    texts = [t for t in TEXTS if "\ud800" not in t]
+    outs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(texts)], env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout))
+    assert outs[0] == outs[1] == [feature_ids(t, 4096) for t in texts]
+
+
+def test_prompts_are_capped_and_anything_text_like_is_read():
+    words = prepare("word " * 1_000_000)  # megabytes
+    assert len(words) == MAX_WORDS
+    assert all(len(w) <= 32 for w in prepare("y" * 10_000 + " z"))
+    assert prepare(b"caf\xc3\xa9 \xff\xfe ok") == ["café", "\ufffd\ufffd", "ok"]
+    assert prepare("") == [] and prepare(" \n\t ") == []
+    with pytest.raises(TypeError):
+        prepare(None)  # type: ignore[arg-type]
+
+
+def test_the_fast_path_is_the_mean_of_the_reference_features(artifact):
+    model, _ = load_model(artifact, "float")
+    router = Router(model)
+    for t in TEXTS:
+        ids = feature_ids(t, model.buckets)
+        want = model.emb[ids].mean(axis=0)
+        got, _ = router.embed(prepare(t))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        got_again, _ = router.embed(prepare(t))  # from the word cache this time
+        np.testing.assert_allclose(got_again, want, rtol=1e-4, atol=1e-6)
+
+
+def test_trained_router_routes_held_out_prompts_and_int8_agrees_with_float(artifact):
+    rows = corpus()
+    res = evaluate(load_router(artifact), rows, prefixes=(4,))
+    assert res["held_out"] == 60 and res["accuracy"] >= 0.9
+    assert np.array(res["confusion"]).sum() == 60
+    assert 0.0 <= res["prefix_agreement"]["4"] <= 1.0
+    assert agreement(artifact, rows) >= 0.995
+    q, scale = load_model(artifact, "float")[0].quantized()
+    assert q.dtype == np.int8 and scale.shape == (16,)
+
+
+def test_batched_decisions_equal_single_ones(artifact):
+    router = load_router(artifact)
+    texts = [r["text"] for r in corpus(10)] + ["", "\x00"]
+    assert router.decide_batch(texts) == [router.decide(t).expert for t in texts]
+
+
+def test_artifact_errors_are_clear(artifact, tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_model(tmp_path / "none.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="not a router artifact"):
+        load_model(tmp_path / "junk.npz")
+    z = dict(np.load(artifact))
+    header = json.loads(bytes(z["header"]).decode())
+    header["feature_version"] = 99
+    z["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **z)
+    with pytest.raises(ConfigError, match="feature version 99.*retrain"):
+        load_model(tmp_path / "old.npz")
+    model, _ = load_model(artifact)
+    model.save(tmp_path / "int8.npz", keep_float=False)
+    with pytest.raises(ConfigError, match="without the float table"):
+        load_model(tmp_path / "int8.npz", "float")
+    with pytest.raises(ConfigError, match="unknown expert 'poetry'"):
+        Router(model, default="poetry")
+
+
+def test_gate_decides_by_keyword_and_triggered_regex(artifact):
+    gate = Gate.from_config(
+        [
+            {"expert": "code", "keywords": ["#include", "```python"]},
+            {"expert": "reasoning", "keywords": ["solve"], "regex": r"\d+\s*[-+*/]\s*\d+"},
+        ]
+    )
+    router = Router(load_model(artifact)[0], gate)
+    d = router.decide("Please look at this:\n#include <stdio.h>\nint main() {}")
+    assert (d.expert, d.source) == ("code", "gate")
+    assert router.decide("(```python) block").source == "gate"  # punctuation stripped
+    assert router.decide("solve 12 + 30 quickly").expert == "reasoning"
+    assert router.decide("solve 12 + 30 quickly").source == "gate"
+    assert router.decide("solve the riddle").source == "mlp"  # trigger without the regex
+    assert router.decide("12 + 30 is what").source == "mlp"  # regex without the trigger
+    for bad, msg in (
+        ([{"expert": "code"}], "needs keywords"),
+        ([{"expert": "code", "keywords": ["x"], "regex": "("}], "bad regex"),
+        ([{"expert": "code", "keywords": "def"}], "list of strings"),
+        ([{"expert": "code", "keywords": ["x"], "weight": 2}], "unknown keys"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            Gate.from_config(bad)
+
+
+def test_threshold_default_tie_break_and_bad_prompts(artifact):
+    model = load_model(artifact)[0]
+    sure = Router(model, threshold=0.0)
+    text = "Write a short poem about the sea and the number 7"
+    d = sure.decide(text)
+    assert d.source == "mlp" and d.top[0][0] == d.expert and len(d.top) == 2
+    assert sum(p for _, p in d.top) <= 1.0 + 1e-9
+    assert 0.0 <= d.margin <= d.confidence <= 1.0 and d.entropy >= 0.0
+    unsure = Router(model, default="reasoning", threshold=1.01)  # never confident enough
+    assert (unsure.decide(text).expert, unsure.decide(text).source) == ("reasoning", "default")
+    # near-equal top-2 (a margin of 1.0 makes every top-k expert "near"): the less loaded wins
+    tie = Router(model, top_k=2, tie_margin=1.0)
+    top2 = [e for e, _ in tie.decide(text).top]
+    assert tie.decide(text, loads={top2[0]: 9, top2[1]: 0}).expert == top2[1]
+    assert tie.decide(text, loads={top2[0]: 0, top2[1]: 9}).expert == top2[0]
+    assert sure.decide("").source == "empty" and sure.decide("").expert == "general"
+    assert sure.decide(None).source == "error"  # type: ignore[arg-type]
+    assert sure.decide(b"\xff\xfe\xfd").source in ("mlp", "default")
+    assert sure.decide("x " * 3_000_000).expert in model.experts
+
+
+def test_incremental_decisions_use_only_the_first_words(artifact):
+    router = load_router(artifact)
+    code_then_chat = "def f(x): return x " + "tell me about the weather in spring " * 20
+    assert (
+        router.decide(code_then_chat, max_words=4).expert
+        == router.decide("def f(x): return x").expert
+    )
+
+
+def test_held_out_split_is_stable():
+    assert held_out("some prompt") == held_out("some prompt")
+    share = sum(held_out(f"prompt {k}") for k in range(5000)) / 5000
+    assert 0.15 < share < 0.25
+
+
+def test_model_shapes_follow_the_training_settings(artifact):
+    model = load_model(artifact)[0]
+    assert isinstance(model, RouterModel)
+    assert model.emb.shape == (1 << 12, 16) and model.w1.shape == (16, 32)
+    assert model.w2.shape == (32, 3) and model.experts == ["general", "code", "reasoning"]
