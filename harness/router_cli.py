@@ -297,6 +297,71 @@ def bench(router: Router, texts: list[str], repeats: int = 3) -> dict[str, float
     }
 
 
+# --- the routing core's cost on a harness run ------------------------------------------------
+def harness_cost(
+    rows: list[dict[str, Any]],
+    tokenizer: str,
+    profile: str,
+    out: Path,
+    pairs: int = 2,
+    duration_ms: int = 5000,
+) -> dict[str, Any]:
+    """Offline samples/s of the routing core over three one-core dummy pools against the
+    dummy core with three cores, same prompts (the held-out split) and engine ``profile``,
+    in interleaved pairs (this machine drifts between minutes)."""
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = out / "prompts.jsonl"
+    with open(prompts, "w", encoding="utf-8") as fh:
+        for r in rows:
+            if r["split"] == "held_out":
+                fh.write(json.dumps({"text": r["text"]}) + "\n")
+    pools = "\n".join(
+        f"  {e}: {{core_type: dummy, num_cores: 1, flags: {{engine_profile: {profile}}}}}"
+        for e in EXPERTS
+    )
+    conf = out / "routing.yaml"
+    conf.write_text(
+        f"router: {DEFAULT_ROUTER}\ndefault_expert: general\nconfidence_threshold: 0.5\n"
+        f"tie_margin: 0.05\npools:\n{pools}\n"
+    )
+    common = [
+        sys.executable,
+        "-m",
+        "harness",
+        "--scenarios=offline",
+        f"--dataset_path={prompts}",
+        f"--tokenizer_path={tokenizer}",
+        f"--min_duration={duration_ms}",
+        "--min_query_count=500",
+        "--offline_expected_qps=2000" if profile != "zero" else "--offline_expected_qps=100000",
+        "--progress=false",
+        "--warmup_queries=0",
+    ]
+    kinds = {
+        "dummy": [f"--engine_profile={profile}", "--num_cores=3"],
+        "routing": ["--core_type=routing", f"--routing_config={conf}"],
+    }
+    res: dict[str, Any] = {"profile": profile, "pairs": []}
+    for i in range(pairs):
+        pair = {}
+        for kind, extra in kinds.items():
+            log_dir = out / f"{profile}-{kind}-{i}"
+            subprocess.run(
+                [*common, *extra, f"--log_dir={log_dir}"],
+                check=True,
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+            summary = json.loads(next(log_dir.rglob("summary.json")).read_text())
+            pair[kind] = summary["loadgen"]["samples_per_second"]
+        pair["ratio"] = pair["routing"] / pair["dummy"]
+        res["pairs"].append(pair)
+    res["median_ratio"] = float(np.median([p["ratio"] for p in res["pairs"]]))
+    return res
+
+
 # --- CLI --------------------------------------------------------------------------------------
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness router")
@@ -324,6 +389,14 @@ def main(argv: list[str]) -> int:
     b.add_argument("--data", default=str(DEFAULT_CORPUS))
     b.add_argument("--router", default=str(DEFAULT_ROUTER))
     b.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+    h = sub.add_parser(
+        "harness", help="Offline samples/s: routing core over dummy pools vs the dummy core"
+    )
+    h.add_argument("--data", default=str(DEFAULT_CORPUS))
+    h.add_argument("--tokenizer_path", default=str(REPO_ROOT / "build" / "tiny-model"))
+    h.add_argument("--profiles", default="cpu-tiny,zero")
+    h.add_argument("--pairs", type=int, default=2)
+    h.add_argument("--out", default=str(REPO_ROOT / "build" / "bench" / "router"))
     r = sub.add_parser("route", help="route one prompt")
     r.add_argument("prompt")
     r.add_argument("--router", default=str(DEFAULT_ROUTER))
@@ -372,6 +445,12 @@ def _run(args: argparse.Namespace) -> int:
         texts = [r["text"] for r in rows if r["split"] == "held_out"]
         router = routing_router(args.routing_config, args.router)
         print(json.dumps(bench(router, texts), indent=1))
+        return 0
+    if args.cmd == "harness":
+        rows = read_corpus(Path(args.data))
+        for profile in args.profiles.split(","):
+            res = harness_cost(rows, args.tokenizer_path, profile, Path(args.out), args.pairs)
+            print(json.dumps(res))
         return 0
     if args.cmd == "route":
         router = routing_router(args.routing_config, args.router)
