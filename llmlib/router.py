@@ -17,10 +17,14 @@ Inference needs only numpy. A word's features are the same wherever it appears, 
 distinct word's summed rows are computed once and kept (``_WordCache``); a decision is then
 a dict lookup per word, two gathers, and the MLP.
 
-The gate decides before any of that: keyword rules (a word, after stripping punctuation,
-in a set; the earliest rule in the config wins), and regex rules that run only when one of
-their trigger words is present, so the gate's cost is a set lookup per word, never a long
-alternation over the whole prompt.
+The gate decides before any of that: keyword rules (a word, as it is or with brackets,
+quotes and sentence punctuation stripped from its ends, in a set; the earliest rule in the
+config wins), and regex rules that run only when one of their trigger words is present, so
+the gate's cost is a set lookup per word, never a long alternation over the whole prompt.
+
+``llmlib/_routerc.c`` computes the same features, mean and MLP in C (built with the package
+when a compiler is there; ``Router.native`` says whether it is in use); the numpy path is
+the fallback and the reference the C path is tested against.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 import zlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,11 +49,15 @@ MAX_CHARS = 2048
 MAX_WORDS = 128
 MAX_WORD_CHARS = 32
 CHAR_NGRAMS = (3, 4)
+try:  # the C path (llmlib/_routerc.c), built with the package where a compiler is there
+    from . import _routerc as _C  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - the numpy path then
+    _C = None
 _MIX = 0x9E3779B1  # Fibonacci hashing constant (2^32 / golden ratio)
 _MASK32 = 0xFFFFFFFF
-# stripped around a word before the gate looks it up (not ` or #: keywords like "```python"
-# and "#include" keep them)
-_PUNCT = "()[]{}<>\"'.,;:!?\u201c\u201d\u2018\u2019"
+# stripped from both ends of a word before the gate looks it up again (not ` or #: keywords
+# like "```python" and "#include" keep them); _routerc.c's gate_punct has the same set
+_GATE_PUNCT = "()[]{}<>\"'.,;:!?\u201c\u201d\u2018\u2019"
 
 
 def _crc(s: str) -> int:
@@ -63,9 +72,8 @@ def prepare(text: str | bytes) -> list[str]:
     if not isinstance(text, str):
         raise TypeError(f"a prompt is text or bytes, not {type(text).__name__}")
     words = text[:MAX_CHARS].lower().split()[:MAX_WORDS]
-    for w in words:
-        if len(w) > MAX_WORD_CHARS:
-            return [w[:MAX_WORD_CHARS] for w in words]
+    if words and max(map(len, words)) > MAX_WORD_CHARS:
+        return [w[:MAX_WORD_CHARS] for w in words]
     return words
 
 
@@ -122,6 +130,7 @@ class Gate:
                     raise ConfigError(f"gate rule {k} ({r.expert}): bad regex: {exc}") from None
             for kw in r.keywords:
                 self.keyword_rule.setdefault(kw.lower(), k)
+        self._keywords = frozenset(self.keyword_rule)
 
     @classmethod
     def from_config(cls, rules: Iterable[Mapping[str, Any]]) -> Gate:
@@ -138,16 +147,27 @@ class Gate:
             out.append(GateRule(str(r["expert"]), tuple(kws), r.get("regex")))
         return cls(out)
 
-    def word_rule(self, word: str) -> int:
-        """The rule a word fires or triggers (-1 for none); punctuation around it ignored."""
-        k = self.keyword_rule.get(word)
-        if k is None:
-            k = self.keyword_rule.get(word.strip(_PUNCT), -1)
-        return k
+    def hits(self, words: list[str]) -> list[str] | None:
+        """Keywords among ``words``, each word taken as it is or with the gate's
+        punctuation stripped from its ends (in C where built: no per-word Python)."""
+        if _C is not None:
+            return _C.gate_hits(words, self._keywords)  # type: ignore[no-any-return]
+        kw, out = self._keywords, []
+        for w in words:
+            if w in kw:
+                out.append(w)
+            elif (cut := w.strip(_GATE_PUNCT)) in kw:
+                out.append(cut)
+        return out or None
 
-    def decide(self, rules_hit: Iterable[int], text: str) -> str | None:
-        """The expert of the first rule hit whose regex (if any) matches ``text``."""
-        for k in sorted(set(rules_hit)):
+    def match(self, words: list[str], text: str) -> str | None:
+        """The expert of the first rule (in config order) one of whose keywords is among
+        ``words`` and whose regex, if it has one, matches ``text``; None when no rule
+        fires. The regex runs only when a trigger word is there."""
+        hits = self.hits(words)
+        if not hits:
+            return None
+        for k in sorted({self.keyword_rule[h] for h in hits}):
             pat = self._regex.get(k)
             if pat is None or pat.search(text):
                 return self.rules[k].expert
@@ -167,6 +187,10 @@ class RouterModel:
     w2: np.ndarray
     b2: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    # the int8 table and its per-column scales, when loaded at int8 (``emb`` is then their
+    # product; the C path sums the int8 rows: a quarter of the memory traffic)
+    q: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -223,8 +247,11 @@ def load_model(path: str | Path, precision: str = "int8") -> tuple[RouterModel, 
             f"{p}: router artifact has feature version {got}, this llmlib computes version "
             f"{FEATURE_VERSION}: retrain it (python -m harness router train)"
         )
+    q = scale = None
     if precision == "int8":
-        emb = z["emb_q"].astype(np.float32) * z["emb_scale"]
+        q = np.ascontiguousarray(z["emb_q"], dtype=np.int8)
+        scale = np.ascontiguousarray(z["emb_scale"], dtype=np.float32)
+        emb = q.astype(np.float32) * scale
     elif precision == "float":
         if "emb" not in z:
             raise ConfigError(f"{p}: saved without the float table; use precision int8")
@@ -240,6 +267,8 @@ def load_model(path: str | Path, precision: str = "int8") -> tuple[RouterModel, 
         z["w2"],
         z["b2"],
         {k: v for k, v in header.items() if k not in ("experts", "buckets")},
+        q,
+        scale,
     )
     return model, header
 
@@ -260,20 +289,20 @@ class Decision:
 
 class _WordCache:
     """Per distinct word: a row holding the sum of its feature embeddings (and, in an extra
-    last column, its feature count), its hash, its hash premixed for bigrams, and its gate
-    rule. The rows live after the embedding table's own (whose count column is 1) in one
-    matrix, so a text's words and bigrams are summed, counts included, with one gather and
-    one product. Cleared when full (bounded memory, not an LRU). Not thread-safe: one
-    router per thread."""
+    last column, its feature count), its hash, and its hash premixed for bigrams. The rows
+    live after the embedding table's own (whose count column is 1) in one matrix, so a
+    text's words and bigrams are summed, counts included, with one gather and one product.
+    Cleared when full (bounded memory, not an LRU). Not thread-safe: one router per
+    thread."""
 
-    def __init__(self, emb: np.ndarray, buckets: int, gate: Gate, limit: int = 100_000) -> None:
-        self.emb, self.buckets, self.gate, self.limit = emb, buckets, gate, limit
-        self.index: dict[str, tuple[int, int, int, int]] = {}
+    def __init__(self, emb: np.ndarray, buckets: int, limit: int = 100_000) -> None:
+        self.emb, self.buckets, self.limit = emb, buckets, limit
+        self.index: dict[str, tuple[int, int, int]] = {}
         self.table = np.zeros((buckets + 4096, emb.shape[1] + 1), dtype=np.float32)
         self.table[:buckets, :-1] = emb
         self.table[:buckets, -1] = 1.0
 
-    def add(self, word: str) -> tuple[int, int, int, int]:
+    def add(self, word: str) -> tuple[int, int, int]:
         if len(self.index) >= self.limit:
             self.index.clear()
         ids = word_features(word, self.buckets)
@@ -285,14 +314,15 @@ class _WordCache:
         self.table[row, :-1] = self.emb[ids].sum(axis=0)
         self.table[row, -1] = len(ids)
         h = _crc("w:" + word)
-        entry = (row, h, (h * _MIX) & _MASK32, self.gate.word_rule(word))
+        entry = (row, h, (h * _MIX) & _MASK32)
         self.index[word] = entry
         return entry
 
 
 class Router:
     """Decides an expert for a prompt: the gate, else the MLP's top-k with a confidence
-    threshold (below it: ``default``) and a load-aware tie-break among near-equal experts."""
+    threshold (below it: ``default``) and a load-aware tie-break among near-equal experts.
+    ``native`` False forces the numpy path."""
 
     def __init__(
         self,
@@ -302,6 +332,7 @@ class Router:
         threshold: float = 0.0,
         top_k: int = 2,
         tie_margin: float = 0.0,
+        native: bool = True,
     ) -> None:
         self.model = model
         self.experts = model.experts
@@ -313,35 +344,45 @@ class Router:
                     f"router: unknown expert {name!r}; the model knows {', '.join(self.experts)}"
                 )
         self.threshold, self.top_k, self.tie_margin = threshold, max(1, top_k), tie_margin
-        self._cache = _WordCache(model.emb, model.buckets, self.gate)
+        self._cache = _WordCache(model.emb, model.buckets)
         self._ones = np.ones(2 * MAX_WORDS, dtype=np.float32)
-        self._w1, self._b1, self._w2, self._b2 = model.w1, model.b1, model.w2, model.b2
+        f32 = [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w1, model.b1)]
+        f32 += [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w2, model.b2)]
+        self._w1, self._b1, self._w2, self._b2 = f32
+        self._c = _C if native else None
+        if model.q is not None and model.scale is not None:
+            table: tuple[np.ndarray, ...] = (model.q, model.scale)
+        else:
+            dim = model.emb.shape[1]
+            table = (np.ascontiguousarray(model.emb, dtype=np.float32), np.ones(dim, np.float32))
+        self._c_model = None if self._c is None else self._c.make_model(*table, *f32)
+        self._unpack = struct.Struct(f"{len(self.experts)}f").unpack
+        self._default_k = self.experts.index(self.default)
+
+    @property
+    def native(self) -> bool:
+        return self._c is not None
 
     # --- features -> logits ----------------------------------------------------------------
-    def embed(self, words: list[str]) -> tuple[np.ndarray, list[int]]:
-        """The mean feature embedding of ``words`` (at least one) and the gate rules they
-        hit: a row index per word (its cached sum) and per bigram (the table's own row),
-        then one gather; the count column gives the divisor."""
+    def embed(self, words: list[str]) -> np.ndarray:
+        """The mean feature embedding of ``words`` (at least one), by the numpy path: a
+        row index per word (its cached sum) and per bigram (the table's own row), one
+        gather; the count column gives the divisor."""
         cache = self._cache
         get, add = cache.index.get, cache.add
         idx = array("q")
         put = idx.append
-        rules: list[int] = []
         mod = self.model.buckets
-        row, _, mixed, rule = get(words[0]) or add(words[0])
+        row, _, mixed = get(words[0]) or add(words[0])
         put(row)
-        if rule >= 0:
-            rules.append(rule)
         for w in words[1:]:
-            row, h, m, rule = get(w) or add(w)
+            row, h, m = get(w) or add(w)
             put(row)
             put((mixed ^ h) % mod)  # the bigram (previous word, this word)
             mixed = m
-            if rule >= 0:
-                rules.append(rule)
         ii = np.frombuffer(idx, dtype=np.int64)
         s = self._ones[: len(ii)] @ cache.table.take(ii, axis=0)
-        return s[:-1] / s[-1], rules
+        return s[:-1] / s[-1]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         h = x @ self._w1
@@ -350,6 +391,20 @@ class Router:
         z = h @ self._w2
         z += self._b2
         return z
+
+    def word_probs(self, words: list[str]) -> tuple[tuple[float, ...], float]:
+        """The experts' probabilities for ``words`` (at least one) and their entropy: in C
+        where built, else numpy."""
+        if self._c is not None:
+            got = self._c.embed_probs(words, self._c_model)
+            if got is not None:
+                return got  # type: ignore[no-any-return]
+        z = self.logits(self.embed(words)).tolist()
+        top = max(z)
+        ex = [math.exp(v - top) for v in z]
+        total = sum(ex)
+        probs = tuple(v / total for v in ex)
+        return probs, -sum(q * math.log(q) for q in probs if q > 0)
 
     # --- decisions -------------------------------------------------------------------------
     def decide(
@@ -366,31 +421,30 @@ class Router:
             return self.unreadable()
         if not words:
             return Decision(self.default, "empty", [], 0.0, 0.0, 0.0)
-        x, rules = self.embed(words)
-        if rules:
-            raw = text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
-            hit = self.gate.decide(rules, raw)
+        if self.gate.rules:
+            hit = self.gate.match(words, _as_text(text))
             if hit is not None:
                 return Decision(hit, "gate", [(hit, 1.0)])
-        return self._choose(self.logits(x), loads)
+        probs, entropy = self.word_probs(words)
+        return self._choose(probs, entropy, loads)
 
     def unreadable(self) -> Decision:
         """The decision for a prompt that could not be read: the default expert."""
         return Decision(self.default, "error", [], 0.0, 0.0, 0.0)
 
-    def _choose(self, z: np.ndarray, loads: Mapping[str, int] | None) -> Decision:
-        # a handful of experts: plain floats are cheaper than numpy calls here
-        logits = z.tolist()
-        top_z = max(logits)
-        ex = [math.exp(v - top_z) for v in logits]
-        total = sum(ex)
-        probs = [v / total for v in ex]
-        order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: self.top_k]
+    def _choose(
+        self, probs: tuple[float, ...], entropy: float, loads: Mapping[str, int] | None
+    ) -> Decision:
         experts = self.experts
-        top = [(experts[i], probs[i]) for i in order]
+        if self.top_k == 2 and len(probs) > 2:  # the usual case, without a sort
+            i = max(range(len(probs)), key=probs.__getitem__)
+            j = max((c for c in range(len(probs)) if c != i), key=probs.__getitem__)
+            order = [i, j]
+        else:
+            order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: self.top_k]
+        top = [(experts[c], probs[c]) for c in order]
         best = top[0][1]
         margin = best - top[1][1] if len(top) > 1 else best
-        entropy = -sum(q * math.log(q) for q in probs if q > 0)
         if best < self.threshold:
             return Decision(self.default, "default", top, best, margin, entropy)
         choice = top[0][0]
@@ -400,38 +454,51 @@ class Router:
         return Decision(choice, "mlp", top, best, margin, entropy)
 
     def decide_batch(self, texts: Sequence[str | bytes]) -> list[str]:
-        """Experts for many prompts (no loads: the batch is decided as a whole), the MLP
-        run once on the stacked embeddings."""
-        out: list[str | None] = [None] * len(texts)
-        xs = np.zeros((len(texts), self.model.dim), dtype=np.float32)
+        """Experts for many prompts (no loads, no top-k: each prompt's best expert, or the
+        default below the threshold); in C in one call where built."""
+        n = len(texts)
+        out: list[str | None] = [None] * n
+        lists: list[list[str]] = []
+        where: list[int] = []
         for k, t in enumerate(texts):
-            d = self._gate_or_embed(t, xs, k)
-            out[k] = d
-        z = self.logits(xs)
+            try:
+                words = prepare(t)
+            except (TypeError, ValueError):
+                out[k] = self.default
+                continue
+            if not words:
+                out[k] = self.default
+                continue
+            if self.gate.rules:
+                hit = self.gate.match(words, _as_text(t))
+                if hit is not None:
+                    out[k] = hit
+                    continue
+            lists.append(words)
+            where.append(k)
+        if not lists:
+            return [o or self.default for o in out]
+        kk = len(self.experts)
+        if self._c is not None:
+            raw, redo = self._c.embed_logits_many(lists, self._c_model)
+            z = np.frombuffer(raw, dtype=np.float32).reshape(len(lists), kk).copy()
+            for j, flag in enumerate(redo):
+                if flag:
+                    z[j] = self.logits(self.embed(lists[j]))
+        else:
+            z = self.logits(np.stack([self.embed(w) for w in lists]))
         best = z.argmax(axis=1)
         if self.threshold > 0:
-            zz = z - z.max(axis=1, keepdims=True)
-            p = np.exp(zz)
-            conf = 1.0 / p.sum(axis=1)  # the top probability
-            best = np.where(conf < self.threshold, self.experts.index(self.default), best)
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            best = np.where(1.0 / p.sum(axis=1) < self.threshold, self._default_k, best)
         names = self.experts
-        return [o if o is not None else names[b] for o, b in zip(out, best.tolist(), strict=True)]
+        for k, b in zip(where, best.tolist(), strict=True):
+            out[k] = names[b]
+        return [o or self.default for o in out]
 
-    def _gate_or_embed(self, text: str | bytes, xs: np.ndarray, k: int) -> str | None:
-        try:
-            words = prepare(text)
-        except (TypeError, ValueError):
-            return self.default
-        if not words:
-            return self.default
-        x, rules = self.embed(words)
-        if rules:
-            raw = text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
-            hit = self.gate.decide(rules, raw)
-            if hit is not None:
-                return hit
-        xs[k] = x
-        return None
+
+def _as_text(text: str | bytes) -> str:
+    return text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
 
 
 def load_router(

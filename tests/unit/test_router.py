@@ -116,14 +116,38 @@ def test_prompts_are_capped_and_anything_text_like_is_read():
 
 def test_the_fast_path_is_the_mean_of_the_reference_features(artifact):
     model, _ = load_model(artifact, "float")
-    router = Router(model)
+    router = Router(model, native=False)
     for t in TEXTS:
         ids = feature_ids(t, model.buckets)
         want = model.emb[ids].mean(axis=0)
-        got, _ = router.embed(prepare(t))
+        got = router.embed(prepare(t))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-        got_again, _ = router.embed(prepare(t))  # from the word cache this time
+        got_again = router.embed(prepare(t))  # from the word cache this time
         np.testing.assert_allclose(got_again, want, rtol=1e-4, atol=1e-6)
+
+
+def native_router(model, **kw):
+    router = Router(model, **kw)
+    if not router.native:
+        if os.environ.get("LLMLIB_REQUIRE_NATIVE"):
+            pytest.fail("llmlib._routerc was not built (CI builds it: gcc, Python headers)")
+        pytest.skip("llmlib._routerc is not built here (no compiler at install)")
+    return router
+
+
+def test_the_c_path_computes_what_the_numpy_path_does(artifact):
+    model, _ = load_model(artifact)
+    c, py = native_router(model), Router(model, native=False)
+    texts = TEXTS + [r["text"] for r in corpus(10)] + ["é" * 40, "🙂" * 33 + " x"]
+    for t in texts:
+        words = prepare(t)
+        if words:
+            (pc, ec), (pp, ep) = c.word_probs(words), py.word_probs(words)
+            np.testing.assert_allclose(pc, pp, rtol=1e-4, atol=1e-6)
+            assert ec == pytest.approx(ep, rel=1e-4, abs=1e-6)
+            assert c.decide(t).expert == py.decide(t).expert
+    assert c.decide_batch(texts) == py.decide_batch(texts)
+    assert c.decide("\ud800 lone surrogate").source == "mlp"  # C hands it to numpy
 
 
 def test_trained_router_routes_held_out_prompts_and_int8_agrees_with_float(artifact):
@@ -230,3 +254,23 @@ def test_model_shapes_follow_the_training_settings(artifact):
     assert isinstance(model, RouterModel)
     assert model.emb.shape == (1 << 12, 16) and model.w1.shape == (16, 32)
     assert model.w2.shape == (32, 3) and model.experts == ["general", "code", "reasoning"]
+
+
+def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
+    import llmlib.router as router_mod
+
+    gate = Gate.from_config([{"expert": "code", "keywords": ["```python", "#include", "SQL"]}])
+    cases = {
+        "see (```python) here": ["```python"],
+        "\u201c#include\u201d, sql? sql!": ["#include", "sql", "sql"],
+        "```pythonic ((())) . sqlite": None,
+        "": None,
+    }
+    if router_mod._C is None and os.environ.get("LLMLIB_REQUIRE_NATIVE"):
+        pytest.fail("llmlib._routerc was not built")
+    for text, want in cases.items():
+        words = prepare(text)
+        monkeypatch.setattr(router_mod, "_C", None)
+        assert gate.hits(words) == want, text
+        monkeypatch.undo()
+        assert gate.hits(words) == want, text
