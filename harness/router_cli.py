@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import sys
 import time
 import zlib
@@ -348,20 +349,26 @@ def harness_cost(
     out: Path,
     pairs: int = 2,
     duration_ms: int = 5000,
+    total_cores: int = 6,
 ) -> dict[str, Any]:
-    """Offline samples/s of the routing core over three one-core dummy pools against the
-    dummy core with three cores, same prompts (the held-out split) and engine ``profile``,
-    in interleaved pairs (this machine drifts between minutes)."""
+    """Offline samples/s of the routing core over dummy pools against the dummy core alone
+    with as many cores, same prompts (the held-out split) and engine ``profile``, in
+    interleaved pairs (this machine drifts between minutes). Pools are sized to the share
+    of the prompts the router sends each (at least one core), so what the comparison shows
+    is the routing core's cost, not an unlucky split of the traffic."""
     import subprocess
 
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "prompts.jsonl"
+    texts = [r["text"] for r in rows if r["split"] == "held_out"]
     with open(prompts, "w", encoding="utf-8") as fh:
-        for r in rows:
-            if r["split"] == "held_out":
-                fh.write(json.dumps({"text": r["text"]}) + "\n")
+        for t in texts:
+            fh.write(json.dumps({"text": t}) + "\n")
+    share = Counter(load_router(DEFAULT_ROUTER, threshold=0.5).decide_batch(texts))
+    sizes = {e: max(1, round(total_cores * share[e] / len(texts))) for e in EXPERTS}
     pools = "\n".join(
-        f"  {e}: {{core_type: dummy, num_cores: 1, flags: {{engine_profile: {profile}}}}}"
+        f"  {e}: {{core_type: dummy, num_cores: {sizes[e]}, "
+        f"flags: {{engine_profile: {profile}}}}}"
         for e in EXPERTS
     )
     conf = out / "routing.yaml"
@@ -383,14 +390,15 @@ def harness_cost(
         "--warmup_queries=0",
     ]
     kinds = {
-        "dummy": [f"--engine_profile={profile}", "--num_cores=3"],
+        "dummy": [f"--engine_profile={profile}", f"--num_cores={sum(sizes.values())}"],
         "routing": ["--core_type=routing", f"--routing_config={conf}"],
     }
-    res: dict[str, Any] = {"profile": profile, "pairs": []}
+    res: dict[str, Any] = {"profile": profile, "pool_cores": sizes, "pairs": []}
     for i in range(pairs):
         pair = {}
         for kind, extra in kinds.items():
             log_dir = out / f"{profile}-{kind}-{i}"
+            shutil.rmtree(log_dir, ignore_errors=True)  # (read back below: this run's only)
             subprocess.run(
                 [*common, *extra, f"--log_dir={log_dir}"],
                 check=True,
