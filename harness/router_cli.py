@@ -367,8 +367,7 @@ def harness_cost(
     share = Counter(load_router(DEFAULT_ROUTER, threshold=0.5).decide_batch(texts))
     sizes = {e: max(1, round(total_cores * share[e] / len(texts))) for e in EXPERTS}
     pools = "\n".join(
-        f"  {e}: {{core_type: dummy, num_cores: {sizes[e]}, "
-        f"flags: {{engine_profile: {profile}}}}}"
+        f"  {e}: {{core_type: dummy, num_cores: {sizes[e]}, flags: {{engine_profile: {profile}}}}}"
         for e in EXPERTS
     )
     conf = out / "routing.yaml"
@@ -436,6 +435,11 @@ def main(argv: list[str]) -> int:
     e.add_argument("--router", default=str(DEFAULT_ROUTER))
     e.add_argument("--prefixes", default="8,16,32,64")
     e.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+    e.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train and score the MiniLM baseline on the same splits (baseline extra)",
+    )
     b = sub.add_parser("bench", help="decision latency at batch 1 and batched throughput")
     b.add_argument("--data", default=str(DEFAULT_CORPUS))
     b.add_argument("--router", default=str(DEFAULT_ROUTER))
@@ -492,6 +496,10 @@ def _run(args: argparse.Namespace) -> int:
             res["float_int8_agreement_at_training"] = header.get("float_int8_agreement")
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=1))
         print(confusion_table(res))
+        if args.baseline:
+            base = baseline(rows)
+            print(f"MiniLM baseline: accuracy {base['accuracy']:.4f} (ours {res['accuracy']:.4f})")
+            print(confusion_table(base))
         return 0
     if args.cmd == "bench":
         rows = read_corpus(Path(args.data))

@@ -204,3 +204,33 @@ def test_a_routed_run_through_loadgen_is_valid_with_its_routing_report(
         assert set(stats["per_expert"]) == {"general", "code", "reasoning"}
         assert stats["per_expert"]["code"] > 0
         assert any(n.startswith("routing:") for n in s["notes"])
+
+
+def test_a_prompt_that_cannot_be_read_goes_to_the_default_expert(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)  # where a relative routing_stats_file would be written
+
+    from llmlib.request import LLMRequest
+
+    yaml_path = write_config(tmp_path / "routing.yaml", zero_pools())
+    cfg = make_cfg(
+        core_type="routing",
+        routing_config=str(yaml_path),
+        tokenizer_path=str(tiny_tokenizer),
+        routing_stats_file="",
+    )
+    core, seen = RoutingCore(0, cfg), Collector()
+    core.callback = seen
+    bad = np.array([2**40], dtype=np.int64)  # no tokenizer can decode this id
+    good = np.array(load_tokenizer(tiny_tokenizer).encode("def f(x): return x"), np.uint32)
+    core.enqueue([LLMRequest(1, 0, bad, 8, output_len=4), LLMRequest(2, 1, good, 8, output_len=4)])
+    assert core.flush(10)
+    core.close()
+    finals = seen.finals()
+    assert sorted(finals) == [1, 2] and all(r.ok for r in finals.values())
+    assert pool_of(core, finals[1]) == "general"  # the default expert
+    assert core.stats["sources"]["error"] == 1
+    assert not (tmp_path / "routing.json").exists()  # routing_stats_file '' writes nothing
