@@ -274,3 +274,31 @@ def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
         assert gate.hits(words) == want, text
         monkeypatch.undo()
         assert gate.hits(words) == want, text
+
+
+def test_corpus_labels_come_from_the_reply():
+    from harness.router_cli import label_sharegpt
+
+    assert label_sharegpt("help me", "Sure:\n```python\nprint(1)\n```") == "code"
+    assert label_sharegpt("how much?", "Each costs 12 * 3 = 36 dollars.") == "reasoning"
+    assert label_sharegpt("hello", "Hi! How can I help you today?") == "general"
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "router", *args], capture_output=True, text=True
+    )
+
+
+def test_router_cli_routes_a_prompt_and_reports_bad_input(artifact, tmp_path):
+    p = run_cli("route", "Solve for x: 3x + 12 = 40", "--router", str(artifact))
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["expert"] in ("general", "code", "reasoning") and d["source"] == "mlp"
+    p = run_cli("eval", "--data", str(tmp_path / "missing.jsonl"))
+    assert p.returncode == 2 and "corpus not found" in p.stderr
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+    p = run_cli("eval", "--data", str(tmp_path / "bad.jsonl"), "--router", str(artifact))
+    assert p.returncode == 2 and "needs 'text' and 'label'" in p.stderr
+    p = run_cli("route", "hi", "--router", str(tmp_path / "none.npz"))
+    assert p.returncode == 2 and "router artifact not found" in p.stderr
