@@ -179,8 +179,8 @@ def train(
         import torch
     except ImportError:
         raise ConfigError("router training needs torch: pip install -e .[model]") from None
-    experts = sorted({r["label"] for r in rows}, key=lambda e: (e not in EXPERTS, e))
-    experts = [e for e in EXPERTS if e in experts] + [e for e in experts if e not in EXPERTS]
+    labels = {r["label"] for r in rows}
+    experts = [e for e in EXPERTS if e in labels] + sorted(labels - set(EXPERTS))
     train_rows = [r for r in rows if r["split"] == "train"]
     if not train_rows:
         raise ConfigError("corpus has no training rows")
@@ -251,10 +251,9 @@ def evaluate(router: Router, rows: list[dict[str, Any]], prefixes: tuple[int, ..
     return out
 
 
-def agreement(path: Path, rows: list[dict[str, Any]]) -> float:
-    """Share of held-out prompts where the float and int8 tables decide alike (MLP only)."""
-    a, _ = load_model(path, "float")
-    b, _ = load_model(path, "int8")
+def agreement(a: RouterModel, b: RouterModel, rows: list[dict[str, Any]]) -> float:
+    """Share of held-out prompts where two models (the float and the int8 table) decide
+    alike (MLP only)."""
     ra, rb = Router(a), Router(b)
     texts = [r["text"] for r in rows if r["split"] == "held_out"]
     same = sum(ra.decide(t).expert == rb.decide(t).expert for t in texts)
@@ -413,6 +412,12 @@ def harness_cost(
 
 
 # --- CLI --------------------------------------------------------------------------------------
+def _corpus_and_router(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=str(DEFAULT_CORPUS))
+    p.add_argument("--router", default=str(DEFAULT_ROUTER))
+    p.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness router")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -431,19 +436,14 @@ def main(argv: list[str]) -> int:
         help="keep the float table in the artifact too (for router eval's agreement check)",
     )
     e = sub.add_parser("eval", help="accuracy, confusion matrix, float/int8 agreement")
-    e.add_argument("--data", default=str(DEFAULT_CORPUS))
-    e.add_argument("--router", default=str(DEFAULT_ROUTER))
+    _corpus_and_router(e)
     e.add_argument("--prefixes", default="8,16,32,64")
-    e.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
     e.add_argument(
         "--baseline",
         action="store_true",
         help="also train and score the MiniLM baseline on the same splits (baseline extra)",
     )
-    b = sub.add_parser("bench", help="decision latency at batch 1 and batched throughput")
-    b.add_argument("--data", default=str(DEFAULT_CORPUS))
-    b.add_argument("--router", default=str(DEFAULT_ROUTER))
-    b.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
+    _corpus_and_router(sub.add_parser("bench", help="decision latency, batch 1 and batched"))
     bl = sub.add_parser("baseline", help="MiniLM + logistic regression on the same splits")
     bl.add_argument("--data", default=str(DEFAULT_CORPUS))
     h = sub.add_parser(
@@ -476,8 +476,7 @@ def _run(args: argparse.Namespace) -> int:
         model = train(rows, args.buckets, args.dim, epochs=args.epochs)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        model.save(out, keep_float=True)
-        agree = agreement(out, rows)
+        agree = agreement(model, model.dequantized(), rows)
         model.meta["float_int8_agreement"] = agree
         model.save(out, keep_float=args.keep_float)
         res = evaluate(Router(load_model(out)[0]), rows)
@@ -490,7 +489,9 @@ def _run(args: argparse.Namespace) -> int:
         prefixes = tuple(int(x) for x in args.prefixes.split(",") if x)
         res = evaluate(router, rows, prefixes)
         try:
-            res["float_int8_agreement"] = agreement(Path(args.router), rows)
+            res["float_int8_agreement"] = agreement(
+                load_model(args.router, "float")[0], load_model(args.router, "int8")[0], rows
+            )
         except ConfigError:  # an int8-only artifact: the figure measured when it was trained
             header = load_model(args.router)[1]
             res["float_int8_agreement_at_training"] = header.get("float_int8_agreement")

@@ -29,6 +29,7 @@ the fallback and the reference the C path is tested against.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -202,6 +203,12 @@ class RouterModel:
         scale[scale == 0] = 1.0
         q = np.clip(np.rint(self.emb / scale), -127, 127).astype(np.int8)
         return q, scale.astype(np.float32)
+
+    def dequantized(self) -> RouterModel:
+        """This model as its int8 artifact loads: the table rounded to int8 and back."""
+        q, scale = self.quantized()
+        emb = q.astype(np.float32) * scale
+        return dataclasses.replace(self, emb=emb, q=q, scale=scale)
 
     def save(self, path: str | Path, keep_float: bool = True) -> None:
         """An ``.npz``: the int8 table and its scales always, the float table too unless
@@ -415,6 +422,15 @@ class Router:
     ) -> Decision:
         """The decision for one prompt (its first ``max_words`` words, for incremental
         routing). ``loads``: pending queries per expert, for the tie-break."""
+        words = self._words_or_decision(text, max_words)
+        if isinstance(words, Decision):
+            return words
+        probs, entropy = self.word_probs(words)
+        return self._choose(probs, entropy, loads)
+
+    def _words_or_decision(self, text: str | bytes, max_words: int) -> list[str] | Decision:
+        """The prompt's words for the MLP, or the decision made without it: unreadable
+        or empty (the default expert) or the gate's."""
         try:
             words = prepare(text)[:max_words]
         except (TypeError, ValueError):  # not text: the default expert, never a stop
@@ -425,8 +441,7 @@ class Router:
             hit = self.gate.match(words, _as_text(text))
             if hit is not None:
                 return Decision(hit, "gate", [(hit, 1.0)])
-        probs, entropy = self.word_probs(words)
-        return self._choose(probs, entropy, loads)
+        return words
 
     def unreadable(self) -> Decision:
         """The decision for a prompt that could not be read: the default expert."""
@@ -461,19 +476,10 @@ class Router:
         lists: list[list[str]] = []
         where: list[int] = []
         for k, t in enumerate(texts):
-            try:
-                words = prepare(t)
-            except (TypeError, ValueError):
-                out[k] = self.default
+            words = self._words_or_decision(t, MAX_WORDS)
+            if isinstance(words, Decision):
+                out[k] = words.expert
                 continue
-            if not words:
-                out[k] = self.default
-                continue
-            if self.gate.rules:
-                hit = self.gate.match(words, _as_text(t))
-                if hit is not None:
-                    out[k] = hit
-                    continue
             lists.append(words)
             where.append(k)
         if not lists:

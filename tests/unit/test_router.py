@@ -156,7 +156,7 @@ def test_trained_router_routes_held_out_prompts_and_int8_agrees_with_float(artif
     assert res["held_out"] == 60 and res["accuracy"] >= 0.9
     assert np.array(res["confusion"]).sum() == 60
     assert 0.0 <= res["prefix_agreement"]["4"] <= 1.0
-    assert agreement(artifact, rows) >= 0.995
+    assert agreement(load_model(artifact, "float")[0], load_model(artifact)[0], rows) >= 0.995
     q, scale = load_model(artifact, "float")[0].quantized()
     assert q.dtype == np.int8 and scale.shape == (16,)
 
