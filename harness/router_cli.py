@@ -109,6 +109,11 @@ def held_out(prompt: str) -> bool:
     return zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % 5 == 0
 
 
+def validation(prompt: str) -> bool:
+    """A training row kept aside to pick the epoch (a tenth, independent of ``held_out``)."""
+    return zlib.crc32(b"val:" + prompt.encode("utf-8", "surrogatepass")) % 10 == 0
+
+
 def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed: int = 0) -> dict:
     from llmlib.datasets import _read_humaneval, read_sharegpt, sharegpt_samples
 
@@ -167,8 +172,14 @@ def train(
     epochs: int = 12,
     seed: int = 0,
     log: Any = print,
+    patience: int = 3,
 ) -> RouterModel:
-    """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer)."""
+    """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer).
+
+    A tenth of the training rows (by a crc32 of the text, never the held-out split) is
+    kept aside for validation: after each epoch the model is scored on it, the best epoch's
+    weights are kept (ties: the lower validation loss), and training stops ``patience``
+    epochs after the last improvement; ``epochs`` is the most it runs."""
     try:
         import torch
     except ImportError:
@@ -178,9 +189,16 @@ def train(
     train_rows = [r for r in rows if r["split"] == "train"]
     if not train_rows:
         raise ConfigError("corpus has no training rows")
+    val_rows = [r for r in train_rows if validation(r["text"])]
+    if len(val_rows) < len(train_rows):
+        train_rows = [r for r in train_rows if not validation(r["text"])]
+    else:  # a corpus too small to spare any: no validation, every epoch runs
+        val_rows = []
     torch.manual_seed(seed)
     feats = [feature_ids(r["text"], buckets) or [0] for r in train_rows]
     labels = torch.tensor([experts.index(r["label"]) for r in train_rows])
+    val_feats = [feature_ids(r["text"], buckets) or [0] for r in val_rows]
+    val_labels = torch.tensor([experts.index(r["label"]) for r in val_rows], dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(experts)).float()
     weight = counts.sum() / (len(experts) * counts.clamp(min=1))  # classes weighed equally
     emb = torch.nn.EmbeddingBag(buckets, dim, mode="mean")
@@ -192,21 +210,50 @@ def train(
     opt = torch.optim.Adam(params, lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     n = len(feats)
+
+    def bag(fs: list[list[int]], idx: list[int]) -> Any:
+        flat = torch.tensor([f for i in idx for f in fs[i]])
+        offsets = torch.tensor([0] + [len(fs[i]) for i in idx[:-1]]).cumsum(0)
+        return mlp(emb(flat, offsets))
+
+    best: tuple[float, float] | None = None  # (validation accuracy, -loss) of the kept epoch
+    kept: list[Any] = []
+    best_epoch = ran = 0
     for ep in range(epochs):
         perm = torch.randperm(n).tolist()
         total = 0.0
         for lo in range(0, n, 128):
             idx = perm[lo : lo + 128]
-            flat = torch.tensor([f for i in idx for f in feats[i]])
-            offsets = torch.tensor([0] + [len(feats[i]) for i in idx[:-1]]).cumsum(0)
-            logits = mlp(emb(flat, offsets))
-            loss = loss_fn(logits, labels[idx])
+            loss = loss_fn(bag(feats, idx), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        log(f"epoch {ep + 1}/{epochs}: loss {total / n:.4f}")
+        ran = ep + 1
+        if not val_rows:
+            log(f"epoch {ran}/{epochs}: loss {total / n:.4f}")
+            continue
+        with torch.no_grad():
+            vl = bag(val_feats, list(range(len(val_rows))))
+            score = (
+                float((vl.argmax(1) == val_labels).float().mean()),
+                -float(loss_fn(vl, val_labels)),
+            )
+        log(f"epoch {ran}/{epochs}: loss {total / n:.4f}, validation accuracy {score[0]:.4f}")
+        if best is None or score > best:
+            best, best_epoch = score, ran
+            kept = [p.detach().clone() for p in params]
+        elif ran - best_epoch >= patience:
+            break
+    if kept:
+        with torch.no_grad():
+            for p, k in zip(params, kept, strict=True):
+                p.copy_(k)
     lin1, lin2 = mlp[0], mlp[2]
+    meta: dict[str, Any] = {"dim": dim, "hidden": hidden, "epochs": best_epoch or ran}
+    meta.update({"epochs_run": ran, "train_rows": n, "validation_rows": len(val_rows)})
+    if best is not None:
+        meta["validation_accuracy"] = best[0]
     return RouterModel(
         experts,
         buckets,
@@ -215,7 +262,7 @@ def train(
         lin1.bias.detach().numpy().copy(),
         lin2.weight.detach().numpy().T.copy(),
         lin2.bias.detach().numpy().copy(),
-        {"dim": dim, "hidden": hidden, "epochs": epochs, "train_rows": n, "seed": seed},
+        {**meta, "seed": seed},
     )
 
 
@@ -408,7 +455,9 @@ def harness_cost(
 # --- CLI --------------------------------------------------------------------------------------
 def _corpus_and_router(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DEFAULT_CORPUS))
-    p.add_argument("--router", default=str(DEFAULT_ROUTER))
+    p.add_argument(
+        "--router", default="", help="artifact (default: the config's, or the shipped one)"
+    )
     p.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
 
 
@@ -421,7 +470,8 @@ def main(argv: list[str]) -> int:
     t = sub.add_parser("train", help="train the router (torch) and write the artifact")
     t.add_argument("--data", default=str(DEFAULT_CORPUS))
     t.add_argument("--out", default=str(DEFAULT_ROUTER))
-    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--epochs", type=int, default=12, help="at most (validation stops it)")
+    t.add_argument("--patience", type=int, default=3, help="epochs without improvement")
     t.add_argument("--buckets", type=int, default=1 << 14)
     t.add_argument("--dim", type=int, default=32)
     t.add_argument(
@@ -450,7 +500,9 @@ def main(argv: list[str]) -> int:
     h.add_argument("--out", default=str(REPO_ROOT / "build" / "bench" / "router"))
     r = sub.add_parser("route", help="route one prompt")
     r.add_argument("prompt")
-    r.add_argument("--router", default=str(DEFAULT_ROUTER))
+    r.add_argument(
+        "--router", default="", help="artifact (default: the config's, or the shipped one)"
+    )
     r.add_argument("--routing_config", default="", help="gate rules etc. from this YAML")
     args = ap.parse_args(argv)
     try:
@@ -467,7 +519,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "train":
         rows = read_corpus(Path(args.data))
-        model = train(rows, args.buckets, args.dim, epochs=args.epochs)
+        model = train(rows, args.buckets, args.dim, epochs=args.epochs, patience=args.patience)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         agree = agreement(model, model.dequantized(), rows)
@@ -482,12 +534,13 @@ def _run(args: argparse.Namespace) -> int:
         router = routing_router(args.routing_config, args.router)
         prefixes = tuple(int(x) for x in args.prefixes.split(",") if x)
         res = evaluate(router, rows, prefixes)
+        path = artifact_of(args.routing_config, args.router)
         try:
             res["float_int8_agreement"] = agreement(
-                load_model(args.router, "float")[0], load_model(args.router, "int8")[0], rows
+                load_model(path, "float")[0], load_model(path, "int8")[0], rows
             )
         except ConfigError:  # an int8-only artifact: the figure measured when it was trained
-            header = load_model(args.router)[1]
+            header = load_model(path)[1]
             res["float_int8_agreement_at_training"] = header.get("float_int8_agreement")
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=1))
         print(confusion_table(res))
@@ -533,8 +586,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def routing_router(config: str, artifact: str) -> Router:
+    """The router of ``config`` (gate, threshold, ...), with ``artifact`` instead of the
+    config's own when given; the shipped artifact alone when neither is."""
     if not config:
-        return load_router(artifact)
+        return load_router(artifact or DEFAULT_ROUTER)
     from llmlib.routing_config import load_routing_config
 
-    return load_routing_config(config).router()
+    rc = load_routing_config(config)
+    if artifact:
+        rc.router_path = Path(artifact)
+    return rc.router()
+
+
+def artifact_of(config: str, artifact: str) -> Path:
+    """The artifact ``routing_router`` loads."""
+    if artifact or not config:
+        return Path(artifact or DEFAULT_ROUTER)
+    from llmlib.routing_config import load_routing_config
+
+    return load_routing_config(config).router_path

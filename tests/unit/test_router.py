@@ -24,7 +24,7 @@ from llmlib.router import (
 
 torch = pytest.importorskip("torch", reason="router training needs the model extra")
 
-from harness.router_cli import agreement, evaluate, held_out, train  # noqa: E402
+from harness.router_cli import agreement, evaluate, held_out, train, validation  # noqa: E402
 
 CODE = [
     "Write a python function that returns the {n} largest values of a list",
@@ -302,3 +302,33 @@ def test_router_cli_routes_a_prompt_and_reports_bad_input(artifact, tmp_path):
     assert p.returncode == 2 and "needs 'text' and 'label'" in p.stderr
     p = run_cli("route", "hi", "--router", str(tmp_path / "none.npz"))
     assert p.returncode == 2 and "router artifact not found" in p.stderr
+    # an artifact given with a config replaces the config's own (gate and threshold kept)
+    conf = tmp_path / "routing.yaml"
+    conf.write_text(
+        "router: elsewhere.npz\ndefault_expert: general\npools:\n"
+        + "".join(f"  {e}: {{core_type: dummy}}\n" for e in ("general", "code", "reasoning"))
+    )
+    p = run_cli("route", "hi", "--routing_config", str(conf))
+    assert p.returncode == 2 and "elsewhere.npz" in p.stderr
+    p = run_cli("route", "hi", "--routing_config", str(conf), "--router", str(artifact))
+    assert p.returncode == 0, p.stderr
+
+
+def test_training_keeps_the_epoch_that_validates_best_and_stops_after_patience():
+    rows = corpus()
+    val = [r for r in rows if r["split"] == "train" and validation(r["text"])]
+    assert 5 < len(val) < 40
+    model = train(rows, buckets=1 << 12, dim=16, hidden=32, epochs=15, log=lambda _: None)
+    assert model.meta["validation_rows"] == len(val)
+    assert model.meta["train_rows"] == 180 - len(val)
+    assert 1 <= model.meta["epochs"] <= model.meta["epochs_run"] <= 15
+    # validation rows labelled against their kind: the more the model learns, the worse it
+    # validates, so the first epoch is kept and training stops `patience` epochs later
+    wrong = {"general": "code", "code": "reasoning", "reasoning": "general"}
+    flipped = [dict(r, label=wrong[r["label"]]) if r in val else r for r in rows]
+    logs: list[str] = []
+    model = train(
+        flipped, buckets=1 << 12, dim=16, hidden=32, epochs=15, log=logs.append, patience=2
+    )
+    assert model.meta["epochs"] == 1 and model.meta["epochs_run"] == 3 == len(logs)
+    assert "validation accuracy" in logs[0]
