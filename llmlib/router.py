@@ -22,9 +22,14 @@ quotes and sentence punctuation stripped from its ends, in a set; the earliest r
 config wins), and regex rules that run only when one of their trigger words is present, so
 the gate's cost is a set lookup per word, never a long alternation over the whole prompt.
 
-``llmlib/_routerc.c`` computes the same features, mean and MLP in C (built with the package
-when a compiler is there; ``Router.native`` says whether it is in use); the numpy path is
-the fallback and the reference the C path is tested against.
+``llmlib/_routerc.c`` does all of it in C from the prompt's text (built with the package
+when a compiler is there; ``Router.native`` says whether it is in use): the split and
+lower-casing (ASCII byte by byte; other text with Python's own whitespace test and
+lower-case mapping, or its str methods for the two characters whose lower case depends on
+more than the character), the gate's keyword look-ups, a word cache of summed int8 rows,
+the bigrams and the MLP; ``decide_batch`` is one C call for all its prompts. The gate's
+regex rules, prompts that are not ``str`` and lone surrogates come back to Python. The
+numpy path is the fallback and the reference the C path is tested against.
 """
 
 from __future__ import annotations
@@ -160,6 +165,21 @@ class Gate:
             elif (cut := w.strip(_GATE_PUNCT)) in kw:
                 out.append(cut)
         return out or None
+
+    @property
+    def regex_rules(self) -> list[int]:
+        return sorted(self._regex)
+
+    def resolve(self, mask: int, text: str) -> str | None:
+        """The expert of the first rule among ``mask``'s bits (rule k: bit k) whose regex,
+        if it has one, matches ``text``."""
+        while mask:
+            k = (mask & -mask).bit_length() - 1
+            pat = self._regex.get(k)
+            if pat is None or pat.search(text):
+                return self.rules[k].expert
+            mask &= mask - 1
+        return None
 
     def match(self, words: list[str], text: str) -> str | None:
         """The expert of the first rule (in config order) one of whose keywords is among
@@ -363,6 +383,13 @@ class Router:
             dim = model.emb.shape[1]
             table = (np.ascontiguousarray(model.emb, dtype=np.float32), np.ones(dim, np.float32))
         self._c_model = None if self._c is None else self._c.make_model(*table, *f32)
+        self._c_gate = None
+        if self._c is not None and self.gate.rules:
+            regex = sum(1 << k for k in self.gate.regex_rules)
+            rule_experts = [self.experts.index(r.expert) for r in self.gate.rules]
+            self._c_gate = self._c.make_gate(self.gate.keyword_rule, regex, rule_experts)
+        # route_many's answer (an expert index per prompt, 255: Python decides) -> names
+        self._names = [*self.experts, *[None] * (256 - len(self.experts))]
         self._unpack = struct.Struct(f"{len(self.experts)}f").unpack
         self._default_k = self.experts.index(self.default)
 
@@ -422,6 +449,17 @@ class Router:
     ) -> Decision:
         """The decision for one prompt (its first ``max_words`` words, for incremental
         routing). ``loads``: pending queries per expert, for the tie-break."""
+        if self._c is not None and type(text) is str:
+            got = self._c.route_text(text, self._c_model, self._c_gate, max_words)
+            if got is not None:
+                mask, probs, entropy = got
+                if mask:
+                    hit = self.gate.resolve(mask, text)
+                    if hit is not None:
+                        return Decision(hit, "gate", [(hit, 1.0)])
+                if probs is None:
+                    return Decision(self.default, "empty", [], 0.0, 0.0, 0.0)
+                return self._choose(probs, entropy, loads)
         words = self._words_or_decision(text, max_words)
         if isinstance(words, Decision):
             return words
@@ -471,36 +509,17 @@ class Router:
     def decide_batch(self, texts: Sequence[str | bytes]) -> list[str]:
         """Experts for many prompts (no loads, no top-k: each prompt's best expert, or the
         default below the threshold); in C in one call where built."""
-        n = len(texts)
-        out: list[str | None] = [None] * n
-        lists: list[list[str]] = []
-        where: list[int] = []
-        for k, t in enumerate(texts):
-            words = self._words_or_decision(t, MAX_WORDS)
-            if isinstance(words, Decision):
-                out[k] = words.expert
-                continue
-            lists.append(words)
-            where.append(k)
-        if not lists:
-            return [o or self.default for o in out]
-        kk = len(self.experts)
         if self._c is not None:
-            raw, redo = self._c.embed_logits_many(lists, self._c_model)
-            z = np.frombuffer(raw, dtype=np.float32).reshape(len(lists), kk).copy()
-            for j, flag in enumerate(redo):
-                if flag:
-                    z[j] = self.logits(self.embed(lists[j]))
-        else:
-            z = self.logits(np.stack([self.embed(w) for w in lists]))
-        best = z.argmax(axis=1)
-        if self.threshold > 0:
-            p = np.exp(z - z.max(axis=1, keepdims=True))
-            best = np.where(1.0 / p.sum(axis=1) < self.threshold, self._default_k, best)
-        names = self.experts
-        for k, b in zip(where, best.tolist(), strict=True):
-            out[k] = names[b]
-        return [o or self.default for o in out]
+            got = self._c.route_many(
+                list(texts), self._c_model, self._c_gate, self.threshold, self._default_k
+            )
+            out = list(map(self._names.__getitem__, got))
+            if None in out:  # not str, a lone surrogate, a regex rule hit: one by one
+                for k, name in enumerate(out):
+                    if name is None:
+                        out[k] = self.decide(texts[k]).expert
+            return out  # type: ignore[return-value]
+        return [self.decide(t).expert for t in texts]
 
 
 def _as_text(text: str | bytes) -> str:

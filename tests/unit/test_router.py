@@ -150,6 +150,85 @@ def test_the_c_path_computes_what_the_numpy_path_does(artifact):
     assert c.decide("\ud800 lone surrogate").source == "mlp"  # C hands it to numpy
 
 
+# texts where splitting and lower-casing in C could part from Python's str methods
+TRICKY = [
+    "UPPER lower MiXeD 123 !@#",
+    "sep\x1cby\x1dPython\x1eonly\x1fwhitespace\x0bvt\x0cff\rcr\n\tend",
+    "\x00nul\x00 \x7f del",
+    "w" * 31 + " " + "W" * 32 + " " + "x" * 33 + " " + "y" * 200,
+    "a " * 127 + "cut-here next",
+    "b " * (MAX_WORDS - 1) + "c" * 3000,
+    "z" * 2047 + "Q rest",
+    "ascii first " * 200 + "then caf\u00e9",  # non-ASCII only after 2,048 characters
+    "caf\u00e9 CR\u00c8ME br\u00fbl\u00e9e",  # latin-1: one byte per character, not ASCII
+    "\u0130stanbul \u1e9e STRASSE \u03a3\u039f\u03a6\u039f\u03a3",  # lower() changes lengths
+    "\u00e9" * 40 + " " + "\U0001f642" * 33 + " x",
+    "\u2003em\u2003space\u00a0nbsp\u3000ideographic\u2028line",
+    "\u201c#include\u201d, SQL? (```python) [sql] \u2018solve\u2019",
+    "",
+    "   \n\t  ",
+]
+
+
+def test_the_c_text_path_decides_as_python_prepares(artifact):
+    gate = Gate.from_config(
+        [
+            {"expert": "code", "keywords": ["#include", "```python", "sql"]},
+            {"expert": "reasoning", "keywords": ["solve"], "regex": r"\d+\s*[-+*/]\s*\d+"},
+            {"expert": "general", "keywords": ["caf\u00e9", "istanbul"]},
+        ]
+        + [{"expert": "code", "keywords": [f"kw{k}"]} for k in range(70)]  # rules past 64
+    )
+    model = load_model(artifact)[0]
+    c = native_router(model, gate=gate, threshold=0.4, default="reasoning")
+    py = Router(model, gate=gate, threshold=0.4, default="reasoning", native=False)
+    texts = TRICKY + TEXTS + [r["text"] for r in corpus(5)]
+    texts += ["solve 12 + 30", "solve it", "see kw69 here", "kw3", "kw3 sql", "x kw66 #include"]
+    for _ in range(2):  # the second time from the word cache
+        for t in texts:
+            for n in (MAX_WORDS, 7, 1, 0):
+                dc, dp = c.decide(t, max_words=n), py.decide(t, max_words=n)
+                assert (dc.expert, dc.source) == (dp.expert, dp.source), (t[:40], n)
+                assert dc.confidence == pytest.approx(dp.confidence, rel=1e-4, abs=1e-6)
+                assert dc.entropy == pytest.approx(dp.entropy, rel=1e-4, abs=1e-5)
+    assert c.decide("kw66 here").source == "gate" and c.decide("kw3").expert == "code"
+    assert c.decide_batch(texts) == py.decide_batch(texts) == [c.decide(t).expert for t in texts]
+    assert c.decide_batch([b"bytes", None, "\ud800"]) == [  # type: ignore[list-item]
+        py.decide(b"bytes").expert,
+        "reasoning",
+        py.decide("\ud800").expert,
+    ]
+
+
+def test_the_c_split_and_lower_case_agree_with_python_on_every_code_point():
+    import llmlib.router as router_mod
+
+    if router_mod._C is None:
+        if os.environ.get("LLMLIB_REQUIRE_NATIVE"):
+            pytest.fail("llmlib._routerc was not built")
+        pytest.skip("llmlib._routerc is not built here")
+    words = router_mod._C.words
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for lo in range(0, len(cps), MAX_WORDS):  # each code point a word: lower(), isspace()
+        text = " ".join(map(chr, cps[lo : lo + MAX_WORDS]))
+        assert words(text, MAX_WORDS) == prepare(text), hex(cps[lo])
+    for text in TRICKY + TEXTS[:-1]:
+        for n in (MAX_WORDS, 3, 0):
+            assert words(text, n) == prepare(text)[:n], (text[:40], n)
+    assert words("\ud800 x", MAX_WORDS) is None  # not UTF-8: Python's path
+
+
+def test_the_word_cache_starts_again_when_full_and_stays_right(artifact):
+    model = load_model(artifact)[0]
+    c, py = native_router(model), Router(model, native=False)
+    texts = [" ".join(f"w{k}x{j}" for j in range(MAX_WORDS)) for k in range(300)]  # 38,400 words
+    first = [c.decide(t) for t in texts]
+    again = [c.decide(t) for t in texts]
+    for t, a, b in zip(texts[::37], first[::37], again[::37], strict=False):
+        want = py.decide(t)
+        assert a.confidence == b.confidence == pytest.approx(want.confidence, rel=1e-4)
+
+
 def test_trained_router_routes_held_out_prompts_and_int8_agrees_with_float(artifact):
     rows = corpus()
     res = evaluate(load_router(artifact), rows, prefixes=(4,))
