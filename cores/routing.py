@@ -30,7 +30,8 @@ from llmlib.core import CoreCapabilities, LLMCore
 from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.policies import make_policy
 from llmlib.registry import get_core_class, register_core
-from llmlib.request import LLMRequest, LLMResponse, ResponseBatch
+from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
+from llmlib.router import SOURCES
 from llmlib.routing_config import RoutingConfig, load_routing_config
 from llmlib.server import LLMServer
 
@@ -51,7 +52,7 @@ class _Loads:
 
 @register_core("routing")
 class RoutingCore(LLMCore):
-    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True, batches=True)
 
     @classmethod
     def num_cores_for_workload(cls, cfg: Any) -> int:
@@ -96,64 +97,86 @@ class RoutingCore(LLMCore):
             pool.set_callback(self._on_expert)
             self.pools[name] = pool
         self._loads = _Loads(self.pools) if self.rc.tie_margin > 0 else None
-        self._texts: dict[int, tuple[Any, str]] = {}
-        # request id -> (request, pool it is in, whether its fallback was used)
-        self._routes: dict[int, tuple[LLMRequest, str, bool]] = {}
+        self._texts: dict[int, tuple[Any, str | None]] = {}
+        # request id -> (pool it is in, whether its fallback was used, the request or the
+        # batch it came in, its sample index): what a fallback needs to issue it again
+        self._routes: dict[int, tuple[str, bool, LLMRequest | RequestBatch, int]] = {}
         self._first_sent: set[int] = set()
         self._lock = threading.Lock()  # the books of responses from several pools' threads
         self._closing = False
-        self.stats: dict[str, Any] = {
-            "experts": Counter(),
-            "sources": Counter(),
-            "fallbacks": Counter(),
-            "failed_no_fallback": 0,
-        }
-        self._conf: list[float] = []
-        self._margin: list[float] = []
-        self._entropy: list[float] = []
+        self.stats: dict[str, Any] = {"fallbacks": Counter(), "failed_no_fallback": 0}
+        k = len(self.router.experts)
+        self._per_expert = np.zeros(k, dtype=np.int64)
+        self._per_source = np.zeros(len(SOURCES), dtype=np.int64)
+        self._dists: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     # --- text -----------------------------------------------------------------------------
-    def _text(self, req: LLMRequest) -> str:
-        hit = self._texts.get(req.sample_index)
-        if hit is not None and hit[0] is req.input_tokens:
+    def _text(self, index: int, tokens: Any) -> str | None:
+        """The prompt of sample ``index`` as text (decoded once per sample; ``tokens`` is
+        the cache's guard); None when it cannot be decoded (the default expert then)."""
+        hit = self._texts.get(index)
+        if hit is not None and hit[0] is tokens:
             return hit[1]
         if self._tok is None:
             raise ConfigError("the routing core needs --tokenizer_path")
-        text = self._tok.decode([int(t) for t in req.input_tokens])
-        self._texts[req.sample_index] = (req.input_tokens, text)
+        try:
+            text: str | None = self._tok.decode([int(t) for t in tokens])
+        except Exception:
+            text = None
+        self._texts[index] = (tokens, text)
         return text
 
     # --- requests in ----------------------------------------------------------------------
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
-        groups: dict[str, list[LLMRequest]] = {}
-        decide, max_words, loads = self.router.decide, self.rc.max_words, self._loads
-        st = self.stats
-        routes, count = self._routes, not self._warmup
-        for req in requests:
-            try:
-                d = decide(self._text(req), loads, max_words)
-            except Exception:  # a prompt that cannot be read goes to the default expert
-                d = self.router.unreadable()
-            if count:
-                st["experts"][d.expert] += 1
-                st["sources"][d.source] += 1
-                if d.source in ("mlp", "default"):
-                    self._conf.append(d.confidence)
-                    self._margin.append(d.margin)
-                    self._entropy.append(d.entropy)
-            routes[req.request_id] = (req, d.expert, False)  # before any answer can come
-            groups.setdefault(d.expert, []).append(req)
-        for name, reqs in groups.items():
-            self.pools[name].issue(reqs)
+        """Decide every request in one call (columns), book each route before any answer
+        can come, then issue each expert's share to its pool: a batch as sub-batches."""
+        text = self._text
+        if type(requests) is RequestBatch:
+            inputs = requests.source.inputs
+            indices = requests.sample_indices
+            texts = [text(i, inputs[i]) for i in indices]
+        else:
+            indices = [r.sample_index for r in requests]
+            texts = [text(r.sample_index, r.input_tokens) for r in requests]
+        d = self.router.decide_columns(texts, self._loads, self.rc.max_words)  # type: ignore[arg-type]
+        names = self.router.experts
+        if not self._warmup:
+            self._per_expert += np.bincount(d.experts, minlength=len(names))
+            self._per_source += np.bincount(d.sources, minlength=len(SOURCES))
+            mlp = d.sources <= 1
+            self._dists.append((d.confidence[mlp], d.margin[mlp], d.entropy[mlp]))
+        chosen = d.experts.tolist()
+        routes = self._routes
+        positions: dict[int, list[int]] = {}
+        if type(requests) is RequestBatch:
+            for pos, (rid, e) in enumerate(zip(requests.request_ids, chosen, strict=True)):
+                routes[rid] = (names[e], False, requests, indices[pos])
+                positions.setdefault(e, []).append(pos)
+            for e, pos_list in positions.items():
+                self.pools[names[e]].issue(requests.subset(pos_list))
+            return
+        groups: dict[int, list[LLMRequest]] = {}
+        for req, e in zip(requests, chosen, strict=True):
+            routes[req.request_id] = (names[e], False, req, req.sample_index)
+            groups.setdefault(e, []).append(req)
+        for e, reqs in groups.items():
+            self.pools[names[e]].issue(reqs)
 
     # --- responses back -------------------------------------------------------------------
     def _on_expert(self, responses: list[LLMResponse] | ResponseBatch) -> None:
-        if isinstance(responses, ResponseBatch):
-            responses = responses.responses()
+        if type(responses) is ResponseBatch:  # finals, all answered: forwarded as columns
+            with self._lock:
+                pop, first = self._routes.pop, self._first_sent
+                for rid in responses.request_ids:
+                    pop(rid, None)
+                    if first:
+                        first.discard(rid)
+            self._deliver_batch(responses)
+            return
         forward: list[LLMResponse] = []
         retry: dict[str, list[LLMRequest]] = {}
         with self._lock:
-            for r in responses:
+            for r in responses:  # type: ignore[union-attr]
                 rid = r.request_id
                 route = self._routes.get(rid)
                 if route is None:
@@ -162,7 +185,7 @@ class RoutingCore(LLMCore):
                     self._first_sent.add(rid)
                     forward.append(r)
                     continue
-                req, pool, used = route
+                pool, used, came, index = route
                 fallback = self.rc.pools[pool].fallback
                 if (
                     r.error is not None
@@ -171,9 +194,14 @@ class RoutingCore(LLMCore):
                     and not self._closing
                     and rid not in self._first_sent
                 ):
-                    self._routes[rid] = (req, fallback, True)
+                    self._routes[rid] = (fallback, True, came, index)
                     self.stats["fallbacks"][f"{pool}->{fallback}"] += 1
-                    retry.setdefault(fallback, []).append(req)
+                    req = (
+                        came
+                        if type(came) is not RequestBatch
+                        else came.source.one(rid, index, came.issue_ns)
+                    )
+                    retry.setdefault(fallback, []).append(req)  # type: ignore[arg-type]
                     continue
                 if r.error is not None:
                     self.stats["failed_no_fallback"] += 1
@@ -203,36 +231,39 @@ class RoutingCore(LLMCore):
     # --- report ---------------------------------------------------------------------------
     def routing_stats(self) -> dict[str, Any]:
         st = self.stats
-        counts = [st["experts"].get(name, 0) for name in self.pools]
+        per = dict(zip(self.router.experts, self._per_expert.tolist(), strict=True))
+        counts = [per.get(name, 0) for name in self.pools]
         total = sum(counts)
         mean = total / len(counts) if counts else 0.0
         cv = float(np.std(counts) / mean) if mean else 0.0
+        sources = {s: c for s, c in zip(SOURCES, self._per_source.tolist(), strict=True) if c}
 
-        def dist(xs: list[float]) -> dict[str, float]:
-            if not xs:
+        def dist(col: int) -> dict[str, float]:
+            parts = [d[col] for d in self._dists if len(d[col])]
+            if not parts:
                 return {}
-            a = np.array(xs)
+            a = np.concatenate(parts).astype(np.float64)
             return {f"p{q}": float(np.percentile(a, q)) for q in (1, 10, 50, 90, 99)}
 
         return {
             "queries": total,
-            "per_expert": {name: st["experts"].get(name, 0) for name in self.pools},
+            "per_expert": {name: per.get(name, 0) for name in self.pools},
             "imbalance_cv": cv,
-            "sources": dict(st["sources"]),
-            "gate_hit_rate": st["sources"].get("gate", 0) / total if total else 0.0,
-            "default_rate": st["sources"].get("default", 0) / total if total else 0.0,
+            "sources": sources,
+            "gate_hit_rate": sources.get("gate", 0) / total if total else 0.0,
+            "default_rate": sources.get("default", 0) / total if total else 0.0,
             "fallbacks": dict(st["fallbacks"]),
             "failed_without_fallback": st["failed_no_fallback"],
-            "confidence": dist(self._conf),
-            "margin": dist(self._margin),
-            "entropy": dist(self._entropy),
+            "confidence": dist(0),
+            "margin": dist(1),
+            "entropy": dist(2),
             "router": str(self.rc.router_path),
             "precision": self.rc.precision,
         }
 
     def _write_stats(self) -> None:
         name = getattr(self.cfg, "routing_stats_file", "")
-        if name and self.stats["experts"]:
+        if name and self._per_expert.any():
             Path(name).write_text(json.dumps(self.routing_stats(), indent=1) + "\n")
 
     def report_notes(self) -> list[str]:

@@ -21,8 +21,9 @@
  * make_gate(keywords: dict[str, rule], regex_rules: int, experts: list[int]) -> a capsule
  * route_text(text, model, gate | None, max_words) -> None (Python must) or
  *     (rules hit as a bit mask, probabilities or None, entropy)
- * route_many(texts, model, gate | None, threshold, default) -> (expert per prompt as bytes,
- *     255 where Python must decide)
+ * route_many(texts, model, gate | None, threshold, default, max_words, probs | None) ->
+ *     (expert per prompt, source per prompt) as bytes, 255 where Python must decide; the
+ *     probabilities into probs (n x k float32) where the MLP decided
  * embed_probs(words, model) -> (probabilities, entropy) or None
  * words(text, max_words) -> the words as split here (for tests), or None
  * gate_hits(words, keyword_set) -> keywords hit, exactly or with punctuation stripped
@@ -838,10 +839,13 @@ static PyObject *words(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     return out;
 }
 
+/* route_many's sources, per prompt (as llmlib.router.SOURCES) */
+enum { SRC_MLP = 0, SRC_DEFAULT = 1, SRC_GATE = 2, SRC_EMPTY = 3 };
+
 static PyObject *route_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "route_many(texts: list, model, gate, threshold: float, default: int)");
+    if (nargs != 7 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "route_many(texts: list, model, gate, threshold: "
+                                         "float, default: int, max_words: int, probs)");
         return NULL;
     }
     Held *hd = model_of(args[1]);
@@ -850,21 +854,44 @@ static PyObject *route_many(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (g == NULL && PyErr_Occurred()) return NULL;
     double threshold = PyFloat_AsDouble(args[3]);
     long dflt = PyLong_AsLong(args[4]);
+    Py_ssize_t max_words = PyLong_AsSsize_t(args[5]);
     if (PyErr_Occurred()) return NULL;
     const Model *m = &hd->m;
     Py_ssize_t n = PyList_GET_SIZE(args[0]);
+    Py_buffer pb = {0};
+    float *probs = NULL;
+    if (args[6] != Py_None) { /* n x k float32, written where the MLP decided */
+        if (PyObject_GetBuffer(args[6], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            return NULL;
+        if (pb.itemsize != 4 || pb.format == NULL || strcmp(pb.format, "f") != 0 ||
+            pb.len != (Py_ssize_t)sizeof(float) * n * m->k) {
+            PyBuffer_Release(&pb);
+            PyErr_SetString(PyExc_ValueError, "probs: a writable float32 buffer of n x k");
+            return NULL;
+        }
+        probs = pb.buf;
+    }
     PyObject *res = PyBytes_FromStringAndSize(NULL, n);
-    if (res == NULL) return NULL;
+    PyObject *srcs = PyBytes_FromStringAndSize(NULL, n);
+    if (res == NULL || srcs == NULL) {
+        Py_XDECREF(res);
+        Py_XDECREF(srcs);
+        if (probs) PyBuffer_Release(&pb);
+        return NULL;
+    }
     unsigned char *choice = (unsigned char *)PyBytes_AS_STRING(res);
+    unsigned char *source = (unsigned char *)PyBytes_AS_STRING(srcs);
     Words ws;
     float out[256];
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *t = PyList_GET_ITEM(args[0], i);
-        choice[i] = PYTHON_MUST;
+        choice[i] = source[i] = PYTHON_MUST;
         if (!PyUnicode_Check(t)) continue;
-        int rc = words_from_text(t, MAX_WORDS, &ws);
+        int rc = words_from_text(t, max_words, &ws);
         if (rc < 0) {
             Py_DECREF(res);
+            Py_DECREF(srcs);
+            if (probs) PyBuffer_Release(&pb);
             return NULL;
         }
         if (rc > 0) continue;
@@ -872,18 +899,25 @@ static PyObject *route_many(PyObject *self, PyObject *const *args, Py_ssize_t na
         rc = route_words(hd, g, &ws, &mask, out);
         if (rc == ROUTE_GATED) {
             choice[i] = g->expert[__builtin_ctzll(mask)];
+            source[i] = SRC_GATE;
         } else if (rc == ROUTE_EMPTY) {
             choice[i] = (unsigned char)dflt;
+            source[i] = SRC_EMPTY;
         } else if (rc == ROUTE_LOGITS && !mask) { /* (a regex rule hit: Python decides) */
             Py_ssize_t best = 0;
             for (Py_ssize_t c = 1; c < m->k; c++)
                 if (out[c] > out[best]) best = c;
-            double total = 0.0;
-            for (Py_ssize_t c = 0; c < m->k; c++) total += exp((double)out[c] - out[best]);
-            choice[i] = (unsigned char)(1.0 / total < threshold ? dflt : best);
+            double z[256], total = 0.0;
+            for (Py_ssize_t c = 0; c < m->k; c++) total += (z[c] = exp((double)out[c] - out[best]));
+            int low = 1.0 / total < threshold;
+            choice[i] = (unsigned char)(low ? dflt : best);
+            source[i] = low ? SRC_DEFAULT : SRC_MLP;
+            if (probs)
+                for (Py_ssize_t c = 0; c < m->k; c++) probs[i * m->k + c] = (float)(z[c] / total);
         }
     }
-    return res;
+    if (probs) PyBuffer_Release(&pb);
+    return Py_BuildValue("(NN)", res, srcs);
 }
 
 /* the gate's word test: keywords (a set) that equal a word, or a word with the gate's

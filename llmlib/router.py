@@ -314,6 +314,26 @@ class Decision:
     entropy: float = 0.0
 
 
+SOURCES = ("mlp", "default", "gate", "empty", "error")  # Decisions.sources codes
+
+
+@dataclass(slots=True)
+class Decisions:
+    """Decisions for many prompts, as columns (``Router.decide_columns``): the expert's
+    index in ``Router.experts``, the source's index in ``SOURCES``, and where the MLP
+    decided (sources mlp and default) its confidence, top-2 margin and entropy (NaN
+    elsewhere)."""
+
+    experts: np.ndarray  # int
+    sources: np.ndarray  # uint8
+    confidence: np.ndarray  # float32
+    margin: np.ndarray
+    entropy: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+
 class _WordCache:
     """Per distinct word: a row holding the sum of its feature embeddings (and, in an extra
     last column, its feature count), its hash, and its hash premixed for bigrams. The rows
@@ -510,9 +530,10 @@ class Router:
         """Experts for many prompts (no loads, no top-k: each prompt's best expert, or the
         default below the threshold); in C in one call where built."""
         if self._c is not None:
-            got = self._c.route_many(
-                list(texts), self._c_model, self._c_gate, self.threshold, self._default_k
-            )
+            got, _ = self._c.route_many(
+                list(texts), self._c_model, self._c_gate, self.threshold, self._default_k,
+                MAX_WORDS, None,
+            )  # fmt: skip
             out = list(map(self._names.__getitem__, got))
             if None in out:  # not str, a lone surrogate, a regex rule hit: one by one
                 for k, name in enumerate(out):
@@ -520,6 +541,53 @@ class Router:
                         out[k] = self.decide(texts[k]).expert
             return out  # type: ignore[return-value]
         return [self.decide(t).expert for t in texts]
+
+    def decide_columns(
+        self,
+        texts: Sequence[str | bytes],
+        loads: Mapping[str, int] | None = None,
+        max_words: int = MAX_WORDS,
+    ) -> Decisions:
+        """What ``decide`` gives each prompt (the same loads for all: the tie-break reads
+        them once), as columns; the features, gate and MLP in one C call where built."""
+        n, k = len(texts), len(self.experts)
+        conf = np.full(n, np.nan, dtype=np.float32)
+        margin, entropy = conf.copy(), conf.copy()
+        if self._c is None:
+            experts = np.zeros(n, dtype=np.int64)
+            sources = np.zeros(n, dtype=np.uint8)
+            redo = range(n)
+        else:
+            probs = np.zeros((n, k), dtype=np.float32)
+            got, src = self._c.route_many(
+                list(texts), self._c_model, self._c_gate, self.threshold, self._default_k,
+                max_words, probs,
+            )  # fmt: skip
+            experts = np.frombuffer(got, dtype=np.uint8).astype(np.int64)
+            sources = np.frombuffer(src, dtype=np.uint8).copy()
+            rows = np.flatnonzero(sources <= 1)  # the MLP decided (mlp, default)
+            if len(rows):
+                p = probs[rows]
+                order = np.argsort(-p, axis=1, kind="stable")
+                top1 = np.take_along_axis(p, order[:, :1], axis=1)[:, 0]
+                top2 = np.take_along_axis(p, order[:, 1:2], axis=1)[:, 0] if k > 1 else 0.0
+                conf[rows], margin[rows] = top1, top1 - top2
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    entropy[rows] = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+                if loads and self.tie_margin > 0 and self.top_k > 1 and k > 1:
+                    near = rows[(sources[rows] == 0) & (top1 - top2 <= self.tie_margin)]
+                    for j in near.tolist():  # few: decided as decide does
+                        experts[j] = self.experts.index(
+                            self._choose(tuple(probs[j].tolist()), 0.0, loads).expert
+                        )
+            redo = np.flatnonzero(sources == 255).tolist()
+        code = {name: c for c, name in enumerate(SOURCES)}
+        for j in redo:  # the numpy path, or what C handed back
+            d = self.decide(texts[j], loads, max_words)
+            experts[j], sources[j] = self.experts.index(d.expert), code[d.source]
+            if d.source in ("mlp", "default"):
+                conf[j], margin[j], entropy[j] = d.confidence, d.margin, d.entropy
+        return Decisions(experts, sources, conf, margin, entropy)
 
 
 def _as_text(text: str | bytes) -> str:

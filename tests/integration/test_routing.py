@@ -12,6 +12,7 @@ from cores.routing import RoutingCore
 from llmlib.config import REPO_ROOT
 from llmlib.datasets import load_jsonl
 from llmlib.errors import ConfigError, UnknownNameError
+from llmlib.request import RequestBatch
 from llmlib.tokenizer import load_tokenizer
 from llmlib.workloads import RequestBuilder
 from tests.conftest import Collector, make_cfg
@@ -65,7 +66,7 @@ def prompts(tmp_path, tiny_tokenizer):
     return path
 
 
-def run_core(tmp_path, tiny_tokenizer, prompts, pools, stream=False, **cfg_extra):
+def run_core(tmp_path, tiny_tokenizer, prompts, pools, stream=False, batch=False, **cfg_extra):
     yaml_path = write_config(tmp_path / "routing.yaml", pools)
     cfg = make_cfg(
         core_type="routing",
@@ -78,8 +79,11 @@ def run_core(tmp_path, tiny_tokenizer, prompts, pools, stream=False, **cfg_extra
     ds = load_jsonl(prompts, 32, load_tokenizer(tiny_tokenizer))
     core, seen = RoutingCore(0, cfg), Collector()
     core.callback = seen
-    reqs = RequestBuilder(ds, stream).build(range(len(ds)), range(len(ds)), 0)
-    core.enqueue(reqs)
+    builder = RequestBuilder(ds, stream)
+    if batch:  # as the SUT issues Offline queries: columns
+        core.enqueue(RequestBatch(list(range(len(ds))), list(range(len(ds))), 0, builder))
+    else:
+        core.enqueue(builder.build(range(len(ds)), range(len(ds)), 0))
     assert core.flush(10)
     core.close()
     return core, seen
@@ -92,13 +96,16 @@ def pool_of(core, response):
     raise AssertionError(response)
 
 
-def test_prompts_are_decoded_routed_and_answered_by_their_pools(tmp_path, tiny_tokenizer, prompts):
-    core, seen = run_core(tmp_path, tiny_tokenizer, prompts, zero_pools())
+@pytest.mark.parametrize("batch", [False, True], ids=["requests", "batch"])
+def test_prompts_are_decoded_routed_and_answered_by_their_pools(
+    tmp_path, tiny_tokenizer, prompts, batch
+):
+    core, seen = run_core(tmp_path, tiny_tokenizer, prompts, zero_pools(), batch=batch)
     finals = seen.finals()
     assert sorted(finals) == list(range(len(PROMPTS))) and all(r.ok for r in finals.values())
     routed = {q: pool_of(core, r) for q, r in finals.items()}
     assert routed[0] == "code"  # the gate: #include
-    assert core.stats["sources"]["gate"] == 1
+    assert core.routing_stats()["sources"]["gate"] == 1
     # the shipped router on prompts it has not seen (one of each kind at least right)
     assert routed[1] == "code"
     assert "general" in (routed[2], routed[3])
@@ -111,12 +118,13 @@ def test_prompts_are_decoded_routed_and_answered_by_their_pools(tmp_path, tiny_t
     assert any(n.startswith("routing: 6 queries") for n in core.report_notes())
 
 
-def test_a_failing_pool_hands_its_queries_to_its_fallback(tmp_path, tiny_tokenizer, prompts):
+@pytest.mark.parametrize("batch", [False, True], ids=["requests", "batch"])
+def test_a_failing_pool_hands_its_queries_to_its_fallback(tmp_path, tiny_tokenizer, prompts, batch):
     pools = zero_pools(code={"flags": {"dummy_fail_after": 0}, "fallback": "general"})
-    core, seen = run_core(tmp_path, tiny_tokenizer, prompts, pools)
+    core, seen = run_core(tmp_path, tiny_tokenizer, prompts, pools, batch=batch)
     finals = seen.finals()
     assert len(finals) == len(PROMPTS) and all(r.ok for r in finals.values())
-    to_code = core.stats["experts"]["code"]
+    to_code = core.routing_stats()["per_expert"]["code"]
     assert to_code >= 2
     assert core.stats["fallbacks"] == {"code->general": to_code}
     assert sum(pool_of(core, r) == "general" for r in finals.values()) >= to_code
@@ -129,7 +137,11 @@ def test_a_failing_pool_with_no_fallback_fails_its_queries(tmp_path, tiny_tokeni
     finals = seen.finals()
     failed = [q for q, r in finals.items() if not r.ok]
     assert len(finals) == len(PROMPTS)  # every query completed, none lost
-    assert len(failed) == core.stats["experts"]["code"] == core.stats["failed_no_fallback"]
+    assert (
+        len(failed)
+        == core.routing_stats()["per_expert"]["code"]
+        == core.stats["failed_no_fallback"]
+    )
     assert core.pending == 0
 
 
@@ -232,5 +244,5 @@ def test_a_prompt_that_cannot_be_read_goes_to_the_default_expert(
     finals = seen.finals()
     assert sorted(finals) == [1, 2] and all(r.ok for r in finals.values())
     assert pool_of(core, finals[1]) == "general"  # the default expert
-    assert core.stats["sources"]["error"] == 1
+    assert core.routing_stats()["sources"]["error"] == 1
     assert not (tmp_path / "routing.json").exists()  # routing_stats_file '' writes nothing

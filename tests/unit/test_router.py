@@ -218,6 +218,37 @@ def test_the_c_split_and_lower_case_agree_with_python_on_every_code_point():
     assert words("\ud800 x", MAX_WORDS) is None  # not UTF-8: Python's path
 
 
+def test_column_decisions_are_the_single_decisions(artifact):
+    from llmlib.router import SOURCES
+
+    gate = Gate.from_config(
+        [
+            {"expert": "code", "keywords": ["#include"]},
+            {"expert": "reasoning", "keywords": ["solve"], "regex": r"\d+\s*[-+*/]\s*\d+"},
+        ]
+    )
+    model = load_model(artifact)[0]
+    texts = TRICKY + TEXTS + [r["text"] for r in corpus(5)] + ["solve 1 + 2", "solve it"]
+    texts += [b"bytes too", None]  # type: ignore[list-item]
+    for native in (True, False):
+        for kw in ({}, {"threshold": 0.7, "default": "code"}, {"tie_margin": 1.0}):
+            router = Router(model, gate=gate, native=native, **kw)
+            for loads in (None, {"general": 5, "code": 0, "reasoning": 9}):
+                for n in (MAX_WORDS, 3):
+                    cols = router.decide_columns(texts, loads, n)
+                    assert len(cols) == len(texts)
+                    for j, t in enumerate(texts):
+                        d = router.decide(t, loads, n)
+                        got = (router.experts[cols.experts[j]], SOURCES[cols.sources[j]])
+                        assert got == (d.expert, d.source), (native, kw, loads, n, t)
+                        if d.source in ("mlp", "default"):
+                            assert cols.confidence[j] == pytest.approx(d.confidence, abs=1e-5)
+                            assert cols.margin[j] == pytest.approx(d.margin, abs=1e-5)
+                            assert cols.entropy[j] == pytest.approx(d.entropy, abs=1e-4)
+                        else:
+                            assert np.isnan(cols.confidence[j])
+
+
 def test_the_word_cache_starts_again_when_full_and_stays_right(artifact):
     model = load_model(artifact)[0]
     c, py = native_router(model), Router(model, native=False)
