@@ -9,6 +9,7 @@ policies own a seeded ``random.Random``.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Sequence
 from typing import ClassVar
@@ -50,11 +51,22 @@ class LeastPending(TrafficPolicy):
     name = "least_pending"
 
     def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
-        out = []
-        for _ in range(len(requests)):
-            i = min(range(self.num_cores), key=loads.__getitem__)
-            loads[i] += 1
-            out.append(i)
+        n = len(requests)
+        if self.num_cores == 1:
+            loads[0] += n
+            return [0] * n
+        # a heap of (pending, core): its top is the core with the fewest, the lowest index
+        # on a tie, as a scan would pick (O(log cores) per request, not O(cores))
+        heap = [(load, i) for i, load in enumerate(loads)]
+        heapq.heapify(heap)
+        replace, out = heapq.heapreplace, []
+        append = out.append
+        for _ in range(n):
+            load, i = heap[0]
+            replace(heap, (load + 1, i))
+            append(i)
+        for load, i in heap:
+            loads[i] = load
         return out
 
 

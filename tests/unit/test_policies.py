@@ -26,6 +26,27 @@ def test_least_pending_fills_the_emptiest_core_and_spreads_a_batch():
     assert loads == [5, 4, 4]
 
 
+def test_least_pending_picks_what_a_scan_for_the_fewest_would_pick():
+    import random
+
+    def scan(loads, n):  # the definition: the fewest pending, the lowest index on a tie
+        out = []
+        for _ in range(n):
+            i = min(range(len(loads)), key=loads.__getitem__)
+            loads[i] += 1
+            out.append(i)
+        return out
+
+    rng = random.Random(0)
+    for _ in range(500):
+        cores = rng.randint(1, 9)
+        loads = [rng.randint(0, 20) for _ in range(cores)]
+        n = rng.randint(0, 60)
+        got, want = list(loads), list(loads)
+        assert LeastPending(cores).assign(reqs(n), got) == scan(want, n), (loads, n)
+        assert got == want
+
+
 def test_power_of_two_is_seeded_and_reproducible():
     a = PowerOfTwo(8, seed=42).assign(reqs(200), [0] * 8)
     b = PowerOfTwo(8, seed=42).assign(reqs(200), [0] * 8)
