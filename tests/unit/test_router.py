@@ -442,3 +442,15 @@ def test_training_keeps_the_epoch_that_validates_best_and_stops_after_patience()
     )
     assert model.meta["epochs"] == 1 and model.meta["epochs_run"] == 3 == len(logs)
     assert "validation accuracy" in logs[0]
+
+
+def test_pools_are_sized_for_the_lowest_busiest_core_load():
+    from harness.router_cli import size_pools, split_bound
+
+    shares = {"general": 0.497, "code": 0.380, "reasoning": 0.123}
+    assert size_pools(shares, 6) == {"general": 3, "code": 2, "reasoning": 1}
+    assert split_bound(shares, size_pools(shares, 6)) == pytest.approx(0.877, abs=1e-3)
+    assert size_pools(shares, 8) == {"general": 4, "code": 3, "reasoning": 1}
+    assert split_bound(shares, size_pools(shares, 8)) > 0.97
+    assert split_bound({"a": 0.5, "b": 0.5}, {"a": 2, "b": 2}) == pytest.approx(1.0)
+    assert size_pools({"a": 0.99, "b": 0.01}, 2) == {"a": 1, "b": 1}  # one core each at least
