@@ -59,7 +59,8 @@ class LeastPending(TrafficPolicy):
         # on a tie, as a scan would pick (O(log cores) per request, not O(cores))
         heap = [(load, i) for i, load in enumerate(loads)]
         heapq.heapify(heap)
-        replace, out = heapq.heapreplace, []
+        replace = heapq.heapreplace
+        out: list[int] = []
         append = out.append
         for _ in range(n):
             load, i = heap[0]
