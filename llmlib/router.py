@@ -38,7 +38,6 @@ import dataclasses
 import json
 import math
 import re
-import struct
 import zlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
@@ -410,7 +409,6 @@ class Router:
             self._c_gate = self._c.make_gate(self.gate.keyword_rule, regex, rule_experts)
         # route_many's answer (an expert index per prompt, 255: Python decides) -> names
         self._names = [*self.experts, *[None] * (256 - len(self.experts))]
-        self._unpack = struct.Struct(f"{len(self.experts)}f").unpack
         self._default_k = self.experts.index(self.default)
 
     @property
