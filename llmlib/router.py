@@ -488,7 +488,7 @@ class Router:
         """The prompt's words for the MLP, or the decision made without it: unreadable
         or empty (the default expert) or the gate's."""
         try:
-            words = prepare(text)[:max_words]
+            words = prepare(text)[: max(max_words, 0)]
         except (TypeError, ValueError):  # not text: the default expert, never a stop
             return self.unreadable()
         if not words:

@@ -167,6 +167,16 @@ def load_routing_config(path: str | Path) -> RoutingConfig:
         gate_rules=gate,
         pools=pools,
     )
+    for key, value, ok in (
+        ("confidence_threshold", rc.threshold, 0.0 <= rc.threshold <= 1.0),
+        ("top_k", rc.top_k, rc.top_k >= 1),
+        ("tie_margin", rc.tie_margin, rc.tie_margin >= 0.0),
+        ("max_words", rc.max_words, rc.max_words >= 1),
+    ):
+        if not ok:
+            want = "in [0, 1]" if key == "confidence_threshold" else "at least 1"
+            want = "0 or more" if key == "tie_margin" else want
+            raise ConfigError(f"{p}: {key} must be {want}, not {value}")
     if rc.default_expert not in pools:
         raise _unknown(str(p), "default_expert", rc.default_expert, list(pools))
     Gate.from_config(gate)  # rules checked now, not at the first query

@@ -165,6 +165,18 @@ def test_configuration_errors_are_clear(tmp_path, tiny_tokenizer):
     check(zero_pools(code={"core_type": "routing"}), "cannot be a pool")
     check(zero_pools(code={"core_type": "dumy"}), "(?i)did you mean.*dummy")
     check(zero_pools(code={"replicas": 2}), "key")
+    for key, bad, want in (
+        ("max_words", 0, "max_words must be at least 1"),
+        ("confidence_threshold", 1.5, r"confidence_threshold must be in \[0, 1\]"),
+        ("tie_margin", -0.1, "tie_margin must be 0 or more"),
+        ("top_k", 0, "top_k must be at least 1"),
+    ):
+        kw = {"threshold": bad} if key == "confidence_threshold" else {key: bad}
+        path = write_config(tmp_path / "range.yaml", zero_pools(), **kw)
+        with pytest.raises(ConfigError, match=want):
+            RoutingCore.validate_config(
+                make_cfg(routing_config=str(path), tokenizer_path=str(tiny_tokenizer))
+            )
     cfg = make_cfg(core_type="routing", tokenizer_path="")
     with pytest.raises(ConfigError, match="--tokenizer_path"):
         RoutingCore.validate_config(cfg)
