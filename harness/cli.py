@@ -193,12 +193,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LLMLibError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if argv[:1] in (["compare"], ["evaluate"], ["router"]):
+    if argv[:1] in (["compare"], ["evaluate"], ["router"], ["simulate"]):
         from .compare import main as compare_main
         from .evaluate import main as evaluate_main
         from .router_cli import main as router_main
+        from .simulate import main as simulate_main
 
-        sub = {"compare": compare_main, "evaluate": evaluate_main, "router": router_main}
+        sub = {
+            "compare": compare_main,
+            "evaluate": evaluate_main,
+            "router": router_main,
+            "simulate": simulate_main,
+        }
         try:
             return sub[argv[0]](argv[1:])
         except LLMLibError as exc:

@@ -1,0 +1,125 @@
+"""``python -m harness simulate``: a fleet of modelled engines in virtual time, one run per
+traffic policy on the same seeded arrivals, a JSON summary each and a table.
+
+    python -m harness simulate --engines cpu-tiny:6:0.4,h100-llama2-70b:1:4.0 \\
+        --rate 300 --requests 100000 --policy round_robin,least_pending
+
+Engines are ``profile[:count[:price per hour]]`` from ``--profiles_file`` (the dummy core's
+``configs/engine_profiles.yaml``); the policies are ``llmlib.policies``'s, the code the
+live ``LLMServer`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from llmlib.config import REPO_ROOT
+from llmlib.engine_model import get_profile, load_profiles
+from llmlib.errors import ConfigError, LLMLibError
+from llmlib.policies import POLICIES
+from llmlib.simulator import EngineSpec, arrivals, simulate
+
+PROFILES = REPO_ROOT / "configs" / "engine_profiles.yaml"
+
+
+def parse_engines(text: str, profiles_file: str | Path = PROFILES) -> list[EngineSpec]:
+    """``name[:count[:price]],...`` -> engine specs (profiles from ``profiles_file``)."""
+    profiles = load_profiles(profiles_file)
+    specs = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        bits = part.split(":")
+        if len(bits) > 3:
+            raise ConfigError(f"--engines: {part!r} is not profile[:count[:price per hour]]")
+        try:
+            count = int(bits[1]) if len(bits) > 1 else 1
+            price = float(bits[2]) if len(bits) > 2 else 0.0
+        except ValueError:
+            raise ConfigError(
+                f"--engines: {part!r}: count must be an integer and price a number"
+            ) from None
+        if count < 1 or price < 0:
+            raise ConfigError(f"--engines: {part!r}: count at least 1, price not negative")
+        specs.append(EngineSpec(get_profile(profiles, bits[0]), count, price))
+    if not specs:
+        raise ConfigError("--engines: give at least one profile[:count[:price]]")
+    return specs
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m harness simulate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--engines", default="cpu-tiny:8:0.5", help="profile[:count[:price]],...")
+    ap.add_argument("--profiles_file", default=str(PROFILES))
+    ap.add_argument(
+        "--policy",
+        default="round_robin,least_pending,power_of_two",
+        help=f"one or more of {', '.join(POLICIES)}",
+    )
+    ap.add_argument("--arrival", default="poisson", choices=["poisson", "bursty"])
+    ap.add_argument("--rate", type=float, default=300.0, help="mean arrivals per second")
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--prompt_len", type=int, default=512, help="median prompt tokens")
+    ap.add_argument("--output_len", type=int, default=128, help="median output tokens")
+    ap.add_argument("--length_sigma", type=float, default=0.5, help="log-normal spread")
+    ap.add_argument("--burst_cv", type=float, default=3.0, help="bursty: gap CV")
+    ap.add_argument("--ttft_limit_ms", type=float, default=2000.0)
+    ap.add_argument("--tpot_limit_ms", type=float, default=200.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(REPO_ROOT / "build" / "sim"), help="a directory")
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except LLMLibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    engines = parse_engines(args.engines, args.profiles_file)
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    for p in policies:
+        if p not in POLICIES:
+            from llmlib.errors import UnknownNameError
+
+            raise UnknownNameError("traffic distribution policy", p, POLICIES)
+    reqs = arrivals(
+        args.requests, args.rate, args.arrival, args.seed, args.prompt_len, args.output_len,
+        args.length_sigma, args.burst_cv,
+    )  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | goodput rps | "
+        "goodput per $ | busiest / mean | sim s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for policy in policies:
+        t0 = time.perf_counter()
+        res = simulate(reqs, engines, policy, args.seed)
+        took = time.perf_counter() - t0
+        s = res.summary(args.ttft_limit_ms, args.tpot_limit_ms)
+        s["workload"] = {k: getattr(args, k) for k in (
+            "engines", "arrival", "rate", "requests", "prompt_len", "output_len",
+            "length_sigma", "burst_cv", "seed")}  # fmt: skip
+        s["simulated_in_s"] = took
+        path = out / f"sim-{policy}.json"
+        path.write_text(json.dumps(s, indent=1) + "\n")
+        t, p = s["ttft_ms"], s["tpot_ms"]
+        gpd = s["goodput_per_dollar"]
+        print(
+            f"| {policy} | {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | "
+            f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | {s['goodput_rps']:.1f} | "
+            f"{'-' if gpd is None else f'{gpd:,.0f}'} | "
+            f"{s['per_engine']['busiest_over_mean']:.2f} | {took:.2f} |"
+        )
+    print(f"summaries: {out}/sim-<policy>.json")
+    return 0

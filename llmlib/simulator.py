@@ -1,0 +1,224 @@
+"""A serving fleet in virtual time: engines from the dummy core's engine model, requests from
+a seeded arrival process, and a traffic policy from ``llmlib.policies`` (the same code the
+live ``LLMServer`` runs) choosing an engine for each arrival.
+
+Time never waits on a clock: the loop keeps a heap of each engine's next step boundary,
+advances only the engines due before the next arrival, hands that arrival to the policy
+(with each engine's pending count, as ``LLMServer`` does), and submits it. Engines advance
+pure-decode stretches as one span (``engine_model``), so the cost is per event, not per
+token. Same inputs and seed, same output, to the nanosecond.
+
+Results (``SimResult.summary``): TTFT and TPOT percentiles, goodput (requests per second
+meeting the TTFT and TPOT limits) and goodput per dollar (from each engine's price per
+hour), queue depth over time, and each engine's requests and busy share.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine_model import EngineProfile, make_model
+from .errors import ConfigError
+from .policies import make_policy
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    arrival_ns: int
+    prompt_len: int
+    output_len: int
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """``count`` engines of ``profile``, each costing ``price_per_hour`` (any currency)."""
+
+    profile: EngineProfile
+    count: int = 1
+    price_per_hour: float = 0.0
+
+
+def _lengths(rng: random.Random, median: int, sigma: float, cap: int) -> int:
+    """A log-normal length around ``median`` (``sigma`` 0: exactly the median), 1..cap."""
+    if sigma <= 0:
+        return max(1, min(cap, median))
+    return max(1, min(cap, int(round(median * math.exp(rng.gauss(0.0, sigma))))))
+
+
+def arrivals(
+    n: int,
+    rate_per_s: float,
+    process: str = "poisson",
+    seed: int = 0,
+    prompt_len: int = 512,
+    output_len: int = 128,
+    length_sigma: float = 0.5,
+    burst_cv: float = 3.0,
+    max_len: int = 8192,
+) -> list[SimRequest]:
+    """``n`` requests at ``rate_per_s`` on average: ``poisson`` (exponential gaps) or
+    ``bursty`` (gamma gaps with coefficient of variation ``burst_cv``: clumps and lulls at
+    the same mean rate); prompt and output lengths log-normal around their medians."""
+    if n < 0 or rate_per_s <= 0:
+        raise ConfigError("arrivals: need n >= 0 and a rate above 0")
+    if process not in ("poisson", "bursty"):
+        raise ConfigError(f"arrival process must be poisson or bursty, not {process!r}")
+    rng = random.Random(seed)
+    mean_gap = 1e9 / rate_per_s
+    if process == "bursty":
+        shape = 1.0 / (burst_cv * burst_cv)
+        gap = lambda: rng.gammavariate(shape, mean_gap / shape)  # noqa: E731
+    else:
+        gap = lambda: rng.expovariate(1.0 / mean_gap)  # noqa: E731
+    t = 0.0
+    out = []
+    for _ in range(n):
+        t += gap()
+        out.append(
+            SimRequest(
+                int(t),
+                _lengths(rng, prompt_len, length_sigma, max_len),
+                _lengths(rng, output_len, length_sigma, max_len),
+            )
+        )
+    return out
+
+
+@dataclass
+class SimResult:
+    """Per request: engine, first-token and final times (ns); per engine: busy time."""
+
+    requests: Sequence[SimRequest]
+    engine: np.ndarray
+    first_ns: np.ndarray
+    final_ns: np.ndarray
+    engine_names: list[str]
+    prices: list[float]
+    policy: str
+    depth: list[tuple[int, int]] = field(default_factory=list)  # (time, requests in system)
+
+    def summary(self, ttft_limit_ms: float = 0.0, tpot_limit_ms: float = 0.0) -> dict[str, Any]:
+        arr = np.array([r.arrival_ns for r in self.requests], dtype=np.int64)
+        outs = np.array([r.output_len for r in self.requests], dtype=np.int64)
+        ttft = (self.first_ns - arr) / 1e6
+        multi = outs > 1
+        tpot = np.zeros(len(arr))
+        tpot[multi] = (self.final_ns[multi] - self.first_ns[multi]) / (outs[multi] - 1) / 1e6
+        span_s = max(int(self.final_ns.max() - arr.min()), 1) / 1e9 if len(arr) else 1.0
+        good = np.ones(len(arr), dtype=bool)
+        if ttft_limit_ms > 0:
+            good &= ttft <= ttft_limit_ms
+        if tpot_limit_ms > 0:
+            good &= ~multi | (tpot <= tpot_limit_ms)
+        goodput = float(good.sum()) / span_s
+        per_hour = float(sum(self.prices))
+        counts = np.bincount(self.engine, minlength=len(self.engine_names))
+
+        def pct(x: np.ndarray) -> dict[str, float]:
+            if not len(x):
+                return {}
+            return {f"p{q}": float(np.percentile(x, q)) for q in (50, 95, 99)}
+
+        return {
+            "policy": self.policy,
+            "requests": int(len(arr)),
+            "span_s": span_s,
+            "throughput_rps": len(arr) / span_s,
+            "ttft_ms": pct(ttft),
+            "tpot_ms": pct(tpot[multi]),
+            "limits_ms": {"ttft": ttft_limit_ms, "tpot": tpot_limit_ms},
+            "goodput_rps": goodput,
+            "price_per_hour": per_hour,
+            "goodput_per_dollar": goodput * 3600.0 / per_hour if per_hour > 0 else None,
+            "per_engine": {
+                "names": self.engine_names,
+                "requests": counts.tolist(),
+                "busiest_over_mean": float(counts.max() / counts.mean()) if counts.sum() else 0.0,
+            },
+            "queue_depth": {
+                "max": max((d for _, d in self.depth), default=0),
+                "over_time": [[t / 1e9, d] for t, d in self.depth],
+            },
+        }
+
+
+def simulate(
+    requests: Sequence[SimRequest],
+    engines: Sequence[EngineSpec],
+    policy: str = "least_pending",
+    seed: int = 0,
+    depth_points: int = 200,
+) -> SimResult:
+    """Run ``requests`` through the engines, each arrival placed by ``policy``."""
+    profiles: list[EngineProfile] = []
+    prices: list[float] = []
+    for spec in engines:
+        if spec.count < 1:
+            raise ConfigError(f"engine {spec.profile.name}: count must be at least 1")
+        if spec.profile.is_zero:
+            raise ConfigError("the zero profile answers at once: nothing to simulate")
+        profiles += [spec.profile] * spec.count
+        prices += [spec.price_per_hour] * spec.count
+    if not profiles:
+        raise ConfigError("simulate: no engines")
+    n_eng, n = len(profiles), len(requests)
+    models = [make_model(p) for p in profiles]
+    chooser = make_policy(policy, n_eng, seed)
+    pending = [0] * n_eng
+    engine = np.zeros(n, dtype=np.int64)
+    first = np.zeros(n, dtype=np.int64)
+    final = np.zeros(n, dtype=np.int64)
+    wake: list[int | None] = [None] * n_eng
+    heap: list[tuple[int, int]] = []  # (next step boundary, engine); stale entries skipped
+    push, pop = heapq.heappush, heapq.heappop
+    in_system = 0
+    every = max(1, n // max(depth_points, 1))
+    depth: list[tuple[int, int]] = []
+
+    def run(e: int, until: int) -> None:
+        nonlocal in_system
+        for t, sid, is_final in models[e].advance(until):
+            if is_final:
+                final[sid] = t
+                pending[e] -= 1
+                in_system -= 1
+            else:
+                first[sid] = t
+        w = models[e].next_wakeup_ns()
+        wake[e] = w
+        if w is not None:
+            push(heap, (w, e))
+
+    one = [None]  # the policy reads only the batch's length (the live pool passes requests)
+    for k, req in enumerate(requests):
+        t = req.arrival_ns
+        while heap and heap[0][0] <= t:
+            w, e = pop(heap)
+            if wake[e] == w:
+                run(e, t)
+        e = chooser.assign(one, list(pending))[0]  # type: ignore[arg-type]
+        engine[k] = e
+        models[e].submit(k, t, req.prompt_len, req.output_len)
+        pending[e] += 1
+        in_system += 1
+        due = models[e].next_wakeup_ns()
+        if due is not None and due != wake[e]:
+            wake[e] = due
+            push(heap, (due, e))
+        if k % every == 0:
+            depth.append((t, in_system))
+    while heap:  # the rest, engine by engine in time order
+        w, e = pop(heap)
+        if wake[e] == w:
+            run(e, w)
+    if in_system:
+        raise AssertionError(f"simulator: {in_system} requests never finished")
+    names = [f"{p.name}#{i}" for i, p in enumerate(profiles)]
+    return SimResult(requests, engine, first, final, names, prices, policy, depth)

@@ -1,0 +1,133 @@
+"""The fleet simulator: seeded and deterministic, exact against closed forms where the engine
+model has one, every request finished, arrival processes with the rates and spread asked
+for, policies the live pool's, and the CLI's output and errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmlib.engine_model import EngineProfile, load_profiles
+from llmlib.errors import ConfigError
+from llmlib.simulator import EngineSpec, SimRequest, arrivals, simulate
+
+MS = 1_000_000
+FIXED = EngineProfile(name="fixed", kind="fixed", ttft_ns=20 * MS, tpot_ns=5 * MS)
+BATCH = EngineProfile(
+    name="b",
+    kind="batching",
+    max_batch_size=8,
+    max_num_tokens=1024,
+    step_base_ns=2 * MS,
+    step_per_seq_ns=100_000,
+    prefill_per_token_ns=10_000,
+)
+
+
+def test_same_inputs_same_results_and_the_seed_matters():
+    a = arrivals(2000, 300.0, "poisson", seed=3)
+    assert a == arrivals(2000, 300.0, "poisson", seed=3)
+    assert a != arrivals(2000, 300.0, "poisson", seed=4)
+    r1 = simulate(a, [EngineSpec(BATCH, 4)], "power_of_two", seed=1)
+    r2 = simulate(a, [EngineSpec(BATCH, 4)], "power_of_two", seed=1)
+    r3 = simulate(a, [EngineSpec(BATCH, 4)], "power_of_two", seed=2)
+    for col in ("engine", "first_ns", "final_ns"):
+        assert np.array_equal(getattr(r1, col), getattr(r2, col))
+    assert not np.array_equal(r1.engine, r3.engine)
+
+
+def test_fixed_engines_give_exactly_their_ttft_and_tpot():
+    reqs = arrivals(500, 1000.0, "bursty", seed=0, output_len=16)
+    res = simulate(reqs, [EngineSpec(FIXED, 3)], "round_robin")
+    arr = np.array([r.arrival_ns for r in reqs])
+    outs = np.array([r.output_len for r in reqs])
+    assert np.array_equal(res.first_ns - arr, np.full(len(reqs), 20 * MS))
+    assert np.array_equal(res.final_ns - res.first_ns, (outs - 1) * 5 * MS)
+    assert np.bincount(res.engine).tolist() in ([167, 167, 166],)  # round robin, in turn
+    s = res.summary(ttft_limit_ms=20, tpot_limit_ms=5)
+    assert s["ttft_ms"]["p99"] == pytest.approx(20.0) and s["goodput_rps"] == s["throughput_rps"]
+    assert res.summary(ttft_limit_ms=19.9)["goodput_rps"] == 0.0
+
+
+def test_a_lone_request_on_a_batching_engine_takes_the_model_s_steps():
+    req = SimRequest(arrival_ns=5 * MS, prompt_len=300, output_len=10)
+    res = simulate([req], [EngineSpec(BATCH)], "least_pending")
+    prefill = 2 * MS + 300 * 10_000  # one step: base + its prompt's tokens
+    decode = 2 * MS + 100_000  # each later step: base + one decoding sequence
+    assert res.first_ns[0] == 5 * MS + prefill
+    assert res.final_ns[0] == res.first_ns[0] + 9 * decode
+
+
+def test_every_request_finishes_and_queues_grow_with_load():
+    p95 = []
+    for rate in (100.0, 400.0, 800.0):
+        reqs = arrivals(3000, rate, "poisson", seed=7, prompt_len=256, output_len=64)
+        res = simulate(reqs, [EngineSpec(BATCH, 2, 1.5)], "least_pending")
+        assert (res.final_ns >= res.first_ns).all() and (res.first_ns > 0).all()
+        s = res.summary(ttft_limit_ms=500, tpot_limit_ms=50)
+        assert sum(s["per_engine"]["requests"]) == 3000
+        assert s["price_per_hour"] == 3.0
+        assert s["goodput_per_dollar"] == pytest.approx(s["goodput_rps"] * 3600 / 3.0)
+        p95.append(s["ttft_ms"]["p95"])
+    assert p95[0] < p95[1] < p95[2]
+
+
+def test_arrival_processes_have_the_rate_and_spread_asked_for():
+    for process, cv in (("poisson", 1.0), ("bursty", 3.0)):
+        reqs = arrivals(40_000, 250.0, process, seed=11, burst_cv=3.0)
+        gaps = np.diff([0] + [r.arrival_ns for r in reqs]) / 1e9
+        assert gaps.mean() == pytest.approx(1 / 250.0, rel=0.05)
+        assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.1)
+    lens = [r.prompt_len for r in arrivals(20_000, 1.0, seed=1, prompt_len=400)]
+    assert np.median(lens) == pytest.approx(400, rel=0.05)
+    assert {r.output_len for r in arrivals(50, 1.0, length_sigma=0, output_len=77)} == {77}
+    with pytest.raises(ConfigError, match="poisson or bursty"):
+        arrivals(10, 1.0, "weekly")
+    with pytest.raises(ConfigError, match="rate above 0"):
+        arrivals(10, 0.0)
+
+
+def test_policies_spread_a_burst_as_the_live_pool_would():
+    burst = [SimRequest(0, 64, 1000) for _ in range(12)]  # all at once, long outputs
+    for policy in ("round_robin", "least_pending"):
+        res = simulate(burst, [EngineSpec(BATCH, 3)], policy)
+        assert np.bincount(res.engine).tolist() == [4, 4, 4]
+    res = simulate(burst, [EngineSpec(BATCH, 3)], "least_pending")
+    assert res.engine.tolist()[:3] == [0, 1, 2]  # fewest pending, lowest index on a tie
+    with pytest.raises(ConfigError, match="no engines"):
+        simulate(burst, [], "round_robin")
+    zero = load_profiles("configs/engine_profiles.yaml")["zero"]
+    with pytest.raises(ConfigError, match="nothing to simulate"):
+        simulate(burst, [EngineSpec(zero)], "round_robin")
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "simulate", *args], capture_output=True, text=True
+    )
+
+
+def test_simulate_cli_writes_a_summary_per_policy_and_reports_bad_input(tmp_path):
+    p = run_cli(
+        "--engines=cpu-tiny:2:0.5,h100-llama2-70b:1:4",
+        "--requests=400",
+        "--rate=50",
+        "--policy=round_robin,least_pending",
+        f"--out={tmp_path}",
+    )
+    assert p.returncode == 0, p.stderr
+    assert "| round_robin |" in p.stdout and "| least_pending |" in p.stdout
+    s = json.loads((tmp_path / "sim-least_pending.json").read_text())
+    assert s["requests"] == 400 and s["price_per_hour"] == 5.0
+    assert len(s["per_engine"]["names"]) == 3 and s["queue_depth"]["over_time"]
+    assert set(s["ttft_ms"]) == {"p50", "p95", "p99"} and s["workload"]["rate"] == 50.0
+    for bad, msg in (
+        ("--engines=cpu-tiny:x", "count must be an integer"),
+        ("--engines=cpu-tny:2", "cpu-tiny"),
+        ("--policy=fastest", "round_robin"),
+        ("--engines=cpu-tiny:0", "count at least 1"),
+    ):
+        p = run_cli(bad, "--requests=10", f"--out={tmp_path}")
+        assert p.returncode == 2 and msg in p.stderr, (bad, p.stderr)
