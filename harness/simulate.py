@@ -3,6 +3,7 @@ traffic policy on the same seeded arrivals, a JSON summary each and a table.
 
     python -m harness simulate --engines cpu-tiny:6:0.4,h100-llama2-70b:1:4.0 \\
         --rate 300 --requests 100000 --policy round_robin,least_pending
+    python -m harness simulate --arrival chat --prefix_cache_blocks 4096 --rate 100
 
 Engines are ``profile[:count[:price per hour]]`` from ``--profiles_file`` (the dummy core's
 ``configs/engine_profiles.yaml``); the policies are ``llmlib.policies``'s, the code the
@@ -12,6 +13,7 @@ live ``LLMServer`` runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -21,7 +23,7 @@ from llmlib.config import REPO_ROOT
 from llmlib.engine_model import get_profile, load_profiles
 from llmlib.errors import ConfigError, LLMLibError
 from llmlib.policies import POLICIES
-from llmlib.simulator import EngineSpec, arrivals, simulate
+from llmlib.simulator import EngineSpec, arrivals, chat_arrivals, simulate
 
 PROFILES = REPO_ROOT / "configs" / "engine_profiles.yaml"
 
@@ -64,7 +66,22 @@ def main(argv: list[str]) -> int:
         default="round_robin,least_pending,power_of_two",
         help=f"one or more of {', '.join(POLICIES)}",
     )
-    ap.add_argument("--arrival", default="poisson", choices=["poisson", "bursty"])
+    ap.add_argument(
+        "--arrival",
+        default="poisson",
+        choices=["poisson", "bursty", "chat"],
+        help="chat: multi-turn conversations sharing system prompts and history",
+    )
+    ap.add_argument("--systems", type=int, default=8, help="chat: distinct system prompts")
+    ap.add_argument("--system_len", type=int, default=1024, help="chat: system prompt tokens")
+    ap.add_argument("--turns", type=float, default=4.0, help="chat: mean turns")
+    ap.add_argument("--think_s", type=float, default=10.0, help="chat: mean gap between turns")
+    ap.add_argument(
+        "--prefix_cache_blocks",
+        type=int,
+        default=-1,
+        help="every engine's prefix cache, in blocks of 16 tokens (-1: the profile's)",
+    )
     ap.add_argument("--rate", type=float, default=300.0, help="mean arrivals per second")
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--prompt_len", type=int, default=512, help="median prompt tokens")
@@ -91,10 +108,26 @@ def _run(args: argparse.Namespace) -> int:
             from llmlib.errors import UnknownNameError
 
             raise UnknownNameError("traffic distribution policy", p, POLICIES)
-    reqs = arrivals(
-        args.requests, args.rate, args.arrival, args.seed, args.prompt_len, args.output_len,
-        args.length_sigma, args.burst_cv,
-    )  # fmt: skip
+    if args.prefix_cache_blocks >= 0:
+        engines = [
+            dataclasses.replace(
+                e,
+                profile=dataclasses.replace(
+                    e.profile, prefix_cache_blocks=args.prefix_cache_blocks
+                ),
+            )
+            for e in engines
+        ]
+    if args.arrival == "chat":
+        reqs = chat_arrivals(
+            args.requests, args.rate, args.seed, args.systems, args.system_len, args.turns,
+            args.prompt_len, args.output_len, args.think_s, args.length_sigma,
+        )  # fmt: skip
+    else:
+        reqs = arrivals(
+            args.requests, args.rate, args.arrival, args.seed, args.prompt_len, args.output_len,
+            args.length_sigma, args.burst_cv,
+        )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(
@@ -109,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
         s = res.summary(args.ttft_limit_ms, args.tpot_limit_ms)
         s["workload"] = {k: getattr(args, k) for k in (
             "engines", "arrival", "rate", "requests", "prompt_len", "output_len",
-            "length_sigma", "burst_cv", "seed")}  # fmt: skip
+            "length_sigma", "burst_cv", "seed", "systems", "system_len", "turns", "think_s",
+            "prefix_cache_blocks")}  # fmt: skip
         s["simulated_in_s"] = took
         path = out / f"sim-{policy}.json"
         path.write_text(json.dumps(s, indent=1) + "\n")
@@ -118,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"| {policy} | {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | "
             f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | {s['goodput_rps']:.1f} | "
-            f"{'-' if gpd is None else f'{gpd:,.0f}'} | "
+            f"{'-' if gpd is None else f'{gpd:,.0f}'} | {s['prefix_hit_rate']:.1%} | "
             f"{s['per_engine']['busiest_over_mean']:.2f} | {took:.2f} |"
         )
     print(f"summaries: {out}/sim-<policy>.json")

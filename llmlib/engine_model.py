@@ -10,7 +10,9 @@ Two kinds, one interface (``submit`` / ``advance`` / ``next_wakeup_ns``):
   prefill chunks from the admitted prompts, up to ``max_num_tokens`` in all (chunked
   prefill). Step time = ``step_base + step_per_seq * decoding + prefill_per_token * chunk``,
   so prefill time is proportional to prompt tokens and decode step time grows with batch
-  size. The step that completes a prompt's prefill yields its first token.
+  size. The step that completes a prompt's prefill yields its first token. With
+  ``prefix_cache_blocks``, a prompt's leading blocks already in the engine's prefix cache
+  (``PrefixCache``: chained block hashes given with the request) are not prefilled again.
 
 The model knows nothing of wall clocks: callers pass times in. The dummy core drives it in
 real time (``advance(now)`` then sleep until ``next_wakeup_ns()``); a simulator drives it in
@@ -21,8 +23,8 @@ so the cost is per event, not per token.
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ class EngineProfile:
     step_base_ns: int = 10_000_000
     step_per_seq_ns: int = 100_000
     prefill_per_token_ns: int = 50_000
+    # KV blocks of BLOCK_TOKENS tokens kept for prefix reuse (LRU); 0: no prefix cache
+    prefix_cache_blocks: int = 0
     description: str = ""
 
     @property
@@ -82,6 +86,8 @@ def _normalize(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     for key in ("max_batch_size", "max_num_tokens"):
         if key in out and int(out[key]) < 1:
             raise ConfigError(f"engine profile {where}: {key} must be >= 1, got {out[key]}")
+    if int(out.get("prefix_cache_blocks", 0)) < 0:
+        raise ConfigError(f"engine profile {where}: prefix_cache_blocks must be >= 0")
     return out
 
 
@@ -109,6 +115,38 @@ def make_model(profile: EngineProfile) -> FixedModel | BatchingModel:
     return FixedModel(profile) if profile.kind == "fixed" else BatchingModel(profile)
 
 
+BLOCK_TOKENS = 16  # tokens per KV block: the unit of prefix reuse (block hashes)
+
+
+class PrefixCache:
+    """An engine's KV prefix cache, by block: an LRU of chained block hashes (a block's hash
+    covers every token before it, so a hit on block k means blocks 0..k hit too). Blocks are
+    matched and inserted when a request is queued, a simplification: a real engine inserts
+    them as its prefill computes them, so two requests queued back to back with a new
+    shared prefix both count the second as a hit here."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lru: OrderedDict[int, None] = OrderedDict()
+
+    def take(self, blocks: Sequence[int]) -> int:
+        """How many leading ``blocks`` are cached; all of them are then (most recent)."""
+        if self.capacity <= 0:
+            return 0
+        lru, hit = self._lru, 0
+        for b in blocks:
+            if b not in lru:
+                break
+            lru.move_to_end(b)
+            hit += 1
+        for b in blocks[hit:]:
+            lru[b] = None
+            lru.move_to_end(b)
+        while len(lru) > self.capacity:
+            lru.popitem(last=False)
+        return hit
+
+
 class FixedModel:
     """Each request on its own: first token at ``arrival + ttft``, final ``tpot`` per token
     later."""
@@ -118,7 +156,14 @@ class FixedModel:
         self._heap: list[tuple[int, int, int]] = []  # (time, 0=first/1=final, seq_id)
         self.running = 0
 
-    def submit(self, seq_id: int, arrival_ns: int, prompt_len: int, output_len: int) -> None:
+    def submit(
+        self,
+        seq_id: int,
+        arrival_ns: int,
+        prompt_len: int,
+        output_len: int,
+        blocks: Sequence[int] = (),
+    ) -> None:
         first = arrival_ns + self.ttft
         heapq.heappush(self._heap, (first, 0, seq_id))
         heapq.heappush(self._heap, (first + (max(output_len, 1) - 1) * self.tpot, 1, seq_id))
@@ -162,12 +207,14 @@ class BatchingModel:
 
     def __init__(self, profile: EngineProfile) -> None:
         self.p = profile
+        self.cache = PrefixCache(profile.prefix_cache_blocks)
         self.now = 0  # time of the last step boundary
         self.steps = 0  # steps executed
         self._waiting: deque[_Seq] = deque()
         self._prefill: deque[_Seq] = deque()
         self._decode: list[tuple[int, int]] = []  # heap of (finish_step, seq_id)
         self._last_arrival = 0
+        self.prompt_tokens = self.cached_tokens = 0
 
     @property
     def running(self) -> int:
@@ -177,10 +224,25 @@ class BatchingModel:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def submit(self, seq_id: int, arrival_ns: int, prompt_len: int, output_len: int) -> None:
+    def submit(
+        self,
+        seq_id: int,
+        arrival_ns: int,
+        prompt_len: int,
+        output_len: int,
+        blocks: Sequence[int] = (),
+    ) -> None:
+        """Queue a request. ``blocks``: chained hashes of its prompt's full blocks of
+        ``BLOCK_TOKENS`` tokens; the leading ones in the prefix cache are not prefilled
+        again (at least one token always is: it yields the first output token)."""
         arrival = max(arrival_ns, self._last_arrival)  # arrivals are FIFO
         self._last_arrival = arrival
-        self._waiting.append(_Seq(seq_id, arrival, prompt_len, output_len))
+        cached = self.cache.take(blocks) * BLOCK_TOKENS if blocks else 0
+        prompt_len = max(prompt_len, 1)
+        skip = min(cached, prompt_len - 1)
+        self.prompt_tokens += prompt_len
+        self.cached_tokens += skip
+        self._waiting.append(_Seq(seq_id, arrival, prompt_len - skip, output_len))
 
     def next_wakeup_ns(self) -> int | None:
         plan = self._plan()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from .errors import UnknownNameError
+from .prefix import BlockSet, blocks_of
 from .request import LLMRequest
 
 
@@ -93,8 +94,80 @@ class PowerOfTwo(TrafficPolicy):
         return out
 
 
+def _fewest(loads: list[int]) -> int:
+    return min(range(len(loads)), key=loads.__getitem__)
+
+
+class CacheAware(TrafficPolicy):
+    """Prefix locality first, load when it matters (in the manner of SGLang's cache-aware
+    router): each core's recently sent prompt blocks (``llmlib.prefix``: chained hashes of
+    token blocks) are remembered; a request goes to the core holding the longest share of
+    its blocks when that share is at least ``match_threshold``, else to the core with the
+    fewest pending. When the pool is imbalanced (the busiest core has ``balance_abs`` more
+    pending than the idlest and ``balance_rel`` times as many) it goes to the fewest
+    pending regardless."""
+
+    name = "cache_aware"
+    match_threshold = 0.5
+    balance_abs = 8
+    balance_rel = 1.5
+    capacity_blocks = 1 << 16
+
+    def __init__(self, num_cores: int, seed: int = 0) -> None:
+        super().__init__(num_cores, seed)
+        self.sent = [BlockSet(self.capacity_blocks) for _ in range(num_cores)]
+        self.cache_routed = 0
+
+    def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
+        out: list[int] = []
+        sent, cores = self.sent, range(self.num_cores)
+        for req in requests:
+            blocks = blocks_of(req)
+            lo, hi = min(loads), max(loads)
+            i = -1
+            if blocks and not (hi - lo > self.balance_abs and hi > self.balance_rel * lo):
+                matched = [s.matched(blocks) for s in sent]
+                best = max(cores, key=lambda c: (matched[c], -loads[c], -c))
+                if matched[best] >= self.match_threshold * len(blocks):
+                    i = best
+                    self.cache_routed += 1
+            if i < 0:
+                i = _fewest(loads)
+            loads[i] += 1
+            sent[i].add(blocks)
+            out.append(i)
+        return out
+
+
+class KVAware(TrafficPolicy):
+    """The lowest cost wins: the request's blocks a core does not hold (prefill it would
+    redo; from what this policy sent each core, ``llmlib.prefix``) plus ``load_weight``
+    blocks per request pending there (the decode load it would join)."""
+
+    name = "kv_aware"
+    load_weight = 4.0
+    capacity_blocks = 1 << 16
+
+    def __init__(self, num_cores: int, seed: int = 0) -> None:
+        super().__init__(num_cores, seed)
+        self.sent = [BlockSet(self.capacity_blocks) for _ in range(num_cores)]
+
+    def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
+        out: list[int] = []
+        sent, w = self.sent, self.load_weight
+        for req in requests:
+            blocks = blocks_of(req)
+            n = len(blocks)
+            cost = [n - sent[c].matched(blocks) + w * loads[c] for c in range(self.num_cores)]
+            i = min(range(self.num_cores), key=cost.__getitem__)
+            loads[i] += 1
+            sent[i].add(blocks)
+            out.append(i)
+        return out
+
+
 POLICIES: dict[str, type[TrafficPolicy]] = {
-    p.name: p for p in (RoundRobin, LeastPending, PowerOfTwo)
+    p.name: p for p in (RoundRobin, LeastPending, PowerOfTwo, CacheAware, KVAware)
 }
 
 DEFAULT_POLICY = {

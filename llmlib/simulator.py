@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .engine_model import EngineProfile, make_model
+from .engine_model import BLOCK_TOKENS, EngineProfile, make_model
 from .errors import ConfigError
 from .policies import make_policy
+from .prefix import chat_blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class SimRequest:
     arrival_ns: int
     prompt_len: int
     output_len: int
+    blocks: tuple[int, ...] = ()  # chained hashes of its prompt's blocks (llmlib.prefix)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,67 @@ def arrivals(
     return out
 
 
+def chat_arrivals(
+    n: int,
+    rate_per_s: float,
+    seed: int = 0,
+    systems: int = 8,
+    system_len: int = 1024,
+    turns: float = 4.0,
+    user_len: int = 128,
+    output_len: int = 128,
+    think_s: float = 10.0,
+    length_sigma: float = 0.5,
+    max_len: int = 16384,
+) -> list[SimRequest]:
+    """Multi-turn chats with shared prefixes, ``n`` requests at ``rate_per_s`` on average:
+    conversations start as a Poisson process, each on one of ``systems`` system prompts of
+    ``system_len`` tokens (shared across conversations), with a geometric number of turns
+    (mean ``turns``) ``think_s`` apart on average (open loop). Turn t's prompt is the whole
+    transcript so far plus a new user message, so it shares every earlier block with turn
+    t-1 and its system prompt's blocks with other conversations."""
+    if n < 0 or rate_per_s <= 0 or turns < 1 or systems < 1:
+        raise ConfigError("chat_arrivals: need n >= 0, rate > 0, turns >= 1, systems >= 1")
+    rng = random.Random(seed)
+    start_gap = turns / rate_per_s
+    p_more = 1.0 - 1.0 / turns
+    warm = 3.0 * turns * think_s  # starts from -warm: the rate is steady from time 0
+    # first the plan (cheap): per turn (arrival s, conversation, prompt and output tokens)
+    turns_at: list[tuple[float, int, int, int]] = []
+    convs: list[tuple[int, int]] = []  # per conversation: (system, transcript tokens)
+    t, made = -warm, 0
+    cutoff = math.inf  # once n have come after 0: the n-th earliest; no later start is sooner
+    while t <= cutoff:
+        t += rng.expovariate(1.0 / start_gap)
+        conv, system = len(convs), rng.randrange(systems)
+        at, length = t, system_len
+        while True:
+            prompt = min(length + _lengths(rng, user_len, length_sigma, max_len), max_len)
+            out_len = _lengths(rng, output_len, length_sigma, max_len)
+            if at >= 0:
+                turns_at.append((at, conv, prompt, out_len))
+                made += 1
+            length = prompt + out_len
+            if rng.random() >= p_more:
+                break
+            at += rng.expovariate(1.0 / think_s)
+        convs.append((system, min(length, max_len)))
+        if made >= n and cutoff == math.inf:
+            cutoff = sorted(x[0] for x in turns_at)[n - 1] if n else -math.inf
+    turns_at.sort()
+    # then the blocks, only for the n kept (each conversation's chain made once)
+    chains: dict[int, list[int]] = {}
+    out: list[SimRequest] = []
+    for at, conv, prompt, out_len in turns_at[:n]:
+        chain = chains.get(conv)
+        if chain is None:
+            system, total = convs[conv]
+            chain = chains[conv] = chat_blocks(system, conv, system_len, total)
+        blocks = tuple(chain[: prompt // BLOCK_TOKENS])
+        out.append(SimRequest(int(at * 1e9), prompt, out_len, blocks))
+    return out
+
+
 @dataclass
 class SimResult:
     """Per request: engine, first-token and final times (ns); per engine: busy time."""
@@ -103,6 +166,8 @@ class SimResult:
     prices: list[float]
     policy: str
     depth: list[tuple[int, int]] = field(default_factory=list)  # (time, requests in system)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engines' prefix caches spared
 
     def summary(self, ttft_limit_ms: float = 0.0, tpot_limit_ms: float = 0.0) -> dict[str, Any]:
         arr = np.array([r.arrival_ns for r in self.requests], dtype=np.int64)
@@ -135,6 +200,9 @@ class SimResult:
             "tpot_ms": pct(tpot[multi]),
             "limits_ms": {"ttft": ttft_limit_ms, "tpot": tpot_limit_ms},
             "goodput_rps": goodput,
+            "prefix_hit_rate": self.cached_tokens / self.prompt_tokens
+            if self.prompt_tokens
+            else 0.0,
             "price_per_hour": per_hour,
             "goodput_per_dollar": goodput * 3600.0 / per_hour if per_hour > 0 else None,
             "per_engine": {
@@ -196,16 +264,15 @@ def simulate(
         if w is not None:
             push(heap, (w, e))
 
-    one = [None]  # the policy reads only the batch's length (the live pool passes requests)
     for k, req in enumerate(requests):
         t = req.arrival_ns
         while heap and heap[0][0] <= t:
             w, e = pop(heap)
             if wake[e] == w:
                 run(e, t)
-        e = chooser.assign(one, list(pending))[0]  # type: ignore[arg-type]
+        e = chooser.assign([req], list(pending))[0]  # type: ignore[list-item]
         engine[k] = e
-        models[e].submit(k, t, req.prompt_len, req.output_len)
+        models[e].submit(k, t, req.prompt_len, req.output_len, req.blocks)
         pending[e] += 1
         in_system += 1
         due = models[e].next_wakeup_ns()
@@ -221,4 +288,7 @@ def simulate(
     if in_system:
         raise AssertionError(f"simulator: {in_system} requests never finished")
     names = [f"{p.name}#{i}" for i, p in enumerate(profiles)]
-    return SimResult(requests, engine, first, final, names, prices, policy, depth)
+    res = SimResult(requests, engine, first, final, names, prices, policy, depth)
+    res.prompt_tokens = sum(getattr(m, "prompt_tokens", 0) for m in models)
+    res.cached_tokens = sum(getattr(m, "cached_tokens", 0) for m in models)
+    return res

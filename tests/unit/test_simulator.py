@@ -123,6 +123,19 @@ def test_simulate_cli_writes_a_summary_per_policy_and_reports_bad_input(tmp_path
     assert s["requests"] == 400 and s["price_per_hour"] == 5.0
     assert len(s["per_engine"]["names"]) == 3 and s["queue_depth"]["over_time"]
     assert set(s["ttft_ms"]) == {"p50", "p95", "p99"} and s["workload"]["rate"] == 50.0
+    p = run_cli(
+        "--arrival=chat",
+        "--prefix_cache_blocks=2000",
+        "--requests=300",
+        "--rate=20",
+        "--policy=round_robin,cache_aware",
+        f"--out={tmp_path}",
+    )
+    assert p.returncode == 0, p.stderr
+    rr = json.loads((tmp_path / "sim-round_robin.json").read_text())
+    ca = json.loads((tmp_path / "sim-cache_aware.json").read_text())
+    assert ca["prefix_hit_rate"] > rr["prefix_hit_rate"] > 0
+    assert ca["workload"]["arrival"] == "chat" and ca["workload"]["prefix_cache_blocks"] == 2000
     for bad, msg in (
         ("--engines=cpu-tiny:x", "count must be an integer"),
         ("--engines=cpu-tny:2", "cpu-tiny"),
