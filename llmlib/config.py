@@ -93,7 +93,7 @@ _FIELD_LIST = [
         "traffic_distribution_policy",
         str,
         "",
-        "round_robin, least_pending or power_of_two "
+        "round_robin, least_pending, power_of_two, cache_aware or kv_aware "
         "(empty: least_pending for Server/SingleStream, round_robin for Offline)",
         "run",
     ),
