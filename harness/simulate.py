@@ -63,8 +63,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--profiles_file", default=str(PROFILES))
     ap.add_argument(
         "--policy",
-        default="round_robin,least_pending,power_of_two",
-        help=f"one or more of {', '.join(POLICIES)}",
+        default=",".join(POLICIES),
+        help=f"one or more of {', '.join(POLICIES)} (default: all)",
     )
     ap.add_argument(
         "--arrival",
@@ -84,7 +84,12 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--rate", type=float, default=300.0, help="mean arrivals per second")
     ap.add_argument("--requests", type=int, default=20_000)
-    ap.add_argument("--prompt_len", type=int, default=512, help="median prompt tokens")
+    ap.add_argument(
+        "--prompt_len",
+        type=int,
+        default=0,
+        help="median prompt tokens (chat: of each new user message); 0: 512, chat 128",
+    )
     ap.add_argument("--output_len", type=int, default=128, help="median output tokens")
     ap.add_argument("--length_sigma", type=float, default=0.5, help="log-normal spread")
     ap.add_argument("--burst_cv", type=float, default=3.0, help="bursty: gap CV")
@@ -118,6 +123,8 @@ def _run(args: argparse.Namespace) -> int:
             )
             for e in engines
         ]
+    if args.prompt_len <= 0:
+        args.prompt_len = 128 if args.arrival == "chat" else 512
     if args.arrival == "chat":
         reqs = chat_arrivals(
             args.requests, args.rate, args.seed, args.systems, args.system_len, args.turns,
@@ -132,9 +139,9 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(
         "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | goodput rps | "
-        "goodput per $ | busiest / mean | sim s |"
+        "goodput per $ | prefix hits | busiest / mean | sim s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for policy in policies:
         t0 = time.perf_counter()
         res = simulate(reqs, engines, policy, args.seed)
