@@ -13,17 +13,25 @@ live ``LLMServer`` runs.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from llmlib.config import REPO_ROOT
-from llmlib.engine_model import get_profile, load_profiles
+import numpy as np
+
+from llmlib.config import REPO_ROOT, Config
+from llmlib.engine_model import get_profile, load_profiles, profile_from_config
 from llmlib.errors import ConfigError, LLMLibError
 from llmlib.policies import POLICIES
-from llmlib.simulator import EngineSpec, arrivals, chat_arrivals, simulate
+from llmlib.prefix import token_blocks
+from llmlib.simulator import EngineSpec, SimRequest, arrivals, chat_arrivals, simulate
+from llmlib.workloads import load_benchmark
+
+from .runner import build_dataset
 
 PROFILES = REPO_ROOT / "configs" / "engine_profiles.yaml"
 
@@ -51,6 +59,61 @@ def parse_engines(text: str, profiles_file: str | Path = PROFILES) -> list[Engin
     if not specs:
         raise ConfigError("--engines: give at least one profile[:count[:price]]")
     return specs
+
+
+def replay(run_dir: Path) -> dict[str, Any]:
+    """A finished run of the dummy core, simulated: the same requests (its dataset's prompt
+    lengths, the tokens each answer had, LoadGen's issue times from ``requests.csv``) on as
+    many engines of its profile, under its traffic policy. Returns both runs' TTFT
+    percentiles and the ratio at p95 (live over simulated)."""
+    spec_path = run_dir / "spec.json"
+    if not spec_path.is_file() or not (run_dir / "requests.csv").is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (spec.json and requests.csv)")
+    cfg = Config.from_json(json.loads(spec_path.read_text())["config"])
+    if cfg.core_type != "dummy":
+        raise ConfigError(
+            f"{run_dir}: a {cfg.core_type} run; replay needs the dummy core's (its engine model "
+            "is what the simulator runs)"
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ds = build_dataset(cfg, load_benchmark(cfg.config_dir, cfg.benchmark))
+    profile = profile_from_config(cfg)
+    if profile.is_zero:
+        raise ConfigError(f"{run_dir}: the zero profile answers at once: nothing to simulate")
+    rows = []
+    with open(run_dir / "requests.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["error"] or not r["ttft_ms"]:
+                continue
+            rows.append((float(r["issue_ms"]), int(r["sample_index"]), int(r["n_tokens"]),
+                         float(r["ttft_ms"])))  # fmt: skip
+    if not rows:
+        raise ConfigError(f"{run_dir}: no answered requests with a first-token time")
+    rows.sort()
+    cached = profile.prefix_cache_blocks > 0
+    reqs = []
+    for issue_ms, i, n_tokens, _ in rows:
+        tokens = ds.input_tokens(i)
+        blocks = token_blocks(tokens) if cached else ()
+        reqs.append(SimRequest(int(issue_ms * 1e6), len(tokens), max(n_tokens, 1), blocks))
+    cores = int(summary.get("num_cores") or cfg.num_cores)
+    policy = str(summary.get("policy") or "least_pending")
+    res = simulate(reqs, [EngineSpec(profile, cores)], policy, cfg.policy_seed)
+    sim = res.summary()
+    live_ttft = np.array([r[3] for r in rows])
+    live = {f"p{q}": float(np.percentile(live_ttft, q)) for q in (50, 95, 99)}
+    return {
+        "run_dir": str(run_dir),
+        "scenario": cfg.scenario,
+        "profile": profile.name,
+        "engines": cores,
+        "policy": policy,
+        "requests": len(reqs),
+        "live_ttft_ms": live,
+        "sim_ttft_ms": sim["ttft_ms"],
+        "p95_live_over_sim": live["p95"] / sim["ttft_ms"]["p95"],
+        "sim_prefix_hit_rate": sim["prefix_hit_rate"],
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -97,6 +160,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tpot_limit_ms", type=float, default=200.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO_ROOT / "build" / "sim"), help="a directory")
+    ap.add_argument(
+        "--replay",
+        default="",
+        help="a dummy-core run directory: simulate its requests and compare TTFT with it",
+    )
     args = ap.parse_args(argv)
     try:
         return _run(args)
@@ -106,6 +174,10 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.replay:
+        res = replay(Path(args.replay))
+        print(json.dumps(res, indent=1))
+        return 0
     engines = parse_engines(args.engines, args.profiles_file)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     for p in policies:

@@ -144,3 +144,37 @@ def test_simulate_cli_writes_a_summary_per_policy_and_reports_bad_input(tmp_path
     ):
         p = run_cli(bad, "--requests=10", f"--out={tmp_path}")
         assert p.returncode == 2 and msg in p.stderr, (bad, p.stderr)
+
+
+def test_a_live_dummy_run_replays_in_the_simulator(tmp_path):
+    live = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "--benchmarks=tiny",
+            "--scenarios=server",
+            "--core_type=dummy",
+            "--num_cores=2",
+            "--engine_profile=h100-llama2-70b-interactive",
+            "--server_target_qps=20",
+            "--min_duration=2000",
+            "--min_query_count=40",
+            "--warmup_queries=0",
+            "--progress=false",
+            f"--log_dir={tmp_path / 'logs'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert live.returncode == 0, live.stderr[-2000:]
+    run_dir = next((tmp_path / "logs").rglob("requests.csv")).parent
+    p = run_cli(f"--replay={run_dir}")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["policy"] == "least_pending" and r["engines"] == 2 and r["requests"] >= 40
+    assert r["profile"] == "h100-llama2-70b-interactive"
+    # the engine model dominates this TTFT (tens of ms): live and simulated agree closely
+    assert 0.7 < r["p95_live_over_sim"] < 1.5, r
+    p = run_cli(f"--replay={tmp_path}")
+    assert p.returncode == 2 and "not a run directory" in p.stderr
