@@ -16,6 +16,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -61,11 +62,14 @@ def parse_engines(text: str, profiles_file: str | Path = PROFILES) -> list[Engin
     return specs
 
 
-def replay(run_dir: Path) -> dict[str, Any]:
+def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[str, Any]:
     """A finished run of the dummy core, simulated: the same requests (its dataset's prompt
     lengths, the tokens each answer had, LoadGen's issue times from ``requests.csv``) on as
     many engines of its profile, under its traffic policy. Returns both runs' TTFT
-    percentiles and the ratio at p95 (live over simulated)."""
+    percentiles and the ratio at p95 (live over simulated); the same with the live run's own
+    placement (the engine model alone); and the simulated p95 over ``jitter_runs`` copies
+    with arrivals moved by up to ``jitter_ms`` (seeded): how much p95 moves when a policy
+    decides on slightly different timing, as the live run's harness timing does."""
     spec_path = run_dir / "spec.json"
     if not spec_path.is_file() or not (run_dir / "requests.csv").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (spec.json and requests.csv)")
@@ -86,13 +90,13 @@ def replay(run_dir: Path) -> dict[str, Any]:
             if r["error"] or not r["ttft_ms"]:
                 continue
             rows.append((float(r["issue_ms"]), int(r["sample_index"]), int(r["n_tokens"]),
-                         float(r["ttft_ms"])))  # fmt: skip
+                         float(r["ttft_ms"]), int(r["core"])))  # fmt: skip
     if not rows:
         raise ConfigError(f"{run_dir}: no answered requests with a first-token time")
     rows.sort()
     cached = profile.prefix_cache_blocks > 0
     reqs = []
-    for issue_ms, i, n_tokens, _ in rows:
+    for issue_ms, i, n_tokens, _, _ in rows:
         tokens = ds.input_tokens(i)
         blocks = token_blocks(tokens) if cached else ()
         reqs.append(SimRequest(int(issue_ms * 1e6), len(tokens), max(n_tokens, 1), blocks))
@@ -100,6 +104,22 @@ def replay(run_dir: Path) -> dict[str, Any]:
     policy = str(summary.get("policy") or "least_pending")
     res = simulate(reqs, [EngineSpec(profile, cores)], policy, cfg.policy_seed)
     sim = res.summary()
+    # the same engines given the live run's own choices: the engine model alone, without
+    # the policy deciding differently on slightly different timing
+    placed = simulate(reqs, [EngineSpec(profile, cores)], policy, placement=[r[4] for r in rows])
+    same = placed.summary()
+    agree = float(np.mean(res.engine == np.array([r[4] for r in rows])))
+    spread = []
+    for seed in range(jitter_runs):
+        rng = random.Random(seed)
+        step = int(jitter_ms * 1e6)
+        moved = [
+            dataclasses.replace(r, arrival_ns=max(0, r.arrival_ns + rng.randint(-step, step)))
+            for r in reqs
+        ]
+        moved.sort(key=lambda r: r.arrival_ns)
+        got = simulate(moved, [EngineSpec(profile, cores)], policy, cfg.policy_seed).summary()
+        spread.append(got["ttft_ms"]["p95"])
     live_ttft = np.array([r[3] for r in rows])
     live = {f"p{q}": float(np.percentile(live_ttft, q)) for q in (50, 95, 99)}
     return {
@@ -113,6 +133,13 @@ def replay(run_dir: Path) -> dict[str, Any]:
         "sim_ttft_ms": sim["ttft_ms"],
         "p95_live_over_sim": live["p95"] / sim["ttft_ms"]["p95"],
         "sim_prefix_hit_rate": sim["prefix_hit_rate"],
+        "placement_agreement": agree,
+        "sim_live_placement_ttft_ms": same["ttft_ms"],
+        "p95_live_over_sim_live_placement": live["p95"] / same["ttft_ms"]["p95"],
+        "sim_live_placement_prefix_hit_rate": same["prefix_hit_rate"],
+        "jitter": {"runs": jitter_runs, "ms": jitter_ms, "sim_p95_ms": spread},
+        "live_p95_within_jitter_range": bool(spread) and min(spread) <= live["p95"] <= max(spread),
+        "p95_live_over_jitter_median": live["p95"] / float(np.median(spread)) if spread else None,
     }
 
 

@@ -127,6 +127,7 @@ ENGINE_FLAGS: dict[str, type] = {
     "step_base_us": float,
     "step_per_seq_us": float,
     "prefill_per_token_us": float,
+    "prefix_cache_blocks": int,
 }
 # vLLM engine arguments (AsyncEngineArgs) that the vllm core passes through.
 VLLM_ENGINE_FLAGS: dict[str, type] = {

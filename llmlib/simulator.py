@@ -223,8 +223,10 @@ def simulate(
     policy: str = "least_pending",
     seed: int = 0,
     depth_points: int = 200,
+    placement: Sequence[int] | None = None,
 ) -> SimResult:
-    """Run ``requests`` through the engines, each arrival placed by ``policy``."""
+    """Run ``requests`` through the engines, each arrival placed by ``policy``, or on the
+    engine ``placement`` gives it (a recorded run's own choices)."""
     profiles: list[EngineProfile] = []
     prices: list[float] = []
     for spec in engines:
@@ -239,6 +241,10 @@ def simulate(
     n_eng, n = len(profiles), len(requests)
     models = [make_model(p) for p in profiles]
     chooser = make_policy(policy, n_eng, seed)
+    if placement is not None and (
+        len(placement) != n or any(not 0 <= e < n_eng for e in placement)
+    ):
+        raise ConfigError(f"placement: {n} engine indices below {n_eng} expected")
     pending = [0] * n_eng
     engine = np.zeros(n, dtype=np.int64)
     first = np.zeros(n, dtype=np.int64)
@@ -270,7 +276,7 @@ def simulate(
             w, e = pop(heap)
             if wake[e] == w:
                 run(e, t)
-        e = chooser.assign([req], list(pending))[0]  # type: ignore[list-item]
+        e = chooser.assign([req], list(pending))[0] if placement is None else placement[k]  # type: ignore[list-item]
         engine[k] = e
         models[e].submit(k, t, req.prompt_len, req.output_len, req.blocks)
         pending[e] += 1
