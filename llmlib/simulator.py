@@ -10,7 +10,8 @@ token. Same inputs and seed, same output, to the nanosecond.
 
 Results (``SimResult.summary``): TTFT and TPOT percentiles, goodput (requests per second
 meeting the TTFT and TPOT limits) and goodput per dollar (from each engine's price per
-hour), queue depth over time, and each engine's requests and busy share.
+hour), queue depth over time, each engine's requests (and the busiest over the mean), and the prefix
+cache's hit rate.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def chat_arrivals(
 
 @dataclass
 class SimResult:
-    """Per request: engine, first-token and final times (ns); per engine: busy time."""
+    """Per request: engine, first-token and final times (ns); the engines' names and prices."""
 
     requests: Sequence[SimRequest]
     engine: np.ndarray
