@@ -183,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runner import main_child
 
         return main_child(argv[1])
+    if argv[:1] == ["topology"]:
+        from llmlib.topology import main as topology_main
+
+        return topology_main(argv[1:])
     if argv[:1] == ["launch"]:
         return launch_main(argv[1:])
     if argv[:1] == ["serve"]:
