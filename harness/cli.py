@@ -197,10 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LLMLibError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if argv[:1] in (["compare"], ["evaluate"], ["router"], ["simulate"]):
+    if argv[:1] in (["compare"], ["evaluate"], ["router"], ["simulate"], ["scorecard"]):
         from .compare import main as compare_main
         from .evaluate import main as evaluate_main
         from .router_cli import main as router_main
+        from .scorecard import main as scorecard_main
         from .simulate import main as simulate_main
 
         sub = {
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": evaluate_main,
             "router": router_main,
             "simulate": simulate_main,
+            "scorecard": scorecard_main,
         }
         try:
             return sub[argv[0]](argv[1:])
