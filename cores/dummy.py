@@ -20,7 +20,7 @@ from llmlib.clock import Clock
 from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.engine_model import make_model, profile_from_config
 from llmlib.errors import HealthCheckError
-from llmlib.prefix import token_blocks
+from llmlib.prefix import blocks_of
 from llmlib.registry import register_core
 from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 from llmlib.tokens import pseudo_tokens
@@ -46,7 +46,7 @@ class DummyCore(LLMCore):
         self._live: dict[int, tuple[LLMRequest, np.ndarray, np.ndarray]] = {}
         # sample index -> (tokens, first token, output_len, max_new_tokens, reference)
         self._token_cache: dict[int, tuple[Any, ...]] = {}
-        self._block_cache: dict[int, tuple[Any, tuple[int, ...]]] = {}
+        self._block_cache: dict[int, tuple[Any, tuple[int, ...]]] = {}  # prefix cache
         self._inbox: list[tuple[LLMRequest, int]] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -55,16 +55,6 @@ class DummyCore(LLMCore):
             self._model = make_model(self.profile)
             self._thread = threading.Thread(target=self._run, name=f"dummy-{core_id}", daemon=True)
             self._thread.start()
-
-    def _blocks(self, req: LLMRequest) -> tuple[int, ...]:
-        """The prompt's block hashes for the engine model's prefix cache (once per sample;
-        the token object is the guard)."""
-        hit = self._block_cache.get(req.sample_index)
-        if hit is not None and hit[0] is req.input_tokens:
-            return hit[1]
-        blocks = token_blocks(req.input_tokens)
-        self._block_cache[req.sample_index] = (req.input_tokens, blocks)
-        return blocks
 
     def _answer(self, req: LLMRequest) -> tuple[np.ndarray, np.ndarray]:
         """(output tokens, first-token view) for ``req``: the reference output when the
@@ -186,7 +176,7 @@ class DummyCore(LLMCore):
         for req, arrival in batch:
             tokens, first = self._answer(req)
             live[req.request_id] = (req, tokens, first)
-            blocks = self._blocks(req) if cached else ()
+            blocks = blocks_of(req, self._block_cache) if cached else ()
             model.submit(req.request_id, arrival, len(req.input_tokens), len(tokens), blocks)
         events = model.advance(self.clock.now_ns())
         if not events:

@@ -117,12 +117,13 @@ class CacheAware(TrafficPolicy):
         super().__init__(num_cores, seed)
         self.sent = [BlockSet(self.capacity_blocks) for _ in range(num_cores)]
         self.cache_routed = 0
+        self._blocks: dict[int, tuple[object, tuple[int, ...]]] = {}
 
     def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
         out: list[int] = []
         sent, cores = self.sent, range(self.num_cores)
         for req in requests:
-            blocks = blocks_of(req)
+            blocks = blocks_of(req, self._blocks)
             lo, hi = min(loads), max(loads)
             i = -1
             if blocks and not (hi - lo > self.balance_abs and hi > self.balance_rel * lo):
@@ -151,12 +152,13 @@ class KVAware(TrafficPolicy):
     def __init__(self, num_cores: int, seed: int = 0) -> None:
         super().__init__(num_cores, seed)
         self.sent = [BlockSet(self.capacity_blocks) for _ in range(num_cores)]
+        self._blocks: dict[int, tuple[object, tuple[int, ...]]] = {}
 
     def assign(self, requests: Sequence[LLMRequest], loads: list[int]) -> list[int]:
         out: list[int] = []
         sent, w = self.sent, self.load_weight
         for req in requests:
-            blocks = blocks_of(req)
+            blocks = blocks_of(req, self._blocks)
             n = len(blocks)
             cost = [n - sent[c].matched(blocks) + w * loads[c] for c in range(self.num_cores)]
             i = min(range(self.num_cores), key=cost.__getitem__)

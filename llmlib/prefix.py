@@ -53,13 +53,26 @@ def token_blocks(tokens: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
-def blocks_of(request: Any) -> tuple[int, ...]:
+def blocks_of(
+    request: Any, cache: dict[int, tuple[Any, tuple[int, ...]]] | None = None
+) -> tuple[int, ...]:
     """A request's block hashes: its ``blocks`` when it carries them (the simulator's
-    requests), else computed from its ``input_tokens``."""
+    requests), else computed from its ``input_tokens``; with ``cache``, once per sample
+    (LoadGen issues the same samples again and again; the token object is the guard)."""
     got = getattr(request, "blocks", None)
     if got is not None:
         return got  # type: ignore[no-any-return]
-    return token_blocks(getattr(request, "input_tokens", ()))
+    tokens = getattr(request, "input_tokens", ())
+    if cache is None:
+        return token_blocks(tokens)
+    index = getattr(request, "sample_index", None)
+    hit = cache.get(index) if index is not None else None
+    if hit is not None and hit[0] is tokens:
+        return hit[1]
+    blocks = token_blocks(tokens)
+    if index is not None:
+        cache[index] = (tokens, blocks)
+    return blocks
 
 
 class BlockSet:

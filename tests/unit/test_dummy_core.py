@@ -42,6 +42,21 @@ def test_responses_arrive_at_the_modelled_times(collector):
     assert times[(1, True)] == 1_600_000 + 2 * 1_200_000 + 2 * 1_100_000
 
 
+def test_a_prefix_cache_spares_a_repeated_prompt_s_prefill(collector):
+    c = core(collector, VirtualClock(), engine_flags={**FLAGS, "prefix_cache_blocks": 100})
+    try:
+        c.enqueue([req(1, prompt=100, out=1)])  # 6 full blocks of 16, 4 tokens past them
+        assert collector.wait_for(lambda: len(collector.finals()) == 1)
+        t0 = c.clock.now_ns()
+        c.enqueue([LLMRequest(2, 1, np.ones(100, np.uint32), 64, True, 1, None, t0)])
+        assert collector.wait_for(lambda: len(collector.finals()) == 2)
+    finally:
+        c.close()
+    first = {r.request_id: r.time_ns for r in collector.responses if not r.is_final}
+    assert first[1] == 1_000_000 + 100 * 10_000  # all 100 prompt tokens
+    assert first[2] - t0 == 1_000_000 + 4 * 10_000  # the 96 cached tokens are not redone
+
+
 def test_tokens_are_deterministic_reference_first_and_first_token_is_a_prefix(collector):
     ref = np.array([7, 8, 9, 2], dtype=np.uint32)
     c = core(collector, VirtualClock(), engine_flags=FLAGS, vocab_size=100, seed=3)

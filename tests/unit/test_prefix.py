@@ -90,6 +90,11 @@ def test_cache_aware_keeps_a_conversation_on_its_core_and_balances_otherwise():
     a = live.assign([LLMRequest(1, 0, toks, 8)], [0, 0])[0]
     assert live.assign([LLMRequest(2, 1, np.concatenate([toks, toks]), 8)], [0, 0])[0] == a
     assert blocks_of(LLMRequest(3, 0, toks, 8)) == token_blocks(toks)
+    cache: dict = {}
+    first = blocks_of(LLMRequest(4, 7, toks, 8), cache)
+    assert cache[7][1] is first and blocks_of(LLMRequest(5, 7, toks, 8), cache) is first
+    other = toks[: 2 * BLOCK_TOKENS].copy()  # the same sample index, other tokens: recomputed
+    assert blocks_of(LLMRequest(6, 7, other, 8), cache) == token_blocks(other)
 
 
 def test_kv_aware_weighs_uncached_blocks_against_load():
