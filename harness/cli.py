@@ -98,6 +98,8 @@ def help_text() -> str:
         f"core types: {', '.join(core_names())}",
         f"benchmarks: {', '.join(benchmark_names(FIELDS['config_dir'].default))}",
         f"traffic policies: {', '.join(POLICIES)}",
+        "other commands: serve, launch, compare, evaluate, router, simulate, scorecard, "
+        "topology (each with --help)",
     ]
     return "\n".join(lines)
 

@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m llmlib.topology [--out FILE]``: the probe as JSON."""
     args = list(sys.argv[1:] if argv is None else argv)
     out = None
+    if args[:1] in (["--help"], ["-h"]):
+        print("usage: python -m harness topology [--out FILE]\n\n" + (__doc__ or ""))
+        return 0
     if args[:1] == ["--out"] and len(args) == 2:
         out = Path(args[1])
     elif args and args[0].startswith("--out="):
