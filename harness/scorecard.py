@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from llmlib.errors import ConfigError, LLMLibError
+from llmlib.errors import ConfigError
 
 
 def _imbalance(counts: list[int]) -> float:
@@ -172,25 +171,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max_imbalance", type=float, default=1.5)
     ap.add_argument("--max_error_rate", type=float, default=0.0)
     ap.add_argument("--out", default="build/scorecard", help="a directory")
-    args = ap.parse_args(argv)
-    try:
-        runs = [r for p in args.runs for r in load_runs(Path(p))]
-        base = 0
-        if args.baseline:
-            names = [r["name"] for r in runs]
-            if args.baseline.isdigit() and int(args.baseline) < len(runs):
-                base = int(args.baseline)
-            else:
-                hits = [k for k, n in enumerate(names) if n.startswith(args.baseline)]
-                if not hits:
-                    raise ConfigError(
-                        f"--baseline {args.baseline!r}: no such run; runs: {', '.join(names)}"
-                    )
-                base = hits[0]
-        rows = score(runs, base, args.max_regress, args.max_imbalance, args.max_error_rate)
-    except LLMLibError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = ap.parse_args(argv)  # (errors: harness/cli.py says them, exit 2)
+    runs = [r for p in args.runs for r in load_runs(Path(p))]
+    base = 0
+    if args.baseline:
+        names = [r["name"] for r in runs]
+        if args.baseline.isdigit() and int(args.baseline) < len(runs):
+            base = int(args.baseline)
+        else:
+            hits = [k for k, n in enumerate(names) if n.startswith(args.baseline)]
+            if not hits:
+                raise ConfigError(
+                    f"--baseline {args.baseline!r}: no such run; runs: {', '.join(names)}"
+                )
+            base = hits[0]
+    rows = score(runs, base, args.max_regress, args.max_imbalance, args.max_error_rate)
     print(table(rows))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
