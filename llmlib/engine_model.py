@@ -23,7 +23,7 @@ so the cost is per event, not per token.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, UnknownNameError
+from .prefix import BLOCK_TOKENS, BlockSet
 
 # (time_ns, seq_id, is_final)
 EngineEvent = tuple[int, int, bool]
@@ -115,35 +116,24 @@ def make_model(profile: EngineProfile) -> FixedModel | BatchingModel:
     return FixedModel(profile) if profile.kind == "fixed" else BatchingModel(profile)
 
 
-BLOCK_TOKENS = 16  # tokens per KV block: the unit of prefix reuse (block hashes)
-
-
-class PrefixCache:
+class PrefixCache(BlockSet):
     """An engine's KV prefix cache, by block: an LRU of chained block hashes (a block's hash
     covers every token before it, so a hit on block k means blocks 0..k hit too). Blocks are
     matched and inserted when a request is queued, a simplification: a real engine inserts
     them as its prefill computes them, so two requests queued back to back with a new
     shared prefix both count the second as a hit here."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lru: OrderedDict[int, None] = OrderedDict()
-
     def take(self, blocks: Sequence[int]) -> int:
-        """How many leading ``blocks`` are cached; all of them are then (most recent)."""
+        """How many leading ``blocks`` are cached (up to the first miss); all of them are
+        then (most recent)."""
         if self.capacity <= 0:
             return 0
-        lru, hit = self._lru, 0
+        lru, hit = self._lru, 0  # (the base class's LRU, read directly: a hot loop)
         for b in blocks:
             if b not in lru:
                 break
-            lru.move_to_end(b)
             hit += 1
-        for b in blocks[hit:]:
-            lru[b] = None
-            lru.move_to_end(b)
-        while len(lru) > self.capacity:
-            lru.popitem(last=False)
+        self.add(blocks)
         return hit
 
 

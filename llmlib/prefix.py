@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine_model import BLOCK_TOKENS
+BLOCK_TOKENS = 16  # tokens per KV block: the unit of prefix reuse
 
 _M64 = (1 << 64) - 1
 _K1 = 0x9E3779B97F4A7C15
