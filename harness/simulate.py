@@ -26,9 +26,17 @@ import numpy as np
 from llmlib.config import REPO_ROOT, Config
 from llmlib.engine_model import get_profile, load_profiles, profile_from_config
 from llmlib.errors import ConfigError
-from llmlib.policies import POLICIES, make_policy
+from llmlib.flags import KV_TRANSFER_FLAGS, parse_flag_string
+from llmlib.policies import POLICIES, POLICY_FLAGS, make_policy
 from llmlib.prefix import token_blocks
-from llmlib.simulator import EngineSpec, SimRequest, arrivals, chat_arrivals, simulate
+from llmlib.simulator import (
+    EngineSpec,
+    KVTransfer,
+    SimRequest,
+    arrivals,
+    chat_arrivals,
+    simulate,
+)
 from llmlib.workloads import load_benchmark
 
 from .runner import build_dataset
@@ -156,6 +164,26 @@ def main(argv: list[str]) -> int:
         help=f"one or more of {', '.join(POLICIES)} (default: all)",
     )
     ap.add_argument(
+        "--policy_flags",
+        default="",
+        help="tunables of the policy, key:value,... (e.g. kv_aware's load_weight:2; "
+        "telemetry's ttft_target_ms, tpot_target_ms, migration_gap...)",
+    )
+    ap.add_argument(
+        "--decode_engines",
+        default="",
+        help="disaggregated: the decode pool, profile[:count[:price]],... (--engines is then "
+        "the prefill pool)",
+    )
+    ap.add_argument("--decode_policy", default="least_pending", help="the decode pool's policy")
+    ap.add_argument("--decode_policy_flags", default="", help="its tunables, key:value,...")
+    ap.add_argument(
+        "--kv_transfer",
+        default="base_us:1000,per_token_ns:3300",
+        help="disaggregated: KV cache transfer, base_us:..,per_token_ns:.. per prefill engine's "
+        "link (default: Llama-2-70B FP8's 160 KiB per token over 400 Gb/s, 1 ms set-up)",
+    )
+    ap.add_argument(
         "--arrival",
         default="poisson",
         choices=["poisson", "bursty", "chat"],
@@ -201,8 +229,24 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     engines = parse_engines(args.engines, args.profiles_file)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    flags = parse_flag_string(args.policy_flags, POLICY_FLAGS, "--policy_flags")
+
+    def flags_for(policy: str) -> dict[str, Any]:  # the given keys this policy has
+        return {k: v for k, v in flags.items() if k in POLICIES[policy].tunables}
+
     for p in policies:  # unknown names refused before the workload is built
-        make_policy(p, 1)
+        make_policy(p, 1, flags=flags_for(p))
+    unused = set(flags) - {k for p in policies for k in POLICIES[p].tunables}
+    if unused:
+        raise ConfigError(
+            f"--policy_flags: {', '.join(sorted(unused))} belong to none of {', '.join(policies)}"
+        )
+    decode = parse_engines(args.decode_engines, args.profiles_file) if args.decode_engines else []
+    dflags = parse_flag_string(args.decode_policy_flags, POLICY_FLAGS, "--decode_policy_flags")
+    make_policy(args.decode_policy, 1, flags=dflags)
+    kv = KVTransfer.from_flags(
+        parse_flag_string(args.kv_transfer, KV_TRANSFER_FLAGS, "--kv_transfer")
+    )
     if args.prefix_cache_blocks >= 0:
         engines = [
             dataclasses.replace(
@@ -229,18 +273,23 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(
         "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | goodput rps | "
-        "goodput per $ | prefix hits | busiest / mean | sim s |"
+        "goodput per $ | prefix hits | busiest / mean | migrations | sim s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for policy in policies:
         t0 = time.perf_counter()
-        res = simulate(reqs, engines, policy, args.seed)
+        res = simulate(
+            reqs, engines, policy, args.seed, policy_flags=flags_for(policy),
+            decode_engines=decode, decode_policy=args.decode_policy,
+            decode_policy_flags=dflags, kv_transfer=kv,
+        )  # fmt: skip
         took = time.perf_counter() - t0
         s = res.summary(args.ttft_limit_ms, args.tpot_limit_ms)
         s["workload"] = {k: getattr(args, k) for k in (
             "engines", "arrival", "rate", "requests", "prompt_len", "output_len",
             "length_sigma", "burst_cv", "seed", "systems", "system_len", "turns", "think_s",
-            "prefix_cache_blocks")}  # fmt: skip
+            "prefix_cache_blocks", "policy_flags", "decode_engines", "decode_policy",
+            "decode_policy_flags", "kv_transfer")}  # fmt: skip
         s["simulated_in_s"] = took
         path = out / f"sim-{policy}.json"
         path.write_text(json.dumps(s, indent=1) + "\n")
@@ -250,7 +299,8 @@ def _run(args: argparse.Namespace) -> int:
             f"| {policy} | {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | "
             f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | {s['goodput_rps']:.1f} | "
             f"{'-' if gpd is None else f'{gpd:,.0f}'} | {s['prefix_hit_rate']:.1%} | "
-            f"{s['per_engine']['busiest_over_mean']:.2f} | {took:.2f} |"
+            f"{s['per_engine']['busiest_over_mean']:.2f} | "
+            f"{'-' if s['migrations'] is None else s['migrations']} | {took:.2f} |"
         )
     print(f"summaries: {out}/sim-<policy>.json")
     return 0

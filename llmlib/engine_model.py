@@ -159,6 +159,12 @@ class FixedModel:
         heapq.heappush(self._heap, (first + (max(output_len, 1) - 1) * self.tpot, 1, seq_id))
         self.running += 1
 
+    def submit_decode(self, seq_id: int, arrival_ns: int, tokens: int) -> None:
+        """A sequence prefilled elsewhere (disaggregated serving): ``tokens`` more output
+        tokens, one every ``tpot`` from arrival; only its final is an event."""
+        heapq.heappush(self._heap, (arrival_ns + max(tokens, 1) * self.tpot, 1, seq_id))
+        self.running += 1
+
     def next_wakeup_ns(self) -> int | None:
         return self._heap[0][0] if self._heap else None
 
@@ -172,11 +178,14 @@ class FixedModel:
 
 
 class _Seq:
+    """A queued sequence; ``prompt_left`` 0: prefilled elsewhere, ``n_out`` tokens to
+    decode (disaggregated serving's decode side)."""
+
     __slots__ = ("sid", "arrival", "prompt_left", "n_out")
 
     def __init__(self, sid: int, arrival: int, prompt_len: int, n_out: int) -> None:
         self.sid, self.arrival = sid, arrival
-        self.prompt_left, self.n_out = max(prompt_len, 1), max(n_out, 1)
+        self.prompt_left, self.n_out = max(prompt_len, 0), max(n_out, 1)
 
 
 class _Plan:
@@ -234,6 +243,14 @@ class BatchingModel:
         self.cached_tokens += skip
         self._waiting.append(_Seq(seq_id, arrival, prompt_len - skip, output_len))
 
+    def submit_decode(self, seq_id: int, arrival_ns: int, tokens: int) -> None:
+        """Queue a sequence prefilled elsewhere (disaggregated serving: its KV cache came
+        over): once admitted it decodes ``tokens`` output tokens, one per step, with no
+        prefill and no first-token event; its final is the only event."""
+        arrival = max(arrival_ns, self._last_arrival)
+        self._last_arrival = arrival
+        self._waiting.append(_Seq(seq_id, arrival, 0, tokens))
+
     def next_wakeup_ns(self) -> int | None:
         plan = self._plan()
         return None if plan is None else plan.end
@@ -260,12 +277,16 @@ class BatchingModel:
         room = p.max_batch_size - running
         while admit < len(waiting) and admit < room and waiting[admit].arrival <= start:
             admit += 1
-        decoding = len(self._decode)
+        # admitted sequences prefilled elsewhere decode from this step on
+        joining = sum(1 for i in range(admit) if waiting[i].prompt_left == 0)
+        decoding = len(self._decode) + joining
         budget = p.max_num_tokens - decoding
         chunks: list[tuple[_Seq, int]] = []
         for seq in _chain(self._prefill, waiting, admit):
             if budget <= 0:
                 break
+            if seq.prompt_left == 0:
+                continue
             take = min(seq.prompt_left, budget)
             chunks.append((seq, take))
             budget -= take
@@ -277,7 +298,7 @@ class BatchingModel:
         )
         step_ns = max(step_ns, 1)
         k = 1
-        if not chunks:  # pure decode: jump to the first completion or admissible arrival
+        if not chunks and not joining:  # pure decode: jump to the first completion or arrival
             k = self._decode[0][0] - self.steps
             if waiting and running < p.max_batch_size:
                 gap = waiting[0].arrival - start
@@ -286,7 +307,11 @@ class BatchingModel:
 
     def _apply(self, plan: _Plan, events: list[EngineEvent]) -> None:
         for _ in range(plan.admit):
-            self._prefill.append(self._waiting.popleft())
+            seq = self._waiting.popleft()
+            if seq.prompt_left:
+                self._prefill.append(seq)
+            else:  # its n_out tokens: one in each step from this one
+                heapq.heappush(self._decode, (self.steps + seq.n_out, seq.sid))
         self.now = plan.end
         self.steps += plan.k
         now, step, decode = self.now, self.steps, self._decode

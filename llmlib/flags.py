@@ -129,6 +129,10 @@ ENGINE_FLAGS: dict[str, type] = {
     "prefill_per_token_us": float,
     "prefix_cache_blocks": int,
 }
+# Prefill/decode disaggregation: the pools of a dummy-core run, and the KV transfer between
+# them (llmlib.simulator.KVTransfer; the simulator's --kv_transfer takes the same keys).
+PD_FLAGS: dict[str, type] = {"prefill": int, "decode": int}
+KV_TRANSFER_FLAGS: dict[str, type] = {"base_us": float, "per_token_ns": float}
 # vLLM engine arguments (AsyncEngineArgs) that the vllm core passes through.
 VLLM_ENGINE_FLAGS: dict[str, type] = {
     "model": str,

@@ -10,8 +10,15 @@ token. Same inputs and seed, same output, to the nanosecond.
 
 Results (``SimResult.summary``): TTFT and TPOT percentiles, goodput (requests per second
 meeting the TTFT and TPOT limits) and goodput per dollar (from each engine's price per
-hour), queue depth over time, each engine's requests (and the busiest over the mean), and the prefix
-cache's hit rate.
+hour), queue depth over time, each engine's requests (and the busiest over the mean, per
+pool), the prefix cache's hit rate, and what the policy did (migrations: requests sent away
+from the one engine holding most of their prefix, for the policies that track it).
+
+Shared mode runs every request on one engine. Disaggregated mode (``decode_engines``) has a
+prefill pool and a decode pool: the request prefills in the first (first token), its KV
+cache moves over a per-engine link (``KVTransfer``), and it decodes in the second; each
+pool has its own policy. Policies that read telemetry see each engine's TTFT and TPOT
+moving averages, updated as the simulated answers come (``llmlib.core.Telemetry``).
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .core import Telemetry
 from .engine_model import BLOCK_TOKENS, EngineProfile, make_model
 from .errors import ConfigError
 from .policies import make_policy
@@ -169,6 +177,11 @@ class SimResult:
     depth: list[tuple[int, int]] = field(default_factory=list)  # (time, requests in system)
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens the engines' prefix caches spared
+    decode_engine: np.ndarray | None = None  # disaggregated: where each decoded (-1: none)
+    pools: dict[str, int] = field(default_factory=dict)  # pool -> engines, in engine order
+    policy_stats: dict[str, Any] = field(default_factory=dict)
+    decode_policy: str = ""
+    decode_policy_stats: dict[str, Any] = field(default_factory=dict)
 
     def summary(self, ttft_limit_ms: float = 0.0, tpot_limit_ms: float = 0.0) -> dict[str, Any]:
         arr = np.array([r.arrival_ns for r in self.requests], dtype=np.int64)
@@ -186,6 +199,16 @@ class SimResult:
         goodput = float(good.sum()) / span_s
         per_hour = float(sum(self.prices))
         counts = np.bincount(self.engine, minlength=len(self.engine_names))
+        if self.decode_engine is not None:
+            dec = self.decode_engine[self.decode_engine >= 0]
+            counts = counts + np.bincount(dec, minlength=len(self.engine_names))
+        pools = self.pools or {"shared": len(self.engine_names)}
+        busiest: dict[str, float] = {}
+        at = 0
+        for pool, size in pools.items():
+            c = counts[at : at + size]
+            busiest[pool] = float(c.max() / c.mean()) if c.sum() else 0.0
+            at += size
 
         def pct(x: np.ndarray) -> dict[str, float]:
             if not len(x):
@@ -206,16 +229,61 @@ class SimResult:
             else 0.0,
             "price_per_hour": per_hour,
             "goodput_per_dollar": goodput * 3600.0 / per_hour if per_hour > 0 else None,
+            "pools": pools,
             "per_engine": {
                 "names": self.engine_names,
                 "requests": counts.tolist(),
-                "busiest_over_mean": float(counts.max() / counts.mean()) if counts.sum() else 0.0,
+                "busiest_over_mean": max(busiest.values()),
+                "busiest_over_mean_by_pool": busiest,
             },
+            "migrations": _migrations(self.policy_stats, self.decode_policy_stats),
+            "policy_stats": self.policy_stats,
+            **(
+                {
+                    "decode_policy": self.decode_policy,
+                    "decode_policy_stats": self.decode_policy_stats,
+                }
+                if self.decode_policy
+                else {}
+            ),
             "queue_depth": {
                 "max": max((d for _, d in self.depth), default=0),
                 "over_time": [[t / 1e9, d] for t, d in self.depth],
             },
         }
+
+
+@dataclass(frozen=True)
+class KVTransfer:
+    """Moving a prompt's KV cache from a prefill engine to a decode engine: each prefill
+    engine sends one at a time (its link busy ``per_token_ns`` per prompt token), and the
+    cache lands ``base_ns`` after its last byte leaves (set-up and latency)."""
+
+    base_ns: int = 0
+    per_token_ns: int = 0
+
+    def __post_init__(self) -> None:
+        if self.base_ns < 0 or self.per_token_ns < 0:
+            raise ConfigError("KV transfer: base and per-token times must not be negative")
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, float]) -> KVTransfer:
+        """From a parsed ``base_us:..,per_token_ns:..`` flag string (``KV_TRANSFER_FLAGS``)."""
+        return cls(
+            int(round(flags.get("base_us", 0.0) * 1000)), int(round(flags.get("per_token_ns", 0.0)))
+        )
+
+    def landed_ns(self, done_ns: int, link_free_ns: int, prompt_len: int) -> tuple[int, int]:
+        """(when the link is free again, when the KV cache has landed) for a prompt
+        prefilled at ``done_ns`` on an engine whose link frees at ``link_free_ns``."""
+        free = max(done_ns, link_free_ns) + self.per_token_ns * prompt_len
+        return free, free + self.base_ns
+
+
+def _migrations(*stats: dict[str, Any]) -> int | None:
+    """Requests the policies sent away from their prefix's home (None: no policy counts)."""
+    got = [s["migrations"] for s in stats if "migrations" in s]
+    return sum(got) if got else None
 
 
 def simulate(
@@ -225,9 +293,130 @@ def simulate(
     seed: int = 0,
     depth_points: int = 200,
     placement: Sequence[int] | None = None,
+    policy_flags: Mapping[str, Any] | None = None,
+    decode_engines: Sequence[EngineSpec] = (),
+    decode_policy: str = "least_pending",
+    decode_policy_flags: Mapping[str, Any] | None = None,
+    kv_transfer: KVTransfer | None = None,
 ) -> SimResult:
     """Run ``requests`` through the engines, each arrival placed by ``policy``, or on the
-    engine ``placement`` gives it (a recorded run's own choices)."""
+    engine ``placement`` gives it (a recorded run's own choices).
+
+    With ``decode_engines`` the fleet is disaggregated: ``engines`` is the prefill pool
+    (each request prefills there and yields its first token), then its KV cache moves
+    (``kv_transfer``) to a decode engine chosen by ``decode_policy`` when it lands, which
+    decodes the rest. A one-token answer ends at prefill."""
+    profiles, prices = _fleet(engines)
+    n_pre = len(profiles)
+    if decode_engines:
+        more, more_prices = _fleet(decode_engines)
+        profiles += more
+        prices += more_prices
+    n_eng, n = len(profiles), len(requests)
+    disagg = n_eng > n_pre
+    transfer = kv_transfer or KVTransfer()
+    models = [make_model(p) for p in profiles]
+    tels = [Telemetry() for _ in range(n_eng)]
+    chooser = make_policy(policy, n_pre, seed, policy_flags)
+    chooser.bind(tels[:n_pre])
+    dchooser = None
+    if disagg:
+        dchooser = make_policy(decode_policy, n_eng - n_pre, seed, decode_policy_flags)
+        dchooser.bind(tels[n_pre:])
+    watch = chooser.uses_telemetry or (dchooser is not None and dchooser.uses_telemetry)
+    if placement is not None and (
+        len(placement) != n or any(not 0 <= e < n_pre for e in placement)
+    ):
+        raise ConfigError(f"placement: {n} engine indices below {n_pre} expected")
+    pending = [0] * n_eng
+    engine = np.zeros(n, dtype=np.int64)
+    decode_engine = np.full(n, -1, dtype=np.int64)
+    first = np.zeros(n, dtype=np.int64)
+    final = np.zeros(n, dtype=np.int64)
+    link_free = [0] * n_pre
+    wake: list[int | None] = [None] * n_eng
+    heap: list[tuple[int, int]] = []  # (next step boundary, engine); stale entries skipped
+    handoffs: list[tuple[int, int]] = []  # (KV landed at a decode engine, request)
+    push, pop = heapq.heappush, heapq.heappop
+    in_system = 0
+    every = max(1, n // max(depth_points, 1))
+    depth: list[tuple[int, int]] = []
+
+    def run(e: int, until: int) -> None:
+        nonlocal in_system
+        for t, sid, is_final in models[e].advance(until):
+            if not is_final:
+                first[sid] = t
+                if watch:
+                    tels[e].observe_ttft(t - requests[sid].arrival_ns)
+                continue
+            pending[e] -= 1
+            out = requests[sid].output_len
+            if disagg and e < n_pre and out > 1:  # prefilled: its KV cache moves on
+                link_free[e], landed = transfer.landed_ns(t, link_free[e], requests[sid].prompt_len)
+                push(handoffs, (landed, sid))
+                continue
+            final[sid] = t
+            in_system -= 1
+            if watch and out > 1:
+                tels[e].observe_tpot((t - first[sid]) / (out - 1))
+        schedule(e)
+
+    def schedule(e: int) -> None:
+        w = models[e].next_wakeup_ns()
+        if w is not None and w != wake[e]:
+            push(heap, (w, e))
+        wake[e] = w
+
+    def until(t: float) -> None:
+        """Every engine step and KV landing up to ``t``, in time order."""
+        while True:
+            tw = heap[0][0] if heap else math.inf
+            th = handoffs[0][0] if handoffs else math.inf
+            if min(tw, th) > t or not (heap or handoffs):
+                return
+            if tw <= th:
+                w, e = pop(heap)
+                if wake[e] == w:
+                    wake[e] = None
+                    run(e, w)
+                continue
+            h, sid = pop(handoffs)
+            loads = pending[n_pre:]
+            d = n_pre + dchooser.assign([requests[sid]], loads)[0]  # type: ignore[union-attr,list-item]
+            decode_engine[sid] = d
+            models[d].submit_decode(sid, h, requests[sid].output_len - 1)
+            pending[d] += 1
+            schedule(d)
+
+    for k, req in enumerate(requests):
+        t = req.arrival_ns
+        until(t)
+        e = chooser.assign([req], pending[:n_pre])[0] if placement is None else placement[k]  # type: ignore[list-item]
+        engine[k] = e
+        models[e].submit(k, t, req.prompt_len, 1 if disagg else req.output_len, req.blocks)
+        pending[e] += 1
+        in_system += 1
+        schedule(e)
+        if k % every == 0:
+            depth.append((t, in_system))
+    until(math.inf)
+    if in_system:
+        raise AssertionError(f"simulator: {in_system} requests never finished")
+    names = [f"{p.name}#{i}" for i, p in enumerate(profiles)]
+    res = SimResult(requests, engine, first, final, names, prices, policy, depth)
+    res.decode_engine = decode_engine
+    res.pools = {"prefill": n_pre, "decode": n_eng - n_pre} if disagg else {"shared": n_eng}
+    res.policy_stats = chooser.stats()
+    if dchooser is not None:
+        res.decode_policy = decode_policy
+        res.decode_policy_stats = dchooser.stats()
+    res.prompt_tokens = sum(getattr(m, "prompt_tokens", 0) for m in models)
+    res.cached_tokens = sum(getattr(m, "cached_tokens", 0) for m in models)
+    return res
+
+
+def _fleet(engines: Sequence[EngineSpec]) -> tuple[list[EngineProfile], list[float]]:
     profiles: list[EngineProfile] = []
     prices: list[float] = []
     for spec in engines:
@@ -239,63 +428,4 @@ def simulate(
         prices += [spec.price_per_hour] * spec.count
     if not profiles:
         raise ConfigError("simulate: no engines")
-    n_eng, n = len(profiles), len(requests)
-    models = [make_model(p) for p in profiles]
-    chooser = make_policy(policy, n_eng, seed)
-    if placement is not None and (
-        len(placement) != n or any(not 0 <= e < n_eng for e in placement)
-    ):
-        raise ConfigError(f"placement: {n} engine indices below {n_eng} expected")
-    pending = [0] * n_eng
-    engine = np.zeros(n, dtype=np.int64)
-    first = np.zeros(n, dtype=np.int64)
-    final = np.zeros(n, dtype=np.int64)
-    wake: list[int | None] = [None] * n_eng
-    heap: list[tuple[int, int]] = []  # (next step boundary, engine); stale entries skipped
-    push, pop = heapq.heappush, heapq.heappop
-    in_system = 0
-    every = max(1, n // max(depth_points, 1))
-    depth: list[tuple[int, int]] = []
-
-    def run(e: int, until: int) -> None:
-        nonlocal in_system
-        for t, sid, is_final in models[e].advance(until):
-            if is_final:
-                final[sid] = t
-                pending[e] -= 1
-                in_system -= 1
-            else:
-                first[sid] = t
-        w = models[e].next_wakeup_ns()
-        wake[e] = w
-        if w is not None:
-            push(heap, (w, e))
-
-    for k, req in enumerate(requests):
-        t = req.arrival_ns
-        while heap and heap[0][0] <= t:
-            w, e = pop(heap)
-            if wake[e] == w:
-                run(e, t)
-        e = chooser.assign([req], list(pending))[0] if placement is None else placement[k]  # type: ignore[list-item]
-        engine[k] = e
-        models[e].submit(k, t, req.prompt_len, req.output_len, req.blocks)
-        pending[e] += 1
-        in_system += 1
-        due = models[e].next_wakeup_ns()
-        if due is not None and due != wake[e]:
-            wake[e] = due
-            push(heap, (due, e))
-        if k % every == 0:
-            depth.append((t, in_system))
-    while heap:  # the rest, engine by engine in time order
-        w, e = pop(heap)
-        if wake[e] == w:
-            run(e, w)
-    if in_system:
-        raise AssertionError(f"simulator: {in_system} requests never finished")
-    names = [f"{p.name}#{i}" for i, p in enumerate(profiles)]
-    res = SimResult(requests, engine, first, final, names, prices, policy, depth)
-    res.prompt_tokens = sum(getattr(m, "prompt_tokens", 0) for m in models)
-    res.cached_tokens = sum(getattr(m, "cached_tokens", 0) for m in models)
-    return res
+    return profiles, prices
