@@ -6,10 +6,16 @@ tokens and finals are emitted at the model's times by one engine thread; the ``z
 profile answers at once, in the caller's thread (a RequestBatch with a ResponseBatch), so
 the harness's own overhead can be measured. ``dummy_fail_after`` makes the engine die after
 that many requests, to exercise the failure path (every pending query completes as failed).
+
+Disaggregated serving (``llmlib.pd_server``) runs dummy cores in two roles: ``prefill``
+prefills each request (one step's worth of output) and answers with its final at once, the
+whole answer in it, for the pool to hand on; ``decode`` takes requests prefilled elsewhere
+with the time their KV cache lands (``enqueue_at``) and decodes the rest from then.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +25,7 @@ import numpy as np
 from llmlib.clock import Clock
 from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.engine_model import make_model, profile_from_config
-from llmlib.errors import HealthCheckError
+from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.prefix import blocks_of
 from llmlib.registry import register_core
 from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
@@ -36,9 +42,15 @@ class DummyCore(LLMCore):
         cfg: Any,
         callback: CompletionCallback | None = None,
         clock: Clock | None = None,
+        role: str = "both",
     ) -> None:
         super().__init__(core_id, cfg, callback)
+        if role not in ("both", "prefill", "decode"):
+            raise ValueError(f"dummy core role must be both, prefill or decode, not {role!r}")
+        self.role = role
         self.profile = profile_from_config(cfg)
+        if role != "both" and self.profile.is_zero:
+            raise ConfigError("disaggregated dummy cores need a profile that takes time, not zero")
         self.clock = clock or Clock()
         self._seed, self._vocab = int(cfg.seed), int(cfg.vocab_size)
         self._fail_after = int(getattr(cfg, "dummy_fail_after", -1))
@@ -48,6 +60,8 @@ class DummyCore(LLMCore):
         self._token_cache: dict[int, tuple[Any, ...]] = {}
         self._block_cache: dict[int, tuple[Any, tuple[int, ...]]] = {}  # prefix cache
         self._inbox: list[tuple[LLMRequest, int]] = []
+        self._due: dict[int, int] = {}  # decode role: request id -> when its KV cache lands
+        self._landing: list[tuple[int, int, LLMRequest]] = []  # (lands, request id, request)
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -84,6 +98,13 @@ class DummyCore(LLMCore):
         self._token_cache[req.sample_index] = entry
         return entry
 
+    def enqueue_at(self, requests: Sequence[LLMRequest], ready_ns: int) -> None:
+        """Decode role: requests whose KV cache lands at ``ready_ns`` (perf_counter_ns);
+        they join the engine's batch from then."""
+        for r in requests:
+            self._due[r.request_id] = ready_ns
+        self.enqueue(requests)
+
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if type(requests) is RequestBatch:
             if self._thread is None and not requests.stream and self._fail_after < 0:
@@ -94,8 +115,13 @@ class DummyCore(LLMCore):
             self._answer_now(requests)
             return
         now = self.clock.now_ns()  # the engine has the request from now on
+        if self._due:
+            due = self._due
+            entries = [(r, max(now, due.pop(r.request_id, now))) for r in requests]
+        else:
+            entries = [(r, now) for r in requests]
         with self._cond:
-            self._inbox.extend((r, now) for r in requests)
+            self._inbox.extend(entries)
             self._cond.notify()
 
     def _answer_now(self, requests: Sequence[LLMRequest]) -> None:
@@ -160,6 +186,8 @@ class DummyCore(LLMCore):
                 if self._inbox:
                     break
                 wake = self._model.next_wakeup_ns()
+                if self._landing and (wake is None or self._landing[0][0] < wake):
+                    wake = self._landing[0][0]
                 if wake is not None and wake <= clock.now_ns():
                     break
                 clock.wait(cond, wake)
@@ -173,19 +201,29 @@ class DummyCore(LLMCore):
         if batch:
             self._count(len(batch))
         cached = self.profile.prefix_cache_blocks > 0
+        role = self.role
         for req, arrival in batch:
             tokens, first = self._answer(req)
             live[req.request_id] = (req, tokens, first)
+            if role == "decode":  # joins when its KV cache lands
+                heapq.heappush(self._landing, (arrival, req.request_id, req))
+                continue
             blocks = blocks_of(req, self._block_cache) if cached else ()
-            model.submit(req.request_id, arrival, len(req.input_tokens), len(tokens), blocks)
-        events = model.advance(self.clock.now_ns())
+            n_out = 1 if role == "prefill" else len(tokens)
+            model.submit(req.request_id, arrival, len(req.input_tokens), n_out, blocks)
+        now = self.clock.now_ns()
+        landing = self._landing
+        while landing and landing[0][0] <= now:
+            lands, rid, req = heapq.heappop(landing)
+            model.submit_decode(rid, lands, len(live[rid][1]) - 1)
+        events = model.advance(now)
         if not events:
             return
         t, cid, out = self.clock.now_ns(), self.core_id, []
         for _, rid, final in events:
             if final:
                 out.append(LLMResponse(rid, live.pop(rid)[1], True, t, cid))
-            elif (entry := live[rid])[0].stream:
+            elif (entry := live[rid])[0].stream and role == "both":
                 out.append(LLMResponse(rid, entry[2], False, t, cid))
         self._deliver(out)
 

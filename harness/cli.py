@@ -26,7 +26,7 @@ from llmlib.registry import core_names, get_core_class
 from llmlib.tokenizer import load_tokenizer
 
 from .report import console_table
-from .runner import MODE_DIR, compliance_audit_config
+from .runner import MODE_DIR, check_pools, compliance_audit_config
 
 MODES = {
     "PerformanceOnly": ["PerformanceOnly"],
@@ -108,9 +108,7 @@ def validate(cfg: Config) -> None:
     """Everything that can be checked before a process is started."""
     if cfg.core_type not in core_names():
         raise UnknownNameError("core type", cfg.core_type, core_names())
-    pol = cfg.traffic_distribution_policy
-    if pol and pol not in POLICIES:
-        raise UnknownNameError("traffic distribution policy", pol, POLICIES)
+    check_pools(cfg)  # policy names and flags, disaggregated pools
     for name in ("user_conf", "audit_config"):
         path = getattr(cfg, name)
         if path and not Path(path).is_file():

@@ -21,13 +21,16 @@ from llmlib.compliance import check_test06
 from llmlib.config import Config
 from llmlib.core import LLMCore
 from llmlib.datasets import TEXT_FORMATS, load_dataset
+from llmlib.engine_model import profile_from_config
 from llmlib.errors import ConfigError, LLMLibError
 from llmlib.metrics import RequestLog
+from llmlib.pd_server import PDServer
 from llmlib.policies import DEFAULT_POLICY, make_policy
 from llmlib.registry import get_core_class
 from llmlib.request import LLMRequest
 from llmlib.rules import check_llm_run, official_settings
-from llmlib.server import LLMServer
+from llmlib.server import LLMServer, Pool
+from llmlib.simulator import KVTransfer
 from llmlib.tokenizer import load_tokenizer
 from llmlib.warmup import run_warmup, wait_until_healthy
 from llmlib.workloads import (
@@ -53,6 +56,59 @@ def build_cores(cfg: Config) -> list[LLMCore]:
     cls = get_core_class(cfg.core_type)
     n = cls.num_cores_for_workload(cfg)
     return [cls(i, cls.config_for_core(i, cfg)) for i in range(n)]
+
+
+def build_server(cfg: Config, policy_name: str) -> Pool:
+    """The pool the run issues to: one ``LLMServer`` of the core type's cores, or with
+    ``pd_flags`` a ``PDServer`` of prefill and decode dummy cores."""
+    if not cfg.pd_flags:
+        cores = build_cores(cfg)
+        policy = make_policy(policy_name, len(cores), cfg.policy_seed, cfg.policy_flags)
+        return LLMServer(cores, policy)
+    from cores.dummy import DummyCore
+
+    n_pre, n_dec = int(cfg.pd_flags["prefill"]), int(cfg.pd_flags["decode"])
+    pre = [DummyCore(i, cfg, role="prefill") for i in range(n_pre)]
+    dec = [DummyCore(n_pre + i, cfg, role="decode") for i in range(n_dec)]
+    return PDServer(
+        pre,
+        dec,
+        make_policy(policy_name, n_pre, cfg.policy_seed, cfg.policy_flags),
+        make_policy(cfg.decode_policy, n_dec, cfg.policy_seed, cfg.decode_policy_flags),
+        KVTransfer.from_flags(cfg.kv_transfer),
+    )
+
+
+def pool_summary(server: Pool) -> dict[str, Any]:
+    """What the pool's policies did (migrations...), and a disaggregated run's pools."""
+    out: dict[str, Any] = {"policy_stats": server.policy.stats()}
+    if isinstance(server, PDServer):
+        out["pools"] = {"prefill": len(server.prefill.cores), "decode": len(server.decode)}
+        out["decode_policy_stats"] = server.decode_policy.stats()
+        out["handed_over"] = server.handed_over
+        out["kv_transfer"] = {"base_ns": server.transfer.base_ns,
+                              "per_token_ns": server.transfer.per_token_ns}  # fmt: skip
+    return out
+
+
+def check_pools(cfg: Config) -> None:
+    """The pool settings, before any process starts: policy names and their flags, and
+    disaggregation's needs (the dummy core, both pool sizes)."""
+    make_policy(cfg.traffic_distribution_policy or "least_pending", 1, 0, cfg.policy_flags)
+    if not cfg.pd_flags:
+        return
+    if cfg.core_type != "dummy":
+        raise ConfigError(
+            f"--pd_flags: disaggregated pools run on dummy cores, not {cfg.core_type} (a real "
+            "disaggregated deployment: --core_type=trtllm_disagg at its leader)"
+        )
+    for key in ("prefill", "decode"):
+        if int(cfg.pd_flags.get(key, 0)) < 1:
+            raise ConfigError(f"--pd_flags: give {key}:N with N at least 1 (prefill:2,decode:2)")
+    make_policy(cfg.decode_policy, 1, 0, cfg.decode_policy_flags)
+    KVTransfer.from_flags(cfg.kv_transfer)
+    if profile_from_config(cfg).is_zero:
+        raise ConfigError("--pd_flags: the zero profile answers at once; pick one that takes time")
 
 
 def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
@@ -140,9 +196,9 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     dataset = build_dataset(cfg, spec)
     notes += getattr(dataset, "notes", [])
     stream = cfg.scenario != "offline"
-    cores = build_cores(cfg)
     policy_name = cfg.traffic_distribution_policy or DEFAULT_POLICY[cfg.scenario]
-    server = LLMServer(cores, make_policy(policy_name, len(cores), cfg.policy_seed))
+    server = build_server(cfg, policy_name)
+    cores = server.cores
     try:
         wait_until_healthy(cores, cfg.readiness_timeout_s)
         if run_warmup(server, warmup_requests(dataset, cfg.warmup_queries, stream)):
@@ -182,6 +238,15 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     finally:
         server.close()
     notes += [n for c in cores for n in c.report_notes()]
+    if isinstance(server, PDServer):
+        n_pre = len(server.prefill.cores)
+        notes.append(
+            f"disaggregated: prefill cores 0-{n_pre - 1} ({policy_name}), decode cores "
+            f"{n_pre}-{len(cores) - 1} ({cfg.decode_policy}), KV transfer "
+            f"{server.transfer.base_ns / 1e3:g} us + {server.transfer.per_token_ns:g} ns/token "
+            "per prefill core's link; prefill cores complete only one-token answers (the rest "
+            "go on to decode)"
+        )
     rlog.write_csv(run_dir / "requests.csv", t0)
     detail = parse_detail_log(run_dir / "mlperf_log_detail.txt")
     summary_txt = run_dir / "mlperf_log_summary.txt"
@@ -214,6 +279,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         "core_type": cfg.core_type,
         "num_cores": len(cores),
         "policy": policy_name,
+        **pool_summary(server),
         "mlperf_model": spec.mlperf_model,
         "dataset": dataset.name,
         "samples": len(dataset),

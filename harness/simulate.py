@@ -109,13 +109,26 @@ def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[
         reqs.append(SimRequest(int(issue_ms * 1e6), len(tokens), max(n_tokens, 1), blocks))
     cores = int(summary.get("num_cores") or cfg.num_cores)
     policy = str(summary.get("policy") or "least_pending")
-    res = simulate(reqs, [EngineSpec(profile, cores)], policy, cfg.policy_seed)
+    pools: dict[str, Any] = {"policy_flags": cfg.policy_flags}
+    fleet = [EngineSpec(profile, cores)]
+    if cfg.pd_flags:  # disaggregated: the same pools, policies and KV transfer
+        fleet = [EngineSpec(profile, int(cfg.pd_flags["prefill"]))]
+        pools.update(
+            decode_engines=[EngineSpec(profile, int(cfg.pd_flags["decode"]))],
+            decode_policy=cfg.decode_policy,
+            decode_policy_flags=cfg.decode_policy_flags,
+            kv_transfer=KVTransfer.from_flags(cfg.kv_transfer),
+        )
+    res = simulate(reqs, fleet, policy, cfg.policy_seed, **pools)
     sim = res.summary()
-    # the same engines given the live run's own choices: the engine model alone, without
-    # the policy deciding differently on slightly different timing
-    placed = simulate(reqs, [EngineSpec(profile, cores)], policy, placement=[r[4] for r in rows])
-    same = placed.summary()
-    agree = float(np.mean(res.engine == np.array([r[4] for r in rows])))
+    same: dict[str, Any] | None = None
+    agree = None
+    if not cfg.pd_flags:  # (the log names the core that answered: a decode core there)
+        # the same engines given the live run's own choices: the engine model alone,
+        # without the policy deciding differently on slightly different timing
+        placement = [r[4] for r in rows]
+        same = simulate(reqs, fleet, policy, placement=placement, **pools).summary()
+        agree = float(np.mean(res.engine == np.array(placement)))
     spread = []
     for seed in range(jitter_runs):
         rng = random.Random(seed)
@@ -125,7 +138,7 @@ def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[
             for r in reqs
         ]
         moved.sort(key=lambda r: r.arrival_ns)
-        got = simulate(moved, [EngineSpec(profile, cores)], policy, cfg.policy_seed).summary()
+        got = simulate(moved, fleet, policy, cfg.policy_seed, **pools).summary()
         spread.append(got["ttft_ms"]["p95"])
     live_ttft = np.array([r[3] for r in rows])
     live = {f"p{q}": float(np.percentile(live_ttft, q)) for q in (50, 95, 99)}
@@ -134,6 +147,7 @@ def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[
         "scenario": cfg.scenario,
         "profile": profile.name,
         "engines": cores,
+        "pools": sim["pools"],
         "policy": policy,
         "requests": len(reqs),
         "live_ttft_ms": live,
@@ -141,9 +155,10 @@ def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[
         "p95_live_over_sim": live["p95"] / sim["ttft_ms"]["p95"],
         "sim_prefix_hit_rate": sim["prefix_hit_rate"],
         "placement_agreement": agree,
-        "sim_live_placement_ttft_ms": same["ttft_ms"],
-        "p95_live_over_sim_live_placement": live["p95"] / same["ttft_ms"]["p95"],
-        "sim_live_placement_prefix_hit_rate": same["prefix_hit_rate"],
+        # (None for a disaggregated run)
+        "sim_live_placement_ttft_ms": same and same["ttft_ms"],
+        "p95_live_over_sim_live_placement": same and live["p95"] / same["ttft_ms"]["p95"],
+        "sim_live_placement_prefix_hit_rate": same and same["prefix_hit_rate"],
         "jitter": {"runs": jitter_runs, "ms": jitter_ms, "sim_p95_ms": spread},
         "live_p95_within_jitter_range": bool(spread) and min(spread) <= live["p95"] <= max(spread),
         "p95_live_over_jitter_median": live["p95"] / float(np.median(spread)) if spread else None,

@@ -22,7 +22,7 @@ import numpy as np
 
 from llmlib.metrics import RequestLog
 from llmlib.request import LLMResponse, ResponseBatch
-from llmlib.server import LLMServer
+from llmlib.server import Pool
 from llmlib.workloads import Dataset, RequestBuilder
 
 ISSUE_CHUNK = 1024  # queries per hand-off to the pool when LoadGen issues many at once
@@ -56,7 +56,7 @@ class HarnessSUT:
 
     def __init__(
         self,
-        server: LLMServer,
+        server: Pool,
         dataset: Dataset,
         sink: CompletionSink,
         stream: bool,

@@ -26,6 +26,7 @@ import yaml
 from . import flags as fl
 from .datasets import DATASET_FORMATS
 from .errors import ConfigError, UnknownNameError
+from .policies import POLICY_FLAGS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("offline", "server", "singlestream")
@@ -93,11 +94,48 @@ _FIELD_LIST = [
         "traffic_distribution_policy",
         str,
         "",
-        "round_robin, least_pending, power_of_two, cache_aware or kv_aware "
+        "round_robin, least_pending, power_of_two, cache_aware, kv_aware or telemetry "
         "(empty: least_pending for Server/SingleStream, round_robin for Offline)",
         "run",
     ),
     _f("policy_seed", int, 0, "seed of random traffic policies", "run"),
+    _f(
+        "policy_flags",
+        "flags",
+        {},
+        "the policy's tunables, e.g. load_weight:2 (kv_aware) or ttft_target_ms:500,"
+        "migration_gap:0.5 (telemetry); with pd_flags, the prefill pool's",
+        "run",
+        env="LLMLIB_POLICY_FLAGS",
+        schema=POLICY_FLAGS,
+    ),
+    _f(
+        "pd_flags",
+        "flags",
+        {},
+        "prefill/decode disaggregation of dummy cores, prefill:N,decode:M (empty: one shared "
+        "pool of num_cores)",
+        "run",
+        schema=fl.PD_FLAGS,
+    ),
+    _f("decode_policy", str, "least_pending", "with pd_flags: the decode pool's policy", "run"),
+    _f(
+        "decode_policy_flags",
+        "flags",
+        {},
+        "with pd_flags: the decode pool's policy tunables (its own thresholds)",
+        "run",
+        schema=POLICY_FLAGS,
+    ),
+    _f(
+        "kv_transfer",
+        "flags",
+        {"base_us": 1000.0, "per_token_ns": 3300.0},
+        "with pd_flags: KV cache transfer per prefill core's link, base_us:..,per_token_ns:.. "
+        "(default: Llama-2-70B FP8, 160 KiB per token over 400 Gb/s, 1 ms set-up)",
+        "run",
+        schema=fl.KV_TRANSFER_FLAGS,
+    ),
     _f(
         "system_name",
         str,

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Protocol
 
 from .core import CompletionCallback, LLMCore
 from .policies import TrafficPolicy
 from .request import LLMRequest, RequestBatch
+
+
+class Pool(Protocol):
+    """What the harness needs of a pool: ``LLMServer``, or ``PDServer`` (disaggregated)."""
+
+    cores: list[LLMCore]
+    issued: list[int]
+    policy: TrafficPolicy
+
+    def set_callback(self, callback: CompletionCallback | None) -> None: ...
+    def warmup_mode(self) -> AbstractContextManager[None]: ...
+    def issue(self, requests: Sequence[LLMRequest]) -> None: ...
+    @property
+    def pending(self) -> int: ...
+    def flush(self, timeout_s: float | None = None) -> bool: ...
+    def close(self) -> None: ...
 
 
 class LLMServer:
@@ -18,11 +36,20 @@ class LLMServer:
             raise ValueError("LLMServer needs at least one core")
         self.cores = list(cores)
         self.policy = policy
+        policy.bind([c.telemetry for c in self.cores])  # what telemetry-reading policies see
         self.issued = [0] * len(self.cores)
 
     def set_callback(self, callback: CompletionCallback | None) -> None:
         for c in self.cores:
             c.callback = callback
+
+    @contextmanager
+    def warmup_mode(self) -> Iterator[None]:
+        """Every core in warmup mode: answers are not forwarded."""
+        with ExitStack() as stack:
+            for c in self.cores:
+                stack.enter_context(c.warmup_mode())
+            yield
 
     def issue(self, requests: Sequence[LLMRequest]) -> None:
         """Requests (a list, or a RequestBatch, split per core as a batch) to the cores."""

@@ -7,12 +7,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 
 from .core import LLMCore
 from .errors import HealthCheckError
 from .request import LLMRequest
-from .server import LLMServer
+from .server import Pool
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,13 @@ def wait_until_healthy(
         raise HealthCheckError("; ".join(errors))
 
 
-def run_warmup(server: LLMServer, requests: Sequence[LLMRequest], timeout_s: float = 300.0) -> int:
+def run_warmup(server: Pool, requests: Sequence[LLMRequest], timeout_s: float = 300.0) -> int:
     """Send ``requests`` through the pool with every core in warmup mode; wait for them.
     Returns how many failed (a warning, not an error: the run decides)."""
     if not requests:
         return 0
     failed_before = sum(c.telemetry.failed for c in server.cores)
-    with ExitStack() as stack:
-        for c in server.cores:
-            stack.enter_context(c.warmup_mode())
+    with server.warmup_mode():
         server.issue(requests)
         if not server.flush(timeout_s):
             raise HealthCheckError(f"warmup queries did not finish within {timeout_s:g} s")
