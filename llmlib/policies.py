@@ -311,7 +311,8 @@ class TelemetryPolicy(_PrefixPolicy):
             self._tokens = min(self._tokens + self.migration_rate, self.migration_burst)
             home = _home(matched, n, self.match_threshold) if n else -1
             if home >= 0 and home != best:
-                if score[home] - score[best] > self.migration_gap and self._tokens >= 1.0:
+                # (1e-9: ten tokens of 0.1 add up to 0.999...)
+                if score[home] - score[best] > self.migration_gap and self._tokens >= 1.0 - 1e-9:
                     self._tokens -= 1.0
                 else:
                     i = home

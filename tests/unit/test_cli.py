@@ -36,6 +36,20 @@ from llmlib.config import REPO_ROOT
         (["--dataset_format=csv"], ["'csv'", "mlperf_pickle"]),
         (["--dataset_format=sharegpt"], ["sharegpt dataset is text", "make tiny-model"]),
         (["--tokenizer_path=/nonexistent/tok"], ["no tokenizer.json at /nonexistent/tok"]),
+        (["--policy_flags=load_weigth:2"], ["'load_weigth'", "Did you mean 'load_weight'"]),
+        (
+            ["--traffic_distribution_policy=kv_aware", "--policy_flags=migration_gap:1"],
+            ["kv_aware policy flag 'migration_gap'", "load_weight"],
+        ),
+        (["--pd_flags=prefill:2"], ["--pd_flags: give decode:N"]),
+        (["--pd_flags=prefil:2"], ["'prefil'", "Did you mean 'prefill'"]),
+        (
+            ["--pd_flags=prefill:1,decode:1", "--core_type=trtllm_endpoint"],
+            ["disaggregated pools run on dummy cores", "trtllm_disagg"],
+        ),
+        (["--pd_flags=prefill:1,decode:1", "--engine_profile=zero"], ["zero profile"]),
+        (["--pd_flags=prefill:1,decode:1", "--decode_policy=fast"], ["'fast'", "least_pending"]),
+        (["--kv_transfer=base_ms:1"], ["'base_ms'", "base_us"]),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expect):

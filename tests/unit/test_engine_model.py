@@ -142,3 +142,25 @@ def test_profiles_load_from_yaml_and_zero_answers_at_once(tmp_path):
 def test_overrides_use_unit_suffixes():
     p = P.with_overrides({"ttft_ms": 2, "step_base_us": 3.5, "max_batch_size": 9})
     assert (p.ttft_ns, p.step_base_ns, p.max_batch_size) == (2_000_000, 3500, 9)
+
+
+def test_a_sequence_prefilled_elsewhere_decodes_one_token_per_step_with_no_first_event():
+    m = BatchingModel(P)
+    m.submit_decode(1, 0, 3)  # 3 tokens to decode, no prefill
+    ev = run_all(m)
+    assert firsts(ev) == {}
+    assert finals(ev) == {1: 3 * (1000 + 100)}  # three decode steps of one sequence
+    # joining a running batch: it decodes alongside, and the step grows by one sequence
+    m = BatchingModel(P)
+    m.submit(1, 0, 10, 4)  # prefill 10 tokens (1100 ns), then 3 decode steps
+    m.submit_decode(2, 0, 2)
+    ev = run_all(m)
+    assert firsts(ev) == {1: 1000 + 100 + 10 * 10}  # the joiner decodes in that step too
+    assert finals(ev)[2] == 1200 + (1000 + 200)  # its 2nd token in the next step (2 seqs)
+    assert finals(ev)[1] == 1200 + 1200 + 2 * 1100  # 1's decode steps: 2 seqs, then 1, 1
+
+
+def test_fixed_model_decode_only_is_tokens_times_tpot():
+    m = FixedModel(EngineProfile(kind="fixed", ttft_ns=50, tpot_ns=7))
+    m.submit_decode(4, 100, 3)
+    assert run_all(m) == [(121, 4, True)]

@@ -181,3 +181,102 @@ def test_a_live_dummy_run_replays_in_the_simulator(tmp_path):
     assert 0.0 <= r["placement_agreement"] <= 1.0 and len(r["jitter"]["sim_p95_ms"]) == 6
     p = run_cli(f"--replay={tmp_path}")
     assert p.returncode == 2 and "not a run directory" in p.stderr
+
+
+def test_disaggregated_pools_prefill_then_move_the_kv_cache_then_decode():
+    from llmlib.simulator import KVTransfer
+
+    reqs = [SimRequest(i * 100 * MS, 1000, 11) for i in range(5)] + [SimRequest(600 * MS, 1000, 1)]
+    kv = KVTransfer(base_ns=3 * MS, per_token_ns=2000)  # 2 ms for 1000 tokens, then 3 ms
+    res = simulate(
+        reqs, [EngineSpec(FIXED, 1)], "round_robin",
+        decode_engines=[EngineSpec(FIXED, 2)], kv_transfer=kv,
+    )  # fmt: skip
+    arr = np.array([r.arrival_ns for r in reqs])
+    assert list(res.first_ns - arr) == [20 * MS] * 6  # the prefill engine's TTFT
+    # 10 more tokens at 5 ms each, after the 5 ms transfer
+    assert list((res.final_ns - arr)[:5]) == [(20 + 5 + 50) * MS] * 5
+    assert res.final_ns[5] == res.first_ns[5]  # one token: done at prefill, never decoded
+    assert list(res.decode_engine) == [1, 1, 1, 1, 1, -1]  # least_pending: all idle, lowest
+    s = res.summary()
+    assert s["pools"] == {"prefill": 1, "decode": 2}
+    assert s["per_engine"]["requests"] == [6, 5, 0]
+    assert s["decode_policy"] == "least_pending" and s["migrations"] is None
+    # the link: two prompts prefilled at once queue for it, one after the other
+    two = [SimRequest(0, 1000, 3), SimRequest(0, 1000, 3)]
+    res = simulate(
+        two, [EngineSpec(FIXED, 1)], decode_engines=[EngineSpec(FIXED, 2)], kv_transfer=kv
+    )
+    assert sorted(res.final_ns - res.first_ns) == [(5 + 10) * MS, (7 + 10) * MS]
+    with pytest.raises(ConfigError, match="negative"):
+        KVTransfer(-1, 0)
+
+
+def test_disaggregation_keeps_decode_steps_free_of_prefill():
+    """A long prompt arriving during another's decode: shared, the decode steps carry its
+    prefill chunk; disaggregated they do not (TPOT stays the decode step's)."""
+    reqs = [SimRequest(0, 16, 50), SimRequest(20 * MS, 1024, 2)]
+    shared = simulate(reqs, [EngineSpec(BATCH, 1)])
+    pd = simulate(reqs, [EngineSpec(BATCH, 1)], decode_engines=[EngineSpec(BATCH, 1)])
+    tpot = lambda r: (r.final_ns[0] - r.first_ns[0]) / 49  # noqa: E731
+    # one sequence decoding, 2 ms + 0.1 ms a step (one step with the other's last token)
+    assert 2.1 * MS <= tpot(pd) <= 2.11 * MS
+    assert tpot(shared) > tpot(pd) + 0.1 * MS  # 1024 prefill tokens (10 ms) in one step
+
+
+def test_telemetry_policy_in_the_simulator_reads_the_engines_answers(monkeypatch):
+    import dataclasses
+
+    from llmlib.policies import TelemetryPolicy
+    from llmlib.simulator import chat_arrivals
+
+    slow = dataclasses.replace(
+        BATCH, name="slow", step_base_ns=10 * MS, prefill_per_token_ns=30_000
+    )
+    fleet = [EngineSpec(BATCH, 2), EngineSpec(slow, 2)]
+    reqs = chat_arrivals(3000, 40.0, seed=1, systems=2, system_len=256, think_s=2.0)
+    res = simulate(reqs, fleet, "telemetry")
+    s = res.summary()
+    assert s["migrations"] == s["policy_stats"]["migrations"] > 0
+    assert s["policy_stats"]["cache_routed"] > 0
+    again = simulate(reqs, fleet, "telemetry")
+    assert np.array_equal(res.engine, again.engine)  # deterministic
+    # the same policy with no answers observed (every core's pace 1): it sends the slow
+    # engines more, and the tail is worse
+    monkeypatch.setattr(TelemetryPolicy, "uses_telemetry", False)
+    blind = simulate(reqs, fleet, "telemetry").summary()
+    fast = lambda x: sum(x["per_engine"]["requests"][:2])  # noqa: E731
+    assert fast(s) > fast(blind)
+    assert s["ttft_ms"]["p95"] < blind["ttft_ms"]["p95"]
+
+
+def test_a_live_disaggregated_run_through_loadgen_replays_in_the_simulator(tmp_path):
+    live = subprocess.run(
+        [
+            sys.executable, "-m", "harness", "--benchmarks=tiny", "--scenarios=server",
+            "--core_type=dummy", "--pd_flags=prefill:1,decode:2",
+            "--engine_profile=h100-llama2-70b-interactive", "--server_target_qps=20",
+            "--traffic_distribution_policy=telemetry", "--policy_flags=ttft_target_ms:500",
+            "--decode_policy=telemetry", "--decode_policy_flags=tpot_target_ms:50",
+            "--kv_transfer=base_us:500,per_token_ns:2000", "--min_duration=2000",
+            "--min_query_count=40", "--warmup_queries=4", "--progress=false",
+            f"--log_dir={tmp_path / 'logs'}",
+        ],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert live.returncode == 0, live.stderr[-2000:]
+    run_dir = next((tmp_path / "logs").rglob("requests.csv")).parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    h = summary["harness"]  # (a run this short is INVALID to LoadGen: early stopping)
+    assert h["failed"] == 0 and h["completed"] == h["issued"] >= 40
+    assert summary["pools"] == {"prefill": 1, "decode": 2}
+    assert summary["handed_over"] == summary["harness"]["issued"]  # every answer > 1 token
+    assert summary["kv_transfer"] == {"base_ns": 500_000, "per_token_ns": 2000}
+    assert "migrations" in summary["policy_stats"]
+    assert any("disaggregated: prefill cores 0-0" in n for n in summary["notes"])
+    p = run_cli(f"--replay={run_dir}")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["pools"] == {"prefill": 1, "decode": 2} and r["placement_agreement"] is None
+    assert 0.7 < r["p95_live_over_sim"] < 1.5, r
