@@ -46,7 +46,9 @@ class CoreCapabilities:
 class Telemetry:
     """Live per-core numbers that traffic policies read (EWMA with weight ``alpha``)."""
 
-    __slots__ = ("alpha", "ttft_ewma_ns", "tpot_ewma_ns", "completed", "failed", "tokens")
+    __slots__ = (
+        "alpha", "ttft_ewma_ns", "tpot_ewma_ns", "completed", "failed", "tokens", "observed",
+    )  # fmt: skip
 
     def __init__(self, alpha: float = 0.1) -> None:
         self.alpha = alpha
@@ -55,12 +57,15 @@ class Telemetry:
         self.completed = 0
         self.failed = 0
         self.tokens = 0
+        self.observed = 0  # TTFTs and TPOTs folded in: readers can tell nothing changed
 
     def observe_ttft(self, ns: int) -> None:
+        self.observed += 1
         old = self.ttft_ewma_ns
         self.ttft_ewma_ns = float(ns) if old is None else old + self.alpha * (ns - old)
 
     def observe_tpot(self, ns: float) -> None:
+        self.observed += 1
         old = self.tpot_ewma_ns
         self.tpot_ewma_ns = float(ns) if old is None else old + self.alpha * (ns - old)
 

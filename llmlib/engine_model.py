@@ -201,6 +201,9 @@ class _Plan:
         return self.start + self.k * self.step_ns
 
 
+_STALE = object()
+
+
 class BatchingModel:
     """Continuous batching with chunked prefill; see the module docstring."""
 
@@ -214,6 +217,7 @@ class BatchingModel:
         self._decode: list[tuple[int, int]] = []  # heap of (finish_step, seq_id)
         self._last_arrival = 0
         self.prompt_tokens = self.cached_tokens = 0
+        self._planned: object = _STALE  # the next plan, kept until the state changes
 
     @property
     def running(self) -> int:
@@ -242,6 +246,7 @@ class BatchingModel:
         self.prompt_tokens += prompt_len
         self.cached_tokens += skip
         self._waiting.append(_Seq(seq_id, arrival, prompt_len - skip, output_len))
+        self._planned = _STALE
 
     def submit_decode(self, seq_id: int, arrival_ns: int, tokens: int) -> None:
         """Queue a sequence prefilled elsewhere (disaggregated serving: its KV cache came
@@ -250,6 +255,7 @@ class BatchingModel:
         arrival = max(arrival_ns, self._last_arrival)
         self._last_arrival = arrival
         self._waiting.append(_Seq(seq_id, arrival, 0, tokens))
+        self._planned = _STALE
 
     def next_wakeup_ns(self) -> int | None:
         plan = self._plan()
@@ -261,13 +267,21 @@ class BatchingModel:
             if plan.end > until_ns:
                 if plan.chunks:
                     break
-                plan.k = (until_ns - plan.start) // plan.step_ns
-                if plan.k <= 0:
+                k = (until_ns - plan.start) // plan.step_ns
+                if k <= 0:
                     break
+                plan = _Plan(plan.start, plan.step_ns, k, plan.admit, plan.chunks)
             self._apply(plan, events)
         return events
 
     def _plan(self) -> _Plan | None:
+        """The next step (or pure-decode span) from the state; kept until the state
+        changes (a submit or a step), as the simulator asks for it again and again."""
+        if self._planned is _STALE:
+            self._planned = self._make_plan()
+        return self._planned  # type: ignore[return-value]
+
+    def _make_plan(self) -> _Plan | None:
         p, waiting = self.p, self._waiting
         running = self.running
         if running == 0 and not waiting:
@@ -278,7 +292,7 @@ class BatchingModel:
         while admit < len(waiting) and admit < room and waiting[admit].arrival <= start:
             admit += 1
         # admitted sequences prefilled elsewhere decode from this step on
-        joining = sum(1 for i in range(admit) if waiting[i].prompt_left == 0)
+        joining = sum(1 for i in range(admit) if waiting[i].prompt_left == 0) if admit else 0
         decoding = len(self._decode) + joining
         budget = p.max_num_tokens - decoding
         chunks: list[tuple[_Seq, int]] = []
@@ -306,6 +320,7 @@ class BatchingModel:
         return _Plan(start, step_ns, k, admit, chunks)
 
     def _apply(self, plan: _Plan, events: list[EngineEvent]) -> None:
+        self._planned = _STALE
         for _ in range(plan.admit):
             seq = self._waiting.popleft()
             if seq.prompt_left:

@@ -267,9 +267,22 @@ class TelemetryPolicy(_PrefixPolicy):
         super().__init__(num_cores, seed)
         self._tokens = 0.0
         self.held = 0  # kept at home though a core scored better (gap or budget)
+        self._seen = -1
+        self._pace: tuple[list[float], list[float]] | None = None
+
+    def bind(self, telemetry: Sequence[Telemetry]) -> None:
+        super().bind(telemetry)
+        self._pace = None
 
     def pace(self) -> tuple[list[float], list[float]]:
-        """Each core's pace (its served latency over the pool's mean) and hot penalty."""
+        """Each core's pace (its served latency over the pool's mean) and hot penalty
+        (recomputed only when some core has observed something since)."""
+        seen = sum(t.observed for t in self.telemetry)
+        if seen != self._seen or self._pace is None:
+            self._seen, self._pace = seen, self._compute_pace()
+        return self._pace
+
+    def _compute_pace(self) -> tuple[list[float], list[float]]:
         n = self.num_cores
         served = [0.0] * n
         hot = [0.0] * n
