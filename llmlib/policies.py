@@ -259,7 +259,7 @@ class TelemetryPolicy(_PrefixPolicy):
     hot_penalty = 1.0
     queue_weight = 1.0
     locality_weight = 1.0
-    migration_gap = 0.5
+    migration_gap = 1.0
     migration_rate = 0.1
     migration_burst = 32.0
 
