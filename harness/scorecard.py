@@ -24,6 +24,18 @@ from typing import Any
 from llmlib.errors import ConfigError
 
 
+def _pool_imbalance(per_core: dict[str, Any], pools: dict[str, int] | None) -> float:
+    """The busiest core over its pool's mean, the worst pool (a disaggregated run's pools
+    are the cores in order: prefill first; one pool otherwise)."""
+    issued = [int(per_core[k].get("issued", 0)) for k in sorted(per_core, key=int) if int(k) >= 0]
+    sizes = list((pools or {"shared": len(issued)}).values())
+    out, at = 0.0, 0
+    for n in sizes:
+        out = max(out, _imbalance(issued[at : at + n]))
+        at += n
+    return out
+
+
 def _imbalance(counts: list[int]) -> float:
     mean = sum(counts) / len(counts) if counts else 0.0
     return max(counts) / mean if mean else 0.0
@@ -71,7 +83,7 @@ def load_runs(path: Path) -> list[dict[str, Any]]:
                 "source": "live",
                 "ttft_p95_ms": ttft["p95"] / 1e6 if "p95" in ttft else None,
                 "tpot_p95_ms": tpot["p95"] / 1e6 if "p95" in tpot else None,
-                "imbalance": _imbalance([int(c.get("issued", 0)) for c in per_core.values()]),
+                "imbalance": _pool_imbalance(per_core, d.get("pools")),
                 "issued": int(h.get("issued", 0)),
                 "failed": int(h.get("failed", 0)),
                 "goodput_per_dollar": None,

@@ -275,6 +275,11 @@ def test_a_live_disaggregated_run_through_loadgen_replays_in_the_simulator(tmp_p
     assert summary["kv_transfer"] == {"base_ns": 500_000, "per_token_ns": 2000}
     assert "migrations" in summary["policy_stats"]
     assert any("disaggregated: prefill cores 0-0" in n for n in summary["notes"])
+    from harness.scorecard import load_runs
+
+    # the scorecard weighs each pool on its own: the lone prefill core is not "busiest"
+    (card,) = load_runs(run_dir)
+    assert card["imbalance"] < 1.5 and card["failed"] == 0
     p = run_cli(f"--replay={run_dir}")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
