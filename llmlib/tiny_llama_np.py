@@ -58,17 +58,29 @@ class TinyLlama:
         self.eps = float(cfg.get("rms_norm_eps", 1e-6))
         rope = cfg.get("rope_parameters") or {}
         theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-        self.inv_freq = 1.0 / theta ** (np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim)
+        self.inv_freq = 1.0 / theta ** (
+            np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim
+        )
         self.eos_id = int(cfg.get("eos_token_id", 2))
         self.embed = w["model.embed_tokens.weight"]
         head = w.get("lm_head.weight")
         self.lm_head = self.embed if head is None else head
         self.norm = w["model.norm.weight"]
         self.w = [
-            {k: w[f"model.layers.{i}.{k}.weight"] for k in (
-                "input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
-                "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                "mlp.up_proj", "mlp.down_proj")}  # fmt: skip
+            {
+                k: w[f"model.layers.{i}.{k}.weight"]
+                for k in (
+                    "input_layernorm",
+                    "post_attention_layernorm",
+                    "self_attn.q_proj",
+                    "self_attn.k_proj",
+                    "self_attn.v_proj",
+                    "self_attn.o_proj",
+                    "mlp.gate_proj",
+                    "mlp.up_proj",
+                    "mlp.down_proj",
+                )
+            }  # fmt: skip
             for i in range(self.layers)
         ]
 

@@ -33,7 +33,10 @@ TENSORS_IN = [
     ("beam_width", "TYPE_INT32", "[ 1 ]", True, True),
     ("stop_words_list", "TYPE_INT32", "[ 2, -1 ]", True, False),
 ]
-TENSORS_OUT = [("output_ids", "TYPE_INT32", "[ -1, -1 ]"), ("sequence_length", "TYPE_INT32", "[ -1 ]")]
+TENSORS_OUT = [
+    ("output_ids", "TYPE_INT32", "[ -1, -1 ]"),
+    ("sequence_length", "TYPE_INT32", "[ -1 ]"),
+]
 
 
 def _tensors() -> str:
@@ -42,7 +45,9 @@ def _tensors() -> str:
         extra = "\n    reshape: { shape: [ ] }" if scalar else ""
         extra += "\n    optional: true" if optional else ""
         extra += "\n    allow_ragged_batch: true" if dims.startswith("[ -1") or "-1" in dims else ""
-        parts.append(f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: {dims}{extra}\n  }}')
+        parts.append(
+            f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: {dims}{extra}\n  }}'
+        )
     outs = [
         f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: {d}\n  }}' for n, t, d in TENSORS_OUT
     ]

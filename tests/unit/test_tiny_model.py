@@ -27,3 +27,54 @@ def test_tiny_llama_loads_and_generates_from_the_tokenizer(tmp_path, tiny_tokeni
     b = model.generate(x, max_new_tokens=6, do_sample=False, min_new_tokens=6)
     assert a.tolist() == b.tolist() and a.shape[1] == len(ids) + 6
     assert int(a.max()) < tok.vocab_size
+
+
+def test_the_numpy_tiny_llama_generates_what_transformers_does(tiny_model):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llmlib.tiny_llama_np import TinyLlama
+
+    ref = LlamaForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    mine = TinyLlama(tiny_model)
+    for prompt in ([1, 5, 9, 200, 33], list(range(3, 70)), [1]):
+        with torch.no_grad():
+            out = ref.generate(
+                torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                pad_token_id=0, eos_token_id=None,
+            )  # fmt: skip
+        assert list(mine.generate(prompt, 20)) == out[0, len(prompt) :].tolist(), prompt
+    first = next(mine.generate([1, 5, 9], 1))
+    assert list(mine.generate([1, 5, 9], 20, end_id=first)) == [first]  # stops at end_id
+
+
+def test_triton_model_repositories(tmp_path, tiny_model):
+    from llmlib.errors import ConfigError
+    from llmlib.triton_repo import generate_triton_config
+
+    m = generate_triton_config(tmp_path / "py", "python", "tiny", model_dir=tiny_model,
+                               runtime_flags={"max_batch_size": 16})  # fmt: skip
+    text = (m / "config.pbtxt").read_text()
+    assert 'backend: "python"' in text and "max_batch_size: 16" in text
+    assert "decoupled: true" in text and str(tiny_model.resolve()) in text
+    names = ["input_ids", "input_lengths", "request_output_len", "end_id", "pad_id"]
+    names += ["streaming", "beam_width", "stop_words_list", "output_ids", "sequence_length"]
+    for name in names:
+        assert f'name: "{name}"' in text
+    assert (m / "1" / "model.py").is_file() and (m / "1" / "tiny_llama_np.py").is_file()
+    t = generate_triton_config(
+        tmp_path / "trt", "tensorrtllm", engine_dir="/engines/llama",
+        build_flags={"max_batch_size": 256, "max_num_tokens": 8192},
+        runtime_flags={"enable_kv_cache_reuse": True, "kvcache_free_gpu_mem_frac": 0.95},
+    )  # fmt: skip
+    text = (t / "config.pbtxt").read_text()
+    assert 'backend: "tensorrtllm"' in text and "max_batch_size: 256" in text
+    assert '"/engines/llama"' in text and "inflight_fused_batching" in text
+    assert 'key: "enable_kv_cache_reuse"\n  value: { string_value: "true" }' in text
+    assert 'string_value: "0.95"' in text
+    with pytest.raises(ConfigError, match="make tiny-model"):
+        generate_triton_config(tmp_path / "x", "python", model_dir=tmp_path)
+    with pytest.raises(ConfigError, match="engine directory"):
+        generate_triton_config(tmp_path / "x", "tensorrtllm")
+    with pytest.raises(ConfigError, match="python or tensorrtllm"):
+        generate_triton_config(tmp_path / "x", "onnx")
