@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: triton run_triton_server bench-router router-corpus bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: triton run_triton_server bench-triton bench-router router-corpus bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ triton: $(STAMP)
 # make run_triton_server RUN_ARGS="--server_model=build/tiny-model --server_port=8000"
 run_triton_server: triton
 	$(PY) -m harness launch --launch_server=triton $(RUN_ARGS)
+
+# the triton_grpc core against a real Triton server, next to a plain tritonclient loop
+bench-triton: triton
+	$(PY) -m harness.bench_triton $(RUN_ARGS)
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)
