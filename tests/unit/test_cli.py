@@ -50,6 +50,12 @@ from llmlib.config import REPO_ROOT
         (["--pd_flags=prefill:1,decode:1", "--engine_profile=zero"], ["zero profile"]),
         (["--pd_flags=prefill:1,decode:1", "--decode_policy=fast"], ["'fast'", "least_pending"]),
         (["--kv_transfer=base_ms:1"], ["'base_ms'", "base_us"]),
+        (["--core_type=triton_grpc"], ["needs --triton_server_urls", "--launch_server=triton"]),
+        (
+            ["--core_type=triton_grpc", "--triton_server_urls=http://x"],
+            ["'http://x' is not host:port"],
+        ),
+        (["--launch_server=triton"], ["--launch_server=triton runs with --core_type=triton_grpc"]),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expect):
