@@ -34,6 +34,20 @@ def prompts(n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(3, 2048, int(rng.integers(16, 128)), dtype=np.int32) for _ in range(n)]
 
 
+def _closed_loop(
+    issue: Any, conc: int, seconds: float, done: list[int], ttft: list[float]
+) -> dict[str, Any]:
+    """Start ``conc`` requests (each answer issues the next), wait ``seconds``; the rate and
+    TTFT percentiles."""
+    t0 = time.perf_counter()
+    for _ in range(conc):
+        issue()
+    time.sleep(seconds)
+    took = time.perf_counter() - t0
+    return {"rps": done[0] / took, "ttft_p50_ms": float(np.median(ttft)),
+            "ttft_p95_ms": float(np.percentile(ttft, 95))}  # fmt: skip
+
+
 def peer(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float) -> dict[str, Any]:
     """A plain tritonclient loop: ``conc`` requests in flight, each answer sends the next."""
     import tritonclient.grpc as g
@@ -83,16 +97,11 @@ def peer(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float
                 submit()
 
     client.start_stream(callback=cb)
-    t0 = time.perf_counter()
-    for _ in range(conc):
-        submit()
-    time.sleep(seconds)
-    took = time.perf_counter() - t0
-    n = done[0]
-    client.stop_stream(cancel_requests=True)
-    client.close()
-    return {"rps": n / took, "ttft_p50_ms": float(np.median(ttft)),
-            "ttft_p95_ms": float(np.percentile(ttft, 95))}  # fmt: skip
+    try:
+        return _closed_loop(submit, conc, seconds, done, ttft)
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
 
 
 def core(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float,
@@ -130,16 +139,11 @@ def core(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float
                 issue()
 
     c = TritonGrpcCore(0, cfg, callback)
-    c.run_health_check()
-    t0 = time.perf_counter()
-    for _ in range(conc):
-        issue()
-    time.sleep(seconds)
-    took = time.perf_counter() - t0
-    n = done[0]
-    c.close()
-    return {"rps": n / took, "ttft_p50_ms": float(np.median(ttft)),
-            "ttft_p95_ms": float(np.percentile(ttft, 95))}  # fmt: skip
+    try:
+        c.run_health_check()
+        return _closed_loop(issue, conc, seconds, done, ttft)
+    finally:
+        c.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,8 @@ def pool_summary(server: Pool) -> dict[str, Any]:
 def check_pools(cfg: Config) -> None:
     """The pool settings, before any process starts: policy names and their flags, and
     disaggregation's needs (the dummy core, both pool sizes)."""
-    make_policy(cfg.traffic_distribution_policy or "least_pending", 1, 0, cfg.policy_flags)
+    name = cfg.traffic_distribution_policy or DEFAULT_POLICY[cfg.scenario]
+    make_policy(name, 1, 0, cfg.policy_flags)
     if not cfg.pd_flags:
         return
     if cfg.core_type != "dummy":

@@ -114,17 +114,14 @@ class PDServer:
                 req = self._reqs.get(r.request_id)
                 if not r.is_final or req is None:
                     continue
-                if r.error is not None or len(r.output_tokens) <= 1:
+                p = r.core_id
+                if r.error is None and req.stream:  # prefilled: the first token goes out
+                    out.append(LLMResponse(r.request_id, r.output_tokens[:1], False, r.time_ns, p))
+                if r.error is not None or len(r.output_tokens) <= 1:  # nothing to decode
                     del self._reqs[r.request_id]
-                    if r.error is None and req.stream:  # its one token is also its first
-                        rid, t, cid = r.request_id, r.time_ns, r.core_id
-                        out.append(LLMResponse(rid, r.output_tokens, False, t, cid))
                     out.append(r)
                     continue
-                p = r.core_id
                 self.cores[p].telemetry.observe_ttft(r.time_ns - req.issue_ns)
-                if req.stream:
-                    out.append(LLMResponse(r.request_id, r.output_tokens[:1], False, r.time_ns, p))
                 self._first_ns[r.request_id] = r.time_ns
                 self._link_free[p], landed = self.transfer.landed_ns(
                     r.time_ns, self._link_free[p], len(req.input_tokens)

@@ -153,13 +153,19 @@ class _PrefixPolicy(TrafficPolicy):
         self.cache_routed = 0  # sent to their home
         self.migrations = 0  # sent away from their home
 
-    def _count(self, matched: list[int], n_blocks: int, chosen: int) -> None:
-        home = _home(matched, n_blocks, self.match_threshold)
-        if home >= 0:
-            if home == chosen:
-                self.cache_routed += 1
-            else:
-                self.migrations += 1
+    def _place(self, i: int, blocks: tuple[int, ...], matched: list[int], loads: list[int]) -> int:
+        """Book request blocks on core ``i`` (counted as routed home or migrated when they
+        have a home) and return ``i``."""
+        if blocks:
+            home = _home(matched, len(blocks), self.match_threshold)
+            if home >= 0:
+                if home == i:
+                    self.cache_routed += 1
+                else:
+                    self.migrations += 1
+        loads[i] += 1
+        self.sent[i].add(blocks)
+        return i
 
     def stats(self) -> dict[str, Any]:
         return {"cache_routed": self.cache_routed, "migrations": self.migrations}
@@ -195,11 +201,7 @@ class CacheAware(_PrefixPolicy):
                         i = best
             if i < 0:
                 i = _fewest(loads)
-            if matched:
-                self._count(matched, len(blocks), i)
-            loads[i] += 1
-            sent[i].add(blocks)
-            out.append(i)
+            out.append(self._place(i, blocks, matched, loads))
         return out
 
 
@@ -221,11 +223,7 @@ class KVAware(_PrefixPolicy):
             matched = [s.matched(blocks) for s in sent]
             cost = [n - matched[c] + w * loads[c] for c in cores]
             i = min(cores, key=cost.__getitem__)
-            if n:
-                self._count(matched, n, i)
-            loads[i] += 1
-            sent[i].add(blocks)
-            out.append(i)
+            out.append(self._place(i, blocks, matched, loads))
         return out
 
 
@@ -330,11 +328,7 @@ class TelemetryPolicy(_PrefixPolicy):
                 else:
                     i = home
                     self.held += 1
-            if n:
-                self._count(matched, n, i)
-            loads[i] += 1
-            sent[i].add(blocks)
-            out.append(i)
+            out.append(self._place(i, blocks, matched, loads))
         return out
 
     def stats(self) -> dict[str, Any]:
