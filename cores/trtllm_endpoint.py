@@ -29,9 +29,6 @@ tokens: the request completes as failed with the reason, and the report counts i
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing as mp
-import queue
 import threading
 import time
 from collections import Counter
@@ -43,6 +40,7 @@ import numpy as np
 from llmlib.async_core import AsyncLoopCore
 from llmlib.core import CoreCapabilities
 from llmlib.errors import ConfigError
+from llmlib.procpool import WorkerPool
 from llmlib.request import LLMRequest, LLMResponse
 
 from .endpoint_client import EndpointClient
@@ -86,8 +84,7 @@ class EndpointCore(AsyncLoopCore):
         self.url, self.path = self.client.url, self.client.path
         self.token_source: Counter[str] = Counter()
         self.n_workers = int(cfg.workers_per_core)
-        self._workers: list[Any] = []
-        self._closing_workers = False
+        self._pool: WorkerPool | None = None
         super().__init__(core_id, cfg, callback, concurrency=limit)
 
     @property
@@ -109,7 +106,7 @@ class EndpointCore(AsyncLoopCore):
 
     def _health_check_impl(self) -> None:
         super()._health_check_impl()
-        if self.n_workers and not self._workers:  # started once the model name is known
+        if self.n_workers and self._pool is None:  # started once the model name is known
             self._start_workers()
 
     # --- in process -----------------------------------------------------------------------
@@ -127,28 +124,18 @@ class EndpointCore(AsyncLoopCore):
 
     # --- worker processes -----------------------------------------------------------------
     def _start_workers(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._out: Any = ctx.Queue()
         share = max(1, self.client.limit // self.n_workers)
-        for i in range(self.n_workers):
-            inq = ctx.Queue()
-            settings = dict(self.settings, limit=share)
-            p = ctx.Process(
-                target=worker_main, args=(settings, inq, self._out), name=f"endpoint-{i}"
-            )
-            p.daemon = True
-            p.start()
-            self._workers.append((p, inq))
+        settings = [dict(self.settings, limit=share) for _ in range(self.n_workers)]
         self._next = 0
-        self._reader = threading.Thread(target=self._read, name=f"endpoint-{self.core_id}-rx")
-        self._reader.daemon = True
-        self._reader.start()
+        self._pool = WorkerPool(
+            f"endpoint-{self.core_id}", worker_main, settings, self._on_batch, self._fail
+        )
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if not self.n_workers:
             super()._enqueue_impl(requests)
             return
-        if not self._workers:
+        if self._pool is None:
             self._start_workers()
         items = [
             (
@@ -163,44 +150,25 @@ class EndpointCore(AsyncLoopCore):
         for k in range(n):  # round robin, one batch per worker
             part = items[(k - self._next) % n :: n]
             if part:
-                self._workers[k][1].put(part)
+                self._pool.put(k, part)
         self._next = (self._next + len(items)) % n
 
-    def _read(self) -> None:
+    def _on_batch(self, batch: list[Any]) -> None:
         cid = self.core_id
-        while True:
-            try:
-                batch = self._out.get(timeout=0.5)
-            except queue.Empty:
-                dead = [p for p, _ in self._workers if not p.is_alive()]
-                if dead and self.alive and not self._closing_workers:
-                    self._fail(f"worker process {dead[0].name} exited (code {dead[0].exitcode})")
+        out = []
+        for rid, data, final, t, err, source in batch:
+            ids = np.frombuffer(data, dtype=np.uint32)
+            if err is not None:
+                out.append(LLMResponse(rid, ids, True, t, cid, err))
                 continue
-            if batch is None:
-                return
-            out = []
-            for rid, data, final, t, err, source in batch:
-                ids = np.frombuffer(data, dtype=np.uint32)
-                if err is not None:
-                    out.append(LLMResponse(rid, ids, True, t, cid, err))
-                    continue
-                if final:
-                    self.token_source[source] += 1
-                out.append(LLMResponse(rid, ids, final, t, cid))
-            self._deliver(out)
+            if final:
+                self.token_source[source] += 1
+            out.append(LLMResponse(rid, ids, final, t, cid))
+        self._deliver(out)
 
     def _close_impl(self) -> None:
-        if self._workers:
-            self._closing_workers = True
-            for _, inq in self._workers:
-                with contextlib.suppress(Exception):
-                    inq.put(None)
-            for p, _ in self._workers:
-                p.join(10)
-                if p.is_alive():
-                    p.kill()
-            self._out.put(None)
-            self._reader.join(10)
+        if self._pool is not None:
+            self._pool.close()
         super()._close_impl()
 
     def report_notes(self) -> list[str]:

@@ -411,9 +411,17 @@ _FIELD_LIST = [
         "triton_num_clients_per_server",
         int,
         1,
-        "gRPC clients (each with its own stream) per server",
+        "gRPC clients per server, each with its own stream, each in its own process "
+        "(unless --triton_clients_in_process)",
         "triton",
         minimum=1,
+    ),
+    _f(
+        "triton_clients_in_process",
+        bool,
+        False,
+        "run the clients in the harness's process (threads) rather than one process each",
+        "triton",
     ),
     _f(
         "triton_num_models_per_server",
@@ -423,7 +431,13 @@ _FIELD_LIST = [
         "triton",
         minimum=1,
     ),
-    _f("triton_end_id", int, -1, "end_id (and pad_id) sent with requests (-1: none)", "triton"),
+    _f(
+        "triton_end_id",
+        str,
+        "auto",
+        "end_id (and pad_id) sent with requests: auto (the benchmark's EOS id), none, or an id",
+        "triton",
+    ),
     _f("server_model", str, "", "model the launched server serves (path or name)", "launch"),
     _f("server_port", int, 0, "port of the launched server (0: a free one)", "launch", minimum=0),
     _f("server_args", str, "", "more arguments for the launched server, verbatim", "launch"),

@@ -1,21 +1,27 @@
 """The triton_grpc core against a real Triton Inference Server (2.51, from nvidia-pytriton,
 made runnable by ``make triton``) serving the project's tiny Llama in a Python-backend
 model with the TensorRT-LLM backend's tensor interface: Offline and Server through LoadGen,
-the tokens LoadGen got against the model's own, several clients and models per server, and
-a server killed mid-run."""
+the tokens LoadGen got against the model's own, several client processes and models per
+server, a server killed mid-run; and the core alone against one server: a request's error
+fails it alone, a client process killed fails the core, close cancels, end_id."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
+from cores.triton_grpc import TritonGrpcCore
 from llmlib.accuracy import read_accuracy_log
-from llmlib.config import REPO_ROOT
+from llmlib.config import REPO_ROOT, resolve
+from llmlib.errors import ConfigError
 from llmlib.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.request import LLMRequest
 from llmlib.tiny_llama_np import TinyLlama
 from llmlib.triton_repo import generate_triton_config
 from llmlib.triton_setup import TritonHome
@@ -31,7 +37,7 @@ pytestmark = [
         reason="Triton is not prepared (make triton)",
     ),
 ]
-TINY = ["--vocab_size=2048", "--triton_end_id=-1", "--sample_count=24", "--warmup_queries=2"]
+TINY = ["--vocab_size=2048", "--sample_count=24", "--warmup_queries=2"]
 
 
 def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tiny_model):
@@ -53,7 +59,10 @@ def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tin
     spec = load_benchmark(REPO_ROOT / "configs", "tiny")
     ds = SyntheticDataset(spec, 0, 2048, 24)
     model = TinyLlama(tiny_model)
-    want = {i: list(model.generate(ds.input_tokens(i), spec.max_new_tokens)) for i in range(24)}
+    want = {
+        i: list(model.generate(ds.input_tokens(i), spec.max_new_tokens, spec.eos_id))
+        for i in range(24)
+    }
     for scenario in ("offline", "server"):
         s, run_dir = runs[(scenario, "accuracy")]
         h = s["harness"]
@@ -67,6 +76,7 @@ def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tin
     log = next((tmp_path / "logs").glob("*/server.log")).read_text()
     assert "tritonserver" in log.splitlines()[0]
     assert "tensorrt_llm_0" in log and "tensorrt_llm_1" in log  # two models loaded
+    assert any("3 gRPC stream clients, each in its own process" in n for n in s["notes"]), s
 
 
 def test_a_server_killed_mid_run_fails_every_query_and_the_run_ends(tmp_path, tiny_model):
@@ -80,7 +90,7 @@ def test_a_server_killed_mid_run_fails_every_query_and_the_run_ends(tmp_path, ti
             [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}",
              "--core_type=triton_grpc", f"--triton_server_urls=127.0.0.1:{spec.grpc_port}",
              "--scenarios=server", "--server_target_qps=20", "--min_duration=20000",
-             "--progress=false", *TINY],
+             "--triton_clients_in_process=true", "--progress=false", *TINY],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         time.sleep(8)  # start-up, warmup, then queries in flight
@@ -92,3 +102,114 @@ def test_a_server_killed_mid_run_fails_every_query_and_the_run_ends(tmp_path, ti
     assert h["failed"] > 0 and h["completed"] + h["failed"] == h["issued"], h
     assert summary["validity"] == "INVALID"
     assert any("triton 127.0.0.1" in r or "failed" in r for r in summary["reasons"]), summary
+
+
+# --- the core alone, against one server -------------------------------------------------------
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("triton")
+    generate_triton_config(tmp / "repo", "python", model_dir=tiny_model)
+    spec = ServerSpec("triton", str(tmp / "repo"), port=free_port(), grpc_port=free_port(),
+                      metrics_port=free_port())  # fmt: skip
+    with LaunchedServer(spec, tmp / "server.log"):
+        yield f"127.0.0.1:{spec.grpc_port}"
+
+
+class Done:
+    """A core's callback: the final responses by request id, and a wait for them."""
+
+    def __init__(self):
+        self.final, self.first, self.cv = {}, {}, threading.Condition()
+
+    def __call__(self, responses):
+        with self.cv:
+            for r in responses:
+                (self.final if r.is_final else self.first)[r.request_id] = r
+            self.cv.notify_all()
+
+    def wait(self, n, timeout=60.0):
+        with self.cv:
+            assert self.cv.wait_for(lambda: len(self.final) >= n, timeout), self.final
+
+
+def core_for(url, done, **flags):
+    cfg = resolve({}, benchmark="tiny", scenario="server", env={})
+    cfg = cfg.replace(core_type="triton_grpc", triton_server_urls=[url], **flags)
+    return TritonGrpcCore(0, cfg, done)
+
+
+def req(rid, prompt, max_new=6, stream=True):
+    tokens = np.asarray(prompt, np.int32)
+    return LLMRequest(rid, rid, tokens, max_new, stream, issue_ns=time.perf_counter_ns())
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_a_request_s_error_fails_it_alone(server_url, tiny_model, in_process):
+    done = Done()
+    core = core_for(server_url, done, triton_num_clients_per_server=2,
+                    triton_clients_in_process=in_process, triton_end_id="none")  # fmt: skip
+    try:
+        core.run_health_check()
+        prompts = [[5, 6, 7], [9, 10, 11, 12], [100, 200]]
+        core.enqueue([req(0, prompts[0]), req(1, prompts[1], max_new=0), req(2, prompts[2])])
+        done.wait(3)
+    finally:
+        core.close()
+    assert "request_output_len must be at least 1" in done.final[1].error
+    model = TinyLlama(tiny_model)
+    for rid in (0, 2):
+        assert done.final[rid].error is None
+        want = list(model.generate(np.asarray(prompts[rid]), 6))
+        assert done.final[rid].output_tokens.tolist() == want
+        assert done.first[rid].output_tokens.tolist() == want[:1]  # streamed first token
+    assert core.alive
+
+
+def test_a_client_process_killed_fails_the_core_and_every_pending_query(server_url):
+    done = Done()
+    core = core_for(server_url, done, triton_num_clients_per_server=2)
+    try:
+        core.enqueue([req(i, [3 + i, 40, 41], max_new=400) for i in range(6)])
+        time.sleep(1.0)
+        assert core._pool is not None
+        core._pool.workers[1][0].kill()
+        done.wait(6, timeout=30)
+    finally:
+        core.close()
+    assert not core.alive
+    failed = [r for r in done.final.values() if r.error]
+    assert failed and all("worker process triton-0-1 exited" in r.error for r in failed)
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_close_cancels_what_is_in_flight(server_url, in_process):
+    done = Done()
+    core = core_for(server_url, done, triton_clients_in_process=in_process)
+    core.enqueue([req(i, [7, 8, 9 + i], max_new=1000) for i in range(4)])
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    core.close()
+    assert time.perf_counter() - t0 < 15
+    assert len(done.final) == 4 and all(r.error for r in done.final.values())
+
+
+def test_end_id_stops_the_answer_and_defaults_to_the_benchmark_eos(server_url, tiny_model):
+    prompt = [11, 12, 13, 14]
+    want = list(TinyLlama(tiny_model).generate(np.asarray(prompt), 6))
+    stop_at = want[2]  # the third token as end_id: the answer ends there, end_id included
+    cut = want[: want.index(stop_at) + 1]
+    for flag, expect in ((str(stop_at), cut), ("none", want)):
+        done = Done()
+        core = core_for(server_url, done, triton_clients_in_process=True, triton_end_id=flag)
+        try:
+            core.enqueue([req(0, prompt, stream=False)])
+            done.wait(1)
+        finally:
+            core.close()
+        assert done.final[0].output_tokens.tolist() == expect, flag
+        assert 0 not in done.first  # not streamed: no first-token response
+    core = core_for(server_url, Done(), triton_clients_in_process=True)
+    core.close()
+    assert core.end_id == load_benchmark(REPO_ROOT / "configs", "tiny").eos_id == 2
+    with pytest.raises(ConfigError, match="auto .*none, or a token id"):
+        core_for(server_url, Done(), triton_end_id="eos")

@@ -1,0 +1,120 @@
+"""Client worker processes for a core: N spawned processes, each fed batches through its
+own queue, all answering in batches into one queue that a reader thread drains.
+
+Cores use it so one Python process's GIL is not the client's ceiling (``trtllm_endpoint``'s
+``workers_per_core``, ``triton_grpc``'s clients per server). A worker is
+``target(settings, inq, outq)``: it reads batches from ``inq`` until ``None``, and puts
+lists of answers on ``outq``. The reader hands every list to ``on_batch``; a worker that
+exits while the pool is open is reported once to ``on_death`` (the core then fails what it
+has pending: nothing issued is left waiting on a process that is gone).
+Timestamps taken in a worker with ``time.perf_counter_ns`` compare with the parent's: on
+Linux it is the system's monotonic clock, the same in every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+WorkerTarget = Callable[[Any, Any, Any], None]
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        name: str,
+        target: WorkerTarget,
+        settings: Sequence[Any],
+        on_batch: Callable[[list[Any]], None],
+        on_death: Callable[[str], None],
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self._out: Any = ctx.Queue()
+        self._on_batch, self._on_death = on_batch, on_death
+        self._closing = False
+        self.workers: list[tuple[Any, Any]] = []
+        for i, s in enumerate(settings):
+            inq = ctx.Queue()
+            p = ctx.Process(target=target, args=(s, inq, self._out), name=f"{name}-{i}")
+            p.daemon = True
+            p.start()
+            self.workers.append((p, inq))
+        self._reader = threading.Thread(target=self._read, name=f"{name}-rx", daemon=True)
+        self._reader.start()
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def put(self, k: int, batch: list[Any]) -> None:
+        self.workers[k][1].put(batch)
+
+    def _read(self) -> None:
+        reported = False
+        while True:
+            try:
+                batch = self._out.get(timeout=0.5)
+            except queue.Empty:
+                dead = [p for p, _ in self.workers if not p.is_alive()]
+                if dead and not self._closing and not reported:
+                    reported = True
+                    p = dead[0]
+                    self._on_death(f"worker process {p.name} exited (code {p.exitcode})")
+                continue
+            if batch is None:
+                return
+            self._on_batch(batch)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Ask every worker to stop (``None``), wait, kill stragglers, stop the reader."""
+        self._closing = True
+        for _, inq in self.workers:
+            with contextlib.suppress(Exception):
+                inq.put(None)
+        for p, _ in self.workers:
+            p.join(timeout_s)
+            if p.is_alive():
+                p.kill()
+        self._out.put(None)
+        self._reader.join(timeout_s)
+
+
+class Outbox:
+    """A worker's answers, sent in batches from any thread: ``emit`` appends, a flusher
+    thread puts everything gathered since its last put as one list on ``outq``."""
+
+    def __init__(self, outq: Any) -> None:
+        self._outq = outq
+        self._items: list[Any] = []
+        self._cv = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._flush, name="outbox", daemon=True)
+        self._thread.start()
+
+    def emit(self, items: list[Any]) -> None:
+        with self._cv:
+            self._items.extend(items)
+            self._cv.notify()
+
+    def _flush(self) -> None:
+        while True:
+            with self._cv:
+                while not self._items and not self._done:
+                    self._cv.wait()
+                items, self._items = self._items, []
+                done = self._done
+            if items:
+                self._outq.put(items)
+            if done:
+                return
+
+    def close(self) -> None:
+        """Send what is left and stop the flusher."""
+        with self._cv:
+            self._done = True
+            self._cv.notify()
+        self._thread.join()
