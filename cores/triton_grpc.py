@@ -127,7 +127,22 @@ class TritonStream:
             self._live.pop(rid, None)
 
     def _on_result(self, result: Any, error: Any) -> None:
+        """The stream's callback (gRPC's thread). Whatever goes wrong here is reported: an
+        exception escaping it would end tritonclient's response thread, and every request
+        on the stream would wait forever."""
         now = time.perf_counter_ns()
+        try:
+            self._read(result, error, now)
+        except Exception as exc:
+            try:
+                rid = int(result.get_response().id)
+            except Exception:  # not even the request id: the stream is of no use
+                self._emit([(BROKEN, -1, f"unreadable response: {exc!r}", now)])
+                return
+            self._forget(rid)
+            self._emit([(FAILED, rid, f"unreadable response: {exc!r}", now)])
+
+    def _read(self, result: Any, error: Any, now: int) -> None:
         if error is not None:
             message = str(error)
             named = _NAMED.search(message)

@@ -1,20 +1,27 @@
 """``make bench-triton``: the triton_grpc core's sustained requests/s and TTFT against a real
 Triton server, next to a peer client against the same server in the same session.
 
-The server is nvidia-pytriton's tritonserver (``make triton``) running the tiny Llama in
-the Python-backend model (``--instances`` stub processes). Both clients keep
-``--concurrency`` streamed requests in flight (closed loop) for ``--seconds``, with the same
-prompts and ``--output_len`` tokens each: the peer is a plain ``tritonclient.grpc`` loop
-(one stream, callbacks resubmitting; perf_analyzer is not on this registry: perf-analyzer
-is 0.1.0 there, a placeholder), ours is ``TritonGrpcCore`` with 1, 2 and 4 clients per
-server. Rounds alternate peer/core so drift on this noisy machine hits both.
+The server is nvidia-pytriton's tritonserver (``make triton``) running, in the
+Python-backend model (``--instances`` stub processes), the tiny Llama (``--server tiny``,
+the server is the ceiling on a small machine) or the counting model (``--server
+counting``: no weights, ``--token_interval_ms`` apart, so the client's own ceiling shows).
+Every client keeps ``--concurrency`` streamed requests in flight (closed loop) for
+``--seconds``, with the same prompts and ``--output_len`` tokens each: the peer is a plain
+``tritonclient.grpc`` loop in one process (one stream, callbacks keeping each response's
+tokens and resubmitting; perf_analyzer is not on this registry: perf-analyzer is 0.1.0
+there, a placeholder), ours is ``TritonGrpcCore`` with one client in the harness's
+process, then with each of ``--clients`` client processes. Rounds alternate peer/core so
+drift on a noisy machine hits both.
 
     python -m harness.bench_triton --seconds 10 --concurrency 16
+    python -m harness.bench_triton --server counting --output_len 32 --concurrency 256 \
+        --instances 8 --clients 1,2,4,8
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -80,17 +87,21 @@ def peer(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float
         client.async_stream_infer("tensorrt_llm", ins, request_id=rid,
                                   enable_empty_final_response=True)  # fmt: skip
 
-    firsts: set[str] = set()
+    got: dict[str, list[np.ndarray]] = {}
 
     def cb(result: Any, error: Any) -> None:
         if error is not None:
             return
         r = result.get_response()
         now = time.perf_counter_ns()
-        if r.id not in firsts and result.as_numpy("output_ids") is not None:
-            firsts.add(r.id)
-            ttft.append((now - sent[r.id]) / 1e6)
+        ids = result.as_numpy("output_ids")  # every response's tokens kept, as a client must
+        if ids is not None:
+            mine = got.setdefault(r.id, [])
+            if not mine:
+                ttft.append((now - sent[r.id]) / 1e6)
+            mine.append(ids.reshape(-1))
         if r.parameters["triton_final_response"].bool_param:
+            got.pop(r.id, None)
             with lock:
                 done[0] += 1
             if time.perf_counter() < stop:
@@ -105,11 +116,12 @@ def peer(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float
 
 
 def core(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float,
-         clients: int) -> dict[str, Any]:  # fmt: skip
+         clients: int, in_process: bool) -> dict[str, Any]:  # fmt: skip
     """TritonGrpcCore with ``clients`` clients: ``conc`` in flight, each final issues the next."""
     from cores.triton_grpc import TritonGrpcCore
 
-    explicit = {"triton_server_urls": [url], "triton_num_clients_per_server": clients}
+    explicit = {"triton_server_urls": [url], "triton_num_clients_per_server": clients,
+                "triton_clients_in_process": in_process, "triton_end_id": "none"}  # fmt: skip
     cfg = resolve({}, benchmark="tiny", scenario="server", env={}, explicit=explicit)
     stop = time.perf_counter() + seconds
     lock = threading.Lock()
@@ -154,37 +166,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output_len", type=int, default=8)
     ap.add_argument("--instances", type=int, default=2, help="Python-backend stub processes")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--server", choices=("tiny", "counting"), default="tiny")
     ap.add_argument("--model", default=str(REPO_ROOT / "build" / "tiny-model"))
+    ap.add_argument("--token_interval_ms", type=float, default=0.0, help="counting model")
+    ap.add_argument("--clients", default="1,2,4", help="client processes per server, a list")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
-    generate_triton_config(work / "repo", "python", model_dir=args.model,
-                           max_concurrency=args.concurrency, instances=args.instances)  # fmt: skip
+    per_instance = max(1, -(-args.concurrency // args.instances))  # every request served at once
+    generate_triton_config(work / "repo", "python" if args.server == "tiny" else "counting",
+                           model_dir=args.model if args.server == "tiny" else "",
+                           max_concurrency=per_instance, instances=args.instances,
+                           vocab_size=2048, token_interval_ms=args.token_interval_ms)  # fmt: skip
     spec = ServerSpec("triton", str(work / "repo"), port=free_port(), grpc_port=free_port(),
                       metrics_port=free_port())  # fmt: skip
     url = f"127.0.0.1:{spec.grpc_port}"
     ps = prompts(256)
+    clients = [int(k) for k in args.clients.split(",")]
     rows: dict[str, list[dict[str, Any]]] = {}
+    n, conc, secs = args.output_len, args.concurrency, args.seconds
     with LaunchedServer(spec, work / "server.log"):
-        core(url, ps, args.output_len, args.concurrency, 2.0, 1)  # warm the stubs
+        core(url, ps, n, conc, 2.0, 1, True)  # warm the stubs
         for _ in range(args.rounds):
-            rows.setdefault("peer (tritonclient loop)", []).append(
-                peer(url, ps, args.output_len, args.concurrency, args.seconds)
+            rows.setdefault("peer (tritonclient loop, 1 process)", []).append(
+                peer(url, ps, n, conc, secs)
             )
-            for k in (1, 2, 4):
-                rows.setdefault(f"triton_grpc, {k} client(s)", []).append(
-                    core(url, ps, args.output_len, args.concurrency, args.seconds, k)
+            rows.setdefault("triton_grpc, 1 client in process", []).append(
+                core(url, ps, n, conc, secs, 1, True)
+            )
+            for k in clients:
+                rows.setdefault(f"triton_grpc, {k} client process(es)", []).append(
+                    core(url, ps, n, conc, secs, k, False)
                 )
+    model = "tiny Llama"
+    if args.server == "counting":
+        model = f"counting model ({args.token_interval_ms:g} ms/token)"
     print(
-        f"concurrency {args.concurrency}, {args.output_len} tokens per request, "
-        f"{args.instances} stub processes, {args.seconds:g} s x {args.rounds} rounds"
+        f"{model}, concurrency {conc}, {n} tokens per request, {args.instances} stub "
+        f"processes, {secs:g} s x {args.rounds} rounds, {os.cpu_count()} CPUs"
     )
-    print("| client | requests/s (rounds) | TTFT p50 ms | TTFT p95 ms |")
-    print("|---|---|---|---|")
+    print("| client | requests/s (rounds) | tokens/s (median) | TTFT p50 ms | TTFT p95 ms |")
+    print("|---|---|---|---|---|")
     for name, rs in rows.items():
         rps = " / ".join(f"{r['rps']:.1f}" for r in rs)
+        med = float(np.median([r["rps"] for r in rs]))
         p50 = float(np.median([r["ttft_p50_ms"] for r in rs]))
         p95 = float(np.median([r["ttft_p95_ms"] for r in rs]))
-        print(f"| {name} | {rps} | {p50:.1f} | {p95:.1f} |")
+        print(f"| {name} | {rps} | {med * n:.0f} | {p50:.1f} | {p95:.1f} |")
     return 0
 
 

@@ -1,8 +1,10 @@
 """A Triton Python-backend model with the TensorRT-LLM backend's tensor interface, running
 the project's tiny Llama (``llmlib.tiny_llama_np``, numpy only) for machines without
-TensorRT-LLM. ``llmlib.triton_repo`` copies this file as ``<repo>/<model>/1/model.py``
-with ``tiny_llama_np.py`` beside it; Triton's Python stub imports it (numpy < 2 there, and
-``triton_python_backend_utils``, which exists only inside Triton).
+TensorRT-LLM, or, with no ``model_dir``, a counting model (no weights: each token is the
+last one plus 1, modulo ``vocab_size``, one every ``token_interval_ms``) for measuring
+clients against a server that costs next to nothing. ``llmlib.triton_repo`` copies this
+file as ``<repo>/<model>/1/model.py`` with ``tiny_llama_np.py`` beside it; Triton's Python
+stub imports it (with ``triton_python_backend_utils``, which exists only inside Triton).
 
 Decoupled: each request runs on a worker thread (``max_concurrency`` of them), sending one
 response per token when ``streaming`` is true, else one response with every token, then
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,15 +45,38 @@ def _stop_words(arr: Any) -> list[list[int]]:
     return [w for w in words if w]
 
 
+class CountingModel:
+    """No weights: each token is the previous one + 1 (modulo the vocabulary), the first
+    one the prompt's last + 1; ``interval_s`` apart (a sleep: it holds no CPU)."""
+
+    def __init__(self, vocab_size: int, interval_s: float) -> None:
+        self.vocab, self.interval_s = vocab_size, interval_s
+
+    def generate(self, prompt: Any, max_new_tokens: int, end_id: int | None = None) -> Any:
+        token = int(prompt[-1])
+        for _ in range(max_new_tokens):
+            if self.interval_s:
+                time.sleep(self.interval_s)
+            token = (token + 1) % self.vocab
+            yield token
+            if token == end_id:
+                return
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils  # only inside Triton
-        from tiny_llama_np import TinyLlama  # type: ignore[import-not-found]
 
         self.pb = pb_utils
         cfg = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
-        self.model = TinyLlama(params["model_dir"])
+        if params.get("model_dir"):
+            from tiny_llama_np import TinyLlama  # type: ignore[import-not-found]
+
+            self.model: Any = TinyLlama(params["model_dir"])
+        else:
+            interval = float(params.get("token_interval_ms", "0")) / 1e3
+            self.model = CountingModel(int(params.get("vocab_size", "32000")), interval)
         self.pool = ThreadPoolExecutor(int(params.get("max_concurrency", "8")))
 
     def execute(self, requests: list[Any]) -> None:

@@ -9,6 +9,9 @@ Two kinds, one tensor interface (the TensorRT-LLM backend's, ``TENSORS``):
 * ``python``: a Python-backend model (``llmlib.triton_backend_model``) running the project's
   tiny Llama in numpy, real tokens, for machines without TensorRT-LLM; the model's weights
   stay where they are (``model_dir``).
+* ``counting``: the same Python-backend model with no weights (each token the last + 1,
+  modulo ``vocab_size``, one every ``token_interval_ms``): a server that costs next to
+  nothing, so a client's own ceiling shows (``make bench-triton``).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def generate_triton_config(
     runtime_flags: Mapping[str, Any] | None = None,
     max_concurrency: int = 8,
     instances: int = 1,
+    vocab_size: int = 32000,
+    token_interval_ms: float = 0.0,
 ) -> Path:
     """Write ``<repo>/<model_name>/`` (config.pbtxt and version 1) and return its path."""
     build, runtime = dict(build_flags or {}), dict(runtime_flags or {})
@@ -79,16 +84,20 @@ def generate_triton_config(
     version.mkdir(parents=True, exist_ok=True)
     batch = int(runtime.get("max_batch_size", build.get("max_batch_size", 64)))
     head = f'name: "{model_name}"\n'
-    if kind == "python":
+    if kind in ("python", "counting"):
         src = Path(model_dir)
-        if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
-            raise ConfigError(
-                f"{src}: no tiny Llama there (config.json, model.safetensors); make tiny-model"
-            )
+        if kind == "python":
+            if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
+                raise ConfigError(
+                    f"{src}: no tiny Llama there (config.json, model.safetensors); make tiny-model"
+                )
+            params: dict[str, Any] = {"model_dir": src.resolve()}
+            shutil.copyfile(HERE / "tiny_llama_np.py", version / "tiny_llama_np.py")
+        else:
+            params = {"vocab_size": vocab_size, "token_interval_ms": token_interval_ms}
         shutil.copyfile(HERE / "triton_backend_model.py", version / "model.py")
-        shutil.copyfile(HERE / "tiny_llama_np.py", version / "tiny_llama_np.py")
         head += f'backend: "python"\nmax_batch_size: {batch}\n'
-        params = {"model_dir": src.resolve(), "max_concurrency": max_concurrency}
+        params["max_concurrency"] = max_concurrency
         group = f"instance_group [ {{ count: {instances}\n  kind: KIND_CPU }} ]\n"
     elif kind == "tensorrtllm":
         if not engine_dir:
@@ -110,7 +119,7 @@ def generate_triton_config(
         }
         group = "instance_group [ { count: 1\n  kind: KIND_CPU } ]\n"
     else:
-        raise ConfigError(f"triton model kind {kind!r}: python or tensorrtllm")
+        raise ConfigError(f"triton model kind {kind!r}: python, counting or tensorrtllm")
     text = head + "model_transaction_policy {\n  decoupled: true\n}\n" + _tensors()
     (mdir / "config.pbtxt").write_text(text + group + _params(params))
     return mdir

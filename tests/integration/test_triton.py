@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from cores.triton_grpc import TritonGrpcCore
+from cores.triton_grpc import BROKEN, FAILED, TritonGrpcCore, TritonStream
 from llmlib.accuracy import read_accuracy_log
 from llmlib.config import REPO_ROOT, resolve
 from llmlib.errors import ConfigError
@@ -213,3 +213,54 @@ def test_end_id_stops_the_answer_and_defaults_to_the_benchmark_eos(server_url, t
     assert core.end_id == load_benchmark(REPO_ROOT / "configs", "tiny").eos_id == 2
     with pytest.raises(ConfigError, match="auto .*none, or a token id"):
         core_for(server_url, Done(), triton_end_id="eos")
+
+
+def test_a_response_that_cannot_be_read_fails_its_request_not_the_stream(server_url):
+    """An exception in the stream's callback would end tritonclient's response thread and
+    leave every request on the stream waiting: it fails the request it belongs to."""
+
+    class Final:
+        bool_param = True
+
+    class Response:
+        id = "7"
+        parameters = {"triton_final_response": Final()}
+
+    class Unreadable:
+        def get_response(self):
+            return Response()
+
+        def as_numpy(self, name):
+            raise ValueError("cannot reshape array of size 0 into shape (1,1,1)")
+
+    events = []
+    stream = TritonStream(server_url, -1, events.extend)
+    try:
+        stream._live[7] = ([], [True])
+        stream._on_result(Unreadable(), None)
+        stream._on_result(None, None)  # no response at all: the stream is broken
+        got = list(events)
+    finally:
+        stream.close()
+    (kind, rid, why, _), (kind2, _, why2, _) = got
+    assert (kind, rid) == (FAILED, 7) and "cannot reshape" in why and 7 not in stream._live
+    assert kind2 == BROKEN and "unreadable response" in why2
+
+
+def test_the_counting_model_counts_on_from_the_prompt(tmp_path):
+    """The benchmark's weightless server model: each token the last plus one (modulo the
+    vocabulary), first from the prompt's last; end_id ends it."""
+    generate_triton_config(tmp_path / "repo", "counting", vocab_size=50)
+    spec = ServerSpec("triton", str(tmp_path / "repo"), port=free_port(),
+                      grpc_port=free_port(), metrics_port=free_port())  # fmt: skip
+    with LaunchedServer(spec, tmp_path / "server.log"):
+        for end_id, want in (("none", [48, 49, 0, 1, 2]), ("0", [48, 49, 0])):
+            done = Done()
+            core = core_for(f"127.0.0.1:{spec.grpc_port}", done, triton_end_id=end_id)
+            try:
+                core.enqueue([req(0, [3, 47], max_new=5)])
+                done.wait(1)
+            finally:
+                core.close()
+            assert done.final[0].output_tokens.tolist() == want, end_id
+            assert done.first[0].output_tokens.tolist() == [48]

@@ -76,5 +76,5 @@ def test_triton_model_repositories(tmp_path, tiny_model):
         generate_triton_config(tmp_path / "x", "python", model_dir=tmp_path)
     with pytest.raises(ConfigError, match="engine directory"):
         generate_triton_config(tmp_path / "x", "tensorrtllm")
-    with pytest.raises(ConfigError, match="python or tensorrtllm"):
+    with pytest.raises(ConfigError, match="python, counting or tensorrtllm"):
         generate_triton_config(tmp_path / "x", "onnx")
