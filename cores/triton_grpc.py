@@ -3,8 +3,8 @@ TensorRT-LLM backend's tensor interface (``llmlib.triton_repo``), the path MLPer
 submitters use with Triton.
 
 One core per server in ``--triton_server_urls`` (``host:port`` of its gRPC endpoint). Each
-core has ``--triton_num_clients_per_server`` clients: each a ``tritonclient.grpc`` client
-with one open stream (``start_stream``), each in its own spawned process
+core has ``--triton_num_clients_per_server`` clients: each a gRPC channel with one open
+``ModelStreamInfer`` stream (``TritonStream``), each in its own spawned process
 (``llmlib.procpool``) so one Python process's GIL is not the ceiling, or, with
 ``--triton_clients_in_process``, all in the harness's process. Requests go round-robin
 over the clients and, with ``--triton_num_models_per_server`` > 1, over the models
@@ -15,11 +15,12 @@ token). The end of a request is the ``triton_final_response`` parameter
 (``enable_empty_final_response``). ``end_id``/``pad_id`` are the benchmark's EOS id unless
 ``--triton_end_id`` says otherwise.
 
-A failure is a record, never a retry: a response with an error fails its request (the
-Python-backend model names the request in its message, ``request <id>:``; tritonclient's
-stream callback gives no request id with an error). An error that names no request (a
-broken stream, the server gone, or a backend that does not name it) takes the core down:
-every pending query completes as failed; so does a client process that dies. Closing the
+The stream is read with the gRPC stub tritonclient generates (``service_pb2_grpc``), not
+with tritonclient's ``start_stream``, whose callback gets an error without its request's
+id. A failure is a record, never a retry: a response with an error fails the request it
+names (``infer_response.id``), as does a response that cannot be read. A stream that ends
+(the server gone) or an error with no request id takes the core down: every pending query
+completes as failed; so does a client process that dies. Closing the
 core cancels what is in flight (``stop_stream``). Health: the server is ready and so is
 every model.
 """
@@ -27,7 +28,8 @@ every model.
 from __future__ import annotations
 
 import contextlib
-import re
+import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +41,6 @@ from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
 from llmlib.procpool import Outbox, WorkerPool
 from llmlib.request import LLMRequest, LLMResponse, failed_response
-
-_NAMED = re.compile(r"request (-?\d+):")
 
 # what a stream reports: (kind, request id, payload, time_ns); payload: int32 token ids for
 # FIRST/FINAL (bytes when it crossed from a worker process), the reason for FAILED/BROKEN
@@ -76,100 +76,120 @@ def end_id_for(cfg: Any) -> int:
 
 
 class TritonStream:
-    """One ``tritonclient.grpc`` client with one open stream. ``send`` puts a request on
-    the stream; every response is turned into events (``FIRST`` for a streamed request's
-    first token, ``FINAL`` with all of its tokens, ``FAILED`` for a request's error,
-    ``BROKEN`` for an error that names no request) handed to ``emit`` from gRPC's thread."""
+    """One gRPC channel to the server with one open ``ModelStreamInfer`` stream (the
+    protocol under tritonclient's ``start_stream``, read here directly: tritonclient's
+    stream callback drops the request id of an error, and the raw response carries it).
+    ``send`` queues a request; a reader thread turns every response into events (``FIRST``
+    for a streamed request's first token, ``FINAL`` with all of its tokens, ``FAILED`` for
+    a request's error or a response that cannot be read, ``BROKEN`` when the stream ends
+    or an error names no request) handed to ``emit``."""
 
     def __init__(self, url: str, end_id: int, emit: Callable[[list[Event]], None]) -> None:
-        self._g = _grpc()
+        g = _grpc()
+        import grpc
+
+        self._pb = g.service_pb2
+        self._rpc_error = grpc.RpcError
         self.url, self.end_id, self._emit = url, end_id, emit
         self._lock = threading.Lock()
         self._live: dict[int, tuple[list[np.ndarray], list[bool]]] = {}  # tokens, [want first]
-        self.client = self._g.InferenceServerClient(url)
-        self.client.start_stream(callback=self._on_result)
+        self._closing = False
+        big = 2**31 - 1  # tritonclient's message size limits
+        self._channel = grpc.insecure_channel(
+            url, options=[("grpc.max_send_message_length", big),
+                          ("grpc.max_receive_message_length", big)],
+        )  # fmt: skip
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        stub = g.service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._call = stub.ModelStreamInfer(iter(self._requests.get, None))
+        self._reader = threading.Thread(target=self._read_all, name="triton-stream", daemon=True)
+        self._reader.start()
 
-    def _inputs(self, ids: np.ndarray, max_new: int, stream: bool) -> list[Any]:
-        g = self._g
-
-        def tensor(name: str, arr: np.ndarray, dtype: str) -> Any:
-            t = g.InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            return t
-
-        ids = np.asarray(ids, dtype=np.int32).reshape(1, -1)
-        out = [
-            tensor("input_ids", ids, "INT32"),
-            tensor("input_lengths", np.array([[ids.shape[1]]], np.int32), "INT32"),
-            tensor("request_output_len", np.array([[max_new]], np.int32), "INT32"),
-            tensor("streaming", np.array([[stream]], bool), "BOOL"),
-            tensor("beam_width", np.array([[1]], np.int32), "INT32"),
+    def _request(self, rid: int, ids: np.ndarray, max_new: int, stream: bool, model: str) -> Any:
+        pb = self._pb
+        req = pb.ModelInferRequest(model_name=model, id=str(rid))
+        req.parameters["triton_enable_empty_final_response"].bool_param = True
+        ids = np.asarray(ids, dtype=np.int32)
+        tensors = [
+            ("input_ids", "INT32", [1, len(ids)], ids.tobytes()),
+            ("input_lengths", "INT32", [1, 1], np.int32(len(ids)).tobytes()),
+            ("request_output_len", "INT32", [1, 1], np.int32(max_new).tobytes()),
+            ("streaming", "BOOL", [1, 1], bytes([stream])),
+            ("beam_width", "INT32", [1, 1], np.int32(1).tobytes()),
         ]
         if self.end_id >= 0:
-            out.append(tensor("end_id", np.array([[self.end_id]], np.int32), "INT32"))
-            out.append(tensor("pad_id", np.array([[self.end_id]], np.int32), "INT32"))
-        return out
+            end = np.int32(self.end_id).tobytes()
+            tensors += [("end_id", "INT32", [1, 1], end), ("pad_id", "INT32", [1, 1], end)]
+        for name, dtype, shape, data in tensors:
+            t = req.inputs.add()
+            t.name, t.datatype = name, dtype
+            t.shape.extend(shape)
+            req.raw_input_contents.append(data)
+        return req
 
     def send(self, rid: int, ids: np.ndarray, max_new: int, stream: bool, model: str) -> None:
         with self._lock:
             self._live[rid] = ([], [stream])
         try:
-            self.client.async_stream_infer(
-                model, self._inputs(ids, max_new, stream), request_id=str(rid),
-                enable_empty_final_response=True,
-            )  # fmt: skip
-        except Exception as exc:  # a request that could not be sent fails, alone
+            self._requests.put(self._request(rid, ids, max_new, stream, model))
+        except Exception as exc:  # a request that could not be built fails, alone
             self._forget(rid)
-            self._emit([(FAILED, rid, f"send failed: {exc}", time.perf_counter_ns())])
+            self._emit([(FAILED, rid, f"send failed: {exc!r}", time.perf_counter_ns())])
 
     def _forget(self, rid: int) -> None:
         with self._lock:
             self._live.pop(rid, None)
 
-    def _on_result(self, result: Any, error: Any) -> None:
-        """The stream's callback (gRPC's thread). Whatever goes wrong here is reported: an
-        exception escaping it would end tritonclient's response thread, and every request
-        on the stream would wait forever."""
-        now = time.perf_counter_ns()
+    def _read_all(self) -> None:
+        """The reader thread: every response of the stream, then how it ended."""
+        why = "the server closed the stream"
         try:
-            self._read(result, error, now)
+            for resp in self._call:
+                self._on_response(resp)
+        except self._rpc_error as exc:
+            why = f"stream ended: {exc.code().name}: {exc.details()}"
+        if not self._closing:
+            self._emit([(BROKEN, -1, why, time.perf_counter_ns())])
+
+    def _on_response(self, resp: Any) -> None:
+        """One response. Whatever goes wrong reading it fails its request rather than
+        ending the reader thread (which would leave every request on the stream waiting)."""
+        now = time.perf_counter_ns()
+        ident = resp.infer_response.id
+        try:
+            self._read(resp, now)
         except Exception as exc:
-            try:
-                rid = int(result.get_response().id)
-            except Exception:  # not even the request id: the stream is of no use
+            if not ident.lstrip("-").isdigit():  # not even the request id
                 self._emit([(BROKEN, -1, f"unreadable response: {exc!r}", now)])
                 return
-            self._forget(rid)
-            self._emit([(FAILED, rid, f"unreadable response: {exc!r}", now)])
+            self._forget(int(ident))
+            self._emit([(FAILED, int(ident), f"unreadable response: {exc!r}", now)])
 
-    def _read(self, result: Any, error: Any, now: int) -> None:
-        if error is not None:
-            message = str(error)
-            named = _NAMED.search(message)
-            if named is None:
-                self._emit([(BROKEN, -1, message, now)])
+    def _read(self, resp: Any, now: int) -> None:
+        r = resp.infer_response
+        if resp.error_message:
+            if not r.id.lstrip("-").isdigit():  # an error of the stream, not of a request
+                self._emit([(BROKEN, -1, resp.error_message, now)])
                 return
-            rid = int(named.group(1))
-            self._forget(rid)
-            self._emit([(FAILED, rid, message, now)])
+            self._forget(int(r.id))
+            self._emit([(FAILED, int(r.id), resp.error_message, now)])
             return
-        resp = result.get_response()
-        rid = int(resp.id)
-        final = resp.parameters["triton_final_response"].bool_param
-        ids = result.as_numpy("output_ids")
+        rid = int(r.id)
+        final = r.parameters["triton_final_response"].bool_param
         tokens = None
-        if ids is not None:
-            tokens = ids.reshape(-1)
-            seq = result.as_numpy("sequence_length")
-            if seq is not None:
-                tokens = tokens[: int(seq.reshape(-1)[0])]
+        outputs = {o.name: i for i, o in enumerate(r.outputs)}
+        if "output_ids" in outputs:
+            tokens = np.frombuffer(r.raw_output_contents[outputs["output_ids"]], np.int32)
+            if "sequence_length" in outputs:
+                seq = np.frombuffer(r.raw_output_contents[outputs["sequence_length"]], np.int32)
+                tokens = tokens[: int(seq[0])]
         with self._lock:
             state = self._live.get(rid)
             if state is None:  # failed or cancelled already
                 return
             got, want_first = state
             if tokens is not None and len(tokens):
-                got.append(tokens.astype(np.int32))
+                got.append(tokens)
             send_first = want_first[0] and bool(got)
             if send_first:
                 want_first[0] = False
@@ -187,11 +207,14 @@ class TritonStream:
             self._emit(events)
 
     def close(self) -> None:
-        """Cancel what is in flight and close (whatever the client says)."""
+        """Cancel the stream (the server cancels what is in flight on it) and close."""
+        self._closing = True
         with contextlib.suppress(Exception):
-            self.client.stop_stream(cancel_requests=True)
+            self._call.cancel()
+        self._requests.put(None)
         with contextlib.suppress(Exception):
-            self.client.close()
+            self._channel.close()
+        self._reader.join(5)
 
 
 class TritonGrpcCore(LLMCore):
@@ -229,7 +252,7 @@ class TritonGrpcCore(LLMCore):
         self.end_id = end_id_for(cfg)
         self.n_clients = int(cfg.triton_num_clients_per_server)
         self.in_process = bool(cfg.triton_clients_in_process)
-        self._next = 0
+        self._turn = itertools.count()
         self._closing = False
         self._health = _grpc().InferenceServerClient(self.url)
         self.streams: list[TritonStream] = []
@@ -250,8 +273,8 @@ class TritonGrpcCore(LLMCore):
         n, m = self.n_clients, len(self.models)
         batches: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
         for req in requests:  # round robin over clients, then models
-            k, model = self._next % n, (self._next // n) % m
-            self._next += 1
+            i = next(self._turn)  # (atomic: answers may enqueue from several threads)
+            k, model = i % n, (i // n) % m
             if self._pool is None:
                 ids = np.asarray(req.input_tokens, dtype=np.int32)
                 self.streams[k].send(

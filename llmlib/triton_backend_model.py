@@ -12,9 +12,9 @@ the final flag. Inputs: ``input_ids`` [1, L], ``input_lengths`` [1, 1],
 ``request_output_len`` [1, 1], optional ``end_id``, ``pad_id``, ``streaming``,
 ``beam_width`` (1 only) and ``stop_words_list`` [1, 2, K] (TensorRT-LLM's flattened words
 and offsets). Outputs: ``output_ids`` [1, 1, n] (the prompt excluded) and
-``sequence_length`` [1, 1] (n). A request's error is a response with the error (its
-message starts with ``request <id>:``) and the final flag. A cancelled request stops at the
-next token.
+``sequence_length`` [1, 1] (n). A request's error is a response with the error and the
+final flag (the client knows the request by the response's id, as with TensorRT-LLM's
+backend, whose messages do not name it). A cancelled request stops at the next token.
 """
 
 from __future__ import annotations
@@ -91,7 +91,6 @@ class TritonPythonModel:
     def _run(self, request: Any) -> None:
         pb = self.pb
         sender = request.get_response_sender()
-        rid = request.request_id()
         try:
             ids = self._input(request, "input_ids").reshape(-1)
             lengths = self._input(request, "input_lengths")
@@ -123,7 +122,7 @@ class TritonPythonModel:
             else:
                 sender.send(self._response(tokens), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:  # the request's error goes back to its client
-            err = pb.TritonError(f"request {rid}: {exc}")
+            err = pb.TritonError(str(exc))
             final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
             sender.send(pb.InferenceResponse(error=err), flags=final)
 

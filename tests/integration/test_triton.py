@@ -215,36 +215,40 @@ def test_end_id_stops_the_answer_and_defaults_to_the_benchmark_eos(server_url, t
         core_for(server_url, Done(), triton_end_id="eos")
 
 
-def test_a_response_that_cannot_be_read_fails_its_request_not_the_stream(server_url):
-    """An exception in the stream's callback would end tritonclient's response thread and
-    leave every request on the stream waiting: it fails the request it belongs to."""
+def test_responses_that_cannot_be_read_or_name_no_request(server_url):
+    """What the stream's reader makes of odd responses (built as the server would send
+    them): a response it cannot read fails its request (an exception escaping would end the
+    reader and leave every request on the stream waiting); an error with a request id
+    fails that request; an error with none, or unreadable with none, breaks the stream."""
+    from tritonclient.grpc import service_pb2 as pb
 
-    class Final:
-        bool_param = True
-
-    class Response:
-        id = "7"
-        parameters = {"triton_final_response": Final()}
-
-    class Unreadable:
-        def get_response(self):
-            return Response()
-
-        def as_numpy(self, name):
-            raise ValueError("cannot reshape array of size 0 into shape (1,1,1)")
+    def response(rid, error="", data=b""):
+        r = pb.ModelStreamInferResponse(error_message=error)
+        r.infer_response.id = rid
+        r.infer_response.parameters["triton_final_response"].bool_param = True
+        if data:
+            out = r.infer_response.outputs.add()
+            out.name, out.datatype = "output_ids", "INT32"
+            r.infer_response.raw_output_contents.append(data)
+        return r
 
     events = []
     stream = TritonStream(server_url, -1, events.extend)
     try:
-        stream._live[7] = ([], [True])
-        stream._on_result(Unreadable(), None)
-        stream._on_result(None, None)  # no response at all: the stream is broken
+        for rid in (7, 8):
+            stream._live[rid] = ([], [True])
+        stream._on_response(response("7", data=b"\x01\x02\x03"))  # 3 bytes: no int32s
+        stream._on_response(response("8", error="out of KV cache blocks"))
+        stream._on_response(response("", error="Stream removed"))
+        stream._on_response(response("", data=b"\x01"))
         got = list(events)
     finally:
         stream.close()
-    (kind, rid, why, _), (kind2, _, why2, _) = got
-    assert (kind, rid) == (FAILED, 7) and "cannot reshape" in why and 7 not in stream._live
-    assert kind2 == BROKEN and "unreadable response" in why2
+    kinds = [(k, rid) for k, rid, _, _ in got]
+    assert kinds == [(FAILED, 7), (FAILED, 8), (BROKEN, -1), (BROKEN, -1)], got
+    assert "unreadable response" in got[0][2] and "buffer size" in got[0][2]
+    assert got[1][2] == "out of KV cache blocks" and got[2][2] == "Stream removed"
+    assert not stream._live
 
 
 def test_the_counting_model_counts_on_from_the_prompt(tmp_path):
