@@ -14,6 +14,7 @@ Linux it is the system's monotonic clock, the same in every process.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import queue
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 WorkerTarget = Callable[[Any, Any, Any], None]
+log = logging.getLogger(__name__)
 
 
 class WorkerPool:
@@ -67,7 +69,11 @@ class WorkerPool:
                 continue
             if batch is None:
                 return
-            self._on_batch(batch)
+            try:
+                self._on_batch(batch)
+            except Exception as exc:  # the reader must live on: a dead one strands every query
+                log.exception("%s: answers could not be delivered", self.name)
+                self._on_death(f"{self.name}: answers could not be delivered: {exc!r}")
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask every worker to stop (``None``), wait, kill stragglers, stop the reader."""

@@ -1,6 +1,6 @@
 """``generate_triton_config``: a Triton model repository for LLM serving.
 
-Two kinds, one tensor interface (the TensorRT-LLM backend's, ``TENSORS``):
+Three kinds, one tensor interface (the TensorRT-LLM backend's, ``TENSORS``):
 
 * ``tensorrtllm``: ``config.pbtxt`` for the TensorRT-LLM backend (decoupled, in-flight
   batching, KV-cache and batching settings from the run's ``build_flags`` and
