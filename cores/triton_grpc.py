@@ -270,25 +270,24 @@ class TritonGrpcCore(LLMCore):
 
     # --- requests --------------------------------------------------------------------------
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
-        n, m = self.n_clients, len(self.models)
-        batches: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
-        for req in requests:  # round robin over clients, then models
-            i = next(self._turn)  # (atomic: answers may enqueue from several threads)
-            k, model = i % n, (i // n) % m
-            if self._pool is None:
+        n, m, turn = self.n_clients, len(self.models), self._turn
+        if self._pool is None:
+            for req in requests:  # round robin over clients, then models
+                i = next(turn)  # (atomic: answers may enqueue from several threads)
                 ids = np.asarray(req.input_tokens, dtype=np.int32)
-                self.streams[k].send(
-                    req.request_id, ids, req.max_new_tokens, bool(req.stream), self.models[model]
-                )
-                continue
+                self.streams[i % n].send(req.request_id, ids, req.max_new_tokens,
+                                         bool(req.stream), self.models[(i // n) % m])  # fmt: skip
+            return
+        batches: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
+        for req in requests:  # the same order; one batch per client process
+            i = next(turn)
             ids_bytes = np.asarray(req.input_tokens, dtype=np.int32).tobytes()
-            batches[k].append(
-                (req.request_id, ids_bytes, int(req.max_new_tokens), bool(req.stream), model)
+            batches[i % n].append(
+                (req.request_id, ids_bytes, int(req.max_new_tokens), bool(req.stream), (i // n) % m)
             )
-        if self._pool is not None:
-            for k, batch in enumerate(batches):
-                if batch:
-                    self._pool.put(k, batch)
+        for k, batch in enumerate(batches):
+            if batch:
+                self._pool.put(k, batch)
 
     def _on_events(self, events: list[Event]) -> None:
         """What the streams report (gRPC's thread, or the client processes' reader)."""

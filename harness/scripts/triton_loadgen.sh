@@ -1,6 +1,6 @@
 #!/bin/bash
 # LoadGen Server runs at QPS (default 150) against Triton serving the counting model
-# (8 stubs), once per client-process count in KS (default "1 8"); a line per run.
+# (8 stubs), once per client-process count in KS (default "1 8"); harness compare's table.
 #   bash harness/scripts/triton_device.sh bash -c "QPS=250 KS=\"1 8\" bash harness/scripts/triton_loadgen.sh"
 QPS=${QPS:-150}
 rm -rf /tmp/lg* /tmp/crepo
@@ -12,14 +12,4 @@ for k in ${KS:-1 8}; do
     --log_dir=/tmp/lg"$k" --progress=false --min_duration=20000 > /tmp/lg"$k".out 2>&1 \
     || tail -20 /tmp/lg"$k".out
 done
-python3 - <<'PY'
-import glob, json
-for k in range(1, 17):
-    for f in glob.glob(f"/tmp/lg{k}/**/summary.json", recursive=True):
-        s = json.load(open(f)); h = s["harness"]
-        t = h["ttft_ns"]; p = h["tpot_ns"]
-        print(f"clients {k}: {s['validity']} completed {h['completed']}/{h['issued']} "
-              f"{h['samples_per_second']:.1f}/s tokens/s {h['tokens_per_second']:.0f} "
-              f"TTFT p50/p99 {t['p50']/1e6:.1f}/{t.get('p99', 0)/1e6:.1f} ms TPOT p99 {p.get('p99', 0)/1e6:.2f} ms "
-              f"{s['reasons'][:2]}")
-PY
+python3 -m harness compare /tmp/lg*/ --plot ""
