@@ -177,6 +177,7 @@ class DummyCore(LLMCore):
         except Exception as exc:  # the engine died: everything pending fails, nothing hangs
             if self._dead is None:
                 self._fail(repr(exc))
+            self._outlive_test()  # this thread completed queries: it must outlive the test
 
     def _next_batch(self) -> list[tuple[LLMRequest, int]] | None:
         """Wait for new requests or the model's next event; None when closing."""

@@ -94,6 +94,7 @@ class TritonStream:
         self._lock = threading.Lock()
         self._live: dict[int, tuple[list[np.ndarray], list[bool]]] = {}  # tokens, [want first]
         self._closing = False
+        self._closed = threading.Event()
         big = 2**31 - 1  # tritonclient's message size limits
         self._channel = grpc.insecure_channel(
             url, options=[("grpc.max_send_message_length", big),
@@ -150,6 +151,8 @@ class TritonStream:
             why = f"stream ended: {exc.code().name}: {exc.details()}"
         if not self._closing:
             self._emit([(BROKEN, -1, why, time.perf_counter_ns())])
+        # in process, this thread delivered to LoadGen: it must outlive the test (LLMCore)
+        self._closed.wait()
 
     def _on_response(self, resp: Any) -> None:
         """One response. Whatever goes wrong reading it fails its request rather than
@@ -209,6 +212,7 @@ class TritonStream:
     def close(self) -> None:
         """Cancel the stream (the server cancels what is in flight on it) and close."""
         self._closing = True
+        self._closed.set()
         with contextlib.suppress(Exception):
             self._call.cancel()
         self._requests.put(None)

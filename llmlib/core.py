@@ -12,6 +12,14 @@ through ``_deliver_batch``); any other core gets the batch's ``LLMRequest`` list
 The base keeps the books: which requests are pending, telemetry (pending count, TTFT and
 TPOT moving averages), warmup mode (responses are not forwarded), and failure: if the
 backend dies, ``_fail`` completes every pending request as failed so LoadGen never hangs.
+
+A thread that has handed responses to the callback (LoadGen, in a run) must not end while
+the test runs: LoadGen frees a finished thread's log buffers while its I/O thread may still
+swap them, a use-after-free that kills the process with SIGSEGV in
+``TlsLogger::SwapBuffers`` (reproduced with LoadGen 6.0.17 alone: threads that each complete
+a few thousand queries and exit). So a core's own thread that stops early, because its
+backend died, parks in ``_outlive_test`` until ``close()``, which the harness calls after
+LoadGen has returned.
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ class LLMCore(ABC):
         self._dead: str | None = None
         self._idle = threading.Condition()
         self._flush_waiters = 0  # _deliver notifies only when someone waits in flush()
+        self._closed = threading.Event()  # set first thing in close(): parked threads go
 
     # --- sizing ---------------------------------------------------------------------------
     @classmethod
@@ -179,6 +188,7 @@ class LLMCore(ABC):
 
     def close(self) -> None:
         """Stop the backend; whatever is still pending completes as failed."""
+        self._closed.set()
         try:
             self._close_impl()
         finally:
@@ -263,6 +273,11 @@ class LLMCore(ABC):
         if not pending and self._flush_waiters:
             with self._idle:
                 self._idle.notify_all()
+
+    def _outlive_test(self) -> None:
+        """Park the calling thread (one that may have delivered to LoadGen and is about to
+        end: its backend died) until ``close()``; see the module docstring for why."""
+        self._closed.wait()
 
     def _fail(self, reason: str) -> None:
         """The backend died: mark the core down and fail everything pending."""

@@ -89,6 +89,24 @@ def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
     assert any("injected failure" in e for e in h["errors"])
 
 
+def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):
+    # each engine thread completes thousands of queries as failed; were it to end while
+    # LoadGen runs, LoadGen's log I/O thread would swap its freed buffers (SIGSEGV, no report)
+    for _ in range(2):
+        p, runs = harness(
+            tmp_path, "--scenarios=offline", "--dummy_fail_after=500", "--min_query_count=8000"
+        )
+        assert p.returncode == 0, p.stderr
+        s, run_dir = runs.pop(("offline", "performance"))
+        h = s["harness"]
+        assert h["failed"] > 0 and h["completed"] + h["failed"] == h["issued"]
+        assert s["validity"] == "INVALID"
+        rows = list(csv.DictReader((run_dir / "requests.csv").read_text().splitlines()))
+        assert len(rows) == h["issued"]
+        for f in tmp_path.joinpath("logs").rglob("summary.json"):
+            f.unlink()
+
+
 def test_accuracy_mode_hands_loadgen_the_cores_token_ids(tmp_path):
     p, runs = harness(
         tmp_path,

@@ -127,6 +127,21 @@ def test_an_engine_that_dies_fails_every_pending_request_and_later_ones(collecto
     assert not c.alive and c.pending == 0
 
 
+def test_a_dead_engine_thread_outlives_the_test_until_close(collector):
+    # the thread delivered to the callback (LoadGen in a run): ending it while LoadGen runs
+    # lets LoadGen's I/O thread touch its freed log buffers (SIGSEGV), so it parks
+    c = core(collector, engine_flags={**FLAGS, "step_base_us": 50_000}, dummy_fail_after=0)
+    c.enqueue([req(0)])
+    assert collector.wait_for(lambda: len(collector.finals()) == 1)
+    thread = c._thread
+    assert thread is not None
+    thread.join(0.3)
+    assert thread.is_alive() and not c.alive
+    c.close()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
 def test_warmup_mode_keeps_responses_from_the_callback(collector):
     c = core(collector, engine_profile="zero")
     with c.warmup_mode():
