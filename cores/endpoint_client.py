@@ -104,20 +104,34 @@ class EndpointClient:
         token ids and where they came from ("server" or "retokenized"); raises for any
         failure."""
         s = _Stream()
-        async with self.session.post(
-            self.url + self.path, json=self.body(prompt, max_new_tokens)
-        ) as resp:
-            if resp.status != 200:
-                text = (await resp.text())[:300]
-                raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
-            async for raw in resp.content:
-                if s.feed(raw) and on_first is not None and s.first_ids is None:
-                    on_first(self._first_ids(s))
-        if not s.done:
-            raise RequestFailed("the stream ended without [DONE] (server closed it)")
+        try:
+            async with self.session.post(
+                self.url + self.path, json=self.body(prompt, max_new_tokens)
+            ) as resp:
+                if resp.status != 200:
+                    text = (await resp.text())[:300]
+                    raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
+                async for raw in resp.content:
+                    if s.feed(raw) and on_first is not None and s.first_ids is None:
+                        on_first(self._first_ids(s))
+            if not s.done:
+                raise RequestFailed("the stream ended without [DONE] (server closed it)")
+        except Exception as exc:
+            if s.first_ids is None and not s.ids:
+                raise
+            # the failure came after output: say what had arrived (the harness completes the
+            # request with it, so LoadGen's TPOT stays meaningful)
+            raise RequestFailed(self.describe(exc), self._partial_ids(s)) from exc
         if not s.ids and not "".join(s.texts):
             raise RequestFailed("empty stream: no tokens")
         return self._final_ids(s)
+
+    def _partial_ids(self, s: _Stream) -> np.ndarray:
+        """The output ids that arrived before a failure (the first-token ids at least)."""
+        try:
+            return self._final_ids(s)[0]
+        except RequestFailed:  # text we cannot re-tokenize
+            return s.first_ids if s.first_ids is not None else np.zeros(0, np.uint32)
 
     def _first_ids(self, s: _Stream) -> np.ndarray:
         if s.server_ids:

@@ -214,7 +214,9 @@ async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
                     np.frombuffer(prompt, dtype=np.uint32), max_new, first if stream else None
                 )
             except Exception as exc:
-                emit((rid, b"", True, time.perf_counter_ns(), client.describe(exc), ""))
+                got = getattr(exc, "tokens", None)  # what arrived before the failure
+                data = b"" if got is None else np.asarray(got, dtype=np.uint32).tobytes()
+                emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), ""))
                 return
             emit((rid, ids.tobytes(), True, time.perf_counter_ns(), None, source))
 

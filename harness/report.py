@@ -127,6 +127,7 @@ def harness_result(log: RequestLog, duration_ns: int, per_core_issued: list[int]
             str(i): {"issued": n, **per_core.get(i, {})} for i, n in enumerate(per_core_issued)
         },
         "errors": errors,
+        "failed_after_first_token": log.failed_after_first_token(),
     }
 
 
@@ -228,6 +229,14 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines += ["", f"![{png[:-4].replace('_', ' ')}]({png})"]
     if h["errors"]:
         lines += ["", "Errors:"] + [f"- {n} x {e}" for e, n in h["errors"].items()]
+    if h.get("failed_after_first_token"):
+        lines += [
+            "",
+            f"{h['failed_after_first_token']} request(s) failed after their first token: "
+            "LoadGen was given the tokens each had received, counted as at least 2, so its "
+            "TPOT stays meaningful (requests.csv: the rows with an error and a ttft_ms; "
+            "tokens_before_failure says how many arrived).",
+        ]
     if s.get("notes"):
         lines += ["", "Notes:"] + [f"- {n}" for n in s["notes"]]
     lines += [

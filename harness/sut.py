@@ -4,9 +4,11 @@ The completion path keeps LoadGen's token-latency contract: a streamed request g
 ``FirstTokenComplete`` with its first token(s), then ``QuerySamplesComplete`` with all output
 token ids (so the final data starts with the first-token data) and ``n_tokens`` equal to
 their count. Responses ready together go to LoadGen in one call.
-A failed request completes too (no data, ``n_tokens`` 0), so LoadGen never waits for it;
-the request log counts it. Many queries issued at once (Offline) travel as ``RequestBatch``
-columns, and a core that answers columns sends back a ``ResponseBatch``.
+A failed request completes too (with the tokens it received before failing, if any), so
+LoadGen never waits for it; the request log counts it. In a streamed run its ``n_tokens``
+is at least 2 so LoadGen's TPOT stays meaningful (see ``_failed_token_counts``). Many
+queries issued at once (Offline) travel as ``RequestBatch`` columns, and a core that
+answers columns sends back a ``ResponseBatch``.
 """
 
 from __future__ import annotations
@@ -112,9 +114,10 @@ class HarnessSUT:
             items, keep = self._pack(firsts)
             self.sink.first_token_complete(items)
         if finals:
+            items, keep = self._pack(finals)
             if failed and self.stream:
                 self._first_for_failures(finals, firsts)
-            items, keep = self._pack(finals)
+                items = _failed_token_counts(finals, items)
             self.sink.query_samples_complete(items)
         self.log.on_responses(responses)
 
@@ -165,6 +168,22 @@ class HarnessSUT:
             keep.append(b)  # (an empty one has a valid address too; LoadGen reads 0 bytes)
             items.append((r.request_id, id(b) + off, len(b), len(t)))
         return items, keep
+
+
+def _failed_token_counts(
+    finals: list[LLMResponse], items: list[tuple[int, int, int, int]]
+) -> list[tuple[int, int, int, int]]:
+    """A streamed request that failed completes with the tokens it received before the
+    failure, counted as at least 2: LoadGen takes TPOT as (final - first token) /
+    (n_tokens - 1) and turns an n_tokens of 0 or 1 into a negative TPOT (a failure then
+    drags its percentiles below zero and its mean to ~1e16 ns). At 2, a request that failed
+    after its first token counts the whole wait since then as one token's time (never
+    flattering), and one that failed before it (its first token sent empty at the failure)
+    adds a TPOT near 0. The run is INVALID either way; requests.csv names them."""
+    return [
+        (q, p, b, 2) if r.error is not None and n < 2 else (q, p, b, n)
+        for r, (q, p, b, n) in zip(finals, items, strict=True)
+    ]
 
 
 def _bytes_data_offset() -> int:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+import numpy as np
+
 from .core import CompletionCallback, LLMCore
 from .errors import HealthCheckError
 from .request import LLMRequest, failed_response
@@ -29,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class RequestFailed(Exception):
-    """One request's failure, with the reason the report shows."""
+    """One request's failure, with the reason the report shows and the output tokens that
+    arrived before it (``tokens``, None when none did)."""
+
+    def __init__(self, reason: str, tokens: np.ndarray | None = None) -> None:
+        super().__init__(reason)
+        self.tokens = tokens
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -106,11 +113,11 @@ class AsyncLoopCore(LLMCore):
             except Exception as exc:  # a failure is a record: never let a request vanish
                 if not isinstance(exc, RequestFailed | TimeoutError | OSError):
                     log.exception("core %d: request %d", self.core_id, req.request_id)
-                self._fail_one(req, self._describe(exc))
+                self._fail_one(req, self._describe(exc), getattr(exc, "tokens", None))
 
-    def _fail_one(self, req: LLMRequest, reason: str) -> None:
+    def _fail_one(self, req: LLMRequest, reason: str, tokens: np.ndarray | None = None) -> None:
         now = time.perf_counter_ns()
-        self._deliver([failed_response(req.request_id, reason, now, self.core_id)])
+        self._deliver([failed_response(req.request_id, reason, now, self.core_id, tokens)])
 
     # --- health and close -----------------------------------------------------------------
     def _health_check_impl(self) -> None:

@@ -35,6 +35,7 @@ class RequestLog:
         self._n_tokens: list[int] = []
         self._core: list[int] = []
         self._error: list[str] = []
+        self._partial: dict[int, int] = {}  # failed row -> tokens it received before failing
         self._index: dict[int, int] = {}
         self._completed = 0
         self._failed = 0
@@ -119,6 +120,8 @@ class RequestLog:
             if r.error is not None:
                 self._error[i] = r.error
                 self._failed += 1
+                if len(r.output_tokens):
+                    self._partial[i] = len(r.output_tokens)
             else:
                 n = len(r.output_tokens)
                 self._n_tokens[i] = n
@@ -162,6 +165,12 @@ class RequestLog:
         core, error), in issue order."""
         self.sync()
         return list(getattr(self, f"_{name}"))
+
+    def failed_after_first_token(self) -> int:
+        """Failed requests that had had their first token (LoadGen got the tokens they had
+        received, counted as at least 2; requests.csv: an error with a ttft)."""
+        self.sync()
+        return sum(1 for f, e in zip(self._first_ns, self._error, strict=True) if f and e)
 
     def has_first(self, query_id: int) -> bool:
         """Whether an open (not yet final) request has had its first token recorded."""
@@ -216,6 +225,7 @@ class RequestLog:
                     "tpot_ms",
                     "n_tokens",
                     "error",
+                    "tokens_before_failure",
                 ]
             )
             for i in range(len(self._qid)):
@@ -239,6 +249,7 @@ class RequestLog:
                         _fmt(tpot),
                         n,
                         self._error[i],
+                        self._partial.get(i, 0) if self._error[i] else "",
                     ]
                 )
 

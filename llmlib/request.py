@@ -38,7 +38,8 @@ class LLMRequest:
 
 @dataclass(slots=True)
 class LLMResponse:
-    """A first-token or final response, or a failure (``error`` set, ``is_final`` True).
+    """A first-token or final response, or a failure (``error`` set, ``is_final`` True;
+    ``output_tokens`` then holds what was received before the failure, often nothing).
 
     A final response carries *all* output tokens (the first-token tokens included), so the
     final data starts with the first-token data (TEST06).
@@ -136,9 +137,13 @@ class ResponseBatch:
         ]
 
 
-def failed_response(request_id: int, error: str, time_ns: int, core_id: int = 0) -> LLMResponse:
-    """The record for a request that failed: final, no tokens, error set."""
-    return LLMResponse(request_id, _EMPTY, True, time_ns, core_id, error)
+def failed_response(
+    request_id: int, error: str, time_ns: int, core_id: int = 0, tokens: TokenIds | None = None
+) -> LLMResponse:
+    """The record for a request that failed: final, error set, with the output tokens it
+    had received before the failure when the core knows them (else none)."""
+    return LLMResponse(request_id, _EMPTY if tokens is None else tokens, True, time_ns, core_id,
+                       error)  # fmt: skip
 
 
 _EMPTY = np.zeros(0, dtype=np.uint32)

@@ -87,6 +87,11 @@ def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
     assert s["validity"] == "INVALID"
     assert any("requests failed" in r for r in s["reasons"])
     assert any("injected failure" in e for e in h["errors"])
+    # failures after a first token leave LoadGen's TPOT meaningful: no negative percentile,
+    # no mean of ~1e16 ns (an n_tokens of 0 or 1 divides by -1 there)
+    tpot = s["loadgen"]["tpot_ns"]
+    assert tpot and all(0 <= v < 10e9 for v in tpot.values()), tpot
+    assert h["failed_after_first_token"] > 0
 
 
 def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):

@@ -1,6 +1,7 @@
 """The token-latency contract on the way to LoadGen (TEST06's checks), with a recording
 sink in place of LoadGen and real dummy cores behind a real LLMServer."""
 
+import csv
 import ctypes
 
 import numpy as np
@@ -9,6 +10,7 @@ from cores.dummy import DummyCore
 from harness.sut import HarnessSUT
 from llmlib.metrics import RequestLog
 from llmlib.policies import make_policy
+from llmlib.request import LLMResponse, failed_response
 from llmlib.server import LLMServer
 from llmlib.workloads import SyntheticDataset, load_benchmark
 from tests.conftest import make_cfg
@@ -99,10 +101,40 @@ def test_failed_queries_complete_with_a_first_token_and_are_counted():
     sut.issue_queries([Q(8, 8)])
     finals, firsts = sink.events("final"), sink.events("first")
     assert set(finals) == set(range(9)) and set(firsts) == set(range(9))
-    for q in range(3, 9):
-        assert finals[q] == ([], 0)
+    for q in range(3, 9):  # no data; 2 tokens, so LoadGen's TPOT is not negative
+        assert finals[q] == ([], 2)
     assert log.completed == 3 and log.failed == 6
     assert "injected failure" in log.column("error")[3]
+
+
+def test_a_request_failing_after_its_first_token_completes_with_what_it_received(tmp_path):
+    sut, server, sink, log, ds = setup(True, cores=1, engine_profile="zero")
+    reqs = [sut.builder.one(q, q, 1) for q in range(4)]
+    log.on_issue(reqs)
+    sut.complete([LLMResponse(q, np.array([7], np.uint32), False, 5) for q in (0, 1)])
+    part = np.array([7, 8, 9], np.uint32)
+    sut.complete([
+        failed_response(0, "stream cut", 9, 0, part),  # three tokens had arrived
+        failed_response(1, "stream cut", 9, 0),  # only the first token had
+        failed_response(2, "refused", 9, 0),  # nothing had
+        LLMResponse(3, part, True, 9),
+    ])  # fmt: skip
+    finals, firsts = sink.events("final"), sink.events("first")
+    assert finals[0] == ([7, 8, 9], 3)
+    assert finals[1] == ([], 2) and finals[2] == ([], 2) and finals[3] == ([7, 8, 9], 3)
+    assert firsts[2] == ([], 0)  # an empty first token at the failure
+    assert log.failed == 3 and log.completed == 1
+    assert log.failed_after_first_token() == 2
+    log.write_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").read_text().splitlines()))
+    assert [r["tokens_before_failure"] for r in rows] == ["3", "0", "0", ""]
+
+
+def test_a_failed_request_in_offline_completes_with_no_tokens():
+    sut, server, sink, log, ds = setup(False, cores=1, engine_profile="zero")
+    log.on_issue([sut.builder.one(0, 0, 1)])
+    sut.complete([failed_response(0, "refused", 9, 0)])
+    assert sink.events("final")[0] == ([], 0) and not sink.events("first")
 
 
 def test_int32_output_for_accuracy_checkers_that_want_it():
