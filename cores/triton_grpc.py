@@ -235,7 +235,7 @@ class TritonGrpcCore(LLMCore):
             )
         for u in urls:
             host, _, port = str(u).removeprefix("grpc://").rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not port.isdigit() or int(port) > 65535:
                 raise ConfigError(f"--triton_server_urls: {u!r} is not host:port")
         if int(cfg.triton_num_clients_per_server) < 1 or int(cfg.triton_num_models_per_server) < 1:
             raise ConfigError("--triton_num_clients_per_server and _models_per_server: >= 1")

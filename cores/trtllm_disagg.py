@@ -24,7 +24,7 @@ from typing import Any
 from llmlib.config import read_yaml
 from llmlib.errors import ConfigError, HealthCheckError
 
-from .trtllm_endpoint import EndpointCore
+from .trtllm_endpoint import EndpointCore, check_http_url
 
 
 def read_disagg_config(path: str) -> dict[str, Any]:
@@ -39,8 +39,12 @@ def read_disagg_config(path: str) -> dict[str, Any]:
         if not urls:
             raise ConfigError(f"--disagg_config {path}: {role}.urls is missing or empty")
         out[role] = [_http(str(u)) for u in urls]
+        for u in out[role]:
+            check_http_url(u, f"--disagg_config {path}: {role}.urls")
     host, port = doc.get("hostname"), doc.get("port")
     out["leader"] = _http(f"{host}:{port}") if host and port else ""
+    if out["leader"]:
+        check_http_url(out["leader"], f"--disagg_config {path}: hostname/port")
     return out
 
 

@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -44,6 +45,19 @@ from llmlib.procpool import WorkerPool
 from llmlib.request import LLMRequest, LLMResponse
 
 from .endpoint_client import EndpointClient
+
+
+def check_http_url(url: str, flag: str) -> None:
+    """An http(s) URL with a host and, if given, a port that is a number in range."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{flag}: {url!r} is not an http(s) URL (http://host:port)")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: {url!r} has a port that is not a number from 0 to 65535"
+        ) from None
 
 
 class EndpointCore(AsyncLoopCore):
@@ -59,8 +73,7 @@ class EndpointCore(AsyncLoopCore):
                 "e.g. http://127.0.0.1:8000) or --launch_server"
             )
         for u in urls:
-            if not str(u).startswith(("http://", "https://")):
-                raise ConfigError(f"--trtllm_server_urls: {u!r} is not an http(s) URL")
+            check_http_url(str(u), "--trtllm_server_urls")
         if cfg.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
 

@@ -26,7 +26,13 @@ from llmlib.registry import core_names, get_core_class
 from llmlib.tokenizer import load_tokenizer
 
 from .report import console_table
-from .runner import MODE_DIR, check_pools, compliance_audit_config
+from .runner import (
+    MODE_DIR,
+    check_datasets,
+    check_loadgen_targets,
+    check_pools,
+    compliance_audit_config,
+)
 
 MODES = {
     "PerformanceOnly": ["PerformanceOnly"],
@@ -109,6 +115,7 @@ def validate(cfg: Config) -> None:
     if cfg.core_type not in core_names():
         raise UnknownNameError("core type", cfg.core_type, core_names())
     check_pools(cfg)  # policy names and flags, disaggregated pools
+    check_loadgen_targets(cfg)  # a rate whose schedule LoadGen could not hold
     for name in ("user_conf", "audit_config"):
         path = getattr(cfg, name)
         if path and not Path(path).is_file():
@@ -223,12 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(help_text())
             return 0
         configs = plan(flags)
+        if "print_config" in actions:
+            print("\n\n".join(c.describe() for c in configs))
+            return 0
+        check_datasets(configs)
+        top = results_root(configs[0])
     except LLMLibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if "print_config" in actions:
-        print("\n\n".join(c.describe() for c in configs))
-        return 0
     if Path("audit.config").is_file():
         print(
             f"note: {Path('audit.config').resolve()} is present. LoadGen would apply it "
@@ -236,8 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Pass --audit_config=PATH to apply an audit config.",
             file=sys.stderr,
         )
-    stamp = time.strftime("%Y.%m.%d-%H.%M.%S")
-    top = Path(configs[0].log_dir) / stamp
     if configs[0].launch_server:
         try:
             server = launched_server(configs[0], top / "server.log")
@@ -250,6 +257,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             server.stop()
     return run_all(configs, top)
+
+
+def results_root(cfg: Config) -> Path:
+    """``<log_dir>/<timestamp>``, made now and checked writable (ConfigError if not)."""
+    top = Path(cfg.log_dir) / time.strftime("%Y.%m.%d-%H.%M.%S")
+    try:
+        top.mkdir(parents=True, exist_ok=True)
+        probe = top / ".writable"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"--log_dir: cannot write results under {cfg.log_dir}: {exc.strerror or exc}"
+        ) from None
+    return top
 
 
 def launch_main(argv: list[str]) -> int:

@@ -28,7 +28,7 @@ from llmlib.pd_server import PDServer
 from llmlib.policies import DEFAULT_POLICY, make_policy
 from llmlib.registry import get_core_class
 from llmlib.request import LLMRequest
-from llmlib.rules import check_llm_run, official_settings
+from llmlib.rules import MAX_SCHEDULED_QUERIES, check_llm_run, check_schedule, official_settings
 from llmlib.server import LLMServer, Pool
 from llmlib.simulator import KVTransfer
 from llmlib.tokenizer import load_tokenizer
@@ -112,6 +112,41 @@ def check_pools(cfg: Config) -> None:
         raise ConfigError("--pd_flags: the zero profile answers at once; pick one that takes time")
 
 
+def check_loadgen_targets(cfg: Config) -> None:
+    """The scenario's rate, before any process starts: one whose schedule LoadGen cannot
+    hold is refused (the minimum duration is mlperf.conf's unless --min_duration is set)."""
+    scen = cfg.scenario
+    lat = cfg.single_stream_expected_latency_ms
+    rate = {
+        "server": ("server_target_qps", cfg.server_target_qps, cfg.server_target_qps),
+        "offline": ("offline_expected_qps", cfg.offline_expected_qps,
+                    cfg.offline_expected_qps * 1.1),
+        "singlestream": ("single_stream_expected_latency_ms", lat,
+                         1000.0 / lat if lat > 0 else 0.0),
+    }[scen]  # fmt: skip
+    if rate[2] <= 0 and cfg.min_query_count <= MAX_SCHEDULED_QUERIES:
+        return
+    dur = cfg.min_duration
+    if not dur:
+        model = load_benchmark(cfg.config_dir, cfg.benchmark).mlperf_model
+        dur = official_settings(model, LG_SCENARIO[scen])["min_duration_ms"]
+    check_schedule(rate, dur, cfg.min_query_count)
+
+
+def check_datasets(configs: list[Config]) -> None:
+    """Read every dataset a run will use, once per benchmark, before any process starts: a
+    broken line, an empty file, a missing column or a token id past the vocabulary is then
+    one line and exit 2, with no run directory made (the tests' processes read the
+    tokenized cache this leaves)."""
+    seen: set[str] = set()
+    for cfg in configs:
+        if not (cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS):
+            continue
+        if cfg.benchmark not in seen:
+            seen.add(cfg.benchmark)
+            build_dataset(cfg, load_benchmark(cfg.config_dir, cfg.benchmark))
+
+
 def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
     if cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS:
         return load_dataset(
@@ -123,6 +158,7 @@ def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
             cfg.cache_dir or None,
             cfg.dataset_multi_turn,
             cfg.dataset_samples,
+            cfg.vocab_size,
         )
     return SyntheticDataset(spec, cfg.seed, cfg.vocab_size, cfg.sample_count)
 

@@ -151,10 +151,12 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     multi_turn: bool = False,
     max_samples: int = 0,
+    vocab_size: int = 0,
 ) -> TokenDataset:
     """The dataset at ``path`` in format ``fmt`` (``auto``: from the file name). ShareGPT
     and HumanEval default to the data in their registry packages when ``path`` is empty.
-    Text is tokenized with ``tokenizer``; tokenized text is cached in ``cache_dir``."""
+    Text is tokenized with ``tokenizer``; tokenized text is cached in ``cache_dir``. Token
+    ids must lie in the tokenizer's vocabulary, or without one below ``vocab_size`` (if set)."""
     fmt = check_source(path, fmt, tokenizer is not None)
     p = Path(path) if path else None
     if fmt == "mlperf_pickle":
@@ -170,6 +172,8 @@ def load_dataset(
         ds = ds.head(max_samples)
     if tokenizer is not None:
         check_vocabulary(ds, tokenizer)
+    elif vocab_size > 0:
+        check_vocab_size(ds, vocab_size)
     return ds
 
 
@@ -192,6 +196,16 @@ def check_source(path: str | Path, fmt: str, has_tokenizer: bool) -> str:
             "(make tiny-model builds one into build/tiny-model)"
         )
     return fmt
+
+
+def check_vocab_size(ds: TokenDataset, vocab_size: int) -> None:
+    """Without a tokenizer, token ids must lie below the model's ``--vocab_size``."""
+    top = int(ds._ids.max()) if len(ds._ids) else 0
+    if top >= vocab_size:
+        raise ConfigError(
+            f"{ds.source or ds.name}: token id {top} is past --vocab_size={vocab_size}; give "
+            "the model's vocabulary size (--vocab_size) or its tokenizer (--tokenizer_path)"
+        )
 
 
 def check_vocabulary(ds: TokenDataset, tokenizer: Tokenizer) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,8 @@ def coerce(value: Any, typ: type, what: str) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         raise bad from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what}: '{value}' is not a finite number")
     if typ is int:
         if not number.is_integer():
             raise bad

@@ -88,3 +88,36 @@ def check_llm_run(detail: dict[str, Any], official: dict[str, Any], scenario: st
     if get("result_validity") not in (None, "VALID"):
         problems.append(f"LoadGen result {get('result_validity')}")
     return problems
+
+
+# LoadGen builds every query of a performance run before the test starts, about 450 bytes
+# each (a null SUT, Offline: 1.1M queries, 507 MB peak; 2.2M, 1013 MB), and the harness keeps
+# ~200 bytes per request on top. 20M queries is ~13 GB: past that a typo ("1e9") would
+# exhaust the machine before the first query is issued.
+MAX_SCHEDULED_QUERIES = 20_000_000
+
+
+def check_schedule(
+    rate: tuple[str, float, float], min_duration_ms: float, min_queries: int
+) -> None:
+    """Refuse a schedule LoadGen could not hold. ``rate`` is (flag, its value, queries/s it
+    means: Offline's expected rate + 10%, SingleStream's 1000 / latency), over
+    ``min_duration_ms``, and at least ``min_queries`` (LoadGen builds those even when a
+    max_query_count is lower: seen as std::bad_alloc)."""
+    from .errors import ConfigError
+
+    flag, value, qps = rate
+    by_rate = qps * min_duration_ms / 1000.0
+    n = max(by_rate, float(min_queries))
+    if n <= MAX_SCHEDULED_QUERIES:
+        return
+    cause = (
+        f"--{flag}={value:g} over a {min_duration_ms / 1000:g} s minimum duration"
+        if by_rate >= min_queries
+        else f"--min_query_count={min_queries}"
+    )
+    raise ConfigError(
+        f"{cause} schedules {n:.3g} queries, which LoadGen builds in memory before the test "
+        f"starts (~450 bytes each); the most it may schedule is {MAX_SCHEDULED_QUERIES:.0e}: "
+        "lower the rate, --min_duration or --min_query_count"
+    )

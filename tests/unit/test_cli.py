@@ -56,6 +56,31 @@ from llmlib.config import REPO_ROOT
             ["'http://x' is not host:port"],
         ),
         (["--launch_server=triton"], ["--launch_server=triton runs with --core_type=triton_grpc"]),
+        (["--server_target_qps=inf"], ["server_target_qps", "'inf' is not a finite number"]),
+        (["--server_target_qps=nan"], ["server_target_qps", "'nan' is not a finite number"]),
+        (["--offline_expected_qps=-inf"], ["'-inf' is not a finite number"]),
+        (["--engine_flags=step_base_us:nan"], ["'step_base_us': 'nan' is not a finite number"]),
+        (
+            ["--scenarios=server", "--server_target_qps=1e9"],
+            ["--server_target_qps=1e+09 over a 10 s minimum duration", "the most it may", "2e+07"],
+        ),
+        (["--min_query_count=1e12"], ["--min_query_count=1000000000000 schedules", "2e+07"]),
+        (
+            ["--scenarios=singlestream", "--single_stream_expected_latency_ms=1e-6"],
+            ["single_stream_expected_latency_ms=1e-06", "schedules 1e+10"],
+        ),
+        (
+            ["--core_type=trtllm_endpoint", "--trtllm_server_urls=http://127.0.0.1:80x"],
+            ["'http://127.0.0.1:80x' has a port that is not a number"],
+        ),
+        (
+            ["--core_type=trtllm_endpoint", "--trtllm_server_urls=http://:8000"],
+            ["'http://:8000' is not an http(s) URL"],
+        ),
+        (
+            ["--core_type=triton_grpc", "--triton_server_urls=127.0.0.1:99999"],
+            ["'127.0.0.1:99999' is not host:port"],
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expect):
@@ -64,6 +89,40 @@ def test_bad_input_is_one_clear_line(capsys, args, expect):
     assert err.count("\n") == 1 and err.startswith("error: ")
     for text in expect:
         assert text in err
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_bad_files_and_places_are_one_line_before_any_run_directory(capsys, tmp_path):
+    """Data and paths are checked in this process: nothing is started, nothing is made."""
+    logs = tmp_path / "logs"
+    cases = [
+        (write(tmp_path / "broken.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1,\n'),
+         ["broken.jsonl:2: not JSON"]),
+        (write(tmp_path / "empty.jsonl", ""), ["empty.jsonl: no samples"]),
+        (write(tmp_path / "big.jsonl", '{"input_ids": [1, 99999]}\n'),
+         ["token id 99999 is past --vocab_size=2048", "--tokenizer_path"]),
+    ]  # fmt: skip
+    for path, expect in cases:
+        assert main([f"--log_dir={logs}", f"--dataset_path={path}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(t in err for t in expect), err
+    a_file = write(tmp_path / "a_file", "")
+    for log_dir, why in ((a_file, "Not a directory"), ("/proc/llmlib", "No such file")):
+        assert main([f"--log_dir={log_dir}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--log_dir: cannot write results under {log_dir}" in err
+        assert why in err
+    bad_yaml = write(tmp_path / "route.yaml", "pools: [\n  bad: : yaml\n")
+    tok = write(tmp_path / "tokenizer.json", "{}")
+    assert main([f"--routing_config={bad_yaml}", "--core_type=routing",
+                 f"--tokenizer_path={tok}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "route.yaml: not valid YAML:" in err
+    assert not logs.exists()
 
 
 def test_bad_environment_overlay_is_one_clear_line(capsys, monkeypatch):
