@@ -366,7 +366,7 @@ def run_all(configs: list[Config], top: Path) -> int:
             summaries.append(s)
             if cfg.test_mode == "SubmissionRun" and mode == "AccuracyOnly":
                 accuracy_errors += score_submission_accuracy(run_dir)
-    rule_errors = 0
+    rule_errors = request_errors(configs[0], summaries)
     if summaries:
         print()
         print(console_table(summaries))
@@ -392,6 +392,23 @@ def run_all(configs: list[Config], top: Path) -> int:
             )
     print(f"results: {(top if configs[0].test_mode == 'SubmissionRun' else root).resolve()}")
     return 1 if failed or rule_errors or accuracy_errors else 0
+
+
+def request_errors(cfg: Config, summaries: list[dict[str, Any]]) -> int:
+    """With --fail_on_errors (auto: a SubmissionRun), each run with failed requests is an
+    error, said on stderr; the count of such runs."""
+    on = cfg.fail_on_errors == "true" or (
+        cfg.fail_on_errors == "auto" and cfg.test_mode == "SubmissionRun"
+    )
+    bad = [s for s in summaries if s["harness"]["failed"]] if on else []
+    for s in bad:
+        h = s["harness"]
+        print(
+            f"error: {s['benchmark']}/{s['scenario']}/{s['mode']}: {h['failed']} of "
+            f"{h['issued']} requests failed (--fail_on_errors; the reasons are in report.md)",
+            file=sys.stderr,
+        )
+    return len(bad)
 
 
 def planned_runs(cfg: Config, top: Path) -> list[tuple[str, str | None, Path]]:

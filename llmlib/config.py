@@ -230,6 +230,15 @@ _FIELD_LIST = [
         choices=("uint32", "int32", "int64"),
     ),
     _f("enable_trace", bool, False, "LoadGen trace log (costs ~25% throughput)", "loadgen"),
+    _f(
+        "fail_on_errors",
+        str,
+        "auto",
+        "exit 1 when any request of a run failed: true, false, or auto (true for a "
+        "SubmissionRun, false otherwise: the report still counts them)",
+        "run",
+        choices=("auto", "true", "false"),
+    ),
     # workload
     _f(
         "dataset_path",

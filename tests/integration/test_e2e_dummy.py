@@ -97,11 +97,13 @@ def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
 def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):
     # each engine thread completes thousands of queries as failed; were it to end while
     # LoadGen runs, LoadGen's log I/O thread would swap its freed buffers (SIGSEGV, no report)
-    for _ in range(2):
+    for fail_on_errors in ("auto", "true"):  # auto: exit 0 outside a SubmissionRun
         p, runs = harness(
-            tmp_path, "--scenarios=offline", "--dummy_fail_after=500", "--min_query_count=8000"
-        )
-        assert p.returncode == 0, p.stderr
+            tmp_path, "--scenarios=offline", "--dummy_fail_after=500", "--min_query_count=8000",
+            f"--fail_on_errors={fail_on_errors}",
+        )  # fmt: skip
+        assert p.returncode == (1 if fail_on_errors == "true" else 0), p.stderr
+        assert ("requests failed (--fail_on_errors" in p.stderr) == (fail_on_errors == "true")
         s, run_dir = runs.pop(("offline", "performance"))
         h = s["harness"]
         assert h["failed"] > 0 and h["completed"] + h["failed"] == h["issued"]

@@ -176,3 +176,22 @@ def test_flag_forms():
     )
     assert flags == {"num_cores": "2", "progress": "true", "seed": "4", "enable_trace": "false"}
     assert actions == {"print_config"}
+
+
+def test_fail_on_errors_counts_runs_with_failed_requests(capsys):
+    from harness.cli import request_errors
+    from llmlib.config import resolve
+
+    runs = [
+        {"benchmark": "tiny", "scenario": s, "mode": "performance",
+         "harness": {"failed": f, "issued": 10}}
+        for s, f in (("offline", 0), ("server", 3))
+    ]  # fmt: skip
+    assert request_errors(resolve({}), runs) == 0  # auto, PerformanceOnly: reported only
+    assert request_errors(resolve({"test_mode": "SubmissionRun"}), runs) == 1
+    assert request_errors(resolve({"fail_on_errors": "true"}), runs) == 1
+    assert request_errors(resolve({"test_mode": "SubmissionRun", "fail_on_errors": "false"}),
+                          runs) == 0  # fmt: skip
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: tiny/server/performance: 3 of 10 requests failed (--fail_on_errors; "
+                   "the reasons are in report.md)"] * 2  # fmt: skip
