@@ -6,7 +6,11 @@ Cores use it so one Python process's GIL is not the client's ceiling (``trtllm_e
 ``target(settings, inq, outq)``: it reads batches from ``inq`` until ``None``, and puts
 lists of answers on ``outq``. The reader hands every list to ``on_batch``; a worker that
 exits while the pool is open is reported once to ``on_death`` (the core then fails what it
-has pending: nothing issued is left waiting on a process that is gone).
+has pending: nothing issued is left waiting on a process that is gone). A watcher thread
+waits on the workers' process sentinels, so a death is seen at once under any load, and
+puts the news on the answer queue: the reader reports it after the answers the worker sent
+before it died, and the watcher, which never calls the consumer, may end (a thread that
+completed queries to LoadGen must not: see ``llmlib.core``).
 Timestamps taken in a worker with ``time.perf_counter_ns`` compare with the parent's: on
 Linux it is the system's monotonic clock, the same in every process.
 """
@@ -16,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import queue
 import threading
 from collections.abc import Callable, Sequence
+from multiprocessing import connection as mp_connection
 from typing import Any
 
 WorkerTarget = Callable[[Any, Any, Any], None]
@@ -48,6 +52,8 @@ class WorkerPool:
             self.workers.append((p, inq))
         self._reader = threading.Thread(target=self._read, name=f"{name}-rx", daemon=True)
         self._reader.start()
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
+        self._watcher.start()
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -55,20 +61,28 @@ class WorkerPool:
     def put(self, k: int, batch: list[Any]) -> None:
         self.workers[k][1].put(batch)
 
+    def _watch(self) -> None:
+        """Wait for a worker to exit; put the news on the answer queue (once)."""
+        procs = {p.sentinel: p for p, _ in self.workers}
+        while not self._closing:
+            ready = mp_connection.wait(list(procs), timeout=0.5)
+            if ready and not self._closing:
+                p = procs[ready[0]]  # type: ignore[index]
+                p.join(1)  # (its exit code)
+                self._out.put(f"worker process {p.name} exited (code {p.exitcode})")
+                return
+
     def _read(self) -> None:
         reported = False
         while True:
-            try:
-                batch = self._out.get(timeout=0.5)
-            except queue.Empty:
-                dead = [p for p, _ in self.workers if not p.is_alive()]
-                if dead and not self._closing and not reported:
-                    reported = True
-                    p = dead[0]
-                    self._on_death(f"worker process {p.name} exited (code {p.exitcode})")
-                continue
+            batch = self._out.get()
             if batch is None:
                 return
+            if isinstance(batch, str):  # a death, from the watcher
+                if not reported and not self._closing:
+                    reported = True
+                    self._on_death(batch)
+                continue
             try:
                 self._on_batch(batch)
             except Exception as exc:  # the reader must live on: a dead one strands every query
@@ -87,6 +101,7 @@ class WorkerPool:
                 p.kill()
         self._out.put(None)
         self._reader.join(timeout_s)
+        self._watcher.join(timeout_s)
 
 
 class Outbox:

@@ -63,6 +63,33 @@ def test_a_dead_worker_is_reported_once():
     assert sink.deaths == ["worker process t-1 exited (code -9)"]
 
 
+def streamer(settings, inq, outq):
+    """A worker under steady load: answers every millisecond until told to stop."""
+    stop = threading.Event()
+    threading.Thread(target=lambda: (inq.get(), stop.set()), daemon=True).start()
+    while not stop.is_set():
+        outq.put([(settings["tag"], time.perf_counter_ns())])
+        time.sleep(0.001)
+
+
+def test_a_death_is_seen_at_once_while_answers_keep_coming():
+    # the answer queue never runs dry here: a check made only when it is empty never runs
+    sink = Sink()
+    pool = WorkerPool("t", streamer, [{"tag": "a"}, {"tag": "b"}], sink.batch, sink.death)
+    try:
+        sink.wait(lambda: len(sink.got) > 50)
+        t0 = time.monotonic()
+        pool.workers[1][0].kill()
+        sink.wait(lambda: sink.deaths, timeout=10)
+        noticed = time.monotonic() - t0
+        n = len(sink.got)
+        sink.wait(lambda: len(sink.got) > n + 50)  # the live worker's answers still flow
+    finally:
+        pool.close()
+    assert sink.deaths == ["worker process t-1 exited (code -9)"]
+    assert noticed < 1.0  # (~1 ms here; a bound for a loaded CI machine, not a benchmark)
+
+
 def test_a_consumer_that_raises_is_a_death_and_the_reader_lives_on():
     sink = Sink(fail_first=True)
     pool = WorkerPool("t", doubler, [{"tag": "a"}], sink.batch, sink.death)
