@@ -8,7 +8,9 @@ see ``cores.trtllm_endpoint`` for the behaviour it implements.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ class EndpointClient:
         timeout_s: float,
         limit: int,
         tokenizer_path: str = "",
+        stall_s: float = 0.0,
     ) -> None:
         try:
             import aiohttp
@@ -40,9 +43,12 @@ class EndpointClient:
         self.aiohttp = aiohttp
         self.url, self.api, self.model = url.rstrip("/"), api, model
         self.path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
-        self.timeout_s, self.limit = timeout_s, limit
+        self.timeout_s, self.limit, self.stall_s = timeout_s, limit, stall_s
         self.tok: Tokenizer | None = load_tokenizer(tokenizer_path) if tokenizer_path else None
         self.session: Any = None
+        self._open: set[_Stream] = set()  # requests in flight (the stall watch reads them)
+        self._last_byte = 0.0  # time.monotonic() of the last line any stream read
+        self._watch: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         aiohttp = self.aiohttp
@@ -53,10 +59,42 @@ class EndpointClient:
             connector=aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=KEEPALIVE_S),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
         )
+        if self.stall_s > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_stalls())
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.session is not None:
             await self.session.close()
+
+    async def _watch_stalls(self) -> None:
+        """Fail what a stalled server holds: every open request when no byte came on any of
+        them for ``stall_s`` (and the oldest has waited that long: a SIGSTOPped or hung
+        server), or one request whose stream began and then stopped for ``stall_s``.
+        Waiting for a first byte alone is not a stall (a server may queue a request)."""
+        period = min(1.0, self.stall_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            if not self._open:
+                continue
+            now = time.monotonic()
+            oldest = min(s.started for s in self._open)
+            quiet = now - max(self._last_byte, oldest)
+            if quiet > self.stall_s:
+                why = (
+                    f"no byte from {self.url} for {quiet:.1f} s with {len(self._open)} requests "
+                    f"open: the server is stalled or stopped (--stall_timeout_s={self.stall_s:g})"
+                )
+                for s in list(self._open):
+                    s.stall(why)
+                continue
+            for s in list(self._open):
+                if s.last and now - s.last > self.stall_s:
+                    s.stall(
+                        f"the stream from {self.url} stopped for {now - s.last:.1f} s after it "
+                        f"began (--stall_timeout_s={self.stall_s:g})"
+                    )
 
     def describe(self, exc: BaseException) -> str:
         """A failed request's reason."""
@@ -103,7 +141,8 @@ class EndpointClient:
         """Stream one completion; ``on_first(ids)`` at the first output. Returns the output
         token ids and where they came from ("server" or "retokenized"); raises for any
         failure."""
-        s = _Stream()
+        s = _Stream(time.monotonic(), asyncio.current_task())
+        self._open.add(s)
         try:
             async with self.session.post(
                 self.url + self.path, json=self.body(prompt, max_new_tokens)
@@ -112,16 +151,27 @@ class EndpointClient:
                     text = (await resp.text())[:300]
                     raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
                 async for raw in resp.content:
+                    self._last_byte = s.last = time.monotonic()
                     if s.feed(raw) and on_first is not None and s.first_ids is None:
                         on_first(self._first_ids(s))
             if not s.done:
                 raise RequestFailed("the stream ended without [DONE] (server closed it)")
+        except asyncio.CancelledError:
+            if s.stalled is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the stall watch cancelled it: a failure, not a shutdown
+            partial = self._partial_ids(s) if s.ids or s.texts else None
+            raise RequestFailed(s.stalled, partial) from None
         except Exception as exc:
             if s.first_ids is None and not s.ids:
                 raise
             # the failure came after output: say what had arrived (the harness completes the
             # request with it, so LoadGen's TPOT stays meaningful)
             raise RequestFailed(self.describe(exc), self._partial_ids(s)) from exc
+        finally:
+            self._open.discard(s)
         if not s.ids and not "".join(s.texts):
             raise RequestFailed("empty stream: no tokens")
         return self._final_ids(s)
@@ -158,17 +208,29 @@ class EndpointClient:
 
 
 class _Stream:
-    """What one SSE stream has said so far."""
+    """What one SSE stream has said so far, and when (for the stall watch)."""
 
-    __slots__ = ("ids", "texts", "server_ids", "done", "first_ids", "first_text_len")
+    __slots__ = (
+        "ids", "texts", "server_ids", "done", "first_ids", "first_text_len",
+        "started", "last", "task", "stalled",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, started: float = 0.0, task: asyncio.Task[Any] | None = None) -> None:
+        self.started, self.last = started, 0.0  # time.monotonic(); last: 0 until a byte
+        self.task = task
+        self.stalled: str | None = None
         self.ids: list[int] = []
         self.texts: list[str] = []
         self.server_ids = False
         self.done = False
         self.first_ids: np.ndarray | None = None
         self.first_text_len = 0
+
+    def stall(self, why: str) -> None:
+        """Fail this request (its task is cancelled; ``request`` raises ``why``)."""
+        if self.stalled is None and self.task is not None:
+            self.stalled = why
+            self.task.cancel()
 
     def feed(self, raw: bytes) -> bool:
         """Take one SSE line; True when it brought output (token ids or text)."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from llmlib.core import CoreCapabilities, LLMCore
 from llmlib.errors import ConfigError, HealthCheckError
-from llmlib.policies import make_policy
+from llmlib.health import describe_events
+from llmlib.policies import BREAKER_TUNABLES, make_policy
 from llmlib.registry import get_core_class, register_core
 from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 from llmlib.router import SOURCES
@@ -93,7 +94,8 @@ class RoutingCore(LLMCore):
             n = kind.num_cores_for_workload(sub)
             cores = [kind(next_id + i, kind.config_for_core(i, sub)) for i in range(n)]
             next_id += n
-            pool = LLMServer(cores, make_policy("least_pending", n, cfg.policy_seed))
+            breaker = {k: v for k, v in cfg.policy_flags.items() if k in BREAKER_TUNABLES}
+            pool = LLMServer(cores, make_policy("least_pending", n, cfg.policy_seed, breaker))
             pool.set_callback(self._on_expert)
             self.pools[name] = pool
         self._loads = _Loads(self.pools) if self.rc.tie_margin > 0 else None
@@ -283,7 +285,8 @@ class RoutingCore(LLMCore):
                 f"router margin p10/p50 {s['margin']['p10']:.2f}/{s['margin']['p50']:.2f}, "
                 f"entropy p50/p90 {s['entropy']['p50']:.2f}/{s['entropy']['p90']:.2f}"
             )
-        for pool in self.pools.values():
+        for name, pool in self.pools.items():
             for c in pool.cores:
                 notes += c.report_notes()
+            notes += [f"pool {name}: {e}" for e in describe_events(pool.health.summary())]
         return notes

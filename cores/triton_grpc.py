@@ -84,7 +84,9 @@ class TritonStream:
     a request's error or a response that cannot be read, ``BROKEN`` when the stream ends
     or an error names no request) handed to ``emit``."""
 
-    def __init__(self, url: str, end_id: int, emit: Callable[[list[Event]], None]) -> None:
+    def __init__(
+        self, url: str, end_id: int, emit: Callable[[list[Event]], None], stall_s: float = 0.0
+    ) -> None:
         g = _grpc()
         import grpc
 
@@ -105,6 +107,14 @@ class TritonStream:
         self._call = stub.ModelStreamInfer(iter(self._requests.get, None))
         self._reader = threading.Thread(target=self._read_all, name="triton-stream", daemon=True)
         self._reader.start()
+        self.stall_s = stall_s
+        self._sent: dict[int, float] = {}  # open request -> time.monotonic() it was sent
+        self._last_response = 0.0
+        self._watch: threading.Thread | None = None
+        if stall_s > 0:
+            self._watch = threading.Thread(target=self._watch_stall, name="triton-stall",
+                                           daemon=True)  # fmt: skip
+            self._watch.start()
 
     def _request(self, rid: int, ids: np.ndarray, max_new: int, stream: bool, model: str) -> Any:
         pb = self._pb
@@ -131,6 +141,7 @@ class TritonStream:
     def send(self, rid: int, ids: np.ndarray, max_new: int, stream: bool, model: str) -> None:
         with self._lock:
             self._live[rid] = ([], [stream])
+            self._sent[rid] = time.monotonic()
         try:
             self._requests.put(self._request(rid, ids, max_new, stream, model))
         except Exception as exc:  # a request that could not be built fails, alone
@@ -140,6 +151,28 @@ class TritonStream:
     def _forget(self, rid: int) -> None:
         with self._lock:
             self._live.pop(rid, None)
+            self._sent.pop(rid, None)
+
+    def _watch_stall(self) -> None:
+        """A server that sent nothing for ``stall_s`` while requests were open (and the
+        oldest has waited that long) is stalled or stopped: the stream is reported broken
+        (its core fails what it holds). The thread then waits for close: in process it has
+        delivered to LoadGen, so it must outlive the test (``llmlib.core``)."""
+        period, broken = min(1.0, self.stall_s / 4), False
+        while not self._closed.wait(period):
+            with self._lock:
+                if broken or not self._sent:
+                    continue
+                now = time.monotonic()
+                quiet = now - max(self._last_response, min(self._sent.values()))
+                n = len(self._sent)
+            if quiet > self.stall_s:
+                broken = True
+                why = (
+                    f"no response for {quiet:.1f} s with {n} requests open: the server is "
+                    f"stalled or stopped (--stall_timeout_s={self.stall_s:g})"
+                )
+                self._emit([(BROKEN, -1, why, time.perf_counter_ns())])
 
     def _read_all(self) -> None:
         """The reader thread: every response of the stream, then how it ended."""
@@ -158,6 +191,7 @@ class TritonStream:
         """One response. Whatever goes wrong reading it fails its request rather than
         ending the reader thread (which would leave every request on the stream waiting)."""
         now = time.perf_counter_ns()
+        self._last_response = time.monotonic()
         ident = resp.infer_response.id
         try:
             self._read(resp, now)
@@ -198,6 +232,7 @@ class TritonStream:
                 want_first[0] = False
             if final:
                 del self._live[rid]
+                self._sent.pop(rid, None)
         events: list[Event] = []
         if send_first:
             events.append((FIRST, rid, got[0][:1], now))
@@ -219,6 +254,8 @@ class TritonStream:
         with contextlib.suppress(Exception):
             self._channel.close()
         self._reader.join(5)
+        if self._watch is not None:
+            self._watch.join(5)
 
 
 class TritonGrpcCore(LLMCore):
@@ -256,6 +293,7 @@ class TritonGrpcCore(LLMCore):
         self.end_id = end_id_for(cfg)
         self.n_clients = int(cfg.triton_num_clients_per_server)
         self.in_process = bool(cfg.triton_clients_in_process)
+        self.stall_s = float(cfg.stall_timeout_s)
         self._turn = itertools.count()
         self._closing = False
         self._health = _grpc().InferenceServerClient(self.url)
@@ -263,10 +301,12 @@ class TritonGrpcCore(LLMCore):
         self._pool: WorkerPool | None = None
         if self.in_process:
             self.streams = [
-                TritonStream(self.url, self.end_id, self._on_events) for _ in range(self.n_clients)
+                TritonStream(self.url, self.end_id, self._on_events, self.stall_s)
+                for _ in range(self.n_clients)
             ]
         else:
-            settings = {"url": self.url, "end_id": self.end_id, "models": self.models}
+            settings = {"url": self.url, "end_id": self.end_id, "models": self.models,
+                        "stall_s": self.stall_s}  # fmt: skip
             self._pool = WorkerPool(
                 f"triton-{core_id}", worker_main, [settings] * self.n_clients,
                 self._on_events, self._fail,
@@ -353,7 +393,7 @@ def worker_main(settings: dict[str, Any], inq: Any, outq: Any) -> None:
             (k, rid, p.tobytes() if isinstance(p, np.ndarray) else p, t) for k, rid, p, t in events
         ])  # fmt: skip
 
-    stream = TritonStream(settings["url"], settings["end_id"], emit)
+    stream = TritonStream(settings["url"], settings["end_id"], emit, settings["stall_s"])
     models = settings["models"]
     try:
         while (batch := inq.get()) is not None:

@@ -92,6 +92,7 @@ class EndpointCore(AsyncLoopCore):
             "timeout_s": float(cfg.endpoint_timeout_s),
             "limit": limit,
             "tokenizer_path": cfg.tokenizer_path,
+            "stall_s": float(cfg.stall_timeout_s),
         }
         self.client = EndpointClient(**self.settings)
         self.url, self.path = self.client.url, self.client.path

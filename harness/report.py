@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmlib.health import describe_events
 from llmlib.metrics import RequestLog, percentiles
 
 _PCTS = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
@@ -229,6 +230,9 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines += ["", f"![{png[:-4].replace('_', ' ')}]({png})"]
     if h["errors"]:
         lines += ["", "Errors:"] + [f"- {n} x {e}" for e, n in h["errors"].items()]
+    if s.get("core_health"):
+        lines += ["", "Cores taken out of the rotation or back (the pool's breaker):"]
+        lines += [f"- {line}" for line in describe_events(s["core_health"])]
     if h.get("failed_after_first_token"):
         lines += [
             "",

@@ -79,10 +79,17 @@ def build_server(cfg: Config, policy_name: str) -> Pool:
     )
 
 
-def pool_summary(server: Pool) -> dict[str, Any]:
-    """What the pool's policies did (migrations...), and a disaggregated run's pools."""
+def pool_summary(server: Pool, origin_ns: int) -> dict[str, Any]:
+    """What the pool's policies did (migrations...), each core taken out of or back into
+    the rotation (times from ``origin_ns``), and a disaggregated run's pools."""
     out: dict[str, Any] = {"policy_stats": server.policy.stats()}
+    if isinstance(server, LLMServer):
+        out["core_health"] = server.health.summary(origin_ns)
     if isinstance(server, PDServer):
+        out["core_health"] = sorted(
+            server.prefill.health.summary(origin_ns) + server.decode_health.summary(origin_ns),
+            key=lambda e: e["t_s"],
+        )
         out["pools"] = {"prefill": len(server.prefill.cores), "decode": len(server.decode)}
         out["decode_policy_stats"] = server.decode_policy.stats()
         out["handed_over"] = server.handed_over
@@ -131,6 +138,26 @@ def check_loadgen_targets(cfg: Config) -> None:
         model = load_benchmark(cfg.config_dir, cfg.benchmark).mlperf_model
         dur = official_settings(model, LG_SCENARIO[scen])["min_duration_ms"]
     check_schedule(rate, dur, cfg.min_query_count)
+
+
+def with_stall_timeout(cfg: Config, spec: BenchmarkSpec, notes: list[str]) -> Config:
+    """``cfg`` with ``stall_timeout_s`` resolved: 0 (auto) becomes 10 x the benchmark's TTFT
+    limit in mlperf.conf (its Server scenario's), at least 10 s; 30 s without one."""
+    if cfg.stall_timeout_s > 0 or cfg.core_type not in STALL_WATCHED:
+        return cfg
+    ttft_s = official_settings(spec.mlperf_model, "Server").get("ttft_latency", 0) / 1e9
+    stall = max(10.0, 10 * ttft_s) if ttft_s > 0 else 30.0
+    notes.append(
+        f"stall timeout {stall:g} s (auto: 10 x {spec.mlperf_model}'s TTFT limit of "
+        f"{ttft_s:g} s, at least 10 s; --stall_timeout_s sets it)"
+        if ttft_s > 0
+        else f"stall timeout {stall:g} s (auto; --stall_timeout_s sets it)"
+    )
+    return cfg.replace(stall_timeout_s=stall)
+
+
+# core types that watch their servers for stalls (the routing core's pools may hold them)
+STALL_WATCHED = ("trtllm_endpoint", "trtllm_disagg", "triton_grpc", "routing")
 
 
 def check_datasets(configs: list[Config]) -> None:
@@ -230,6 +257,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     spec = load_benchmark(cfg.config_dir, cfg.benchmark)
     notes: list[str] = []
+    cfg = with_stall_timeout(cfg, spec, notes)
     dataset = build_dataset(cfg, spec)
     notes += getattr(dataset, "notes", [])
     stream = cfg.scenario != "offline"
@@ -316,7 +344,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         "core_type": cfg.core_type,
         "num_cores": len(cores),
         "policy": policy_name,
-        **pool_summary(server),
+        **pool_summary(server, t0),
         "mlperf_model": spec.mlperf_model,
         "dataset": dataset.name,
         "samples": len(dataset),

@@ -125,6 +125,8 @@ class AsyncLoopCore(LLMCore):
             self._call(self._health(), self.HEALTH_TIMEOUT_S)
         except HealthCheckError:
             raise
+        except TimeoutError:  # (the time waited here, not the request's own limit)
+            raise HealthCheckError(f"no answer within {self.HEALTH_TIMEOUT_S:g} s") from None
         except Exception as exc:
             raise HealthCheckError(self._describe(exc)) from exc
 

@@ -373,6 +373,16 @@ _FIELD_LIST = [
         minimum=0.1,
     ),
     _f(
+        "stall_timeout_s",
+        float,
+        0.0,
+        "a server that sends no byte for this long fails what it holds (all its open requests "
+        "when none of them moved; one request whose stream stopped after it began); 0: auto, "
+        "10 x the benchmark's TTFT limit, at least 10 s (endpoint and triton_grpc cores)",
+        "endpoint",
+        minimum=0,
+    ),
+    _f(
         "disagg_config",
         str,
         "",

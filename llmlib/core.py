@@ -56,6 +56,7 @@ class Telemetry:
 
     __slots__ = (
         "alpha", "ttft_ewma_ns", "tpot_ewma_ns", "completed", "failed", "tokens", "observed",
+        "fail_streak", "last_error",
     )  # fmt: skip
 
     def __init__(self, alpha: float = 0.1) -> None:
@@ -66,6 +67,8 @@ class Telemetry:
         self.failed = 0
         self.tokens = 0
         self.observed = 0  # TTFTs and TPOTs folded in: readers can tell nothing changed
+        self.fail_streak = 0  # failures since the last success
+        self.last_error = ""
 
     def observe_ttft(self, ns: int) -> None:
         self.observed += 1
@@ -97,6 +100,8 @@ class LLMCore(ABC):
         self._idle = threading.Condition()
         self._flush_waiters = 0  # _deliver notifies only when someone waits in flush()
         self._closed = threading.Event()  # set first thing in close(): parked threads go
+        # the pool's breaker (llmlib.health): told when answers held a failure or we died
+        self.health_hook: Callable[[LLMCore], None] | None = None
 
     # --- sizing ---------------------------------------------------------------------------
     @classmethod
@@ -123,6 +128,11 @@ class LLMCore(ABC):
     @property
     def alive(self) -> bool:
         return self._dead is None
+
+    @property
+    def down_reason(self) -> str:
+        """Why the core is down ('' while it is alive)."""
+        return self._dead or ""
 
     def enqueue(self, requests: Sequence[LLMRequest]) -> None:
         """Hand requests (a list, or a RequestBatch) to the backend. Never raises for a
@@ -215,7 +225,8 @@ class LLMCore(ABC):
         twice (say, by its backend and by ``_fail`` racing it)."""
         pending, first, tel = self._pending, self._first_ns, self.telemetry
         forward: list[LLMResponse] = []
-        completed = tokens = 0
+        completed = tokens = failed = 0
+        streak = tel.fail_streak
         for r in responses:
             rid = r.request_id
             if not r.is_final:
@@ -230,15 +241,23 @@ class LLMCore(ABC):
             forward.append(r)
             t_first = first.pop(rid, None) if first else None
             if r.error is not None:
-                tel.failed += 1
+                failed += 1
+                streak += 1
+                tel.last_error = r.error
                 continue
             n = len(r.output_tokens)
+            streak = 0
             completed += 1
             tokens += n
             if t_first is not None and n > 1:
                 tel.observe_tpot((r.time_ns - t_first) / (n - 1))
         tel.completed += completed
         tel.tokens += tokens
+        tel.fail_streak = streak
+        if failed:
+            tel.failed += failed
+            if self.health_hook is not None:
+                self.health_hook(self)
         if forward and not self._warmup and self.callback is not None:
             self.callback(forward)
         if not pending and self._flush_waiters:  # (a missed notify costs one 50 ms poll)
@@ -266,6 +285,7 @@ class LLMCore(ABC):
             for rid in batch.request_ids:
                 first.pop(rid, None)
         tel = self.telemetry
+        tel.fail_streak = 0
         tel.completed += len(batch.request_ids)
         tel.tokens += sum(map(len, batch.outputs))
         if batch.request_ids and not self._warmup and self.callback is not None:
@@ -283,6 +303,8 @@ class LLMCore(ABC):
         """The backend died: mark the core down and fail everything pending."""
         log.error("core %d (%s) failed: %s", self.core_id, self.name, reason)
         self._dead = reason
+        if self.health_hook is not None:  # out of the pool's rotation before anything else
+            self.health_hook(self)
         self._fail_ids(list(self._pending), f"core {self.core_id} failed: {reason}")
 
     def _fail_requests(self, requests: Sequence[LLMRequest], reason: str) -> None:

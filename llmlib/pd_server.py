@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from .core import CompletionCallback, LLMCore
+from .health import CoreHealth
 from .policies import TrafficPolicy
 from .request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch, failed_response
 from .server import LLMServer
@@ -54,6 +55,9 @@ class PDServer:
         self.decode = list(decode)
         self.decode_policy = decode_policy
         decode_policy.bind([c.telemetry for c in decode])
+        self.decode_health = CoreHealth(
+            decode, decode_policy.eject_after, decode_policy.eject_s, decode_policy.max_eject_s
+        )
         self.transfer = transfer
         self._n_pre = len(prefill)
         self._decode_issued = [0] * len(decode)
@@ -126,7 +130,9 @@ class PDServer:
                 self._link_free[p], landed = self.transfer.landed_ns(
                     r.time_ns, self._link_free[p], len(req.input_tokens)
                 )
-                d = self.decode_policy.assign([req], [c.pending for c in self.decode])[0]
+                d = self.decode_health.assign(
+                    self.decode_policy, [req], [c.pending for c in self.decode]
+                )[0]
                 self._decode_issued[d] += 1
                 self.handed_over += 1
                 hand.append((d, req, landed))

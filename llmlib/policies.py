@@ -26,11 +26,18 @@ from .errors import ConfigError, UnknownNameError
 from .prefix import BlockSet, blocks_of
 from .request import LLMRequest
 
+BREAKER_TUNABLES = ("eject_after", "eject_s", "max_eject_s")
+
 
 class TrafficPolicy:
     name: ClassVar[str] = "abstract"
     tunables: ClassVar[tuple[str, ...]] = ()  # class attributes a flag string may set
     uses_telemetry: ClassVar[bool] = False
+    # the pool's breaker (llmlib.health), set like any tunable: eject a core after this many
+    # failures in a row (0: never), for eject_s, doubling after a failed probe up to max
+    eject_after: int = 5
+    eject_s: float = 10.0
+    max_eject_s: float = 300.0
 
     def __init__(self, num_cores: int, seed: int = 0) -> None:
         self.num_cores = num_cores
@@ -45,8 +52,10 @@ class TrafficPolicy:
     def configure(self, flags: Mapping[str, Any]) -> None:
         """Set tunables from a parsed flag string; a key this policy has not is an error."""
         for key, value in flags.items():
-            if key not in self.tunables:
-                raise UnknownNameError(f"{self.name} policy flag", key, self.tunables or ["(none)"])
+            if key not in self.tunables and key not in BREAKER_TUNABLES:
+                raise UnknownNameError(
+                    f"{self.name} policy flag", key, [*self.tunables, *BREAKER_TUNABLES]
+                )
             default = getattr(type(self), key)
             value = type(default)(value)
             if value < 0:
@@ -340,7 +349,7 @@ POLICIES: dict[str, type[TrafficPolicy]] = {
 }
 # every policy's tunables, for the flag-string schema (make_policy checks the policy's own)
 POLICY_FLAGS: dict[str, type] = {
-    k: type(getattr(p, k)) for p in POLICIES.values() for k in p.tunables
+    k: type(getattr(p, k)) for p in POLICIES.values() for k in (*p.tunables, *BREAKER_TUNABLES)
 }
 
 DEFAULT_POLICY = {

@@ -1,4 +1,8 @@
-"""LLMServer: a pool of cores behind one ``issue`` call, with a pluggable traffic policy."""
+"""LLMServer: a pool of cores behind one ``issue`` call, with a pluggable traffic policy.
+
+The pool keeps a breaker over its cores (``llmlib.health``): a core that is down gets no more
+traffic, one that keeps failing rests and is probed; whatever the policy picks among those
+goes to the usable core with the fewest pending instead."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Protocol
 
 from .core import CompletionCallback, LLMCore
+from .health import CoreHealth
 from .policies import TrafficPolicy
 from .request import LLMRequest, RequestBatch
 
@@ -38,6 +43,7 @@ class LLMServer:
         self.policy = policy
         policy.bind([c.telemetry for c in self.cores])  # what telemetry-reading policies see
         self.issued = [0] * len(self.cores)
+        self.health = CoreHealth(self.cores, policy.eject_after, policy.eject_s, policy.max_eject_s)
 
     def set_callback(self, callback: CompletionCallback | None) -> None:
         for c in self.cores:
@@ -59,7 +65,10 @@ class LLMServer:
             cores[0].enqueue(requests)
             return
         loads = [c.pending for c in cores]
-        assignment = self.policy.assign(requests, loads)
+        if self.health.trouble:  # a core is down, resting or being probed
+            assignment = self.health.assign(self.policy, requests, loads)
+        else:
+            assignment = self.policy.assign(requests, loads)
         groups: list[Sequence[LLMRequest]]
         if type(requests) is RequestBatch:  # split into one batch per core
             positions: list[list[int]] = [[] for _ in cores]

@@ -207,6 +207,7 @@ def test_a_jsonl_dataset_is_served_and_its_references_reach_loadgen(tmp_path):
         "--test_mode=AccuracyOnly",
         "--engine_profile=zero",
         f"--dataset_path={data}",
+        "--vocab_size=32000",  # the data's ids: tiny's 2048 would refuse them
     )
     assert p.returncode == 0, p.stderr
     s, run_dir = runs[("server", "accuracy")]

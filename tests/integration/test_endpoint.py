@@ -1,6 +1,7 @@
 """The trtllm_endpoint core against a real OpenAI-compatible server on 127.0.0.1: llmlib's
 own serving front (``python -m harness serve``), started and stopped here."""
 
+import csv
 import json
 import re
 import signal
@@ -191,6 +192,38 @@ def test_a_server_killed_mid_run_fails_its_queries_and_the_run_ends(tmp_path, wo
     assert h["completed"] + h["failed"] == h["issued"]  # every query accounted for
     assert s["validity"] == "INVALID" and took < 120
     assert "failed" in p.stdout
+
+
+def test_one_of_two_servers_killed_leaves_the_rotation_and_the_other_keeps_serving(tmp_path):
+    # least_pending alone would favour the dead server's core: it holds nothing pending
+    alive, doomed = Front(), Front()
+    killer = kill_after(doomed, 60)
+    try:
+        p, runs = harness(
+            tmp_path,
+            *endpoint_args(f"{alive.url},{doomed.url}", "--endpoint_timeout_s=5"),
+            "--scenarios=server",
+            "--min_duration=5000",
+            "--server_target_qps=100",
+        )
+    finally:
+        alive.stop()
+        doomed.stop()
+        killer.join(5)
+    s, run_dir = runs[("server", "performance")]
+    h = s["harness"]
+    assert h["completed"] + h["failed"] == h["issued"]
+    assert 0 < h["failed"] < 60  # what the dead server held (~30 in flight), no more
+    assert h["per_core"]["0"]["completed"] > 0.75 * h["issued"]
+    events = [(e["core"], e["event"]) for e in s["core_health"]]
+    assert events[0] == (1, "ejected"), s["core_health"]
+    assert "failures in a row" in s["core_health"][0]["reason"]
+    # nothing was sent to the dead server's core after it was ejected (it rests 10 s)
+    out_ms = s["core_health"][0]["t_s"] * 1000 + 1
+    rows = list(csv.DictReader((run_dir / "requests.csv").read_text().splitlines()))
+    assert not [r for r in rows if r["core"] == "1" and float(r["issue_ms"]) > out_ms]
+    assert "Cores taken out of the rotation" in (run_dir / "report.md").read_text()
+    assert s["validity"] == "INVALID"
 
 
 def test_no_server_listening_is_a_clear_error(tmp_path):

@@ -1,0 +1,110 @@
+"""The endpoint core against a server that misbehaves (tests/faults/fault_server.py), through
+real LoadGen: every issued query is completed or counted as failed, the run is INVALID, the
+exit status is 0 (PerformanceOnly) and the run ends in bounded time, never on CI's clock."""
+
+import csv
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llmlib.config import REPO_ROOT
+from tests.integration.test_e2e_dummy import harness
+
+pytestmark = pytest.mark.slow
+
+
+class FaultServer:
+    def __init__(self, mode, every=3):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.fault_server", f"--mode={mode}",
+             f"--every={every}"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = self.proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        if not m:
+            self.stop()
+            raise RuntimeError(f"fault server did not start: {line!r}")
+        self.url = m.group(1)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def run_against(tmp_path, server, *more):
+    t0 = time.monotonic()
+    p, runs = harness(
+        tmp_path,
+        "--core_type=trtllm_endpoint",
+        f"--trtllm_server_urls={server.url}",
+        "--scenarios=server",
+        "--server_target_qps=40",
+        "--min_duration=2000",
+        "--min_query_count=60",
+        "--warmup_queries=0",
+        "--stall_timeout_s=1",
+        "--endpoint_timeout_s=20",
+        "--policy_flags=eject_after:0",  # one server: keep sending, every fault shows
+        *more,
+        timeout=150,
+    )
+    took = time.monotonic() - t0
+    s, run_dir = runs[("server", "performance")]
+    rows = list(csv.DictReader((run_dir / "requests.csv").read_text().splitlines()))
+    return p, s, rows, took
+
+
+# mode -> what the failed requests' reason says
+EXPECT = {
+    "bad_json": "not JSON in the stream",
+    "no_done": "Response payload is not completed",
+    "http500": "HTTP 500",
+    "error_event": "server error",
+    "stall": "stopped for",
+    "zero_tokens": "empty stream",
+    "truncated": "Response payload is not completed",
+    "silent": "no byte from",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECT))
+def test_every_query_is_accounted_for_whatever_the_server_does(tmp_path, mode):
+    server = FaultServer(mode)
+    try:
+        p, s, rows, took = run_against(tmp_path, server)
+    finally:
+        server.stop()
+    assert p.returncode == 0, p.stderr
+    h = s["harness"]
+    failed = [r for r in rows if r["error"]]
+    assert len(rows) == h["issued"] > 0
+    assert h["completed"] + h["failed"] == h["issued"] and len(failed) == h["failed"] > 0
+    assert h["completed"] > 0  # two of three requests are served properly
+    assert s["validity"] == "INVALID"
+    assert all(EXPECT[mode] in r["error"] for r in failed), {r["error"] for r in failed}
+    tpot = s["loadgen"]["tpot_ns"]
+    assert all(0 <= v < 60e9 for v in tpot.values()), tpot
+    assert took < 120
+
+
+def test_a_mix_of_faults_through_worker_processes(tmp_path):
+    server = FaultServer("mix", every=2)
+    try:
+        p, s, rows, took = run_against(tmp_path, server, "--workers_per_core=2",
+                                       "--fail_on_errors=true")  # fmt: skip
+    finally:
+        server.stop()
+    assert p.returncode == 1 and "requests failed (--fail_on_errors" in p.stderr
+    h = s["harness"]
+    assert h["completed"] + h["failed"] == h["issued"] == len(rows)
+    errors = " ".join(r["error"] for r in rows)
+    for text in ("not JSON", "HTTP 500", "server error", "empty stream", "no byte from"):
+        assert text in errors
+    partial = [r for r in rows if r["error"] and r["ttft_ms"]]
+    assert partial and s["harness"]["failed_after_first_token"] == len(partial)
+    assert took < 120
