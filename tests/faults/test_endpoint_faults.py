@@ -65,7 +65,7 @@ EXPECT = {
     "no_done": "Response payload is not completed",
     "http500": "HTTP 500",
     "error_event": "server error",
-    "stall": "stopped for",
+    "stall": "stopped for over 1 s after it began",
     "zero_tokens": "empty stream",
     "truncated": "Response payload is not completed",
     "silent": "no byte from",

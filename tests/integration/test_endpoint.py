@@ -150,8 +150,8 @@ def test_chat_api_with_a_text_only_server_is_retokenized_and_keeps_test06(tmp_pa
     assert any("retokenized" in n and "/v1/chat/completions" in n for n in s["notes"])
 
 
-def kill_after(front, successes):
-    """SIGKILL the front once it has answered ``successes`` requests (read from /metrics)."""
+def kill_after(front, successes, sig=signal.SIGKILL):
+    """Signal the front once it has answered ``successes`` requests (read from /metrics)."""
 
     def watch():
         while front.proc.poll() is None:
@@ -160,7 +160,7 @@ def kill_after(front, successes):
             except OSError:  # stopped by the test's cleanup
                 return
             if m and int(m.group(1)) >= successes:
-                front.proc.send_signal(signal.SIGKILL)
+                front.proc.send_signal(sig)
                 return
             time.sleep(0.05)
 
@@ -224,6 +224,36 @@ def test_one_of_two_servers_killed_leaves_the_rotation_and_the_other_keeps_servi
     assert not [r for r in rows if r["core"] == "1" and float(r["issue_ms"]) > out_ms]
     assert "Cores taken out of the rotation" in (run_dir / "report.md").read_text()
     assert s["validity"] == "INVALID"
+
+
+def test_a_stopped_server_fails_what_it_holds_after_the_stall_timeout(tmp_path):
+    # SIGSTOP: connections stay open and nothing comes back; only a stall watch ends it
+    alive, stopped = Front(), Front()
+    stopper = kill_after(stopped, 60, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        p, runs = harness(
+            tmp_path,
+            *endpoint_args(f"{alive.url},{stopped.url}", "--stall_timeout_s=2"),
+            "--scenarios=server",
+            "--min_duration=6000",
+            "--server_target_qps=100",
+        )
+        took = time.monotonic() - t0
+    finally:
+        stopper.join(5)
+        stopped.proc.send_signal(signal.SIGCONT)
+        alive.stop()
+        stopped.stop()
+    s, _ = runs[("server", "performance")]
+    h = s["harness"]
+    assert h["completed"] + h["failed"] == h["issued"]
+    stall = ("for over 2 s on any open request", "stopped for over 2 s after it began")
+    assert h["failed"] > 0 and 1 <= len(h["errors"]) <= 2, h["errors"]
+    assert all(any(t in e for t in stall) for e in h["errors"]), h["errors"]
+    assert s["core_health"][0]["core"] == 1 and s["core_health"][0]["event"] == "ejected"
+    assert h["per_core"]["0"]["completed"] > 0.75 * h["issued"]
+    assert took < 60  # endpoint_timeout_s is 600 s: without the stall watch, 10 minutes
 
 
 def test_no_server_listening_is_a_clear_error(tmp_path):
