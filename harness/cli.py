@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from llmlib.policies import POLICIES
 from llmlib.registry import core_names, get_core_class
 from llmlib.tokenizer import load_tokenizer
 
+from .interrupt import DriverSignals, Interrupted, exit_status, say_interrupted
 from .report import console_table
 from .runner import (
     MODE_DIR,
@@ -40,6 +40,7 @@ MODES = {
     "SubmissionRun": ["PerformanceOnly", "AccuracyOnly"],
 }
 _ACTIONS = ("help", "print_config")
+DRIVER = DriverSignals()  # SIGINT/SIGTERM while tests run (harness.interrupt)
 
 
 def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], set[str]]:
@@ -170,9 +171,10 @@ def run_child(
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    rc = subprocess.call(
-        [sys.executable, "-m", "harness", "_run_one", str(spec)], cwd=run_dir, env=env
-    )
+    rc = DRIVER.run([sys.executable, "-m", "harness", "_run_one", str(spec)], cwd=run_dir, env=env)
+    if DRIVER.signum is not None:  # stopped by a signal: say where its results are, stop
+        say_interrupted(run_dir, DRIVER.signum)
+        raise Interrupted(DRIVER.signum)
     summary = run_dir / "summary.json"
     if rc != 0 or not summary.is_file():
         print(
@@ -245,18 +247,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Pass --audit_config=PATH to apply an audit config.",
             file=sys.stderr,
         )
-    if configs[0].launch_server:
-        try:
-            server = launched_server(configs[0], top / "server.log")
-            print(f"server: {server.spec.kind} at {server.url} (log {server.log_path})")
-        except LLMLibError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        try:
-            return run_all([served_by(c, server) for c in configs], top)
-        finally:
-            server.stop()
-    return run_all(configs, top)
+    DRIVER.install()
+    try:
+        return run_tests(configs, top)
+    except Interrupted as exc:
+        return exit_status(exc.signum)
+    finally:
+        DRIVER.uninstall()
+
+
+def run_tests(configs: list[Config], top: Path) -> int:
+    """``run_all``, with the launched server (if any) up around it and stopped after,
+    also when a signal stops the run (``Interrupted``)."""
+    if not configs[0].launch_server:
+        return run_all(configs, top)
+    try:
+        server = launched_server(configs[0], top / "server.log")
+        print(f"server: {server.spec.kind} at {server.url} (log {server.log_path})")
+    except LLMLibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_all([served_by(c, server) for c in configs], top)
+    finally:
+        server.stop(grace_s=15.0 if DRIVER.signum is None else 3.0)
 
 
 def results_root(cfg: Config) -> Path:

@@ -41,12 +41,16 @@ from llmlib.workloads import (
     load_benchmark,
 )
 
+from .interrupt import ChildSignals, TestInProgress
 from .plots import plot_run
 from .progress import Progress
 from .report import harness_result, loadgen_result, overall_validity, parse_detail_log, write_report
 from .sut import HarnessSUT, LoadGenSink
 
 log = logging.getLogger("harness")
+
+# the per-test process's signal handling (harness.interrupt), set by main_child
+CHILD_SIGNALS: ChildSignals | None = None
 
 LG_SCENARIO = {"offline": "Offline", "server": "Server", "singlestream": "SingleStream"}
 MODE_DIR = {"PerformanceOnly": "performance", "AccuracyOnly": "accuracy"}
@@ -264,11 +268,15 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     policy_name = cfg.traffic_distribution_policy or DEFAULT_POLICY[cfg.scenario]
     server = build_server(cfg, policy_name)
     cores = server.cores
+    label = f"{cfg.benchmark} {cfg.scenario} {compliance or MODE_DIR[mode]}"
+    progress = TestInProgress(run_dir, label, server=server)
+    if CHILD_SIGNALS is not None:
+        CHILD_SIGNALS.current = progress
     try:
         wait_until_healthy(cores, cfg.readiness_timeout_s)
         if run_warmup(server, warmup_requests(dataset, cfg.warmup_queries, stream)):
             notes.append("some warmup queries failed (see harness.log)")
-        rlog = RequestLog()
+        rlog = progress.rlog = RequestLog()
         sut = HarnessSUT(server, dataset, LoadGenSink(), stream, rlog, cfg.output_dtype)
         ts = test_settings(lg, cfg, spec, mode, len(dataset), run_dir, notes)
         settings = lg.LogSettings()
@@ -283,19 +291,22 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         qsl = lg.ConstructQSL(
             len(dataset), ts.performance_sample_count_override, lambda s: None, lambda s: None
         )
-        label = f"{cfg.benchmark} {cfg.scenario} {compliance or MODE_DIR[mode]}"
         # The request path makes no reference cycles; the cyclic GC's pauses (which grow
         # with the heap of per-request records) would only add latency jitter.
         gc.collect()
         gc.freeze()
         gc.disable()
-        t0 = time.perf_counter_ns()
+        t0 = progress.t0_ns = time.perf_counter_ns()
+        log.info("LoadGen test started")
+        audit_arg = str(audit if cfg.audit_config else run_dir / "none")
         with Progress(
             rlog, label, cfg.progress_interval_s, cfg.show_steady_state_progress, cfg.progress
         ):
-            lg.StartTestWithLogSettings(
-                lg_sut, qsl, ts, settings, str(audit if cfg.audit_config else run_dir / "none")
-            )
+            test = lambda: lg.StartTestWithLogSettings(lg_sut, qsl, ts, settings, audit_arg)  # noqa: E731
+            if CHILD_SIGNALS is not None:  # on a thread: signals are handled meanwhile
+                CHILD_SIGNALS.wait_for(test)
+            else:
+                test()
         duration = time.perf_counter_ns() - t0
         gc.enable()
         lg.DestroyQSL(qsl)
@@ -371,6 +382,8 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
 
 def main_child(spec_path: str) -> int:
     """Entry of the per-test process: ``python -m harness _run_one <spec.json>``."""
+    global CHILD_SIGNALS
+    CHILD_SIGNALS = ChildSignals().install()
     spec = json.loads(Path(spec_path).read_text())
     run_dir = Path(spec["run_dir"])
     logging.basicConfig(

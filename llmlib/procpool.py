@@ -20,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing import connection as mp_connection
 from typing import Any
@@ -46,7 +49,9 @@ class WorkerPool:
         self.workers: list[tuple[Any, Any]] = []
         for i, s in enumerate(settings):
             inq = ctx.Queue()
-            p = ctx.Process(target=target, args=(s, inq, self._out), name=f"{name}-{i}")
+            p = ctx.Process(
+                target=_worker_entry, args=(target, s, inq, self._out), name=f"{name}-{i}"
+            )
             p.daemon = True
             p.start()
             self.workers.append((p, inq))
@@ -102,6 +107,22 @@ class WorkerPool:
         self._out.put(None)
         self._reader.join(timeout_s)
         self._watcher.join(timeout_s)
+
+
+def _worker_entry(target: WorkerTarget, settings: Any, inq: Any, outq: Any) -> None:
+    """A worker's start: SIGINT ignored (a terminal's Ctrl-C reaches the whole process group;
+    the core stops its workers itself), and an exit when the parent is gone (a parent killed
+    outright cannot stop them; nothing of a run may outlive it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    target(settings, inq, outq)
 
 
 class Outbox:
