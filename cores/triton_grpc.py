@@ -109,6 +109,7 @@ class TritonStream:
         self._reader.start()
         self.stall_s = stall_s
         self._sent: dict[int, float] = {}  # open request -> time.monotonic() it was sent
+        self._moved: dict[int, float] = {}  # answering request -> its last response's time
         self._last_response = 0.0
         self._watch: threading.Thread | None = None
         if stall_s > 0:
@@ -152,11 +153,13 @@ class TritonStream:
         with self._lock:
             self._live.pop(rid, None)
             self._sent.pop(rid, None)
+            self._moved.pop(rid, None)
 
     def _watch_stall(self) -> None:
         """A server that sent nothing for ``stall_s`` while requests were open (and the
         oldest has waited that long) is stalled or stopped: the stream is reported broken
-        (its core fails what it holds). The thread then waits for close: in process it has
+        (its core fails what it holds). A request whose answer began and then stopped for
+        ``stall_s`` fails alone. The thread then waits for close: in process it has
         delivered to LoadGen, so it must outlive the test (``llmlib.core``)."""
         period, broken = min(1.0, self.stall_s / 4), False
         while not self._closed.wait(period):
@@ -164,8 +167,17 @@ class TritonStream:
                 if broken or not self._sent:
                     continue
                 now = time.monotonic()
-                quiet = now - max(self._last_response, min(self._sent.values()))
+                stuck = [r for r, t in self._moved.items() if now - t > self.stall_s]
+                for r in stuck:
+                    self._live.pop(r, None)
+                    self._sent.pop(r, None)
+                    self._moved.pop(r, None)
                 n = len(self._sent)
+                oldest = min(self._sent.values(), default=now)
+                quiet = now - max(self._last_response, oldest)
+            if stuck:
+                why = f"its answer stopped for over {self.stall_s:g} s (--stall_timeout_s)"
+                self._emit([(FAILED, r, why, time.perf_counter_ns()) for r in stuck])
             if quiet > self.stall_s:
                 broken = True
                 why = (
@@ -233,6 +245,9 @@ class TritonStream:
             if final:
                 del self._live[rid]
                 self._sent.pop(rid, None)
+                self._moved.pop(rid, None)
+            else:
+                self._moved[rid] = self._last_response
         events: list[Event] = []
         if send_first:
             events.append((FIRST, rid, got[0][:1], now))

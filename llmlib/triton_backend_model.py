@@ -15,10 +15,16 @@ and offsets). Outputs: ``output_ids`` [1, 1, n] (the prompt excluded) and
 ``sequence_length`` [1, 1] (n). A request's error is a response with the error and the
 final flag (the client knows the request by the response's id, as with TensorRT-LLM's
 backend, whose messages do not name it). A cancelled request stops at the next token.
+
+For the fault suite, the counting model takes ``fault`` and ``fault_every`` parameters:
+every ``fault_every``-th request ``error``s at once, sends its first token and then an error
+(``error_after_first``), sends its first token and then nothing (``stall``), ends with no
+token (``zero_tokens``), or is never answered (``silent``) until cancelled.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -78,6 +84,9 @@ class TritonPythonModel:
             interval = float(params.get("token_interval_ms", "0")) / 1e3
             self.model = CountingModel(int(params.get("vocab_size", "32000")), interval)
         self.pool = ThreadPoolExecutor(int(params.get("max_concurrency", "8")))
+        self.fault = params.get("fault", "")
+        self.fault_every = int(params.get("fault_every", "0") or 0)
+        self._count = itertools.count(1)  # (next() is atomic)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -107,6 +116,10 @@ class TritonPythonModel:
             stops = _stop_words(self._input(request, "stop_words_list"))
             if out_len < 1:
                 raise ValueError(f"request_output_len must be at least 1, not {out_len}")
+            n = next(self._count)
+            fault = self.fault if self.fault_every and n % self.fault_every == 0 else ""
+            if fault and self._inject(fault, sender, ids):
+                return
             tokens: list[int] = []
             for tok in self.model.generate(ids, out_len, end_id):
                 if sender.is_cancelled():
@@ -125,6 +138,25 @@ class TritonPythonModel:
             err = pb.TritonError(str(exc))
             final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
             sender.send(pb.InferenceResponse(error=err), flags=final)
+
+    def _inject(self, fault: str, sender: Any, ids: Any) -> bool:
+        """Misbehave for the fault suite; True when the request is done with."""
+        pb = self.pb
+        if fault == "error":
+            raise RuntimeError("injected error")
+        if fault == "zero_tokens":
+            sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return True
+        if fault in ("error_after_first", "stall"):
+            sender.send(self._response([(int(ids[-1]) + 1) % self.model.vocab]))
+            if fault == "error_after_first":
+                raise RuntimeError("injected error after the first token")
+        if fault in ("stall", "silent"):
+            while not sender.is_cancelled():
+                time.sleep(0.05)
+            sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return True
+        return False
 
     def _response(self, tokens: list[int]) -> Any:
         pb = self.pb

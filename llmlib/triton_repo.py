@@ -76,8 +76,12 @@ def generate_triton_config(
     instances: int = 1,
     vocab_size: int = 32000,
     token_interval_ms: float = 0.0,
+    fault: str = "",
+    fault_every: int = 0,
 ) -> Path:
-    """Write ``<repo>/<model_name>/`` (config.pbtxt and version 1) and return its path."""
+    """Write ``<repo>/<model_name>/`` (config.pbtxt and version 1) and return its path.
+    A counting model misbehaves on every ``fault_every``-th request as ``fault`` says
+    (``llmlib.triton_backend_model``: error, error_after_first, stall, zero_tokens, silent)."""
     build, runtime = dict(build_flags or {}), dict(runtime_flags or {})
     mdir = Path(repo) / model_name
     version = mdir / "1"
@@ -95,6 +99,8 @@ def generate_triton_config(
             shutil.copyfile(HERE / "tiny_llama_np.py", version / "tiny_llama_np.py")
         else:
             params = {"vocab_size": vocab_size, "token_interval_ms": token_interval_ms}
+            if fault:
+                params.update(fault=fault, fault_every=max(1, fault_every))
         shutil.copyfile(HERE / "triton_backend_model.py", version / "model.py")
         head += f'backend: "python"\nmax_batch_size: {batch}\n'
         params["max_concurrency"] = max_concurrency
