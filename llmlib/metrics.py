@@ -209,9 +209,12 @@ class RequestLog:
         ok = (fin > 0) & (np.asarray(ntok) > 0)
         return (fin - iss)[ok]
 
-    def write_csv(self, path: str | Path, origin_ns: int = 0) -> None:
-        """One row per request; times in ms relative to ``origin_ns``."""
+    def write_csv(self, path: str | Path, origin_ns: int = 0) -> dict[str, int]:
+        """One row per request; times in ms relative to ``origin_ns``. Returns what the rows
+        hold (issued, completed, failed): the same snapshot, while requests may still come
+        in (an interrupted run)."""
         self.sync()
+        counts = {"issued": 0, "completed": 0, "failed": 0}
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(
@@ -238,6 +241,11 @@ class RequestLog:
                 ttft = (first - iss) / 1e6 if first else ""
                 lat = (fin - iss) / 1e6 if fin else ""
                 tpot = (fin - first) / (n - 1) / 1e6 if first and fin and n > 1 else ""
+                counts["issued"] += 1
+                if self._error[i]:
+                    counts["failed"] += 1
+                elif fin:
+                    counts["completed"] += 1
                 w.writerow(
                     [
                         self._qid[i],
@@ -252,6 +260,7 @@ class RequestLog:
                         self._partial.get(i, 0) if self._error[i] else "",
                     ]
                 )
+        return counts
 
 
 def _fmt(v: float | str) -> str:

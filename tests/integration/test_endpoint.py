@@ -169,24 +169,25 @@ def kill_after(front, successes, sig=signal.SIGKILL):
     return t
 
 
+def server_run(tmp_path, urls, *more, duration_ms=6000):
+    """A 100 QPS Server run against ``urls``: (process, summary, run dir, seconds taken)."""
+    t0 = time.monotonic()
+    p, runs = harness(tmp_path, *endpoint_args(urls, *more), "--scenarios=server",
+                      f"--min_duration={duration_ms}", "--server_target_qps=100")  # fmt: skip
+    s, run_dir = runs[("server", "performance")]
+    return p, s, run_dir, time.monotonic() - t0
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_server_killed_mid_run_fails_its_queries_and_the_run_ends(tmp_path, workers):
     f = Front()
     killer = kill_after(f, 150)  # warmup queries count too: well into the timed run
     try:
-        t0 = time.monotonic()
-        p, runs = harness(
-            tmp_path,
-            *endpoint_args(f.url, "--endpoint_timeout_s=5", f"--workers_per_core={workers}"),
-            "--scenarios=server",
-            "--min_duration=6000",
-            "--server_target_qps=100",
-        )
-        took = time.monotonic() - t0
+        more = ("--endpoint_timeout_s=5", f"--workers_per_core={workers}")
+        p, s, _, took = server_run(tmp_path, f.url, *more)
     finally:
         f.stop()
         killer.join(5)
-    s, _ = runs[("server", "performance")]
     h = s["harness"]
     assert h["failed"] > 0 and h["completed"] > 0
     assert h["completed"] + h["failed"] == h["issued"]  # every query accounted for
@@ -199,18 +200,12 @@ def test_one_of_two_servers_killed_leaves_the_rotation_and_the_other_keeps_servi
     alive, doomed = Front(), Front()
     killer = kill_after(doomed, 60)
     try:
-        p, runs = harness(
-            tmp_path,
-            *endpoint_args(f"{alive.url},{doomed.url}", "--endpoint_timeout_s=5"),
-            "--scenarios=server",
-            "--min_duration=5000",
-            "--server_target_qps=100",
-        )
+        urls = f"{alive.url},{doomed.url}"
+        p, s, run_dir, _ = server_run(tmp_path, urls, "--endpoint_timeout_s=5", duration_ms=5000)
     finally:
         alive.stop()
         doomed.stop()
         killer.join(5)
-    s, run_dir = runs[("server", "performance")]
     h = s["harness"]
     assert h["completed"] + h["failed"] == h["issued"]
     assert 0 < h["failed"] < 60  # what the dead server held (~30 in flight), no more
@@ -231,21 +226,12 @@ def test_a_stopped_server_fails_what_it_holds_after_the_stall_timeout(tmp_path):
     alive, stopped = Front(), Front()
     stopper = kill_after(stopped, 60, signal.SIGSTOP)
     try:
-        t0 = time.monotonic()
-        p, runs = harness(
-            tmp_path,
-            *endpoint_args(f"{alive.url},{stopped.url}", "--stall_timeout_s=2"),
-            "--scenarios=server",
-            "--min_duration=6000",
-            "--server_target_qps=100",
-        )
-        took = time.monotonic() - t0
+        p, s, _, took = server_run(tmp_path, f"{alive.url},{stopped.url}", "--stall_timeout_s=2")
     finally:
         stopper.join(5)
         stopped.proc.send_signal(signal.SIGCONT)
         alive.stop()
         stopped.stop()
-    s, _ = runs[("server", "performance")]
     h = s["harness"]
     assert h["completed"] + h["failed"] == h["issued"]
     stall = ("for over 2 s on any open request", "stopped for over 2 s after it began")
