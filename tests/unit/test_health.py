@@ -150,3 +150,36 @@ def test_a_dead_decode_core_is_passed_over(collector):
     ok = [r for r in collector.finals().values() if r.ok]
     assert len(ok) == 19 and all(r.core_id == 2 for r in ok)
     assert server.decode_health.state == ["down", "up"]
+
+
+def test_cycles_left_by_failures_are_swept_while_the_gc_is_off():
+    import gc
+    import time
+    import weakref
+    from types import SimpleNamespace
+
+    from harness.runner import SweepAfterFailures
+    from llmlib.core import Telemetry
+
+    class Node:
+        pass
+
+    core = SimpleNamespace(telemetry=Telemetry())
+    was_on = gc.isenabled()
+    gc.disable()  # as during a test
+    try:
+        a = Node()
+        a.me = a  # a reference cycle: only the cyclic GC frees it
+        ref = weakref.ref(a)
+        del a
+        with SweepAfterFailures([core], period_s=0.02):
+            time.sleep(0.2)
+            assert ref() is not None  # no failure: no sweep
+            core.telemetry.failed += 1
+            deadline = time.monotonic() + 5
+            while ref() is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert ref() is None
+    finally:
+        if was_on:
+            gc.enable()
