@@ -179,7 +179,7 @@ def test_flag_forms():
 
 
 def test_fail_on_errors_counts_runs_with_failed_requests(capsys):
-    from harness.cli import request_errors
+    from harness.driver import request_errors
     from llmlib.config import resolve
 
     runs = [
