@@ -3,7 +3,10 @@ real LoadGen: every issued query is completed or counted as failed, the run is I
 exit status is 0 (PerformanceOnly) and the run ends in bounded time, never on CI's clock."""
 
 import csv
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -108,3 +111,37 @@ def test_a_mix_of_faults_through_worker_processes(tmp_path):
     partial = [r for r in rows if r["error"] and r["ttft_ms"]]
     assert partial and s["harness"]["failed_after_first_token"] == len(partial)
     assert took < 120
+
+
+def test_a_worker_process_killed_mid_run_fails_its_core_and_the_run_ends(tmp_path):
+    from tests.faults.test_signals import sessions_and_children, wait_started
+
+    server = FaultServer("none")
+    try:
+        t0 = time.monotonic()
+        p = subprocess.Popen(
+            [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}",
+             "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
+             "--workers_per_core=2", "--scenarios=server", "--server_target_qps=40",
+             "--min_duration=6000", "--progress=false"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        run_dir = wait_started(tmp_path)
+        child = [pid for pid, _, ppid, cmd in sessions_and_children(p.pid)
+                 if ppid == p.pid and "_run_one" in cmd]  # fmt: skip
+        workers = [pid for pid, _, ppid, cmd in sessions_and_children(p.pid)
+                   if ppid in child and "spawn_main" in cmd]  # fmt: skip
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert p.returncode == 0, err
+    s = json.loads((run_dir / "summary.json").read_text())
+    h = s["harness"]
+    rows = list(csv.DictReader((run_dir / "requests.csv").read_text().splitlines()))
+    assert len(rows) == h["issued"] == h["completed"] + h["failed"] and h["failed"] > 0
+    assert any("worker process" in e and "exited (code -9)" in e for e in h["errors"])
+    assert [(e["core"], e["event"]) for e in s["core_health"]] == [(0, "down")]
+    assert s["validity"] == "INVALID" and took < 90
