@@ -160,3 +160,21 @@ def test_the_run_tree_helper_sees_real_processes():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_signal_between_tests_stops_the_driver_where_it_is():
+    # no child running (say, a server still starting): the driver raises, its clean-up runs
+    from harness.interrupt import DriverSignals, Interrupted
+
+    d = DriverSignals().install()
+    try:
+        with pytest.raises(Interrupted) as got:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # (the handler raises before this ends)
+        assert got.value.signum == signal.SIGTERM and d.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # already stopping: no second raise
+        time.sleep(0.1)
+        with pytest.raises(Interrupted):
+            d.run([sys.executable, "-c", "pass"])  # no new test starts once stopped
+    finally:
+        d.uninstall()
