@@ -119,7 +119,8 @@ class ChildSignals:
 def write_interrupted(cur: TestInProgress, signame: str) -> None:
     """requests.csv and a summary.json / report.md marked INTERRUPTED, from the request log."""
     counts: dict[str, Any] = {"issued": 0, "completed": 0, "failed": 0}
-    if cur.rlog is not None:  # (LoadGen still issues meanwhile: one snapshot for both)
+    if cur.rlog is not None:  # (LoadGen still issues meanwhile: one snapshot for all)
+        cur.rlog.finish()  # (requests/ complete: what is still open, with no final time)
         counts = cur.rlog.write_csv(cur.run_dir / "requests.csv", cur.t0_ns)
     counts["open"] = counts["issued"] - counts["completed"] - counts["failed"]
     summary = {

@@ -1,6 +1,8 @@
 """A tqdm progress bar fed by a monitor thread (never by the request path): completed
 samples out of issued, tokens/s, recent p99 TTFT and TPOT, and optionally steady-state
-tokens/s (over the last 10 s)."""
+tokens/s (over the last 10 s). The thread runs with the bar off too: it folds the request
+log every interval, so what the request path appends never piles up (and the log's
+finished blocks are spilled) whether or not anyone watches."""
 
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ class Progress:
         self._window: deque[tuple[float, int]] = deque()
 
     def __enter__(self) -> Progress:
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-            self._thread.start()
+        target = self._run if self.enabled else self._fold
+        self._thread = threading.Thread(target=target, name="progress", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -49,6 +51,10 @@ class Progress:
                 self._refresh(bar, time.monotonic() - t0)
                 if stopping:
                     return
+
+    def _fold(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.log.sync()
 
     def _refresh(self, bar: tqdm, elapsed: float) -> None:
         log = self.log

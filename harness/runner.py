@@ -304,7 +304,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
         wait_until_healthy(cores, cfg.readiness_timeout_s)
         if run_warmup(server, warmup_requests(dataset, cfg.warmup_queries, stream)):
             notes.append("some warmup queries failed (see harness.log)")
-        rlog = progress.rlog = RequestLog()
+        rlog = progress.rlog = RequestLog(spill_dir=run_dir / "requests")
         perf_run = mode == "PerformanceOnly" and not compliance
         sut = HarnessSUT(server, dataset, LoadGenSink(), stream, rlog, cfg.output_dtype,
                          count_failed_as_two=perf_run)  # fmt: skip
@@ -359,6 +359,7 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
             "per prefill core's link; prefill cores complete only one-token answers (the rest "
             "go on to decode)"
         )
+    rlog.finish()  # (requests/: the whole log, as Parquet)
     rlog.write_csv(run_dir / "requests.csv", t0)
     detail = parse_detail_log(run_dir / "mlperf_log_detail.txt")
     summary_txt = run_dir / "mlperf_log_summary.txt"

@@ -6,6 +6,7 @@ import csv
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,32 +15,69 @@ from .request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
 
 
+BLOCK_ROWS = 1 << 15
+INT_COLUMNS = ("qid", "sample", "issue_ns", "first_ns", "final_ns", "n_tokens", "core")
+COLUMNS = (*INT_COLUMNS, "error", "tokens_before_failure")
+CSV_HEADER = ["query_id", "sample_index", "core", "issue_ms", "ttft_ms", "latency_ms",
+              "tpot_ms", "n_tokens", "error", "tokens_before_failure"]  # fmt: skip
+
+
+class _Block:
+    """``BLOCK_ROWS`` consecutive requests (in issue order) as int64 columns; errors and
+    the tokens a failed request had received are sparse (by row offset)."""
+
+    __slots__ = ("cols", "errors", "partial", "filled", "open")
+
+    def __init__(self) -> None:
+        self.cols = {c: np.zeros(BLOCK_ROWS, np.int64) for c in INT_COLUMNS}
+        self.errors: dict[int, str] = {}
+        self.partial: dict[int, int] = {}
+        self.filled = 0  # rows issued into this block
+        self.open = 0  # of those, rows not final yet
+
+    def table(self) -> dict[str, np.ndarray]:
+        n = self.filled
+        out = {c: a[:n] for c, a in self.cols.items()}
+        err = np.full(n, "", dtype=object)
+        part = np.zeros(n, np.int64)
+        for off, e in self.errors.items():
+            err[off] = e
+        for off, k in self.partial.items():
+            part[off] = k
+        out["error"], out["tokens_before_failure"] = err, part
+        return out
+
+
 class RequestLog:
     """What happened to each issued request: when issued, first token, final, tokens, core,
-    error.
+    error; in issue order.
 
     The request path only appends the request and response objects it already has (one
     ``list.extend`` each, or one ``append`` of a batch, atomic under the GIL, no lock);
-    ``sync()`` folds them into per-request columns, off the request path: the progress bar's
-    thread when one is shown, otherwise the first reader after the run. (Folding does not
-    save memory: the columns hold about as much per request as the objects, ~200 bytes.)"""
+    ``sync()`` folds them into columns, off the request path (the progress thread, which
+    runs whether or not a bar is shown, and any reader). Columns live in blocks of
+    ``BLOCK_ROWS`` rows (int64, ~60 bytes a request); a block whose requests are all final
+    is *sealed*: with ``spill_dir`` it is written there as one Parquet file and leaves
+    memory, so a Server run of any length holds only the blocks with requests in flight
+    (the harness's RSS stays flat); without, it stays in memory. ``finish()`` writes the
+    rest: ``spill_dir`` then holds the whole log (``part-NNNNNN.parquet``, block order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spill_dir: str | Path | None = None) -> None:
         self._issued: list[LLMRequest | RequestBatch] = []
         self._responses: list[LLMResponse | ResponseBatch] = []
-        self._qid: list[int] = []
-        self._sample: list[int] = []
-        self._issue_ns: list[int] = []
-        self._first_ns: list[int] = []
-        self._final_ns: list[int] = []
-        self._n_tokens: list[int] = []
-        self._core: list[int] = []
-        self._error: list[str] = []
-        self._partial: dict[int, int] = {}  # failed row -> tokens it received before failing
-        self._index: dict[int, int] = {}
+        self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._blocks: dict[int, _Block] = {}  # in memory, by block number
+        self._spilled: list[int] = []  # block numbers written to spill_dir
+        self._last_sealed: tuple[int, _Block] | None = None  # (for recent latencies)
+        self._index: dict[int, int] = {}  # open request id -> row
+        self._rows = 0
         self._completed = 0
         self._failed = 0
+        self._failed_after_first = 0
         self._tokens = 0
+        self._finished = False
+        self._version = 0
+        self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._lock = threading.Lock()
 
     # --- the request path: appends only ---------------------------------------------------
@@ -58,12 +96,14 @@ class RequestLog:
     # --- folding into columns -------------------------------------------------------------
     def sync(self) -> None:
         """Fold what the request path appended into the columns (requests first, so every
-        response finds its row)."""
+        response finds its row); seal (and spill) blocks whose requests are all final."""
         with self._lock:
             self._fold()
 
     def _fold(self) -> None:
         """The body of ``sync``; the caller holds the lock."""
+        if self._finished:
+            return
         issued, responses = self._issued, self._responses
         # count responses before requests: a request is appended before it is sent, so
         # every response counted here finds its request among those folded below
@@ -84,66 +124,166 @@ class RequestLog:
                     qids.append(x.request_id)
                     samples.append(x.sample_index)
                     issue_ns.append(x.issue_ns)
-            n = len(qids)
-            base = len(self._qid)
-            self._index.update(zip(qids, range(base, base + n), strict=True))
-            self._qid += qids
-            self._sample += samples
-            self._issue_ns += issue_ns
-            zeros = [0] * n
-            self._first_ns += zeros
-            self._final_ns += zeros
-            self._n_tokens += zeros
-            self._core += zeros
-            self._error += [""] * n
+            self._add_rows(qids, samples, issue_ns)
         if n_resp:
             done = responses[:n_resp]
             del responses[:n_resp]
             self._record(done)
+        if n or n_resp:
+            self._version += 1
+
+    def _add_rows(self, qids: list[int], samples: list[int], issue_ns: list[int]) -> None:
+        n, pos = len(qids), 0
+        while pos < n:
+            k, off = divmod(self._rows, BLOCK_ROWS)
+            blk = self._blocks.get(k)
+            if blk is None:
+                blk = self._blocks[k] = _Block()
+            m = min(n - pos, BLOCK_ROWS - off)
+            part = slice(pos, pos + m)
+            blk.cols["qid"][off : off + m] = qids[part]
+            blk.cols["sample"][off : off + m] = samples[part]
+            blk.cols["issue_ns"][off : off + m] = issue_ns[part]
+            blk.filled, blk.open = off + m, blk.open + m
+            self._index.update(zip(qids[part], range(self._rows, self._rows + m), strict=True))
+            self._rows += m
+            pos += m
 
     def _record(self, responses: Iterable[LLMResponse | ResponseBatch]) -> None:
-        index, first_ns = self._index, self._first_ns
+        """Sort the responses into first tokens, successes and failures (a pass in Python
+        over the objects), then write each kind into the blocks in one go per block."""
+        index = self._index
+        f_rows: list[int] = []
+        f_ts: list[int] = []
+        rows: list[int] = []
+        ts: list[int] = []
+        cores: list[int] = []
+        ntok: list[int] = []
+        failures: list[tuple[int, LLMResponse]] = []
+        batches: list[tuple[np.ndarray, dict[str, Any]]] = []
         for r in responses:
-            if isinstance(r, ResponseBatch):
-                self._record_batch(r)
+            if isinstance(r, ResponseBatch):  # (its columns go in as they are)
+                at = [index.pop(q, None) for q in r.request_ids]
+                lens = [len(o) for o in r.outputs]
+                if None in at:  # (answers for unknown or finished requests: rare)
+                    lens = [n for i, n in zip(at, lens, strict=True) if i is not None]
+                    at = [i for i in at if i is not None]
+                if at:
+                    cols: dict[str, Any] = {"final_ns": r.time_ns, "core": r.core_id,
+                                            "n_tokens": lens}  # fmt: skip
+                    batches.append((np.asarray(at, dtype=np.int64), cols))
                 continue
             i = index.get(r.request_id)
             if i is None:
                 continue
             if not r.is_final:
-                if not first_ns[i]:
-                    first_ns[i] = r.time_ns
+                f_rows.append(i)
+                f_ts.append(r.time_ns)
                 continue
             del index[r.request_id]
-            self._final_ns[i] = r.time_ns
-            self._core[i] = r.core_id
             if r.error is not None:
-                self._error[i] = r.error
-                self._failed += 1
-                if len(r.output_tokens):
-                    self._partial[i] = len(r.output_tokens)
+                failures.append((i, r))
             else:
-                n = len(r.output_tokens)
-                self._n_tokens[i] = n
-                self._tokens += n
-                self._completed += 1
+                rows.append(i)
+                ts.append(r.time_ns)
+                cores.append(r.core_id)
+                ntok.append(len(r.output_tokens))
+        if f_rows:  # a request's first first token wins
+            uniq, first = np.unique(np.asarray(f_rows), return_index=True)
+            self._put(uniq, {"first_ns": np.asarray(f_ts)[first]}, only_unset=True)
+        if rows:
+            batches.append((np.asarray(rows), {"final_ns": ts, "core": cores, "n_tokens": ntok}))
+        for where, what in batches:
+            self._put(where, what)
+            self._tokens += int(what["n_tokens"].sum())
+            self._completed += len(where)
+        for i, r in failures:
+            k, off = divmod(i, BLOCK_ROWS)
+            blk = self._blocks[k]
+            blk.cols["final_ns"][off] = r.time_ns
+            blk.cols["core"][off] = r.core_id
+            blk.errors[off] = r.error or "failed"
+            self._failed += 1
+            if blk.cols["first_ns"][off]:
+                self._failed_after_first += 1
+            if len(r.output_tokens):
+                blk.partial[off] = len(r.output_tokens)
+        closed = [at for at, _ in batches]
+        if failures:
+            closed.append(np.asarray([i for i, _ in failures]))
+        if closed:
+            per_block = np.bincount(np.concatenate(closed) // BLOCK_ROWS)
+            for k in np.flatnonzero(per_block).tolist():
+                self._closed_rows(k, int(per_block[k]))
 
-    def _record_batch(self, b: ResponseBatch) -> None:
-        index, final_ns, core, n_tokens = self._index, self._final_ns, self._core, self._n_tokens
-        t, c = b.time_ns, b.core_id
-        for rid, out in zip(b.request_ids, b.outputs, strict=True):
-            i = index.pop(rid, None)
-            if i is None:
-                continue
-            final_ns[i] = t
-            core[i] = c
-            n_tokens[i] = n = len(out)
-            self._tokens += n
-            self._completed += 1
+    def _put(self, rows: np.ndarray, values: dict[str, Any], only_unset: bool = False) -> None:
+        """``col[rows] = v`` for each column and its values (a sequence, or one value for
+        every row), across blocks (with ``only_unset``: where the column is still 0). The
+        values are left as int64 arrays in ``values``."""
+        for c, v in values.items():
+            values[c] = np.asarray(v, dtype=np.int64)
+        vals: dict[str, np.ndarray] = values
+        ks = rows // BLOCK_ROWS
+        lo, hi = int(ks[0]), int(ks[-1])
+        if lo == hi and (ks == lo).all():  # (the usual case: one block)
+            groups = [(lo, rows - lo * BLOCK_ROWS, vals)]
+        else:
+            groups = []
+            for k in np.unique(ks).tolist():
+                sel = ks == k
+                kv = {c: v[sel] if v.ndim else v for c, v in vals.items()}
+                groups.append((k, rows[sel] - k * BLOCK_ROWS, kv))
+        for k, offs, kv in groups:
+            cols = self._blocks[k].cols
+            for c, v in kv.items():
+                if only_unset:  # (first tokens: one per row, an array)
+                    unset = cols[c][offs] == 0
+                    cols[c][offs[unset]] = v[unset]
+                else:
+                    cols[c][offs] = v
 
+    def _closed_rows(self, k: int, m: int) -> None:
+        """``m`` requests of block ``k`` are final: seal it when it is full and none is open."""
+        blk = self._blocks[k]
+        blk.open -= m
+        if blk.open == 0 and blk.filled == BLOCK_ROWS:
+            self._last_sealed = (k, blk)
+            if self._spill_dir is not None:
+                self._spill(k)
+
+    def _spill(self, k: int) -> None:
+        """Write block ``k`` to ``spill_dir`` and drop it from memory."""
+        import pyarrow as pa  # (only runs that spill pay for the import)
+        import pyarrow.parquet as pq
+
+        assert self._spill_dir is not None
+        blk = self._blocks.pop(k)
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        table = pa.table({c: pa.array(v) for c, v in blk.table().items()})
+        pq.write_table(table, self._part(k), compression="zstd")
+        self._spilled.append(k)
+
+    def _part(self, k: int) -> Path:
+        assert self._spill_dir is not None
+        return self._spill_dir / f"part-{k:06d}.parquet"
+
+    def finish(self) -> None:
+        """The run is over: fold what is left and, with ``spill_dir``, write every block
+        still in memory (requests never answered included, with no final time), so the
+        directory holds the whole log. Later responses are ignored."""
+        with self._lock:
+            self._fold()
+            self._finished = True
+            if self._spill_dir is not None:
+                for k in sorted(self._blocks):
+                    self._spill(k)
+                if not self._rows:
+                    self._spill_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- reading --------------------------------------------------------------------------
     def __len__(self) -> int:
         self.sync()
-        return len(self._qid)
+        return self._rows
 
     @property
     def completed(self) -> int:
@@ -160,107 +300,121 @@ class RequestLog:
         self.sync()
         return self._tokens
 
+    def table(self) -> dict[str, np.ndarray]:
+        """Every column (``COLUMNS``), one row per issued request in issue order; spilled
+        blocks are read back. The same snapshot until something new is folded."""
+        with self._lock:
+            self._fold()
+            if self._cache is not None and self._cache[0] == self._version:
+                return self._cache[1]
+            parts: list[tuple[int, dict[str, np.ndarray]]] = [
+                (k, _read_part(self._part(k))) for k in self._spilled
+            ]
+            parts += [(k, b.table()) for k, b in self._blocks.items()]
+            parts.sort(key=lambda kv: kv[0])
+            tables = [t for _, t in parts]
+            out = {
+                c: np.concatenate([t[c] for t in tables])
+                if tables
+                else np.zeros(0, object if c == "error" else np.int64)
+                for c in COLUMNS
+            }
+            self._cache = (self._version, out)
+            return out
+
     def column(self, name: str) -> list:
-        """One per-request column (qid, sample, issue_ns, first_ns, final_ns, n_tokens,
-        core, error), in issue order."""
-        self.sync()
-        return list(getattr(self, f"_{name}"))
+        """One per-request column (``COLUMNS``), in issue order."""
+        return self.table()[name].tolist()
 
     def failed_after_first_token(self) -> int:
         """Failed requests that had had their first token (LoadGen got the tokens they had
         received, counted as at least 2; requests.csv: an error with a ttft)."""
         self.sync()
-        return sum(1 for f, e in zip(self._first_ns, self._error, strict=True) if f and e)
+        return self._failed_after_first
 
     def has_first(self, query_id: int) -> bool:
         """Whether an open (not yet final) request has had its first token recorded."""
         with self._lock:
             self._fold()
             i = self._index.get(query_id)
-            return i is not None and self._first_ns[i] != 0
-
-    def _times(self, lo: int = 0) -> tuple[list[int], list[int], list[int], list[int]]:
-        """Issue, first, final and n_tokens columns from row ``lo`` (negative: from the end),
-        taken together after a sync."""
-        with self._lock:
-            self._fold()
-            n = len(self._qid)
-            lo = max(0, n + lo) if lo < 0 else lo
-            return (
-                self._issue_ns[lo:n],
-                self._first_ns[lo:n],
-                self._final_ns[lo:n],
-                self._n_tokens[lo:n],
-            )
+            if i is None:
+                return False
+            k, off = divmod(i, BLOCK_ROWS)
+            return bool(self._blocks[k].cols["first_ns"][off])
 
     def recent_latencies(self, window: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-        """TTFT and TPOT (ns) of up to ``window`` recent finished requests (for progress)."""
-        return _ttft_tpot(*self._times(-4 * window), window)
+        """TTFT and TPOT (ns) of up to ``window`` recent finished requests (for progress):
+        from the last ``4 * window`` rows in memory."""
+        with self._lock:
+            self._fold()
+            blocks = dict(self._blocks)
+            if self._last_sealed is not None:
+                blocks.setdefault(*self._last_sealed)
+            cols: dict[str, list[np.ndarray]] = {c: [] for c in INT_COLUMNS}
+            need = 4 * window
+            for k in sorted(blocks, reverse=True):
+                if need <= 0:
+                    break
+                b = blocks[k]
+                lo = max(0, b.filled - need)
+                for c in ("issue_ns", "first_ns", "final_ns", "n_tokens"):
+                    cols[c].insert(0, b.cols[c][lo : b.filled].copy())
+                need -= b.filled - lo
+        if not cols["issue_ns"]:
+            return np.zeros(0, np.int64), np.zeros(0)
+        cat = {c: np.concatenate(v) for c, v in cols.items() if v}
+        return _ttft_tpot(cat["issue_ns"], cat["first_ns"], cat["final_ns"], cat["n_tokens"],
+                          window)  # fmt: skip
 
     def latencies(self) -> tuple[np.ndarray, np.ndarray]:
         """TTFT and TPOT (ns) of every successful request that has them."""
-        return _ttft_tpot(*self._times(), None)
+        t = self.table()
+        return _ttft_tpot(t["issue_ns"], t["first_ns"], t["final_ns"], t["n_tokens"], None)
 
     def total_latencies(self) -> np.ndarray:
         """Issue to final (ns) of every successful request."""
-        issue, _, final, ntok = self._times()
-        iss = np.asarray(issue, dtype=np.int64)
-        fin = np.asarray(final, dtype=np.int64)
-        ok = (fin > 0) & (np.asarray(ntok) > 0)
-        return (fin - iss)[ok]
+        t = self.table()
+        ok = (t["final_ns"] > 0) & (t["n_tokens"] > 0)
+        return (t["final_ns"] - t["issue_ns"])[ok]
 
     def write_csv(self, path: str | Path, origin_ns: int = 0) -> dict[str, int]:
         """One row per request; times in ms relative to ``origin_ns``. Returns what the rows
         hold (issued, completed, failed): the same snapshot, while requests may still come
         in (an interrupted run)."""
-        self.sync()
-        counts = {"issued": 0, "completed": 0, "failed": 0}
+        t = self.table()
+        err = t["error"].tolist()
+        counts = {"issued": len(err), "completed": 0, "failed": 0}
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(
-                [
-                    "query_id",
-                    "sample_index",
-                    "core",
-                    "issue_ms",
-                    "ttft_ms",
-                    "latency_ms",
-                    "tpot_ms",
-                    "n_tokens",
-                    "error",
-                    "tokens_before_failure",
-                ]
-            )
-            for i in range(len(self._qid)):
-                iss, first, fin, n = (
-                    self._issue_ns[i],
-                    self._first_ns[i],
-                    self._final_ns[i],
-                    self._n_tokens[i],
-                )
+            w.writerow(CSV_HEADER)
+            rows = zip(
+                *(t[c].tolist() for c in ("qid", "sample", "core", "issue_ns", "first_ns",
+                                          "final_ns", "n_tokens", "tokens_before_failure")),
+                err,
+                strict=True,
+            )  # fmt: skip
+            for qid, sample, core, iss, first, fin, n, partial, e in rows:
                 ttft = (first - iss) / 1e6 if first else ""
                 lat = (fin - iss) / 1e6 if fin else ""
                 tpot = (fin - first) / (n - 1) / 1e6 if first and fin and n > 1 else ""
-                counts["issued"] += 1
-                if self._error[i]:
+                if e:
                     counts["failed"] += 1
                 elif fin:
                     counts["completed"] += 1
                 w.writerow(
-                    [
-                        self._qid[i],
-                        self._sample[i],
-                        self._core[i],
-                        f"{(iss - origin_ns) / 1e6:.3f}",
-                        _fmt(ttft),
-                        _fmt(lat),
-                        _fmt(tpot),
-                        n,
-                        self._error[i],
-                        self._partial.get(i, 0) if self._error[i] else "",
-                    ]
-                )
+                    [qid, sample, core, f"{(iss - origin_ns) / 1e6:.3f}", _fmt(ttft),
+                     _fmt(lat), _fmt(tpot), n, e, partial if e else ""]
+                )  # fmt: skip
         return counts
+
+
+def _read_part(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    out = {c: table.column(c).to_numpy() for c in INT_COLUMNS + ("tokens_before_failure",)}
+    out["error"] = np.asarray(table.column("error").to_pylist(), dtype=object)
+    return out
 
 
 def _fmt(v: float | str) -> str:
@@ -268,10 +422,10 @@ def _fmt(v: float | str) -> str:
 
 
 def _ttft_tpot(
-    issue: Sequence[int],
-    first: Sequence[int],
-    final: Sequence[int],
-    ntok: Sequence[int],
+    issue: np.ndarray,
+    first: np.ndarray,
+    final: np.ndarray,
+    ntok: np.ndarray,
     window: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     iss = np.asarray(issue, dtype=np.int64)

@@ -1,9 +1,14 @@
-"""RequestLog: the request path appends, a monitor folds; nothing may be lost in between."""
+"""RequestLog: the request path appends, a monitor folds; nothing may be lost in between;
+finished blocks spill to Parquet and leave memory."""
 
 import threading
+import time
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from harness.progress import Progress
+from llmlib import metrics
 from llmlib.metrics import RequestLog
 from llmlib.request import LLMRequest, LLMResponse, failed_response
 
@@ -72,3 +77,92 @@ def test_nothing_is_lost_while_a_monitor_folds_concurrently():
         t.join()
     assert len(log) == n and log.completed == n and log.tokens == 10 * n
     assert len(log.latencies()[0]) == n
+
+
+# --- blocks: sealed when every request in them is final, spilled as Parquet -------------------
+def blocks_of_4(monkeypatch):
+    monkeypatch.setattr(metrics, "BLOCK_ROWS", 4)
+
+
+def read_parts(d):
+    parts = sorted(d.glob("part-*.parquet"))
+    return pq.read_table(parts).to_pydict() if parts else {}
+
+
+def test_a_block_is_spilled_once_its_last_request_is_final(tmp_path, monkeypatch):
+    blocks_of_4(monkeypatch)
+    log = RequestLog(spill_dir=tmp_path / "requests")
+    log.on_issue([req(q) for q in range(6)])
+    log.on_responses(answer(0) + answer(2) + answer(3) + answer(4))
+    log.sync()
+    assert not list((tmp_path / "requests").glob("*.parquet"))  # request 1 is still open
+    log.on_responses(answer(1))
+    log.sync()
+    assert [p.name for p in (tmp_path / "requests").glob("*.parquet")] == ["part-000000.parquet"]
+    assert sorted(log._blocks) == [1]  # the sealed block left memory
+    assert read_parts(tmp_path / "requests")["qid"] == [0, 1, 2, 3]
+    # reading spans the spilled block and the one in memory, in issue order
+    assert log.column("qid") == list(range(6))
+    assert log.column("final_ns") == [11_000] * 5 + [0]
+    assert log.completed == 5 and len(log.latencies()[0]) == 5
+
+
+def test_finish_writes_the_whole_log_and_ignores_what_comes_later(tmp_path, monkeypatch):
+    blocks_of_4(monkeypatch)
+    log = RequestLog(spill_dir=tmp_path / "requests")
+    log.on_issue([req(q) for q in range(7)])
+    log.on_responses(answer(0) + [failed_response(5, "server gone", 9_000, 1, TOK[:3])])
+    log.on_responses(answer(6)[:1])  # 6: a first token, then nothing
+    log.finish()
+    log.on_responses(answer(1))
+    rows = read_parts(tmp_path / "requests")
+    assert rows["qid"] == list(range(7))
+    assert rows["final_ns"] == [11_000, 0, 0, 0, 0, 9_000, 0]
+    assert rows["first_ns"][6] == 2_000
+    assert rows["error"] == [""] * 5 + ["server gone", ""]
+    assert rows["tokens_before_failure"] == [0] * 5 + [3, 0]
+    assert log.completed == 1 and log.failed == 1
+    counts = log.write_csv(tmp_path / "requests.csv")
+    assert counts == {"issued": 7, "completed": 1, "failed": 1}
+
+
+def test_a_run_of_any_length_holds_only_the_blocks_in_flight(tmp_path, monkeypatch):
+    """Server-like traffic, each answer a few requests after its issue: memory holds at
+    most two blocks however long the run; nothing is lost across 100 spills."""
+    blocks_of_4(monkeypatch)
+    log = RequestLog(spill_dir=tmp_path / "requests")
+    most = 0
+    for q in range(400):
+        log.on_issue([req(q, issue_ns=1_000 + q)])
+        if q >= 3:
+            log.on_responses(answer(q - 3, 2_000 + q, 11_000 + q))
+        log.sync()
+        most = max(most, len(log._blocks))
+    assert most <= 2
+    assert len(list((tmp_path / "requests").glob("*.parquet"))) == 99
+    ttft, tpot = log.recent_latencies(window=5)
+    assert len(ttft) == 5  # from the blocks still in memory, after the spills
+    t = log.table()
+    assert t["qid"].tolist() == list(range(400)) and log.completed == 397
+    assert (t["first_ns"][:397] - t["issue_ns"][:397] == 1_000 + 3).all()
+
+
+def test_without_a_spill_dir_everything_stays_in_memory(monkeypatch):
+    blocks_of_4(monkeypatch)
+    log = RequestLog()
+    log.on_issue([req(q) for q in range(9)])
+    for q in range(9):
+        log.on_responses(answer(q))
+    log.finish()
+    assert sorted(log._blocks) == [0, 1, 2] and log.column("qid") == list(range(9))
+
+
+def test_the_progress_thread_folds_the_log_with_the_bar_off():
+    log = RequestLog()
+    with Progress(log, "x", interval_s=0.05, enabled=False):
+        log.on_issue([req(1)])
+        log.on_responses(answer(1))
+        deadline = time.monotonic() + 10
+        while (log._issued or log._responses) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert not log._issued and not log._responses and log._completed == 1
