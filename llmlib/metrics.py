@@ -76,6 +76,7 @@ class RequestLog:
         self._failed_after_first = 0
         self._tokens = 0
         self._finished = False
+        self._open_first: dict[int, bool] = {}  # after finish: open request -> had a first
         self._version = 0
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._lock = threading.Lock()
@@ -272,6 +273,13 @@ class RequestLog:
         with self._lock:
             self._fold()
             self._finished = True
+            # what is still open, with or without its first token (``has_first`` answers
+            # from this once the blocks may have left memory)
+            self._open_first = {
+                q: bool(self._blocks[i // BLOCK_ROWS].cols["first_ns"][i % BLOCK_ROWS])
+                for q, i in self._index.items()
+            }
+            self._index.clear()
             if self._spill_dir is not None:
                 for k in sorted(self._blocks):
                     self._spill(k)
@@ -336,7 +344,7 @@ class RequestLog:
             self._fold()
             i = self._index.get(query_id)
             if i is None:
-                return False
+                return self._open_first.get(query_id, False)  # (after finish)
             k, off = divmod(i, BLOCK_ROWS)
             return bool(self._blocks[k].cols["first_ns"][off])
 

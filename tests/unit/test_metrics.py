@@ -124,6 +124,8 @@ def test_finish_writes_the_whole_log_and_ignores_what_comes_later(tmp_path, monk
     assert log.completed == 1 and log.failed == 1
     counts = log.write_csv(tmp_path / "requests.csv")
     assert counts == {"issued": 7, "completed": 1, "failed": 1}
+    # after finish (an interrupted run: the pool fails what is open, its blocks on disk)
+    assert log.has_first(6) and not log.has_first(2) and not log.has_first(0)
 
 
 def test_a_run_of_any_length_holds_only_the_blocks_in_flight(tmp_path, monkeypatch):
