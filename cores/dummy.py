@@ -1,4 +1,4 @@
-"""The dummy core: an engine model (``llmlib.engine_model``) run in real time.
+"""The dummy core: an engine model (``llmlib.model.engine``) run in real time.
 
 It needs no GPU, model or server. Output tokens are the reference output when the sample
 has one, else deterministic pseudo tokens of the sample's reference output length. First
@@ -7,7 +7,7 @@ profile answers at once, in the caller's thread (a RequestBatch with a ResponseB
 the harness's own overhead can be measured. ``dummy_fail_after`` makes the engine die after
 that many requests, to exercise the failure path (every pending query completes as failed).
 
-Disaggregated serving (``llmlib.pd_server``) runs dummy cores in two roles: ``prefill``
+Disaggregated serving (``llmlib.serving.disagg``) runs dummy cores in two roles: ``prefill``
 prefills each request (one step's worth of output) and answers with its final at once, the
 whole answer in it, for the pool to hand on; ``decode`` takes requests prefilled elsewhere
 with the time their KV cache lands (``enqueue_at``) and decodes the rest from then.
@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.clock import Clock
-from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
-from llmlib.engine_model import make_model, profile_from_config
 from llmlib.errors import ConfigError, HealthCheckError
-from llmlib.prefix import blocks_of
-from llmlib.registry import register_core
-from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
-from llmlib.tokens import pseudo_tokens
+from llmlib.model.clock import Clock
+from llmlib.model.engine import make_model, profile_from_config
+from llmlib.model.pseudo_tokens import pseudo_tokens
+from llmlib.serving.core import CompletionCallback, CoreCapabilities, LLMCore
+from llmlib.serving.prefix import blocks_of
+from llmlib.serving.registry import register_core
+from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
 
 @register_core("dummy")

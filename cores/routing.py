@@ -1,6 +1,6 @@
 """The routing core: a router in front of expert pools (``--core_type=routing``).
 
-Each query is decided on before it is enqueued (``llmlib.router``: the keyword gate, then
+Each query is decided on before it is enqueued (``llmlib.router.model``: the keyword gate, then
 the quantized MLP; low confidence goes to the default expert; near-equal experts go to the
 less loaded pool) and handed to that expert's pool, an ``LLMServer`` over cores of any
 registered type (``--routing_config``, ``configs/routing/*.yaml``). A query a pool fails is
@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.core import CoreCapabilities, LLMCore
 from llmlib.errors import ConfigError, HealthCheckError
-from llmlib.health import describe_events
-from llmlib.policies import BREAKER_TUNABLES, make_policy
-from llmlib.registry import get_core_class, register_core
-from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
-from llmlib.router import SOURCES
-from llmlib.routing_config import RoutingConfig, load_routing_config
-from llmlib.server import LLMServer
+from llmlib.router.config import RoutingConfig, load_routing_config
+from llmlib.router.model import SOURCES
+from llmlib.serving.core import CoreCapabilities, LLMCore
+from llmlib.serving.health import describe_events
+from llmlib.serving.policies import BREAKER_TUNABLES, make_policy
+from llmlib.serving.pool import LLMServer
+from llmlib.serving.registry import get_core_class, register_core
+from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
 
 class _Loads:
@@ -81,7 +81,7 @@ class RoutingCore(LLMCore):
 
     def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
         super().__init__(core_id, cfg, callback)
-        from llmlib.tokenizer import load_tokenizer
+        from llmlib.data.tokenizer import load_tokenizer
 
         self.rc: RoutingConfig = load_routing_config(cfg.routing_config)
         self.router = self.rc.router()

@@ -1,11 +1,11 @@
 """``triton_grpc``: a client core for Triton Inference Server over gRPC, speaking the
-TensorRT-LLM backend's tensor interface (``llmlib.triton_repo``), the path MLPerf
+TensorRT-LLM backend's tensor interface (``llmlib.deploy.triton.repo``), the path MLPerf
 submitters use with Triton.
 
 One core per server in ``--triton_server_urls`` (``host:port`` of its gRPC endpoint). Each
 core has ``--triton_num_clients_per_server`` clients: each a gRPC channel with one open
 ``ModelStreamInfer`` stream (``TritonStream``), each in its own spawned process
-(``llmlib.procpool``) so one Python process's GIL is not the ceiling, or, with
+(``llmlib.serving.procpool``) so one Python process's GIL is not the ceiling, or, with
 ``--triton_clients_in_process``, all in the harness's process. Requests go round-robin
 over the clients and, with ``--triton_num_models_per_server`` > 1, over the models
 ``<name>_0 .. <name>_{N-1}`` the server loads. Every request is streamed (a decoupled model
@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
-from llmlib.procpool import Outbox, WorkerPool
-from llmlib.request import LLMRequest, LLMResponse, failed_response
+from llmlib.serving.core import CompletionCallback, CoreCapabilities, LLMCore
+from llmlib.serving.procpool import Outbox, WorkerPool
+from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
 
 # what a stream reports: (kind, request id, payload, time_ns); payload: int32 token ids for
 # FIRST/FINAL (bytes when it crossed from a worker process), the reason for FAILED/BROKEN
@@ -64,7 +64,7 @@ def end_id_for(cfg: Any) -> int:
     if value == "none":
         return -1
     if value == "auto":
-        from llmlib.workloads import load_benchmark
+        from llmlib.data.benchmarks import load_benchmark
 
         return load_benchmark(cfg.config_dir, cfg.benchmark).eos_id
     if not value.isdigit():
@@ -160,7 +160,7 @@ class TritonStream:
         oldest has waited that long) is stalled or stopped: the stream is reported broken
         (its core fails what it holds). A request whose answer began and then stopped for
         ``stall_s`` fails alone. The thread then waits for close: in process it has
-        delivered to LoadGen, so it must outlive the test (``llmlib.core``)."""
+        delivered to LoadGen, so it must outlive the test (``llmlib.serving.core``)."""
         period, broken = min(1.0, self.stall_s / 4), False
         while not self._closed.wait(period):
             with self._lock:

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.async_core import AsyncLoopCore
-from llmlib.core import CoreCapabilities
 from llmlib.errors import BackendError, ConfigError, MissingDependencyError
-from llmlib.request import LLMRequest, LLMResponse
+from llmlib.serving.async_core import AsyncLoopCore
+from llmlib.serving.core import CoreCapabilities
+from llmlib.serving.request import LLMRequest, LLMResponse
 
 _ENV_LOCK = threading.Lock()  # CUDA_VISIBLE_DEVICES is process-wide while an engine starts
 _ids = itertools.count()

@@ -1,5 +1,5 @@
 """``python -m harness``: parse flags, validate everything up front, then run each
-(benchmark, scenario, mode) in its own process and results directory (``harness.driver``),
+(benchmark, scenario, mode) in its own process and results directory (``harness.run.driver``),
 and print a table.
 
 Bad input exits with status 2 and one line naming the bad value and the valid choices.
@@ -8,28 +8,29 @@ Bad input exits with status 2 and one line naming the bad value and the valid ch
 from __future__ import annotations
 
 import difflib
+import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
-from llmlib.config import FIELDS, Config, benchmark_names, resolve
-from llmlib.datasets import TEXT_FORMATS, check_source
-from llmlib.engine_model import profile_from_config
-from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
-from llmlib.launch import ServerSpec, parse_server_args
-from llmlib.policies import POLICIES
-from llmlib.registry import core_names, get_core_class
-from llmlib.tokenizer import load_tokenizer
-
-from .driver import DRIVER, launched_server, results_root, run_tests
-from .interrupt import Interrupted, exit_status
-from .runner import (
+from harness.run.driver import DRIVER, launched_server, results_root, run_tests
+from harness.run.interrupt import Interrupted, exit_status
+from harness.run.runner import (
     check_datasets,
     check_loadgen_targets,
     check_pools,
     compliance_audit_config,
 )
+from llmlib.config.settings import FIELDS, Config, benchmark_names, resolve
+from llmlib.data.loaders import TEXT_FORMATS, check_source
+from llmlib.data.tokenizer import load_tokenizer
+from llmlib.deploy.launch import ServerSpec, parse_server_args
+from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
+from llmlib.model.engine import profile_from_config
+from llmlib.serving.policies import POLICIES
+from llmlib.serving.registry import core_names, get_core_class
 
 _ACTIONS = ("help", "print_config")
 
@@ -96,8 +97,9 @@ def help_text() -> str:
         f"core types: {', '.join(core_names())}",
         f"benchmarks: {', '.join(benchmark_names(FIELDS['config_dir'].default))}",
         f"traffic policies: {', '.join(POLICIES)}",
-        "other commands: serve, launch, compare, evaluate, router, simulate, scorecard, "
-        "topology (each with --help)",
+        "",
+        "other commands (python -m harness COMMAND --help):",
+        *(f"  {n:<15} {what}" for n, (_, what) in COMMANDS.items()),
     ]
     return "\n".join(lines)
 
@@ -145,59 +147,65 @@ def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Confi
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_run_one"]:
-        from .runner import main_child
+# Every command of ``python -m harness``: name -> ("module:function", what it does). Each
+# function takes the remaining arguments and returns an exit status; LLMLibError from any of
+# them is one line and status 2 (``one_line``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("harness.serve.front:main", "llmlib's OpenAI-compatible serving front"),
+    "launch": ("harness.cli:launch_main", "start a server and keep it up until Ctrl-C"),
+    "compare": ("harness.report.compare:main", "runs side by side"),
+    "evaluate": ("harness.report.evaluate:main", "score accuracy runs"),
+    "scorecard": ("harness.report.scorecard:main", "ship or no-ship against a baseline"),
+    "simulate": ("harness.tools.simulate:main", "a fleet of modelled engines in virtual time"),
+    "router": ("harness.tools.router:main", "the router's corpus, training, eval, bench"),
+    "tiny-model": ("harness.tools.tiny_model:main", "build the tiny tokenizer and Llama"),
+    "topology": ("llmlib.deploy.topology:main", "this machine's CPUs, NUMA nodes and GPUs"),
+    "triton-setup": ("llmlib.deploy.triton.setup:main", "make Triton runnable (make triton)"),
+    "bench": ("harness.bench.bench:main", "the harness's overhead, fidelity, path cost"),
+    "bench-endpoint": ("harness.bench.endpoint:main", "the HTTP core as a client"),
+    "bench-triton": ("harness.bench.triton:main", "the Triton core against a real Triton"),
+    "soak": ("harness.bench.soak:main", "a long Server run against failing fronts"),
+}
 
-        return main_child(argv[1])
-    if argv[:1] == ["topology"]:
-        from llmlib.topology import main as topology_main
 
-        return topology_main(argv[1:])
-    if argv[:1] == ["launch"]:
-        return launch_main(argv[1:])
-    if argv[:1] == ["serve"]:
-        from .front import main as serve_main
+def command(name: str) -> Callable[[list[str]], int]:
+    module, _, func = COMMANDS[name][0].partition(":")
+    return cast(Callable[[list[str]], int], getattr(importlib.import_module(module), func))
 
-        try:
-            return serve_main(argv[1:])
-        except LLMLibError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    if argv[:1] in (["compare"], ["evaluate"], ["router"], ["simulate"], ["scorecard"]):
-        from .compare import main as compare_main
-        from .evaluate import main as evaluate_main
-        from .router_cli import main as router_main
-        from .scorecard import main as scorecard_main
-        from .simulate import main as simulate_main
 
-        sub = {
-            "compare": compare_main,
-            "evaluate": evaluate_main,
-            "router": router_main,
-            "simulate": simulate_main,
-            "scorecard": scorecard_main,
-        }
-        try:
-            return sub[argv[0]](argv[1:])
-        except LLMLibError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+def one_line(run: Callable[[], int]) -> int:
+    """Run a command; llmlib's errors (bad input, a backend that cannot start) become one
+    line on stderr and exit status 2."""
     try:
-        flags, actions = parse_flags(argv)
-        if "help" in actions:
-            print(help_text())
-            return 0
-        configs = plan(flags)
-        if "print_config" in actions:
-            print("\n\n".join(c.describe() for c in configs))
-            return 0
-        check_datasets(configs)
-        top = results_root(configs[0])
+        return run()
     except LLMLibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_run_one"]:  # the driver's child: one test (its errors are its own)
+        from harness.run.runner import main_child
+
+        return main_child(argv[1])
+    if argv[:1] and argv[0] in COMMANDS:
+        return one_line(lambda: command(argv[0])(argv[1:]))
+    return one_line(lambda: run_main(argv))
+
+
+def run_main(argv: list[str]) -> int:
+    """``python -m harness [--flags]``: plan, check, then run every test."""
+    flags, actions = parse_flags(argv)
+    if "help" in actions:
+        print(help_text())
+        return 0
+    configs = plan(flags)
+    if "print_config" in actions:
+        print("\n\n".join(c.describe() for c in configs))
+        return 0
+    check_datasets(configs)
+    top = results_root(configs[0])
     if Path("audit.config").is_file():
         print(
             f"note: {Path('audit.config').resolve()} is present. LoadGen would apply it "
@@ -219,16 +227,12 @@ def launch_main(argv: list[str]) -> int:
     run_llm_server``): start the server, print its URL, keep it up until Ctrl-C/SIGTERM."""
     import signal
 
-    try:
-        flags, _ = parse_flags(argv)
-        cfg = resolve(flags)
-        if not cfg.launch_server:
-            raise ConfigError("launch needs --launch_server=vllm|trtllm|llamacpp|llmlib|triton")
-        log_path = Path(cfg.log_dir) / f"server-{time.strftime('%Y.%m.%d-%H.%M.%S')}.log"
-        server = launched_server(cfg, log_path)
-    except LLMLibError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    flags, _ = parse_flags(argv)
+    cfg = resolve(flags)
+    if not cfg.launch_server:
+        raise ConfigError("launch needs --launch_server=vllm|trtllm|llamacpp|llmlib|triton")
+    log_path = Path(cfg.log_dir) / f"server-{time.strftime('%Y.%m.%d-%H.%M.%S')}.log"
+    server = launched_server(cfg, log_path)
     print(f"server: {server.spec.kind} at {server.url} (log {server.log_path}); Ctrl-C stops it")
     if server.spec.kind == "triton":
         grpc = f"{server.spec.host}:{server.spec.grpc_port}"

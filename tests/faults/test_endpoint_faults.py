@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from llmlib.config import REPO_ROOT
+from llmlib.config.settings import REPO_ROOT
 from tests.integration.test_e2e_dummy import harness
 
 pytestmark = pytest.mark.slow

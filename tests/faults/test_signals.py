@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlib.config import REPO_ROOT
+from llmlib.config.settings import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_the_run_tree_helper_sees_real_processes():
 
 def test_a_signal_between_tests_stops_the_driver_where_it_is():
     # no child running (say, a server still starting): the driver raises, its clean-up runs
-    from harness.interrupt import DriverSignals, Interrupted
+    from harness.run.interrupt import DriverSignals, Interrupted
 
     d = DriverSignals().install()
     try:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from llmlib.launch import LaunchedServer, ServerSpec, free_port
-from llmlib.triton_repo import generate_triton_config
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.deploy.triton.repo import generate_triton_config
 from tests.integration.test_e2e_dummy import harness
 from tests.integration.test_triton import pytestmark as triton_marks
 

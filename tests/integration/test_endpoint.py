@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from llmlib.config import REPO_ROOT
+from llmlib.config.settings import REPO_ROOT
 
 from .test_e2e_dummy import harness
 
@@ -109,9 +109,9 @@ def test_loadgen_receives_the_servers_token_ids(tmp_path, front, workers):
     s, run_dir = runs[("server", "accuracy")]
     assert any(f"{workers} worker processes" in n for n in s["notes"]) == (workers > 0)
     logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
-    from harness.runner import build_dataset
-    from llmlib.config import resolve
-    from llmlib.workloads import load_benchmark
+    from harness.run.runner import build_dataset
+    from llmlib.config.settings import resolve
+    from llmlib.data.benchmarks import load_benchmark
 
     cfg = resolve({}, benchmark="tiny", scenario="server", env={})
     spec = load_benchmark(cfg.config_dir, "tiny")

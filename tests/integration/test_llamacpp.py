@@ -19,7 +19,7 @@ pytestmark = [
 
 
 def test_launched_llama_cpp_server_through_loadgen_retokenized(tmp_path, tiny_tokenizer):
-    from harness.tiny_model import build_gguf
+    from harness.tools.tiny_model import build_gguf
 
     gguf = build_gguf(tmp_path, 2048)
     p, runs = harness(

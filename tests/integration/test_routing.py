@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from cores.routing import RoutingCore
-from llmlib.config import REPO_ROOT
-from llmlib.datasets import load_jsonl
+from llmlib.config.settings import REPO_ROOT
+from llmlib.data.benchmarks import RequestBuilder
+from llmlib.data.loaders import load_jsonl
+from llmlib.data.tokenizer import load_tokenizer
 from llmlib.errors import ConfigError, UnknownNameError
-from llmlib.request import RequestBatch
-from llmlib.tokenizer import load_tokenizer
-from llmlib.workloads import RequestBuilder
+from llmlib.serving.request import RequestBatch
 from tests.conftest import Collector, make_cfg
 
 ROUTER = REPO_ROOT / "configs" / "routing" / "router.npz"
@@ -237,7 +237,7 @@ def test_a_prompt_that_cannot_be_read_goes_to_the_default_expert(
 
     monkeypatch.chdir(tmp_path)  # where a relative routing_stats_file would be written
 
-    from llmlib.request import LLMRequest
+    from llmlib.serving.request import LLMRequest
 
     yaml_path = write_config(tmp_path / "routing.yaml", zero_pools())
     cfg = make_cfg(

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 
 from cores.triton_grpc import BROKEN, FAILED, TritonGrpcCore, TritonStream
-from llmlib.accuracy import read_accuracy_log
-from llmlib.config import REPO_ROOT, resolve
+from llmlib.config.settings import REPO_ROOT, resolve
+from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.deploy.triton.repo import generate_triton_config
+from llmlib.deploy.triton.setup import TritonHome
 from llmlib.errors import ConfigError
-from llmlib.launch import LaunchedServer, ServerSpec, free_port
-from llmlib.request import LLMRequest
-from llmlib.tiny_llama_np import TinyLlama
-from llmlib.triton_repo import generate_triton_config
-from llmlib.triton_setup import TritonHome
-from llmlib.workloads import SyntheticDataset, load_benchmark
+from llmlib.eval.accuracy import read_accuracy_log
+from llmlib.model.tiny_llama_np import TinyLlama
+from llmlib.serving.request import LLMRequest
 
 from .test_e2e_dummy import harness
 

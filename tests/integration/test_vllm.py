@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from llmlib.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
 
 from .test_e2e_dummy import harness
 
@@ -56,9 +56,9 @@ def server_answer(url, model, prompt, max_tokens):
 
 
 def logged_vs_server(run_dir, server, model, n=4):
-    from harness.runner import build_dataset
-    from llmlib.config import resolve
-    from llmlib.workloads import load_benchmark
+    from harness.run.runner import build_dataset
+    from llmlib.config.settings import resolve
+    from llmlib.data.benchmarks import load_benchmark
 
     cfg = resolve({"vocab_size": "2048"}, benchmark="tiny", scenario="offline", env={})
     spec = load_benchmark(cfg.config_dir, "tiny")

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from llmlib.accuracy import (
+from llmlib.errors import ConfigError
+from llmlib.eval.accuracy import (
     LLAMA2_TARGETS,
     gsm8k_answer,
     niah_em,
@@ -14,7 +15,6 @@ from llmlib.accuracy import (
     rouge_scores,
     score,
 )
-from llmlib.errors import ConfigError
 
 
 def _ngrams(words, n):
@@ -220,7 +220,7 @@ def test_mixtral_mbxp_runs_the_code_and_scores_the_pass_rate():
 
 
 def test_mixtral_with_mbxp_in_a_language_without_toolchain_is_incomplete(monkeypatch):
-    from llmlib import mbxp
+    from llmlib.eval import mbxp
 
     monkeypatch.setattr(mbxp.shutil, "which", lambda exe: None)
     answers = {**ORCA_GSM, 3: "def sq(x):\n    return x * x\n", 4: "<?php function sq($x) {}"}

@@ -8,13 +8,13 @@ import ctypes
 import numpy as np
 
 from cores.dummy import DummyCore
-from harness.sut import HarnessSUT
-from llmlib.core import CoreCapabilities, LLMCore
-from llmlib.metrics import RequestLog
-from llmlib.policies import make_policy
-from llmlib.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
-from llmlib.server import LLMServer
-from llmlib.workloads import RequestBuilder, SyntheticDataset, load_benchmark
+from harness.run.sut import HarnessSUT
+from llmlib.data.benchmarks import RequestBuilder, SyntheticDataset, load_benchmark
+from llmlib.serving.core import CoreCapabilities, LLMCore
+from llmlib.serving.policies import make_policy
+from llmlib.serving.pool import LLMServer
+from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
+from llmlib.serving.request_log import RequestLog
 from tests.conftest import Collector, make_cfg
 from tests.unit.test_sut_contract import Q, RecordingSink
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.bench import parse_args
+from harness.bench.bench import parse_args
 
 
 def test_no_measure_named_means_all():
@@ -21,7 +21,7 @@ def test_unknown_measure_is_refused(capsys):
 
 
 def test_path_cost_counts_opcodes_of_a_completed_path():
-    from harness.pathcost import opcodes_per_query, us_per_query
+    from harness.bench.pathcost import opcodes_per_query, us_per_query
 
     for scen in ("offline", "server"):
         ops, top = opcodes_per_query(scen, n=64)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from harness.cli import main, parse_flags
-from llmlib.config import REPO_ROOT
+from llmlib.config.settings import REPO_ROOT
 
 
 @pytest.mark.parametrize(
@@ -179,8 +179,8 @@ def test_flag_forms():
 
 
 def test_fail_on_errors_counts_runs_with_failed_requests(capsys):
-    from harness.driver import request_errors
-    from llmlib.config import resolve
+    from harness.run.driver import request_errors
+    from llmlib.config.settings import resolve
 
     runs = [
         {"benchmark": "tiny", "scenario": s, "mode": "performance",

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from harness.compare import compare, main, table
-from harness.plots import plot_run, read_requests
+from harness.report.compare import compare, main, table
+from harness.report.plots import plot_run, read_requests
 from llmlib.errors import ConfigError
-from llmlib.metrics import RequestLog
-from llmlib.request import LLMRequest, LLMResponse, failed_response
+from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
+from llmlib.serving.request_log import RequestLog
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from llmlib.compliance import check_test06, trailing_eos
 from llmlib.errors import ConfigError
+from llmlib.eval.compliance import check_test06, trailing_eos
 
 EOS = 2
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from llmlib.config import FIELDS, resolve
+from llmlib.config.flags import RUNTIME_FLAGS, format_flag_string, parse_flag_string
+from llmlib.config.settings import FIELDS, resolve
 from llmlib.errors import ConfigError, UnknownNameError
-from llmlib.flags import RUNTIME_FLAGS, format_flag_string, parse_flag_string
 
 
 def test_flag_string_values_are_typed():
@@ -144,7 +144,7 @@ def test_describe_shows_every_field_with_its_source(confdir):
 
 
 def test_config_round_trips_through_json(confdir):
-    from llmlib.config import Config
+    from llmlib.config.settings import Config
 
     cfg = _resolve(confdir, env={"TRTLLM_BUILD_FLAGS": "max_seq_len:9"})
     back = Config.from_json(cfg.to_json())

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmlib.datasets import TokenDataset, detect_format, load_dataset
+from llmlib.data.benchmarks import RequestBuilder
+from llmlib.data.loaders import TokenDataset, detect_format, load_dataset
 from llmlib.errors import ConfigError, UnknownNameError
-from llmlib.workloads import RequestBuilder
 
 
 def jsonl(tmp_path, rows, name="d.jsonl"):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from cores.dummy import DummyCore
-from llmlib.clock import VirtualClock
-from llmlib.request import LLMRequest
-from llmlib.tokens import pseudo_tokens
+from llmlib.model.clock import VirtualClock
+from llmlib.model.pseudo_tokens import pseudo_tokens
+from llmlib.serving.request import LLMRequest
 from tests.conftest import make_cfg
 
 FLAGS = {

@@ -2,14 +2,14 @@
 
 import pytest
 
-from llmlib.engine_model import (
+from llmlib.errors import UnknownNameError
+from llmlib.model.engine import (
     BatchingModel,
     EngineProfile,
     FixedModel,
     load_profiles,
     make_model,
 )
-from llmlib.errors import UnknownNameError
 
 P = EngineProfile(
     max_batch_size=4,
@@ -124,7 +124,7 @@ def test_an_arrival_during_a_decode_span_is_admitted_at_the_next_step_boundary()
 
 
 def test_profiles_load_from_yaml_and_zero_answers_at_once(tmp_path):
-    from llmlib.config import REPO_ROOT
+    from llmlib.config.settings import REPO_ROOT
 
     profiles = load_profiles(REPO_ROOT / "configs" / "engine_profiles.yaml")
     assert {"zero", "cpu-tiny", "h100-llama2-70b"} <= set(profiles)

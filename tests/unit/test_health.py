@@ -1,17 +1,17 @@
-"""The pool's breaker (llmlib.health): a dead core leaves the rotation under every policy, a
+"""The pool's breaker (llmlib.serving.health): a dead core leaves the rotation under every policy, a
 failing one rests and is probed, and every move is in the report's events."""
 
 import numpy as np
 import pytest
 
 from cores.dummy import DummyCore
-from llmlib.core import LLMCore
-from llmlib.health import CoreHealth, describe_events
-from llmlib.pd_server import PDServer
-from llmlib.policies import POLICIES, make_policy
-from llmlib.request import LLMRequest, LLMResponse, failed_response
-from llmlib.server import LLMServer
-from llmlib.simulator import KVTransfer
+from llmlib.model.simulator import KVTransfer
+from llmlib.serving.core import LLMCore
+from llmlib.serving.disagg import PDServer
+from llmlib.serving.health import CoreHealth, describe_events
+from llmlib.serving.policies import POLICIES, make_policy
+from llmlib.serving.pool import LLMServer
+from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
 from tests.conftest import make_cfg
 
 
@@ -158,8 +158,8 @@ def test_cycles_left_by_failures_are_swept_while_the_gc_is_off():
     import weakref
     from types import SimpleNamespace
 
-    from harness.runner import SweepAfterFailures
-    from llmlib.core import Telemetry
+    from harness.run.runner import SweepAfterFailures
+    from llmlib.serving.core import Telemetry
 
     class Node:
         pass

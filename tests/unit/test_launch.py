@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from harness.bench_endpoint import histogram_quantile
+from harness.bench.endpoint import histogram_quantile
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
 from llmlib.errors import BackendError, ConfigError, HealthCheckError
-from llmlib.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
 
 
 def test_commands_per_kind_bind_the_host_and_port():

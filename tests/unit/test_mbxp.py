@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from llmlib import mbxp
-from llmlib.mbxp import Problem, evaluate
+from llmlib.eval import mbxp
+from llmlib.eval.mbxp import Problem, evaluate
 
 PY_TEST = (
     "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from harness.progress import Progress
-from llmlib import metrics
-from llmlib.metrics import RequestLog
-from llmlib.request import LLMRequest, LLMResponse, failed_response
+from harness.run.progress import Progress
+from llmlib.serving import request_log as metrics
+from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
+from llmlib.serving.request_log import RequestLog
 
 TOK = np.arange(3, 13, dtype=np.uint32)  # 10 tokens
 

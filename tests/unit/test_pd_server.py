@@ -9,10 +9,10 @@ import pytest
 
 from cores.dummy import DummyCore
 from llmlib.errors import ConfigError
-from llmlib.pd_server import PDServer
-from llmlib.policies import make_policy
-from llmlib.request import LLMRequest
-from llmlib.simulator import KVTransfer
+from llmlib.model.simulator import KVTransfer
+from llmlib.serving.disagg import PDServer
+from llmlib.serving.policies import make_policy
+from llmlib.serving.request import LLMRequest
 from tests.conftest import make_cfg
 
 FIXED = {"kind": "fixed", "ttft_ms": 5, "tpot_ms": 1}

@@ -3,8 +3,14 @@ from collections import Counter
 import pytest
 
 from llmlib.errors import UnknownNameError
-from llmlib.policies import DEFAULT_POLICY, LeastPending, PowerOfTwo, RoundRobin, make_policy
-from llmlib.request import LLMRequest
+from llmlib.serving.policies import (
+    DEFAULT_POLICY,
+    LeastPending,
+    PowerOfTwo,
+    RoundRobin,
+    make_policy,
+)
+from llmlib.serving.request import LLMRequest
 
 
 def reqs(n):
@@ -80,9 +86,9 @@ def test_defaults_and_unknown_names():
 # --- tunables, telemetry and migrations -------------------------------------------------
 import numpy as np  # noqa: E402
 
-from llmlib.core import Telemetry  # noqa: E402
 from llmlib.errors import ConfigError  # noqa: E402
-from llmlib.policies import POLICY_FLAGS, CacheAware, KVAware, TelemetryPolicy  # noqa: E402
+from llmlib.serving.core import Telemetry  # noqa: E402
+from llmlib.serving.policies import POLICY_FLAGS, CacheAware, KVAware, TelemetryPolicy  # noqa: E402
 
 
 def chat(i, conv, length):
@@ -144,7 +150,7 @@ def test_telemetry_keeps_a_conversation_home_and_migrates_within_its_budget():
     assert got == [home] and p.migrations == 0 and p.held == 1
     # home swamped: requests move, but only as often as the budget allows (100
     # conversations whose history is at home; 0.1 token per request, at most 1 kept)
-    from llmlib.prefix import token_blocks
+    from llmlib.serving.prefix import token_blocks
 
     for conv in range(100, 200):
         p.sent[home].add(token_blocks(chat(0, conv, 160).input_tokens))

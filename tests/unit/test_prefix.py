@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pytest
 
-from llmlib.engine_model import BLOCK_TOKENS, BatchingModel, EngineProfile, PrefixCache
 from llmlib.errors import ConfigError
-from llmlib.policies import CacheAware, KVAware, make_policy
-from llmlib.prefix import BlockSet, blocks_of, chat_blocks, token_blocks
-from llmlib.request import LLMRequest
-from llmlib.simulator import EngineSpec, SimRequest, chat_arrivals, simulate
+from llmlib.model.engine import BLOCK_TOKENS, BatchingModel, EngineProfile, PrefixCache
+from llmlib.model.simulator import EngineSpec, SimRequest, chat_arrivals, simulate
+from llmlib.serving.policies import CacheAware, KVAware, make_policy
+from llmlib.serving.prefix import BlockSet, blocks_of, chat_blocks, token_blocks
+from llmlib.serving.request import LLMRequest
 
 MS = 1_000_000
 

@@ -1,10 +1,10 @@
-"""llmlib.procpool: client worker processes, their answers in batches, a dead worker or a
+"""llmlib.serving.procpool: client worker processes, their answers in batches, a dead worker or a
 failing consumer reported rather than left to strand what is pending."""
 
 import threading
 import time
 
-from llmlib.procpool import Outbox, WorkerPool
+from llmlib.serving.procpool import Outbox, WorkerPool
 
 
 def doubler(settings, inq, outq):

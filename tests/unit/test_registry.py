@@ -1,9 +1,9 @@
 import pytest
 
 from cores.dummy import DummyCore
-from llmlib.core import LLMCore
 from llmlib.errors import ConfigError, MissingDependencyError, UnknownNameError
-from llmlib.registry import CORE_TABLE, core_names, get_core_class, register_core
+from llmlib.serving.core import LLMCore
+from llmlib.serving.registry import CORE_TABLE, core_names, get_core_class, register_core
 
 
 def test_dummy_is_in_the_lazy_table_and_loads():
@@ -40,8 +40,8 @@ def test_target_that_is_not_a_core_is_a_config_error(monkeypatch):
 
 
 def test_register_core_decorator_records_the_class(monkeypatch):
-    monkeypatch.setattr("llmlib.registry._loaded", {})
-    monkeypatch.setattr("llmlib.registry.CORE_TABLE", dict(CORE_TABLE))
+    monkeypatch.setattr("llmlib.serving.registry._loaded", {})
+    monkeypatch.setattr("llmlib.serving.registry.CORE_TABLE", dict(CORE_TABLE))
 
     @register_core("plugin_x")
     class PluginCore(LLMCore):

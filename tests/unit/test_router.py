@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmlib.errors import ConfigError
-from llmlib.router import (
+from llmlib.router.model import (
     MAX_WORDS,
     Gate,
     Router,
@@ -24,7 +24,7 @@ from llmlib.router import (
 
 torch = pytest.importorskip("torch", reason="router training needs the model extra")
 
-from harness.router_cli import agreement, evaluate, held_out, train, validation  # noqa: E402
+from harness.tools.router import agreement, evaluate, held_out, train, validation  # noqa: E402
 
 CODE = [
     "Write a python function that returns the {n} largest values of a list",
@@ -89,7 +89,7 @@ TEXTS = [
 
 def test_features_are_stable_across_processes():
     code = (
-        "import json, sys; from llmlib.router import feature_ids; "
+        "import json, sys; from llmlib.router.model import feature_ids; "
         "print(json.dumps([feature_ids(t, 4096) for t in json.loads(sys.argv[1])]))"
     )
     texts = [t for t in TEXTS if "\ud800" not in t]
@@ -130,8 +130,8 @@ def native_router(model, **kw):
     router = Router(model, **kw)
     if not router.native:
         if os.environ.get("LLMLIB_REQUIRE_NATIVE"):
-            pytest.fail("llmlib._routerc was not built (CI builds it: gcc, Python headers)")
-        pytest.skip("llmlib._routerc is not built here (no compiler at install)")
+            pytest.fail("llmlib.router._routerc was not built (CI builds it: gcc, Python headers)")
+        pytest.skip("llmlib.router._routerc is not built here (no compiler at install)")
     return router
 
 
@@ -201,12 +201,12 @@ def test_the_c_text_path_decides_as_python_prepares(artifact):
 
 
 def test_the_c_split_and_lower_case_agree_with_python_on_every_code_point():
-    import llmlib.router as router_mod
+    import llmlib.router.model as router_mod
 
     if router_mod._C is None:
         if os.environ.get("LLMLIB_REQUIRE_NATIVE"):
-            pytest.fail("llmlib._routerc was not built")
-        pytest.skip("llmlib._routerc is not built here")
+            pytest.fail("llmlib.router._routerc was not built")
+        pytest.skip("llmlib.router._routerc is not built here")
     words = router_mod._C.words
     cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     for lo in range(0, len(cps), MAX_WORDS):  # each code point a word: lower(), isspace()
@@ -219,7 +219,7 @@ def test_the_c_split_and_lower_case_agree_with_python_on_every_code_point():
 
 
 def test_column_decisions_are_the_single_decisions(artifact):
-    from llmlib.router import SOURCES
+    from llmlib.router.model import SOURCES
 
     gate = Gate.from_config(
         [
@@ -367,7 +367,7 @@ def test_model_shapes_follow_the_training_settings(artifact):
 
 
 def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
-    import llmlib.router as router_mod
+    import llmlib.router.model as router_mod
 
     gate = Gate.from_config([{"expert": "code", "keywords": ["```python", "#include", "SQL"]}])
     cases = {
@@ -377,7 +377,7 @@ def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
         "": None,
     }
     if router_mod._C is None and os.environ.get("LLMLIB_REQUIRE_NATIVE"):
-        pytest.fail("llmlib._routerc was not built")
+        pytest.fail("llmlib.router._routerc was not built")
     for text, want in cases.items():
         words = prepare(text)
         monkeypatch.setattr(router_mod, "_C", None)
@@ -387,7 +387,7 @@ def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
 
 
 def test_corpus_labels_come_from_the_reply():
-    from harness.router_cli import label_sharegpt
+    from harness.tools.router import label_sharegpt
 
     assert label_sharegpt("help me", "Sure:\n```python\nprint(1)\n```") == "code"
     assert label_sharegpt("how much?", "Each costs 12 * 3 = 36 dollars.") == "reasoning"
@@ -445,7 +445,7 @@ def test_training_keeps_the_epoch_that_validates_best_and_stops_after_patience()
 
 
 def test_pools_are_sized_for_the_lowest_busiest_core_load():
-    from harness.router_cli import size_pools, split_bound
+    from harness.tools.router import size_pools, split_bound
 
     shares = {"general": 0.497, "code": 0.380, "reasoning": 0.123}
     assert size_pools(shares, 6) == {"general": 3, "code": 2, "reasoning": 1}

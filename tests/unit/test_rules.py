@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmlib.rules import check_llm_run, official_settings
+from llmlib.eval.rules import check_llm_run, official_settings
 
 
 @pytest.fixture(scope="module")

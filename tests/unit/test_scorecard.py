@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from harness.scorecard import load_runs, score
-from llmlib.engine_model import EngineProfile
-from llmlib.simulator import EngineSpec, chat_arrivals, simulate
+from harness.report.scorecard import load_runs, score
+from llmlib.model.engine import EngineProfile
+from llmlib.model.simulator import EngineSpec, chat_arrivals, simulate
 
 MS = 1_000_000
 

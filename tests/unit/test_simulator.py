@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from llmlib.engine_model import EngineProfile, load_profiles
 from llmlib.errors import ConfigError
-from llmlib.simulator import EngineSpec, SimRequest, arrivals, simulate
+from llmlib.model.engine import EngineProfile, load_profiles
+from llmlib.model.simulator import EngineSpec, SimRequest, arrivals, simulate
 
 MS = 1_000_000
 FIXED = EngineProfile(name="fixed", kind="fixed", ttft_ns=20 * MS, tpot_ns=5 * MS)
@@ -184,7 +184,7 @@ def test_a_live_dummy_run_replays_in_the_simulator(tmp_path):
 
 
 def test_disaggregated_pools_prefill_then_move_the_kv_cache_then_decode():
-    from llmlib.simulator import KVTransfer
+    from llmlib.model.simulator import KVTransfer
 
     reqs = [SimRequest(i * 100 * MS, 1000, 11) for i in range(5)] + [SimRequest(600 * MS, 1000, 1)]
     kv = KVTransfer(base_ns=3 * MS, per_token_ns=2000)  # 2 ms for 1000 tokens, then 3 ms
@@ -227,8 +227,8 @@ def test_disaggregation_keeps_decode_steps_free_of_prefill():
 def test_telemetry_policy_in_the_simulator_reads_the_engines_answers(monkeypatch):
     import dataclasses
 
-    from llmlib.policies import TelemetryPolicy
-    from llmlib.simulator import chat_arrivals
+    from llmlib.model.simulator import chat_arrivals
+    from llmlib.serving.policies import TelemetryPolicy
 
     slow = dataclasses.replace(
         BATCH, name="slow", step_base_ns=10 * MS, prefill_per_token_ns=30_000
@@ -275,7 +275,7 @@ def test_a_live_disaggregated_run_through_loadgen_replays_in_the_simulator(tmp_p
     assert summary["kv_transfer"] == {"base_ns": 500_000, "per_token_ns": 2000}
     assert "migrations" in summary["policy_stats"]
     assert any("disaggregated: prefill cores 0-0" in n for n in summary["notes"])
-    from harness.scorecard import load_runs
+    from harness.report.scorecard import load_runs
 
     # the scorecard weighs each pool on its own: the lone prefill core is not "busiest"
     (card,) = load_runs(run_dir)

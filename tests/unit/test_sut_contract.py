@@ -7,12 +7,12 @@ import ctypes
 import numpy as np
 
 from cores.dummy import DummyCore
-from harness.sut import HarnessSUT
-from llmlib.metrics import RequestLog
-from llmlib.policies import make_policy
-from llmlib.request import LLMResponse, failed_response
-from llmlib.server import LLMServer
-from llmlib.workloads import SyntheticDataset, load_benchmark
+from harness.run.sut import HarnessSUT
+from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
+from llmlib.serving.policies import make_policy
+from llmlib.serving.pool import LLMServer
+from llmlib.serving.request import LLMResponse, failed_response
+from llmlib.serving.request_log import RequestLog
 from tests.conftest import make_cfg
 
 EOS = 2
@@ -145,7 +145,7 @@ def test_int32_output_for_accuracy_checkers_that_want_it():
 
 
 def test_offline_issue_larger_than_a_chunk_completes_every_query_once():
-    from harness.sut import ISSUE_CHUNK
+    from harness.run.sut import ISSUE_CHUNK
 
     sut, server, sink, log, ds = setup(False, cores=2, engine_profile="zero")
     n = 2 * ISSUE_CHUNK + 77
@@ -159,7 +159,7 @@ def test_offline_issue_larger_than_a_chunk_completes_every_query_once():
 
 
 def test_request_builder_single_and_batch_agree():
-    from llmlib.workloads import RequestBuilder
+    from llmlib.data.benchmarks import RequestBuilder
 
     _, _, _, _, ds = setup(True)
     b = RequestBuilder(ds, True)

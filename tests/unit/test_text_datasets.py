@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from llmlib.datasets import load_dataset, sharegpt_samples
+from llmlib.data.loaders import load_dataset, sharegpt_samples
+from llmlib.data.tokenizer import load_tokenizer
 from llmlib.errors import ConfigError
-from llmlib.tokenizer import load_tokenizer
 
 
 def test_tokenizer_round_trip_and_special_ids(tiny_tokenizer):

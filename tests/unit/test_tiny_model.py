@@ -9,8 +9,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def test_tiny_llama_loads_and_generates_from_the_tokenizer(tmp_path, tiny_tokenizer):
-    from harness.tiny_model import build_llama
-    from llmlib.tokenizer import load_tokenizer
+    from harness.tools.tiny_model import build_llama
+    from llmlib.data.tokenizer import load_tokenizer
 
     out = tmp_path / "tiny"
     shutil.copytree(tiny_tokenizer, out)
@@ -33,7 +33,7 @@ def test_the_numpy_tiny_llama_generates_what_transformers_does(tiny_model):
     import torch
     from transformers import LlamaForCausalLM
 
-    from llmlib.tiny_llama_np import TinyLlama
+    from llmlib.model.tiny_llama_np import TinyLlama
 
     ref = LlamaForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     mine = TinyLlama(tiny_model)
@@ -49,8 +49,8 @@ def test_the_numpy_tiny_llama_generates_what_transformers_does(tiny_model):
 
 
 def test_triton_model_repositories(tmp_path, tiny_model):
+    from llmlib.deploy.triton.repo import generate_triton_config
     from llmlib.errors import ConfigError
-    from llmlib.triton_repo import generate_triton_config
 
     m = generate_triton_config(tmp_path / "py", "python", "tiny", model_dir=tiny_model,
                                runtime_flags={"max_batch_size": 16})  # fmt: skip

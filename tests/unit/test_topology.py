@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llmlib.topology import numa_nodes, parse_cpulist, parse_gpu_query, probe
+from llmlib.deploy.topology import numa_nodes, parse_cpulist, parse_gpu_query, probe
 
 
 def test_cpulists_parse_as_the_kernel_writes_them():
@@ -65,6 +65,6 @@ def test_topology_cli_writes_json_and_refuses_unknown_arguments(tmp_path):
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["cpus"] >= 1
     p = subprocess.run(
-        [sys.executable, "-m", "llmlib.topology", "--gpus"], capture_output=True, text=True
+        [sys.executable, "-m", "llmlib.deploy.topology", "--gpus"], capture_output=True, text=True
     )
     assert p.returncode == 2 and "usage" in p.stderr

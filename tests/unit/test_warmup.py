@@ -1,11 +1,11 @@
 import pytest
 
-from llmlib.core import LLMCore
 from llmlib.errors import HealthCheckError
-from llmlib.policies import make_policy
-from llmlib.request import LLMRequest, LLMResponse
-from llmlib.server import LLMServer
-from llmlib.warmup import run_warmup, wait_until_healthy
+from llmlib.serving.core import LLMCore
+from llmlib.serving.policies import make_policy
+from llmlib.serving.pool import LLMServer
+from llmlib.serving.request import LLMRequest, LLMResponse
+from llmlib.serving.warmup import run_warmup, wait_until_healthy
 
 
 class SlowStart(LLMCore):

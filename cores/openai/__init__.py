@@ -1,0 +1,2 @@
+"""The OpenAI-compatible HTTP core (trtllm-serve, vLLM, llama.cpp, our front) and its disaggregated
+variant."""

@@ -1,0 +1,263 @@
+"""The HTTP side of the ``trtllm_endpoint`` core: one aiohttp session to one
+OpenAI-compatible server, one request at a time per call to ``request`` (called
+concurrently from an event loop), and the SSE stream read into output token ids.
+
+Used in the core's own loop, or in each of its worker processes (``workers_per_core``);
+see ``cores.openai.core`` for the behaviour it implements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from llmlib.data.tokenizer import Tokenizer, load_tokenizer
+from llmlib.errors import HealthCheckError, MissingDependencyError
+from llmlib.serving.async_core import RequestFailed, describe_failure
+
+KEEPALIVE_S = 2.0
+
+
+class EndpointClient:
+    def __init__(
+        self,
+        url: str,
+        api: str,
+        model: str,
+        timeout_s: float,
+        limit: int,
+        tokenizer_path: str = "",
+        stall_s: float = 0.0,
+    ) -> None:
+        try:
+            import aiohttp
+        except ImportError:
+            raise MissingDependencyError(
+                "the endpoint cores need aiohttp: pip install -e .[http]"
+            ) from None
+        self.aiohttp = aiohttp
+        self.url, self.api, self.model = url.rstrip("/"), api, model
+        self.path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+        self.timeout_s, self.limit, self.stall_s = timeout_s, limit, stall_s
+        self.tok: Tokenizer | None = load_tokenizer(tokenizer_path) if tokenizer_path else None
+        self.session: Any = None
+        self._open: set[_Stream] = set()  # requests in flight (the stall watch reads them)
+        self._last_byte = 0.0  # time.monotonic() of the last line any stream read
+        self._watch: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        aiohttp = self.aiohttp
+        self.session = aiohttp.ClientSession(
+            # idle connections are dropped before servers drop them (uvicorn, under vllm serve
+            # and trtllm-serve, closes keep-alive connections idle for 5 s): reusing one the
+            # server is closing fails the request with ServerDisconnectedError
+            connector=aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=KEEPALIVE_S),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+        )
+        if self.stall_s > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_stalls())
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.session is not None:
+            await self.session.close()
+
+    async def _watch_stalls(self) -> None:
+        """Fail what a stalled server holds: every open request when no byte came on any of
+        them for ``stall_s`` (and the oldest has waited that long: a SIGSTOPped or hung
+        server), or one request whose stream began and then stopped for ``stall_s``.
+        Waiting for a first byte alone is not a stall (a server may queue a request)."""
+        period = min(1.0, self.stall_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            if not self._open:
+                continue
+            now = time.monotonic()
+            oldest = min(s.started for s in self._open)
+            quiet = now - max(self._last_byte, oldest)
+            if quiet > self.stall_s:
+                why = (  # (no measured numbers: the report groups failures by reason)
+                    f"no byte from {self.url} for over {self.stall_s:g} s on any open request: "
+                    "the server is stalled or stopped (--stall_timeout_s)"
+                )
+                for s in list(self._open):
+                    s.stall(why)
+                continue
+            for s in list(self._open):
+                if s.last and now - s.last > self.stall_s:
+                    s.stall(
+                        f"the stream from {self.url} stopped for over {self.stall_s:g} s after "
+                        "it began (--stall_timeout_s)"
+                    )
+
+    def describe(self, exc: BaseException) -> str:
+        """A failed request's reason."""
+        if isinstance(exc, TimeoutError):
+            return f"timed out after {self.timeout_s:g} s"
+        return describe_failure(exc)
+
+    async def health(self) -> None:
+        try:
+            async with self.session.get(self.url + "/health") as resp:
+                if resp.status != 200:
+                    raise HealthCheckError(f"{self.url}/health: HTTP {resp.status}")
+        except self.aiohttp.ClientError as exc:
+            raise HealthCheckError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        if not self.model:
+            async with self.session.get(self.url + "/v1/models") as resp:
+                data = (await resp.json()).get("data") or []
+                if not data:
+                    raise HealthCheckError(f"{self.url}/v1/models lists no model")
+                self.model = str(data[0]["id"])
+
+    def body(self, prompt: np.ndarray, max_new_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": int(max_new_tokens),
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+        }
+        if self.api == "chat":
+            assert self.tok is not None
+            body["messages"] = [{"role": "user", "content": self.tok.decode(prompt)}]
+        else:
+            body["prompt"] = prompt.tolist()
+        return body
+
+    async def request(
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        on_first: Callable[[np.ndarray], None] | None,
+    ) -> tuple[np.ndarray, str]:
+        """Stream one completion; ``on_first(ids)`` at the first output. Returns the output
+        token ids and where they came from ("server" or "retokenized"); raises for any
+        failure."""
+        s = _Stream(time.monotonic(), asyncio.current_task())
+        self._open.add(s)
+        try:
+            async with self.session.post(
+                self.url + self.path, json=self.body(prompt, max_new_tokens)
+            ) as resp:
+                if resp.status != 200:
+                    text = (await resp.text())[:300]
+                    raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
+                async for raw in resp.content:
+                    self._last_byte = s.last = time.monotonic()
+                    if s.feed(raw) and on_first is not None and s.first_ids is None:
+                        on_first(self._first_ids(s))
+            if not s.done:
+                raise RequestFailed("the stream ended without [DONE] (server closed it)")
+        except asyncio.CancelledError:
+            if s.stalled is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the stall watch cancelled it: a failure, not a shutdown
+            partial = self._partial_ids(s) if s.ids or s.texts else None
+            raise RequestFailed(s.stalled, partial) from None
+        except Exception as exc:
+            if s.first_ids is None and not s.ids:
+                raise
+            # the failure came after output: say what had arrived (the harness completes the
+            # request with it, so LoadGen's TPOT stays meaningful)
+            raise RequestFailed(self.describe(exc), self._partial_ids(s)) from exc
+        finally:
+            self._open.discard(s)
+        if not s.ids and not "".join(s.texts):
+            raise RequestFailed("empty stream: no tokens")
+        return self._final_ids(s)
+
+    def _partial_ids(self, s: _Stream) -> np.ndarray:
+        """The output ids that arrived before a failure (the first-token ids at least)."""
+        try:
+            return self._final_ids(s)[0]
+        except RequestFailed:  # text we cannot re-tokenize
+            return s.first_ids if s.first_ids is not None else np.zeros(0, np.uint32)
+
+    def _first_ids(self, s: _Stream) -> np.ndarray:
+        if s.server_ids:
+            s.first_ids = np.asarray(s.ids, dtype=np.uint32)
+        else:
+            s.first_ids = np.asarray(self._encode("".join(s.texts)), dtype=np.uint32)
+            s.first_text_len = len(s.texts)
+        return s.first_ids
+
+    def _final_ids(self, s: _Stream) -> tuple[np.ndarray, str]:
+        if s.server_ids:
+            return np.asarray(s.ids, dtype=np.uint32), "server"
+        if s.first_ids is None:
+            return np.asarray(self._encode("".join(s.texts)), dtype=np.uint32), "retokenized"
+        rest = np.asarray(self._encode("".join(s.texts[s.first_text_len :])), dtype=np.uint32)
+        return np.concatenate([s.first_ids, rest]), "retokenized"
+
+    def _encode(self, text: str) -> list[int]:
+        if self.tok is None:
+            raise RequestFailed(
+                f"{self.url} sent text without token ids: give --tokenizer_path to re-tokenize"
+            )
+        return self.tok.encode(text, add_bos=False)
+
+
+class _Stream:
+    """What one SSE stream has said so far, and when (for the stall watch)."""
+
+    __slots__ = (
+        "ids", "texts", "server_ids", "done", "first_ids", "first_text_len",
+        "started", "last", "task", "stalled",
+    )  # fmt: skip
+
+    def __init__(self, started: float = 0.0, task: asyncio.Task[Any] | None = None) -> None:
+        self.started, self.last = started, 0.0  # time.monotonic(); last: 0 until a byte
+        self.task = task
+        self.stalled: str | None = None
+        self.ids: list[int] = []
+        self.texts: list[str] = []
+        self.server_ids = False
+        self.done = False
+        self.first_ids: np.ndarray | None = None
+        self.first_text_len = 0
+
+    def stall(self, why: str) -> None:
+        """Fail this request (its task is cancelled; ``request`` raises ``why``)."""
+        if self.stalled is None and self.task is not None:
+            self.stalled = why
+            self.task.cancel()
+
+    def feed(self, raw: bytes) -> bool:
+        """Take one SSE line; True when it brought output (token ids or text)."""
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            return False
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return False
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            raise RequestFailed(f"not JSON in the stream: {data[:100]!r}") from None
+        if obj.get("error"):
+            raise RequestFailed(f"server error: {obj['error']}")
+        got = False
+        for c in obj.get("choices") or ():
+            ids = c.get("token_ids")
+            text = c.get("text")
+            if text is None:
+                text = (c.get("delta") or {}).get("content") or ""
+            if ids:
+                self.server_ids = True
+                self.ids.extend(ids)
+                got = True
+            if text:
+                self.texts.append(text)
+                got = True
+        return got

@@ -1,0 +1,258 @@
+"""``trtllm_endpoint``: a client core for any OpenAI-compatible server over HTTP.
+
+trtllm-serve, ``vllm serve``, llama.cpp's server and ``python -m harness serve`` all speak
+``/v1/completions`` and ``/v1/chat/completions`` with SSE streaming. One core per URL
+(``--trtllm_server_urls``). Each core runs an asyncio loop in its own thread with one
+aiohttp session; at most ``endpoint_concurrency`` requests are in flight, the rest wait.
+
+Tokens in: the completions API gets the prompt as token ids (no re-tokenization); the chat
+API needs text, so the prompt is decoded with ``--tokenizer_path``.
+Tokens out: every request asks for ``return_token_ids`` (vLLM's option; our serving front
+honours it too) and the ids the server sends are used as they are. A server that sends only
+text is re-tokenized with ``--tokenizer_path``: the first chunk's text gives the first-token
+ids, the rest of the text the remaining ids (so the final data still starts with the
+first-token data). Which way each request's tokens came is counted and the report says so.
+A chunk may carry any number of tokens; none is assumed per chunk.
+
+Worker processes (``workers_per_core``, default 0: none): the core hands its requests, in
+batches, to N processes (spawned), each with its own event loop, session and share of the
+concurrency cap, so one Python process's GIL is not the client's ceiling; their responses
+come back in batches to a reader thread that delivers them. Timestamps are taken in the
+worker (``perf_counter_ns`` is the system's monotonic clock, the same in every process). A
+worker that dies takes its core down: everything pending fails, the run ends.
+
+A failure is a record, not a retry: an HTTP error status, a connection error, a timeout
+(``endpoint_timeout_s``), an error event, a stream that ends without ``[DONE]`` or with no
+tokens: the request completes as failed with the reason, and the report counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from cores.openai.client import EndpointClient
+from llmlib.errors import ConfigError
+from llmlib.serving.async_core import AsyncLoopCore
+from llmlib.serving.core import CoreCapabilities
+from llmlib.serving.procpool import WorkerPool
+from llmlib.serving.request import LLMRequest, LLMResponse
+
+
+def check_http_url(url: str, flag: str) -> None:
+    """An http(s) URL with a host and, if given, a port that is a number in range."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{flag}: {url!r} is not an http(s) URL (http://host:port)")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: {url!r} has a port that is not a number from 0 to 65535"
+        ) from None
+
+
+class EndpointCore(AsyncLoopCore):
+    name = "trtllm_endpoint"
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        urls = list(cfg.trtllm_server_urls)
+        if not urls and not cfg.launch_server:
+            raise ConfigError(
+                f"core_type {cls.name} needs --trtllm_server_urls (comma list of server URLs, "
+                "e.g. http://127.0.0.1:8000) or --launch_server"
+            )
+        for u in urls:
+            check_http_url(str(u), "--trtllm_server_urls")
+        if cfg.endpoint_api == "chat" and not cfg.tokenizer_path:
+            raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
+
+    @classmethod
+    def num_cores_for_workload(cls, cfg: Any) -> int:
+        cls.validate_config(cfg)
+        return len(cfg.trtllm_server_urls)
+
+    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+        self.validate_config(cfg)
+        limit = int(cfg.endpoint_concurrency)
+        self.settings = {
+            "url": str(cfg.trtllm_server_urls[core_id]).rstrip("/"),
+            "api": cfg.endpoint_api,
+            "model": cfg.endpoint_model,
+            "timeout_s": float(cfg.endpoint_timeout_s),
+            "limit": limit,
+            "tokenizer_path": cfg.tokenizer_path,
+            "stall_s": float(cfg.stall_timeout_s),
+        }
+        self.client = EndpointClient(**self.settings)
+        self.url, self.path = self.client.url, self.client.path
+        self.token_source: Counter[str] = Counter()
+        self.n_workers = int(cfg.workers_per_core)
+        self._pool: WorkerPool | None = None
+        super().__init__(core_id, cfg, callback, concurrency=limit)
+
+    @property
+    def model(self) -> str:
+        return self.client.model
+
+    async def _setup(self) -> None:
+        await self.client.open()
+
+    async def _teardown(self) -> None:
+        await self.client.close()
+
+    def _describe(self, exc: BaseException) -> str:
+        return self.client.describe(exc)
+
+    async def _health(self) -> None:
+        await self.client.health()
+        self.settings["model"] = self.client.model  # workers use what /v1/models named
+
+    def _health_check_impl(self) -> None:
+        super()._health_check_impl()
+        if self.n_workers and self._pool is None:  # started once the model name is known
+            self._start_workers()
+
+    # --- in process -----------------------------------------------------------------------
+    async def _serve(self, req: LLMRequest) -> None:
+        rid, cid = req.request_id, self.core_id
+
+        def first(ids: np.ndarray) -> None:
+            self._deliver([LLMResponse(rid, ids, False, time.perf_counter_ns(), cid)])
+
+        tokens, source = await self.client.request(
+            np.asarray(req.input_tokens), req.max_new_tokens, first if req.stream else None
+        )
+        self.token_source[source] += 1
+        self._deliver([LLMResponse(rid, tokens, True, time.perf_counter_ns(), cid)])
+
+    # --- worker processes -----------------------------------------------------------------
+    def _start_workers(self) -> None:
+        share = max(1, self.client.limit // self.n_workers)
+        settings = [dict(self.settings, limit=share) for _ in range(self.n_workers)]
+        self._next = 0
+        self._pool = WorkerPool(
+            f"endpoint-{self.core_id}", worker_main, settings, self._on_batch, self._fail
+        )
+
+    def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
+        if not self.n_workers:
+            super()._enqueue_impl(requests)
+            return
+        if self._pool is None:
+            self._start_workers()
+        assert self._pool is not None
+        items = [
+            (
+                r.request_id,
+                np.asarray(r.input_tokens, dtype=np.uint32).tobytes(),
+                int(r.max_new_tokens),
+                bool(r.stream),
+            )
+            for r in requests
+        ]
+        n = self.n_workers
+        for k in range(n):  # round robin, one batch per worker
+            part = items[(k - self._next) % n :: n]
+            if part:
+                self._pool.put(k, part)
+        self._next = (self._next + len(items)) % n
+
+    def _on_batch(self, batch: list[Any]) -> None:
+        cid = self.core_id
+        out = []
+        for rid, data, final, t, err, source in batch:
+            ids = np.frombuffer(data, dtype=np.uint32)
+            if err is not None:
+                out.append(LLMResponse(rid, ids, True, t, cid, err))
+                continue
+            if final:
+                self.token_source[source] += 1
+            out.append(LLMResponse(rid, ids, final, t, cid))
+        self._deliver(out)
+
+    def _close_impl(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        super()._close_impl()
+
+    def report_notes(self) -> list[str]:
+        src = ", ".join(f"{n} {k}" for k, n in sorted(self.token_source.items()))
+        api = f"{self.url}{self.path}, model {self.model or '?'}"
+        procs = f"; {self.n_workers} worker processes" if self.n_workers else ""
+        return [f"core {self.core_id}: {api}{procs}; output token ids: {src or 'none completed'}"]
+
+
+# --- the worker process ----------------------------------------------------------------------
+def worker_main(settings: dict[str, Any], inq: Any, outq: Any) -> None:
+    """A worker: requests in batches from ``inq`` (None stops it), responses in batches to
+    ``outq`` as (id, token bytes, is_final, time_ns, error, source)."""
+    asyncio.run(_worker(settings, inq, outq))
+
+
+async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
+    client = EndpointClient(**settings)
+    await client.open()
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(client.limit)
+    pending: list[tuple[Any, ...]] = []
+    tasks: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
+
+    def emit(item: tuple[Any, ...]) -> None:
+        if not pending:  # everything emitted in this loop iteration goes in one batch
+            loop.call_soon(flush)
+        pending.append(item)
+
+    def flush() -> None:
+        outq.put(list(pending))
+        pending.clear()
+
+    async def one(rid: int, prompt: bytes, max_new: int, stream: bool) -> None:
+        async with slots:
+
+            def first(ids: np.ndarray) -> None:
+                emit((rid, ids.tobytes(), False, time.perf_counter_ns(), None, ""))
+
+            try:
+                ids, source = await client.request(
+                    np.frombuffer(prompt, dtype=np.uint32), max_new, first if stream else None
+                )
+            except Exception as exc:
+                got = getattr(exc, "tokens", None)  # what arrived before the failure
+                data = b"" if got is None else np.asarray(got, dtype=np.uint32).tobytes()
+                emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), ""))
+                return
+            emit((rid, ids.tobytes(), True, time.perf_counter_ns(), None, source))
+
+    def start(batch: list[tuple[Any, ...]] | None) -> None:
+        if batch is None:
+            stop.set()
+            return
+        for item in batch:
+            t = loop.create_task(one(*item))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    def read() -> None:
+        while True:
+            batch = inq.get()
+            loop.call_soon_threadsafe(start, batch)
+            if batch is None:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    await stop.wait()
+    for t in list(tasks):
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.close()

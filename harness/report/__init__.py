@@ -1,0 +1,1 @@
+"""Reports of runs: summary and report.md, plots, comparisons, scorecards, accuracy."""

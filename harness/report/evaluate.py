@@ -1,0 +1,84 @@
+"""``python -m harness evaluate RUN_DIR ...`` (``make evaluate RUN_DIR=...``): score accuracy
+runs (see ``llmlib.eval.accuracy``). A RUN_DIR is an accuracy run directory, or a directory above
+some. The dataset and tokenizer are the run's own (from its ``spec.json``); the verdict goes
+to the console and to ``accuracy.json`` / ``accuracy.txt`` in the run directory. MBXP
+(mixtral-8x7b) builds and runs generated code: ``--workers`` programs at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.run.runner import build_dataset
+from llmlib.config.settings import Config
+from llmlib.data.benchmarks import load_benchmark
+from llmlib.data.tokenizer import load_tokenizer
+from llmlib.errors import ConfigError
+from llmlib.eval.accuracy import read_accuracy_log, score
+
+
+def find_accuracy_runs(paths: list[str]) -> list[Path]:
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "mlperf_log_accuracy.json").is_file() and (p / "spec.json").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            below = sorted(
+                f.parent
+                for f in p.rglob("spec.json")
+                if json.loads(f.read_text()).get("mode") == "AccuracyOnly"
+            )
+            if not below:
+                raise ConfigError(
+                    f"{p}: no accuracy run below it (run with --test_mode=AccuracyOnly)"
+                )
+            runs += below
+        else:
+            raise ConfigError(f"{p}: no such run directory")
+    return runs
+
+
+def evaluate_run(run_dir: Path, workers: int | None = None) -> dict[str, Any]:
+    spec = json.loads((run_dir / "spec.json").read_text())
+    cfg = Config.from_json(spec["config"])
+    bench = load_benchmark(cfg.config_dir, cfg.benchmark)
+    ds = build_dataset(cfg, bench)
+    outputs = read_accuracy_log(run_dir / "mlperf_log_accuracy.json", cfg.output_dtype)
+    if max(outputs) >= len(ds):
+        raise ConfigError(f"{run_dir}: sample index {max(outputs)} is past the dataset's {len(ds)}")
+    tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
+    fields = getattr(ds, "fields", None)
+    refs = [ds.reference_tokens(i) for i in range(len(ds))]
+    refs_capped = None if any(r is None for r in refs) else [r[: ds.max_new_tokens] for r in refs]  # type: ignore[index]
+    res = score(
+        cfg.benchmark,
+        outputs,
+        fields,
+        refs_capped,
+        (lambda ids: tok.decode(ids)) if tok is not None else None,
+        mbxp_workers=workers,
+    )
+    out = res.to_json() | {"run_dir": str(run_dir), "dataset": getattr(ds, "name", "")}
+    (run_dir / "accuracy.json").write_text(json.dumps(out, indent=2))
+    (run_dir / "accuracy.txt").write_text(res.table() + "\n")
+    print(f"{run_dir}\n{res.table()}\n")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness evaluate", description=__doc__)
+    ap.add_argument("runs", nargs="+", help="accuracy run directories (or directories above)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="MBXP programs built and run at once (default: one per CPU)",
+    )
+    args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers must be at least 1, got {args.workers}")
+    verdicts = [evaluate_run(r, args.workers)["verdict"] for r in find_accuracy_runs(args.runs)]
+    return 1 if "FAIL" in verdicts else 0

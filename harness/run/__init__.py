@@ -1,0 +1,1 @@
+"""Running tests: the driver, one test in a child process, the SUT, progress, signals."""

@@ -1,0 +1,1 @@
+"""llmlib's own OpenAI-compatible serving front."""

@@ -1,0 +1,1 @@
+"""Settings, flag strings and their precedence."""

@@ -1,0 +1,1 @@
+"""Benchmarks, the Dataset interface and its loaders, tokenizers."""

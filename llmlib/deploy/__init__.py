@@ -1,0 +1,1 @@
+"""Launching servers, the machine's topology, Triton."""

@@ -1,0 +1,1 @@
+"""Triton Inference Server: setup from nvidia-pytriton and model repositories."""

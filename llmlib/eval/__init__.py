@@ -1,0 +1,1 @@
+"""Accuracy scoring, MBXP, compliance checks, MLPerf's run rules."""

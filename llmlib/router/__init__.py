@@ -1,0 +1,1 @@
+"""The query router (gate, features, MLP) and the routing core's configuration."""

@@ -1,0 +1,1013 @@
+/* The router's hot path in C: from a prompt's text to the gate's hits and the MLP's
+ * logits, for one prompt or many. It computes exactly what llmlib/router.py defines
+ * (FEATURE_VERSION 1): the first 2,048 characters lower-cased and split on whitespace, the
+ * first max_words (at most 128) words each cut to 32 characters; crc32("w:" + word),
+ * crc32("c:" + gram) for the character 3- and 4-grams of "<" + word + ">" (characters are
+ * code points: UTF-8 sequences), and the bigram mix ((crc(w1) * 0x9E3779B1) mod 2^32) ^
+ * crc(w2), each modulo the bucket count.
+ *
+ * Text that is ASCII in its first 2,048 characters (most prompts) is lower-cased and split
+ * here byte by byte (Python's whitespace in ASCII: \t \n \v \f \r, 0x1C-0x1F, space);
+ * other text is lower-cased and split by Python's own str methods, called from here, so
+ * Unicode casing is Python's. A word that is not valid UTF-8 (a lone surrogate) makes a
+ * call hand the prompt back to Python (None, or code 255 in a batch).
+ *
+ * Each model with an int8 table keeps a word cache: per distinct word of at most 32 bytes,
+ * the sum of its feature rows (int16: exact) and its feature count, so a word seen before
+ * costs one crc32 of its bytes and one row add. Calls hold the GIL throughout, which is
+ * what makes the cache safe to share between threads.
+ *
+ * make_model(table, scale, w1, b1, w2, b2) -> a capsule holding the arrays' buffers
+ * make_gate(keywords: dict[str, rule], regex_rules: int, experts: list[int]) -> a capsule
+ * route_text(text, model, gate | None, max_words) -> None (Python must) or
+ *     (rules hit as a bit mask, probabilities or None, entropy)
+ * route_many(texts, model, gate | None, threshold, default, max_words, probs | None) ->
+ *     (expert per prompt, source per prompt) as bytes, 255 where Python must decide; the
+ *     probabilities into probs (n x k float32) where the MLP decided
+ * embed_probs(words, model) -> (probabilities, entropy) or None
+ * words(text, max_words) -> the words as split here (for tests), or None
+ * gate_hits(words, keyword_set) -> keywords hit, exactly or with punctuation stripped
+ * Arrays, C-contiguous: table (buckets, dim) int8 (rows summed as integers, then times
+ * scale (dim) once: a row is one 32-byte cache line) or float32 (scale ignored); float32
+ * w1 (dim, hidden), b1 (hidden), w2 (hidden, k), b2 (k).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define MAX_CHARS 2048
+#define MAX_WORDS 128
+#define MAX_WORD_CHARS 32
+#define WORD_BYTES (4 * MAX_WORD_CHARS)
+#define CACHE_WORD 32   /* words of at most this many bytes are cached */
+#define PYTHON_MUST 255 /* route_many: this prompt goes back to Python */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+/* zlib's crc32 continued from ``crc`` (a finished crc32 value, as zlib.crc32(data, crc)) */
+static uint32_t crc_more(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
+    crc = ~crc;
+    for (Py_ssize_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint32_t CRC_W, CRC_C; /* crc32("w:"), crc32("c:") */
+
+/* a quick 64-bit hash of a word's bytes, for look-ups only (the cache and the gate; the
+ * features are crc32s): 8 bytes at a time, multiply and fold. ``p`` must have 8 readable
+ * bytes past ``n`` (Words.buf has them; bytes past n are masked out) */
+static inline uint64_t quick_hash(const unsigned char *p, Py_ssize_t n) {
+    uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)n, v;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&v, p + i, 8);
+        x = (x ^ v) * 0xBF58476D1CE4E5B9ull;
+        x ^= x >> 31;
+    }
+    if (i < n) {
+        memcpy(&v, p + i, 8);
+        v &= ~(uint64_t)0 >> (8 * (8 - (n - i)));
+        x = (x ^ v) * 0x94D049BB133111EBull;
+        x ^= x >> 29;
+    }
+    return x;
+}
+
+typedef struct {
+    const float *table;    /* float32 rows, or NULL with q set */
+    const int8_t *q;       /* int8 rows (summed as integers, scaled once at the end) */
+    const float *scale;    /* per-column scales of q */
+    Py_ssize_t buckets, dim;
+    const float *w1, *b1, *w2, *b2;
+    Py_ssize_t hidden, k;
+} Model;
+
+/* add row ``b`` of the table to the accumulator (int32 for an int8 table) */
+static inline void add_row(const Model *m, uint32_t b, float *acc, int32_t *acci) {
+    Py_ssize_t off = (Py_ssize_t)(b % (uint32_t)m->buckets) * m->dim;
+    if (m->q != NULL) {
+        const int8_t *row = m->q + off;
+        for (Py_ssize_t d = 0; d < m->dim; d++) acci[d] += row[d];
+    } else {
+        const float *row = m->table + off;
+        for (Py_ssize_t d = 0; d < m->dim; d++) acc[d] += row[d];
+    }
+}
+
+/* sum of the feature rows of one word (its crc ``h`` given) into acc or acci; returns
+ * the feature count */
+static Py_ssize_t add_word(const Model *m, const unsigned char *w, Py_ssize_t n, uint32_t h,
+                           float *acc, int32_t *acci) {
+    Py_ssize_t count = 1;
+    add_row(m, h, acc, acci);
+    /* "<" + word + ">" and the byte offset where each code point starts */
+    unsigned char buf[WORD_BYTES + 2];
+    Py_ssize_t starts[WORD_BYTES + 3];
+    buf[0] = '<';
+    memcpy(buf + 1, w, (size_t)n);
+    buf[n + 1] = '>';
+    Py_ssize_t len = n + 2, cps = 0;
+    for (Py_ssize_t i = 0; i < len; i++)
+        if ((buf[i] & 0xC0) != 0x80) starts[cps++] = i;
+    starts[cps] = len;
+    for (int g = 3; g <= 4; g++) {
+        for (Py_ssize_t i = 0; i + g <= cps; i++) {
+            uint32_t c = crc_more(CRC_C, buf + starts[i], starts[i + g] - starts[i]);
+            add_row(m, c, acc, acci);
+            count++;
+        }
+    }
+    return count;
+}
+
+/* --- the word cache (int8 tables) ------------------------------------------------------
+ * An entry is a 64-byte header (the word's crc, its bytes, its feature count) followed by
+ * the sum of its feature rows as int16 (at most 64 features of at most 127: exact), so a
+ * hit reads two neighbouring cache lines. Open addressing on the crc; cleared when 3/4
+ * full (bounded memory, not an LRU). Float tables are not cached (summed per feature). */
+typedef struct {
+    uint64_t key; /* quick_hash of the word */
+    uint32_t h;   /* crc32("w:" + word), for its bigrams */
+    uint16_t count;
+    uint8_t len, used;
+    unsigned char bytes[CACHE_WORD];
+} Slot;
+
+typedef struct {
+    unsigned char *mem;
+    size_t cap, n, stride;
+} Cache;
+
+static void cache_free(Cache *c) {
+    free(c->mem);
+    memset(c, 0, sizeof(Cache));
+}
+
+static inline Slot *slot_at(const Cache *c, size_t i) {
+    return (Slot *)(c->mem + i * c->stride);
+}
+
+static inline const int16_t *slot_sums(const Slot *s) {
+    return (const int16_t *)((const unsigned char *)s + 64);
+}
+
+/* the entry of word (w, n) with quick hash ``key``, filled on a miss; NULL when the word
+ * is not cached (a float table, a word over 32 bytes, or no memory: the caller then sums
+ * its rows itself) */
+static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, Py_ssize_t n,
+                             uint64_t key) {
+    if (n > CACHE_WORD || m->q == NULL) return NULL;
+    if (c->mem == NULL) { /* first use */
+        size_t stride = (64 + (size_t)m->dim * sizeof(int16_t) + 63) & ~(size_t)63;
+        size_t cap = 1u << 15;
+        while (cap > 1024 && cap * stride > (8u << 20)) cap >>= 1;
+        c->mem = aligned_alloc(64, cap * stride);
+        if (c->mem == NULL) return NULL;
+        for (size_t i = 0; i < cap; i++) ((Slot *)(c->mem + i * stride))->used = 0;
+        c->cap = cap;
+        c->stride = stride;
+        c->n = 0;
+    }
+    size_t mask = c->cap - 1, i = key & mask;
+    for (;;) {
+        Slot *s = slot_at(c, i);
+        if (!s->used) break;
+        if (s->key == key && s->len == n && memcmp(s->bytes, w, (size_t)n) == 0) return s;
+        i = (i + 1) & mask;
+    }
+    if (c->n >= c->cap - c->cap / 4) { /* full: start again */
+        for (size_t j = 0; j < c->cap; j++) slot_at(c, j)->used = 0;
+        c->n = 0;
+        i = key & mask;
+    }
+    Slot *s = slot_at(c, i);
+    int32_t acci[1024];
+    memset(acci, 0, sizeof(int32_t) * (size_t)m->dim);
+    uint32_t h = crc_more(CRC_W, w, n);
+    Py_ssize_t count = add_word(m, w, n, h, NULL, acci);
+    int16_t *sums = (int16_t *)((unsigned char *)s + 64);
+    for (Py_ssize_t d = 0; d < m->dim; d++) sums[d] = (int16_t)acci[d];
+    s->used = 1;
+    s->key = key;
+    s->h = h;
+    s->len = (uint8_t)n;
+    s->count = (uint16_t)count;
+    memcpy(s->bytes, w, (size_t)n);
+    c->n++;
+    return s;
+}
+
+/* start fetching the lines a word's look-up will read */
+static inline void cache_prefetch(const Cache *c, uint64_t key) {
+    if (c->mem != NULL) {
+        const unsigned char *p = c->mem + (key & (c->cap - 1)) * c->stride;
+        __builtin_prefetch(p);
+        __builtin_prefetch(p + 64);
+    }
+}
+
+/* --- a model: its arrays' buffers held (and released) by a capsule, with its cache ----- */
+typedef struct {
+    Py_buffer t, s, w1, b1, w2, b2;
+    int n;
+} Bufs;
+
+typedef struct {
+    Model m;
+    Bufs bf;
+    Cache cache;
+} Held;
+
+/* --- the gate: keyword -> rule, by quick_hash(keyword) ---------------------------------- */
+typedef struct {
+    uint64_t h;
+    int32_t rule; /* -1: empty */
+    Py_ssize_t off, len;
+} GEntry;
+
+typedef struct {
+    GEntry *e;
+    size_t cap;
+    unsigned char *arena;
+    uint64_t lens;         /* bit n: some keyword is n bytes long (bit 63: 63 or more) */
+    uint64_t first[4], last[4]; /* the bytes keywords start and end with */
+    uint64_t regex;        /* rules with a regex: Python decides when one is hit first */
+    uint8_t expert[64];    /* the expert index of each of the first 64 rules */
+    int rules;
+} Gate;
+
+/* the rule of keyword (w, n) with quick hash h, or -1 */
+/* whether (w, n) could be a keyword: its length, first and last bytes (no look-up else) */
+static inline int gate_may(const Gate *g, const unsigned char *w, Py_ssize_t n) {
+    return n > 0 && ((g->lens >> (n < 63 ? n : 63)) & 1) && ((g->first[w[0] >> 6] >> (w[0] & 63)) & 1) &&
+           ((g->last[w[n - 1] >> 6] >> (w[n - 1] & 63)) & 1);
+}
+
+static int gate_rule(const Gate *g, const unsigned char *w, Py_ssize_t n, uint64_t h) {
+    if (!gate_may(g, w, n)) return -1;
+    size_t mask = g->cap - 1, i = h & mask;
+    for (;;) {
+        const GEntry *e = &g->e[i];
+        if (e->rule < 0) return -1;
+        if (e->h == h && e->len == n && memcmp(g->arena + e->off, w, (size_t)n) == 0)
+            return e->rule;
+        i = (i + 1) & mask;
+    }
+}
+
+/* the gate's punctuation, stripped from a word's ends before its second look-up:
+ * ()[]{}<>"'.,;:!? and the curly quotes U+201C/D, U+2018/9 (E2 80 9C/9D/98/99) */
+static unsigned char PUNCT[256];
+
+static inline int punct_byte(unsigned char c) {
+    return PUNCT[c];
+}
+
+static int curly_at(const unsigned char *p, Py_ssize_t avail) {
+    return avail >= 3 && p[0] == 0xE2 && p[1] == 0x80 &&
+           (p[2] == 0x9C || p[2] == 0x9D || p[2] == 0x98 || p[2] == 0x99);
+}
+
+/* rule bit mask hit by one word (as it is, else stripped); sets *python for rule >= 64 */
+static uint64_t gate_word(const Gate *g, const unsigned char *w, Py_ssize_t n, uint64_t h,
+                          int *python) {
+    int r = gate_rule(g, w, n, h);
+    if (r < 0) {
+        Py_ssize_t lo = 0, hi = n;
+        for (;;) {
+            if (lo < hi && punct_byte(w[lo])) lo++;
+            else if (curly_at(w + lo, hi - lo)) lo += 3;
+            else break;
+        }
+        for (;;) {
+            if (hi > lo && punct_byte(w[hi - 1])) hi--;
+            else if (hi - lo >= 3 && curly_at(w + hi - 3, 3)) hi -= 3;
+            else break;
+        }
+        if ((lo == 0 && hi == n) || !gate_may(g, w + lo, hi - lo)) return 0;
+        r = gate_rule(g, w + lo, hi - lo, quick_hash(w + lo, hi - lo));
+        if (r < 0) return 0;
+    }
+    if (r >= 64) {
+        *python = 1;
+        return 0;
+    }
+    return (uint64_t)1 << r;
+}
+
+/* --- words ----------------------------------------------------------------------------- */
+typedef struct {
+    unsigned char buf[MAX_WORDS * WORD_BYTES + 8]; /* (+8: quick_hash reads 8 at a time) */
+    Py_ssize_t off[MAX_WORDS], len[MAX_WORDS];
+    uint64_t key[MAX_WORDS]; /* quick hashes */
+    uint32_t h[MAX_WORDS];   /* crc32("w:" + word) */
+    Py_ssize_t n;
+} Words;
+
+/* per byte: 1 for Python's ASCII whitespace (\t \n \v \f \r, 0x1C-0x1F, space); and its
+ * lower case (ASCII letters only: other bytes as they are) */
+static unsigned char SPACE[256], LOWER[256];
+
+static inline int ascii_space(unsigned char c) {
+    return SPACE[c];
+}
+
+/* Python's str.isspace(): the ASCII set, else Python's own test, skipped for the ranges
+ * holding no whitespace (none in 0xA1-0x167F or above 0x3000; the tests check every code
+ * point against str.split) */
+static inline int uspace(Py_UCS4 ch) {
+    if (ch < 128) return ascii_space((unsigned char)ch);
+    if ((ch > 0xA0 && ch < 0x1680) || ch > 0x3000) return 0;
+    return Py_UNICODE_ISSPACE(ch);
+}
+
+/* add a word (UTF-8, already cut) to ws; 1 when it is not valid UTF-8 */
+static int push_word(Words *ws, PyObject *word) {
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(word, &n);
+    if (u == NULL) { /* a lone surrogate: leave it to Python */
+        PyErr_Clear();
+        return 1;
+    }
+    if (n > WORD_BYTES) return 1;
+    Py_ssize_t at = ws->n ? ws->off[ws->n - 1] + ws->len[ws->n - 1] : 0;
+    memcpy(ws->buf + at, u, (size_t)n);
+    ws->off[ws->n] = at;
+    ws->len[ws->n] = n;
+    ws->n++;
+    return 0;
+}
+
+/* words of a list of str (already prepared by Python): 0, 1 (Python must), -1 error */
+static int words_from_list(PyObject *list, Words *ws) {
+    ws->n = 0;
+    Py_ssize_t nw = PyList_GET_SIZE(list);
+    if (nw > MAX_WORDS) return 1;
+    for (Py_ssize_t i = 0; i < nw; i++) {
+        PyObject *w = PyList_GET_ITEM(list, i);
+        if (!PyUnicode_Check(w)) {
+            PyErr_SetString(PyExc_TypeError, "words must be str");
+            return -1;
+        }
+        if (push_word(ws, w)) return 1;
+    }
+    return 0;
+}
+
+/* words of a prompt, as router.prepare makes them: 0, 1 (Python must), -1 error */
+static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
+    ws->n = 0;
+    if (max_words > MAX_WORDS) max_words = MAX_WORDS;
+    if (max_words <= 0) return 0;
+    Py_ssize_t L = PyUnicode_GET_LENGTH(text);
+    if (L > MAX_CHARS) L = MAX_CHARS;
+    int ascii = PyUnicode_IS_ASCII(text);
+    if (!ascii && PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *s = PyUnicode_1BYTE_DATA(text);
+        ascii = 1;
+        for (Py_ssize_t i = 0; i < L && ascii; i++) ascii = s[i] < 128;
+    }
+    if (ascii) {
+        const Py_UCS1 *s = PyUnicode_1BYTE_DATA(text);
+        Py_ssize_t i = 0, at = 0;
+        while (ws->n < max_words) {
+            while (i < L && ascii_space(s[i])) i++;
+            if (i >= L) break;
+            Py_ssize_t start = at;
+            for (; i < L && !ascii_space(s[i]); i++) {
+                if (at - start < MAX_WORD_CHARS) ws->buf[at++] = LOWER[s[i]];
+            }
+            ws->off[ws->n] = start;
+            ws->len[ws->n] = at - start;
+            ws->n++;
+        }
+        return 0;
+    }
+    /* not ASCII: code point by code point with Python's whitespace test and its simple
+     * lower-case mapping, which is what str.lower() does except for U+0130 (two
+     * characters in lower case) and U+03A3 (final sigma, by context): texts with those
+     * take Python's own methods below */
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int special = 0;
+    for (Py_ssize_t i = 0; i < L && !special; i++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+        special = ch == 0x130 || ch == 0x3A3;
+    }
+    if (!special) {
+        Py_ssize_t i = 0, at = 0;
+        while (ws->n < max_words) {
+            while (i < L && uspace(PyUnicode_READ(kind, data, i))) i++;
+            if (i >= L) break;
+            Py_ssize_t start = at, cps = 0;
+            for (; i < L; i++) {
+                Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+                if (uspace(ch)) break;
+                if (cps == MAX_WORD_CHARS) continue;
+                cps++;
+                unsigned char *o = ws->buf + at;
+                if (ch < 0x80) {
+                    o[0] = (ch >= 'A' && ch <= 'Z') ? (unsigned char)(ch + 32) : (unsigned char)ch;
+                    at += 1;
+                    continue;
+                }
+                ch = Py_UNICODE_TOLOWER(ch);
+                if (ch < 0x80) {
+                    o[0] = (unsigned char)ch;
+                    at += 1;
+                } else if (ch < 0x800) {
+                    o[0] = (unsigned char)(0xC0 | (ch >> 6));
+                    o[1] = (unsigned char)(0x80 | (ch & 0x3F));
+                    at += 2;
+                } else if (ch >= 0xD800 && ch <= 0xDFFF) {
+                    return 1; /* a lone surrogate: not UTF-8, Python decides */
+                } else if (ch < 0x10000) {
+                    o[0] = (unsigned char)(0xE0 | (ch >> 12));
+                    o[1] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+                    o[2] = (unsigned char)(0x80 | (ch & 0x3F));
+                    at += 3;
+                } else {
+                    o[0] = (unsigned char)(0xF0 | (ch >> 18));
+                    o[1] = (unsigned char)(0x80 | ((ch >> 12) & 0x3F));
+                    o[2] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+                    o[3] = (unsigned char)(0x80 | (ch & 0x3F));
+                    at += 4;
+                }
+            }
+            ws->off[ws->n] = start;
+            ws->len[ws->n] = at - start;
+            ws->n++;
+        }
+        return 0;
+    }
+    PyObject *sub = PyUnicode_Substring(text, 0, L);
+    if (sub == NULL) return -1;
+    PyObject *low = PyObject_CallMethod(sub, "lower", NULL);
+    Py_DECREF(sub);
+    if (low == NULL) return -1;
+    PyObject *list = PyUnicode_Split(low, NULL, -1);
+    Py_DECREF(low);
+    if (list == NULL) return -1;
+    int rc = 0;
+    Py_ssize_t nw = PyList_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < nw && i < max_words && rc == 0; i++) {
+        PyObject *w = PyList_GET_ITEM(list, i);
+        if (PyUnicode_GET_LENGTH(w) > MAX_WORD_CHARS) {
+            PyObject *cut = PyUnicode_Substring(w, 0, MAX_WORD_CHARS);
+            if (cut == NULL) {
+                rc = -1;
+                break;
+            }
+            rc = push_word(ws, cut);
+            Py_DECREF(cut);
+        } else {
+            rc = push_word(ws, w);
+        }
+    }
+    Py_DECREF(list);
+    return rc;
+}
+
+/* --- one prompt ------------------------------------------------------------------------ */
+enum { ROUTE_LOGITS = 0, ROUTE_PYTHON = 1, ROUTE_GATED = 2, ROUTE_EMPTY = 3 };
+
+/* the MLP on a mean embedding ``acc`` -> out (k floats) */
+static void mlp(const Model *m, const float *acc, float *out) {
+    float hid[4096];
+    for (Py_ssize_t j = 0; j < m->hidden; j++) hid[j] = m->b1[j];
+    for (Py_ssize_t d = 0; d < m->dim; d++) {
+        const float *wr = m->w1 + d * m->hidden;
+        float x = acc[d];
+        for (Py_ssize_t j = 0; j < m->hidden; j++) hid[j] += x * wr[j];
+    }
+    for (Py_ssize_t j = 0; j < m->hidden; j++)
+        if (hid[j] < 0) hid[j] = 0;
+    for (Py_ssize_t c = 0; c < m->k; c++) out[c] = m->b2[c];
+    for (Py_ssize_t j = 0; j < m->hidden; j++) {
+        const float *wr = m->w2 + j * m->k;
+        float x = hid[j];
+        for (Py_ssize_t c = 0; c < m->k; c++) out[c] += x * wr[c];
+    }
+}
+
+/* the gate's rules hit (*mask) and, unless the gate decides alone, the logits: ROUTE_* */
+static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, float *out) {
+    const Model *m = &hd->m;
+    Py_ssize_t nw = ws->n;
+    *mask = 0;
+    for (Py_ssize_t i = 0; i < nw; i++) {
+        ws->key[i] = quick_hash(ws->buf + ws->off[i], ws->len[i]);
+        cache_prefetch(&hd->cache, ws->key[i]);
+    }
+    if (g != NULL && g->cap) {
+        int python = 0;
+        for (Py_ssize_t i = 0; i < nw; i++)
+            *mask |= gate_word(g, ws->buf + ws->off[i], ws->len[i], ws->key[i], &python);
+        if (python) return ROUTE_PYTHON;
+        if (*mask && !(g->regex & (*mask & (~*mask + 1)))) return ROUTE_GATED;
+    }
+    if (nw == 0) return ROUTE_EMPTY;
+    float acc[1024];
+    int32_t acci[1024];
+    size_t dim = (size_t)m->dim;
+    memset(acc, 0, sizeof(float) * dim);
+    memset(acci, 0, sizeof(int32_t) * dim);
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < nw; i++) { /* the words: cached sums, else their features */
+        const unsigned char *w = ws->buf + ws->off[i];
+        const Slot *e = cache_get(m, &hd->cache, w, ws->len[i], ws->key[i]);
+        if (e != NULL) {
+            ws->h[i] = e->h;
+            count += e->count;
+            const int16_t *row = slot_sums(e);
+            for (size_t d = 0; d < dim; d++) acci[d] += row[d];
+        } else {
+            ws->h[i] = crc_more(CRC_W, w, ws->len[i]);
+            count += add_word(m, w, ws->len[i], ws->h[i], acc, acci);
+        }
+    }
+    uint32_t bigram[MAX_WORDS]; /* then the bigrams: their rows asked for at once */
+    for (Py_ssize_t i = 1; i < nw; i++) {
+        uint32_t b = (uint32_t)(((uint64_t)ws->h[i - 1] * 0x9E3779B1u) & 0xFFFFFFFFu) ^ ws->h[i];
+        bigram[i] = b % (uint32_t)m->buckets;
+        if (m->q != NULL) __builtin_prefetch(m->q + (size_t)bigram[i] * dim);
+    }
+    for (Py_ssize_t i = 1; i < nw; i++) add_row(m, bigram[i], acc, acci);
+    count += nw - 1;
+    float inv = 1.0f / (float)count;
+    if (m->q != NULL)
+        for (size_t d = 0; d < dim; d++) acc[d] = (float)acci[d] * m->scale[d] * inv;
+    else
+        for (size_t d = 0; d < dim; d++) acc[d] *= inv;
+    mlp(m, acc, out);
+    return ROUTE_LOGITS;
+}
+
+/* logits -> probabilities in place (double precision), entropy returned */
+static double softmax(double *z, Py_ssize_t k) {
+    double top = z[0], total = 0.0, ent = 0.0;
+    for (Py_ssize_t c = 1; c < k; c++)
+        if (z[c] > top) top = z[c];
+    for (Py_ssize_t c = 0; c < k; c++) {
+        z[c] = exp(z[c] - top);
+        total += z[c];
+    }
+    for (Py_ssize_t c = 0; c < k; c++) {
+        z[c] /= total;
+        if (z[c] > 0) ent -= z[c] * log(z[c]);
+    }
+    return ent;
+}
+
+static int get_array(PyObject *o, Py_buffer *b, int ndim, const char *name, int int8_ok) {
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_ND) < 0) return -1;
+    int f32 = b->itemsize == 4 && b->format != NULL && strcmp(b->format, "f") == 0;
+    int i8 = int8_ok && b->itemsize == 1 && b->format != NULL && strcmp(b->format, "b") == 0;
+    if (b->ndim != ndim || !(f32 || i8)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous float32%s array of %d dims",
+                     name, int8_ok ? " or int8" : "", ndim);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Bufs *bf) {
+    Py_buffer *all[6] = {&bf->t, &bf->s, &bf->w1, &bf->b1, &bf->w2, &bf->b2};
+    for (int i = 0; i < bf->n; i++) PyBuffer_Release(all[i]);
+}
+
+/* table (float32, or int8 with per-column scale), scale, w1, b1, w2, b2 */
+static int model_from(PyObject *const *a, Model *m, Bufs *bf) {
+    const char *names[6] = {"table", "scale", "w1", "b1", "w2", "b2"};
+    Py_buffer *all[6] = {&bf->t, &bf->s, &bf->w1, &bf->b1, &bf->w2, &bf->b2};
+    int dims[6] = {2, 1, 2, 1, 2, 1};
+    bf->n = 0;
+    for (int i = 0; i < 6; i++) {
+        if (get_array(a[i], all[i], dims[i], names[i], i == 0) < 0) {
+            release(bf);
+            return -1;
+        }
+        bf->n++;
+    }
+    int quant = bf->t.itemsize == 1;
+    m->table = quant ? NULL : bf->t.buf;
+    m->q = quant ? bf->t.buf : NULL;
+    m->scale = bf->s.buf;
+    m->buckets = bf->t.shape[0];
+    m->dim = bf->t.shape[1];
+    m->w1 = bf->w1.buf;
+    m->hidden = bf->w1.shape[1];
+    m->b1 = bf->b1.buf;
+    m->w2 = bf->w2.buf;
+    m->k = bf->w2.shape[1];
+    m->b2 = bf->b2.buf;
+    if (bf->w1.shape[0] != m->dim || bf->b1.shape[0] != m->hidden ||
+        bf->w2.shape[0] != m->hidden || bf->b2.shape[0] != m->k || m->dim > 1024 ||
+        bf->s.shape[0] != m->dim ||
+        m->hidden > 4096 || m->buckets < 1) {
+        PyErr_SetString(PyExc_ValueError, "router arrays do not fit together");
+        release(bf);
+        return -1;
+    }
+    return 0;
+}
+
+static void held_free(PyObject *cap) {
+    Held *h = PyCapsule_GetPointer(cap, "llmlib.router._routerc.model");
+    if (h != NULL) {
+        release(&h->bf);
+        cache_free(&h->cache);
+        PyMem_Free(h);
+    }
+}
+
+static PyObject *make_model(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "make_model(table, scale, w1, b1, w2, b2)");
+        return NULL;
+    }
+    Held *h = PyMem_Calloc(1, sizeof(Held));
+    if (h == NULL) return PyErr_NoMemory();
+    if (model_from(args, &h->m, &h->bf) < 0) {
+        PyMem_Free(h);
+        return NULL;
+    }
+    if (h->m.k > 256) {
+        release(&h->bf);
+        PyMem_Free(h);
+        PyErr_SetString(PyExc_ValueError, "at most 256 experts");
+        return NULL;
+    }
+    PyObject *cap = PyCapsule_New(h, "llmlib.router._routerc.model", held_free);
+    if (cap == NULL) {
+        release(&h->bf);
+        PyMem_Free(h);
+    }
+    return cap;
+}
+
+static Held *model_of(PyObject *cap) {
+    return PyCapsule_GetPointer(cap, "llmlib.router._routerc.model");
+}
+
+/* (probabilities tuple, entropy) of logits ``out`` */
+static PyObject *probs_tuple(const Model *m, const float *out) {
+    double z[256];
+    for (Py_ssize_t c = 0; c < m->k; c++) z[c] = out[c];
+    double ent = softmax(z, m->k);
+    PyObject *probs = PyTuple_New(m->k);
+    if (probs == NULL) return NULL;
+    for (Py_ssize_t c = 0; c < m->k; c++) {
+        PyObject *f = PyFloat_FromDouble(z[c]);
+        if (f == NULL) {
+            Py_DECREF(probs);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(probs, c, f);
+    }
+    return Py_BuildValue("(Nd)", probs, ent);
+}
+
+static PyObject *embed_probs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "embed_probs(words: list, model)");
+        return NULL;
+    }
+    Held *hd = model_of(args[1]);
+    if (hd == NULL) return NULL;
+    Words ws;
+    int rc = words_from_list(args[0], &ws);
+    if (rc < 0) return NULL;
+    float out[256];
+    uint64_t mask;
+    if (rc != 0 || route_words(hd, NULL, &ws, &mask, out) != ROUTE_LOGITS) Py_RETURN_NONE;
+    return probs_tuple(&hd->m, out);
+}
+
+/* --- the gate as a capsule ------------------------------------------------------------- */
+static void gate_free(PyObject *cap) {
+    Gate *g = PyCapsule_GetPointer(cap, "llmlib.router._routerc.gate");
+    if (g != NULL) {
+        PyMem_Free(g->e);
+        PyMem_Free(g->arena);
+        PyMem_Free(g);
+    }
+}
+
+static PyObject *make_gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyDict_Check(args[0]) || !PyLong_Check(args[1]) || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "make_gate(keywords: dict[str, int], regex_rules: int, experts: list)");
+        return NULL;
+    }
+    Gate *g = PyMem_Calloc(1, sizeof(Gate));
+    if (g == NULL) return PyErr_NoMemory();
+    PyObject *cap = PyCapsule_New(g, "llmlib.router._routerc.gate", gate_free);
+    if (cap == NULL) {
+        PyMem_Free(g);
+        return NULL;
+    }
+    g->regex = PyLong_AsUnsignedLongLongMask(args[1]);
+    Py_ssize_t nr = PyList_GET_SIZE(args[2]);
+    g->rules = (int)nr;
+    for (Py_ssize_t r = 0; r < nr && r < 64; r++) {
+        long e = PyLong_AsLong(PyList_GET_ITEM(args[2], r));
+        if (e < 0 || e > 254) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "expert index out of range");
+            Py_DECREF(cap);
+            return NULL;
+        }
+        g->expert[r] = (uint8_t)e;
+    }
+    Py_ssize_t nk = PyDict_GET_SIZE(args[0]), total = 0, pos = 0;
+    size_t cap_n = 16;
+    while (cap_n < 2 * (size_t)nk) cap_n <<= 1;
+    g->e = PyMem_Malloc(cap_n * sizeof(GEntry));
+    PyObject *key, *val;
+    while (g->e != NULL && PyDict_Next(args[0], &pos, &key, &val)) {
+        Py_ssize_t n;
+        if (!PyUnicode_Check(key) || PyUnicode_AsUTF8AndSize(key, &n) == NULL) {
+            PyErr_Clear();
+            continue; /* a keyword no word can equal (not text, or a lone surrogate) */
+        }
+        total += n;
+    }
+    g->arena = PyMem_Malloc((size_t)total + 8);
+    if (g->e == NULL || g->arena == NULL) {
+        Py_DECREF(cap);
+        return PyErr_NoMemory();
+    }
+    g->cap = cap_n;
+    for (size_t i = 0; i < cap_n; i++) g->e[i].rule = -1;
+    Py_ssize_t at = 0;
+    pos = 0;
+    while (PyDict_Next(args[0], &pos, &key, &val)) {
+        Py_ssize_t n;
+        const char *u = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &n) : NULL;
+        if (u == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        long rule = PyLong_AsLong(val);
+        if (rule < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative rule index");
+            Py_DECREF(cap);
+            return NULL;
+        }
+        memcpy(g->arena + at, u, (size_t)n);
+        memset(g->arena + at + n, 0, 8);
+        uint64_t h = quick_hash(g->arena + at, n);
+        g->lens |= (uint64_t)1 << (n < 63 ? n : 63);
+        if (n > 0) {
+            unsigned char f = (unsigned char)u[0], l = (unsigned char)u[n - 1];
+            g->first[f >> 6] |= (uint64_t)1 << (f & 63);
+            g->last[l >> 6] |= (uint64_t)1 << (l & 63);
+        }
+        size_t i = h & (cap_n - 1);
+        while (g->e[i].rule >= 0) i = (i + 1) & (cap_n - 1);
+        g->e[i] = (GEntry){h, (int32_t)(rule > 0x7FFFFFFF ? 0x7FFFFFFF : rule), at, n};
+        at += n;
+    }
+    return cap;
+}
+
+static const Gate *gate_of(PyObject *o) {
+    if (o == Py_None) return NULL;
+    return PyCapsule_GetPointer(o, "llmlib.router._routerc.gate");
+}
+
+static PyObject *route_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "route_text(text: str, model, gate, max_words: int)");
+        return NULL;
+    }
+    Held *hd = model_of(args[1]);
+    if (hd == NULL) return NULL;
+    const Gate *g = gate_of(args[2]);
+    if (g == NULL && PyErr_Occurred()) return NULL;
+    Py_ssize_t max_words = PyLong_AsSsize_t(args[3]);
+    if (max_words == -1 && PyErr_Occurred()) return NULL;
+    Words ws;
+    int rc = words_from_text(args[0], max_words, &ws);
+    if (rc < 0) return NULL;
+    if (rc > 0) Py_RETURN_NONE;
+    float out[256];
+    uint64_t mask;
+    rc = route_words(hd, g, &ws, &mask, out);
+    if (rc == ROUTE_PYTHON) Py_RETURN_NONE;
+    if (rc != ROUTE_LOGITS) return Py_BuildValue("(KOd)", (unsigned long long)mask, Py_None, 0.0);
+    PyObject *pe = probs_tuple(&hd->m, out);
+    if (pe == NULL) return NULL;
+    PyObject *res = Py_BuildValue("(KOO)", (unsigned long long)mask, PyTuple_GET_ITEM(pe, 0),
+                                  PyTuple_GET_ITEM(pe, 1));
+    Py_DECREF(pe);
+    return res;
+}
+
+static PyObject *words(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "words(text: str, max_words: int)");
+        return NULL;
+    }
+    Py_ssize_t max_words = PyLong_AsSsize_t(args[1]);
+    if (max_words == -1 && PyErr_Occurred()) return NULL;
+    Words ws;
+    int rc = words_from_text(args[0], max_words, &ws);
+    if (rc < 0) return NULL;
+    if (rc > 0) Py_RETURN_NONE;
+    PyObject *out = PyList_New(ws.n);
+    for (Py_ssize_t i = 0; out != NULL && i < ws.n; i++) {
+        PyObject *w = PyUnicode_DecodeUTF8((const char *)ws.buf + ws.off[i], ws.len[i], NULL);
+        if (w == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, w);
+    }
+    return out;
+}
+
+/* route_many's sources, per prompt (as llmlib.router.SOURCES) */
+enum { SRC_MLP = 0, SRC_DEFAULT = 1, SRC_GATE = 2, SRC_EMPTY = 3 };
+
+static PyObject *route_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "route_many(texts: list, model, gate, threshold: "
+                                         "float, default: int, max_words: int, probs)");
+        return NULL;
+    }
+    Held *hd = model_of(args[1]);
+    if (hd == NULL) return NULL;
+    const Gate *g = gate_of(args[2]);
+    if (g == NULL && PyErr_Occurred()) return NULL;
+    double threshold = PyFloat_AsDouble(args[3]);
+    long dflt = PyLong_AsLong(args[4]);
+    Py_ssize_t max_words = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    const Model *m = &hd->m;
+    Py_ssize_t n = PyList_GET_SIZE(args[0]);
+    Py_buffer pb = {0};
+    float *probs = NULL;
+    if (args[6] != Py_None) { /* n x k float32, written where the MLP decided */
+        if (PyObject_GetBuffer(args[6], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            return NULL;
+        if (pb.itemsize != 4 || pb.format == NULL || strcmp(pb.format, "f") != 0 ||
+            pb.len != (Py_ssize_t)sizeof(float) * n * m->k) {
+            PyBuffer_Release(&pb);
+            PyErr_SetString(PyExc_ValueError, "probs: a writable float32 buffer of n x k");
+            return NULL;
+        }
+        probs = pb.buf;
+    }
+    PyObject *res = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *srcs = PyBytes_FromStringAndSize(NULL, n);
+    if (res == NULL || srcs == NULL) {
+        Py_XDECREF(res);
+        Py_XDECREF(srcs);
+        if (probs) PyBuffer_Release(&pb);
+        return NULL;
+    }
+    unsigned char *choice = (unsigned char *)PyBytes_AS_STRING(res);
+    unsigned char *source = (unsigned char *)PyBytes_AS_STRING(srcs);
+    Words ws;
+    float out[256];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(args[0], i);
+        choice[i] = source[i] = PYTHON_MUST;
+        if (!PyUnicode_Check(t)) continue;
+        int rc = words_from_text(t, max_words, &ws);
+        if (rc < 0) {
+            Py_DECREF(res);
+            Py_DECREF(srcs);
+            if (probs) PyBuffer_Release(&pb);
+            return NULL;
+        }
+        if (rc > 0) continue;
+        uint64_t mask;
+        rc = route_words(hd, g, &ws, &mask, out);
+        if (rc == ROUTE_GATED) {
+            choice[i] = g->expert[__builtin_ctzll(mask)];
+            source[i] = SRC_GATE;
+        } else if (rc == ROUTE_EMPTY) {
+            choice[i] = (unsigned char)dflt;
+            source[i] = SRC_EMPTY;
+        } else if (rc == ROUTE_LOGITS && !mask) { /* (a regex rule hit: Python decides) */
+            Py_ssize_t best = 0;
+            for (Py_ssize_t c = 1; c < m->k; c++)
+                if (out[c] > out[best]) best = c;
+            double z[256], total = 0.0;
+            for (Py_ssize_t c = 0; c < m->k; c++) total += (z[c] = exp((double)out[c] - out[best]));
+            int low = 1.0 / total < threshold;
+            choice[i] = (unsigned char)(low ? dflt : best);
+            source[i] = low ? SRC_DEFAULT : SRC_MLP;
+            if (probs)
+                for (Py_ssize_t c = 0; c < m->k; c++) probs[i * m->k + c] = (float)(z[c] / total);
+        }
+    }
+    if (probs) PyBuffer_Release(&pb);
+    return Py_BuildValue("(NN)", res, srcs);
+}
+
+/* the gate's word test: keywords (a set) that equal a word, or a word with the gate's
+ * punctuation stripped from both ends */
+static int gate_punct(Py_UCS4 c) {
+    switch (c) {
+    case '(': case ')': case '[': case ']': case '{': case '}': case '<': case '>':
+    case '"': case '\'': case '.': case ',': case ';': case ':': case '!': case '?':
+    case 0x201C: case 0x201D: case 0x2018: case 0x2019:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static PyObject *gate_hits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyAnySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "gate_hits(words: list, keywords: set)");
+        return NULL;
+    }
+    PyObject *words = args[0], *kw = args[1], *hits = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(words); i++) {
+        PyObject *w = PyList_GET_ITEM(words, i), *hit = NULL, *cut = NULL;
+        if (!PyUnicode_Check(w)) continue;
+        int in = PySet_Contains(kw, w);
+        if (in < 0) goto fail;
+        if (in) {
+            hit = w;
+        } else {
+            Py_ssize_t lo = 0, hi = PyUnicode_GET_LENGTH(w);
+            while (lo < hi && gate_punct(PyUnicode_READ_CHAR(w, lo))) lo++;
+            while (hi > lo && gate_punct(PyUnicode_READ_CHAR(w, hi - 1))) hi--;
+            if (lo == 0 && hi == PyUnicode_GET_LENGTH(w)) continue;
+            if (lo == hi) continue;
+            cut = PyUnicode_Substring(w, lo, hi);
+            if (cut == NULL) goto fail;
+            in = PySet_Contains(kw, cut);
+            if (in < 0) {
+                Py_DECREF(cut);
+                goto fail;
+            }
+            if (in) hit = cut;
+        }
+        if (hit != NULL) {
+            if (hits == NULL && (hits = PyList_New(0)) == NULL) {
+                Py_XDECREF(cut);
+                goto fail;
+            }
+            if (PyList_Append(hits, hit) < 0) {
+                Py_XDECREF(cut);
+                goto fail;
+            }
+        }
+        Py_XDECREF(cut);
+    }
+    if (hits == NULL) Py_RETURN_NONE;
+    return hits;
+fail:
+    Py_XDECREF(hits);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"make_model", (PyCFunction)(void (*)(void))make_model, METH_FASTCALL,
+     "A model (capsule) from table, scale, w1, b1, w2, b2; it holds their buffers."},
+    {"make_gate", (PyCFunction)(void (*)(void))make_gate, METH_FASTCALL,
+     "A gate (capsule) from {keyword: rule}, the regex rules' bit mask, each rule's expert."},
+    {"route_text", (PyCFunction)(void (*)(void))route_text, METH_FASTCALL,
+     "(rules hit, probabilities or None, entropy) of a prompt, or None when Python must."},
+    {"route_many", (PyCFunction)(void (*)(void))route_many, METH_FASTCALL,
+     "Expert index per prompt as bytes (255: Python must decide that prompt)."},
+    {"words", (PyCFunction)(void (*)(void))words, METH_FASTCALL,
+     "The words a prompt is routed on, as this module splits it (None: Python must)."},
+    {"embed_probs", (PyCFunction)(void (*)(void))embed_probs, METH_FASTCALL,
+     "(probabilities, entropy) of one prompt's words, or None when Python must compute."},
+    {"gate_hits", (PyCFunction)(void (*)(void))gate_hits, METH_FASTCALL,
+     "Keywords hit by words (exactly, or with punctuation stripped), or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_routerc", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__routerc(void) {
+    crc_init();
+    for (const char *p = "()[]{}<>\"'.,;:!?"; *p; p++) PUNCT[(unsigned char)*p] = 1;
+    for (int c = 0; c < 256; c++) {
+        SPACE[c] = c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31);
+        LOWER[c] = (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+    }
+    CRC_W = crc_more(0, (const unsigned char *)"w:", 2);
+    CRC_C = crc_more(0, (const unsigned char *)"c:", 2);
+    return PyModule_Create(&mod);
+}

@@ -1,0 +1,605 @@
+"""The query router: a keyword gate, then hashed n-gram features and a small MLP.
+
+Features (``FEATURE_VERSION`` 1), from the prompt's first ``MAX_CHARS`` characters
+lower-cased and split on whitespace (the first ``MAX_WORDS`` words, each cut to
+``MAX_WORD_CHARS`` characters, so a prompt of megabytes costs what a short one does):
+
+* each word: ``crc32("w:" + word)``;
+* the character 3- and 4-grams of ``"<" + word + ">"``: ``crc32("c:" + gram)``;
+* each pair of neighbouring words: a multiplicative mix of the two words' hashes;
+
+all taken modulo the bucket count (crc32 is stable across processes and machines; Python's
+``hash`` is salted and is never used). The text's embedding is the mean of the feature
+rows of an embedding table (int8 with per-column scales, or float32), then
+``relu(x @ w1 + b1) @ w2 + b2`` gives one logit per expert.
+
+Inference needs only numpy. A word's features are the same wherever it appears, so each
+distinct word's summed rows are computed once and kept (``_WordCache``); a decision is then
+a dict lookup per word, two gathers, and the MLP.
+
+The gate decides before any of that: keyword rules (a word, as it is or with brackets,
+quotes and sentence punctuation stripped from its ends, in a set; the earliest rule in the
+config wins), and regex rules that run only when one of their trigger words is present, so
+the gate's cost is a set lookup per word, never a long alternation over the whole prompt.
+
+``llmlib/router/_routerc.c`` does all of it in C from the prompt's text (built with the package
+when a compiler is there; ``Router.native`` says whether it is in use): the split and
+lower-casing (ASCII byte by byte; other text with Python's own whitespace test and
+lower-case mapping, or its str methods for the two characters whose lower case depends on
+more than the character), the gate's keyword look-ups, a word cache of summed int8 rows,
+the bigrams and the MLP; ``decide_batch`` is one C call for all its prompts. The gate's
+regex rules, prompts that are not ``str`` and lone surrogates come back to Python. The
+numpy path is the fallback and the reference the C path is tested against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import zlib
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmlib.errors import ConfigError
+
+FEATURE_VERSION = 1
+MAX_CHARS = 2048
+MAX_WORDS = 128
+MAX_WORD_CHARS = 32
+CHAR_NGRAMS = (3, 4)
+try:  # the C path (llmlib/router/_routerc.c), built with the package where a compiler is there
+    from . import _routerc as _C  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - the numpy path then
+    _C = None
+_MIX = 0x9E3779B1  # Fibonacci hashing constant (2^32 / golden ratio)
+_MASK32 = 0xFFFFFFFF
+# stripped from both ends of a word before the gate looks it up again (not ` or #: keywords
+# like "```python" and "#include" keep them); _routerc.c's gate_punct has the same set
+_GATE_PUNCT = "()[]{}<>\"'.,;:!?\u201c\u201d\u2018\u2019"
+
+
+def _crc(s: str) -> int:
+    return zlib.crc32(s.encode("utf-8", "surrogatepass"))
+
+
+def prepare(text: str | bytes) -> list[str]:
+    """The words features are taken from: lower-cased, split on whitespace, capped. Bytes
+    that are not UTF-8 are replaced, never an error."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        raise TypeError(f"a prompt is text or bytes, not {type(text).__name__}")
+    words = text[:MAX_CHARS].lower().split()[:MAX_WORDS]
+    if words and max(map(len, words)) > MAX_WORD_CHARS:
+        return [w[:MAX_WORD_CHARS] for w in words]
+    return words
+
+
+def word_features(word: str, buckets: int) -> list[int]:
+    """The bucket ids of one word: the word itself and its character n-grams."""
+    out = [_crc("w:" + word) % buckets]
+    padded = f"<{word}>"
+    for n in CHAR_NGRAMS:
+        out += [_crc("c:" + padded[i : i + n]) % buckets for i in range(len(padded) - n + 1)]
+    return out
+
+
+def bigram_bucket(h1: int, h2: int, buckets: int) -> int:
+    return (((h1 * _MIX) & _MASK32) ^ h2) % buckets
+
+
+def feature_ids(text: str | bytes, buckets: int) -> list[int]:
+    """Every feature bucket of ``text``, in a fixed order (the reference the fast path and
+    training both follow)."""
+    words = prepare(text)
+    out: list[int] = []
+    hashes = [_crc("w:" + w) for w in words]
+    for w in words:
+        out += word_features(w, buckets)
+    out += [bigram_bucket(a, b, buckets) for a, b in zip(hashes, hashes[1:], strict=False)]
+    return out
+
+
+# --- gate -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateRule:
+    expert: str
+    keywords: tuple[str, ...] = ()
+    regex: str | None = None  # with ``keywords`` as its triggers
+
+
+class Gate:
+    """Keyword and triggered-regex rules, in order (the first rule that matches wins)."""
+
+    def __init__(self, rules: Sequence[GateRule]) -> None:
+        self.rules = list(rules)
+        self.keyword_rule: dict[str, int] = {}  # word -> the earliest rule it fires or triggers
+        self._regex: dict[int, re.Pattern[str]] = {}
+        for k, r in enumerate(self.rules):
+            if not r.keywords:
+                raise ConfigError(
+                    f"gate rule {k} ({r.expert}): needs keywords (a regex rule's keywords "
+                    "are its triggers, so the gate never scans every prompt with it)"
+                )
+            if r.regex is not None:
+                try:
+                    self._regex[k] = re.compile(r.regex)
+                except re.error as exc:
+                    raise ConfigError(f"gate rule {k} ({r.expert}): bad regex: {exc}") from None
+            for kw in r.keywords:
+                self.keyword_rule.setdefault(kw.lower(), k)
+        self._keywords = frozenset(self.keyword_rule)
+
+    @classmethod
+    def from_config(cls, rules: Iterable[Mapping[str, Any]]) -> Gate:
+        out = []
+        for k, r in enumerate(rules):
+            if not isinstance(r, Mapping) or "expert" not in r:
+                raise ConfigError(f"gate rule {k}: expected a mapping with 'expert'")
+            unknown = set(r) - {"expert", "keywords", "regex"}
+            if unknown:
+                raise ConfigError(f"gate rule {k}: unknown keys {sorted(unknown)}")
+            kws = r.get("keywords") or []
+            if isinstance(kws, str) or not all(isinstance(x, str) for x in kws):
+                raise ConfigError(f"gate rule {k}: keywords must be a list of strings")
+            out.append(GateRule(str(r["expert"]), tuple(kws), r.get("regex")))
+        return cls(out)
+
+    def hits(self, words: list[str]) -> list[str] | None:
+        """Keywords among ``words``, each word taken as it is or with the gate's
+        punctuation stripped from its ends (in C where built: no per-word Python)."""
+        if _C is not None:
+            return _C.gate_hits(words, self._keywords)  # type: ignore[no-any-return]
+        kw, out = self._keywords, []
+        for w in words:
+            if w in kw:
+                out.append(w)
+            elif (cut := w.strip(_GATE_PUNCT)) in kw:
+                out.append(cut)
+        return out or None
+
+    @property
+    def regex_rules(self) -> list[int]:
+        return sorted(self._regex)
+
+    def resolve(self, mask: int, text: str) -> str | None:
+        """The expert of the first rule among ``mask``'s bits (rule k: bit k) whose regex,
+        if it has one, matches ``text``."""
+        while mask:
+            k = (mask & -mask).bit_length() - 1
+            pat = self._regex.get(k)
+            if pat is None or pat.search(text):
+                return self.rules[k].expert
+            mask &= mask - 1
+        return None
+
+    def match(self, words: list[str], text: str) -> str | None:
+        """The expert of the first rule (in config order) one of whose keywords is among
+        ``words`` and whose regex, if it has one, matches ``text``; None when no rule
+        fires. The regex runs only when a trigger word is there."""
+        hits = self.hits(words)
+        if not hits:
+            return None
+        for k in sorted({self.keyword_rule[h] for h in hits}):
+            pat = self._regex.get(k)
+            if pat is None or pat.search(text):
+                return self.rules[k].expert
+        return None
+
+
+# --- the model --------------------------------------------------------------------------------
+@dataclass
+class RouterModel:
+    """The trained weights and what they were trained for."""
+
+    experts: list[str]
+    buckets: int
+    emb: np.ndarray  # (buckets, dim) float32
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    # the int8 table and its per-column scales, when loaded at int8 (``emb`` is then their
+    # product; the C path sums the int8 rows: a quarter of the memory traffic)
+    q: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.emb.shape[1])
+
+    def quantized(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table as int8 with one scale per column (symmetric, max-abs)."""
+        scale = np.abs(self.emb).max(axis=0) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(self.emb / scale), -127, 127).astype(np.int8)
+        return q, scale.astype(np.float32)
+
+    def dequantized(self) -> RouterModel:
+        """This model as its int8 artifact loads: the table rounded to int8 and back."""
+        q, scale = self.quantized()
+        emb = q.astype(np.float32) * scale
+        return dataclasses.replace(self, emb=emb, q=q, scale=scale)
+
+    def save(self, path: str | Path, keep_float: bool = True) -> None:
+        """An ``.npz``: the int8 table and its scales always, the float table too unless
+        ``keep_float`` is False (the float/int8 agreement check needs it)."""
+        q, scale = self.quantized()
+        arrays = {
+            "emb_q": q,
+            "emb_scale": scale,
+            "w1": self.w1.astype(np.float32),
+            "b1": self.b1.astype(np.float32),
+            "w2": self.w2.astype(np.float32),
+            "b2": self.b2.astype(np.float32),
+        }
+        if keep_float:
+            arrays["emb"] = self.emb.astype(np.float32)
+        header = {
+            "feature_version": FEATURE_VERSION,
+            "buckets": self.buckets,
+            "experts": self.experts,
+            "max_words": MAX_WORDS,
+            "max_word_chars": MAX_WORD_CHARS,
+            "char_ngrams": list(CHAR_NGRAMS),
+            **self.meta,
+        }
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+
+def load_model(path: str | Path, precision: str = "int8") -> tuple[RouterModel, dict[str, Any]]:
+    """Load an artifact; the table dequantized from int8 (``precision`` int8) or the float
+    one (``float``: needs an artifact saved with it). Refuses another feature version."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"router artifact not found: {p} (python -m harness router train)")
+    try:
+        z = np.load(p, allow_pickle=False)
+        header = json.loads(bytes(z["header"]).decode())
+    except Exception as exc:
+        raise ConfigError(f"{p}: not a router artifact ({exc})") from None
+    got = header.get("feature_version")
+    if got != FEATURE_VERSION:
+        raise ConfigError(
+            f"{p}: router artifact has feature version {got}, this llmlib computes version "
+            f"{FEATURE_VERSION}: retrain it (python -m harness router train)"
+        )
+    q = scale = None
+    if precision == "int8":
+        q = np.ascontiguousarray(z["emb_q"], dtype=np.int8)
+        scale = np.ascontiguousarray(z["emb_scale"], dtype=np.float32)
+        emb = q.astype(np.float32) * scale
+    elif precision == "float":
+        if "emb" not in z:
+            raise ConfigError(f"{p}: saved without the float table; use precision int8")
+        emb = z["emb"]
+    else:
+        raise ConfigError(f"router precision must be int8 or float, not {precision!r}")
+    model = RouterModel(
+        list(header["experts"]),
+        int(header["buckets"]),
+        np.ascontiguousarray(emb, dtype=np.float32),
+        z["w1"],
+        z["b1"],
+        z["w2"],
+        z["b2"],
+        {k: v for k, v in header.items() if k not in ("experts", "buckets")},
+        q,
+        scale,
+    )
+    return model, header
+
+
+# --- decisions --------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Decision:
+    """Where a query goes and why. ``source``: gate, mlp, default (the MLP was not
+    confident enough), empty (no words) or error (the prompt could not be read)."""
+
+    expert: str
+    source: str
+    top: list[tuple[str, float]]  # the top-k experts with their probabilities
+    confidence: float = 1.0
+    margin: float = 1.0
+    entropy: float = 0.0
+
+
+SOURCES = ("mlp", "default", "gate", "empty", "error")  # Decisions.sources codes
+
+
+@dataclass(slots=True)
+class Decisions:
+    """Decisions for many prompts, as columns (``Router.decide_columns``): the expert's
+    index in ``Router.experts``, the source's index in ``SOURCES``, and where the MLP
+    decided (sources mlp and default) its confidence, top-2 margin and entropy (NaN
+    elsewhere)."""
+
+    experts: np.ndarray  # int
+    sources: np.ndarray  # uint8
+    confidence: np.ndarray  # float32
+    margin: np.ndarray
+    entropy: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+
+class _WordCache:
+    """Per distinct word: a row holding the sum of its feature embeddings (and, in an extra
+    last column, its feature count), its hash, and its hash premixed for bigrams. The rows
+    live after the embedding table's own (whose count column is 1) in one matrix, so a
+    text's words and bigrams are summed, counts included, with one gather and one product.
+    Cleared when full (bounded memory, not an LRU). Not thread-safe: one router per
+    thread."""
+
+    def __init__(self, emb: np.ndarray, buckets: int, limit: int = 100_000) -> None:
+        self.emb, self.buckets, self.limit = emb, buckets, limit
+        self.index: dict[str, tuple[int, int, int]] = {}
+        self.table = np.zeros((buckets + 4096, emb.shape[1] + 1), dtype=np.float32)
+        self.table[:buckets, :-1] = emb
+        self.table[:buckets, -1] = 1.0
+
+    def add(self, word: str) -> tuple[int, int, int]:
+        if len(self.index) >= self.limit:
+            self.index.clear()
+        ids = word_features(word, self.buckets)
+        row = self.buckets + len(self.index)
+        if row >= len(self.table):
+            grown = np.zeros((2 * len(self.table), self.table.shape[1]), dtype=np.float32)
+            grown[: len(self.table)] = self.table
+            self.table = grown
+        self.table[row, :-1] = self.emb[ids].sum(axis=0)
+        self.table[row, -1] = len(ids)
+        h = _crc("w:" + word)
+        entry = (row, h, (h * _MIX) & _MASK32)
+        self.index[word] = entry
+        return entry
+
+
+class Router:
+    """Decides an expert for a prompt: the gate, else the MLP's top-k with a confidence
+    threshold (below it: ``default``) and a load-aware tie-break among near-equal experts.
+    ``native`` False forces the numpy path."""
+
+    def __init__(
+        self,
+        model: RouterModel,
+        gate: Gate | None = None,
+        default: str | None = None,
+        threshold: float = 0.0,
+        top_k: int = 2,
+        tie_margin: float = 0.0,
+        native: bool = True,
+    ) -> None:
+        self.model = model
+        self.experts = model.experts
+        self.gate = gate or Gate([])
+        self.default = default or model.experts[0]
+        for name in [self.default] + [r.expert for r in self.gate.rules]:
+            if name not in self.experts:
+                raise ConfigError(
+                    f"router: unknown expert {name!r}; the model knows {', '.join(self.experts)}"
+                )
+        self.threshold, self.top_k, self.tie_margin = threshold, max(1, top_k), tie_margin
+        self._cache = _WordCache(model.emb, model.buckets)
+        self._ones = np.ones(2 * MAX_WORDS, dtype=np.float32)
+        f32 = [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w1, model.b1)]
+        f32 += [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w2, model.b2)]
+        self._w1, self._b1, self._w2, self._b2 = f32
+        self._c = _C if native else None
+        if model.q is not None and model.scale is not None:
+            table: tuple[np.ndarray, ...] = (model.q, model.scale)
+        else:
+            dim = model.emb.shape[1]
+            table = (np.ascontiguousarray(model.emb, dtype=np.float32), np.ones(dim, np.float32))
+        self._c_model = None if self._c is None else self._c.make_model(*table, *f32)
+        self._c_gate = None
+        if self._c is not None and self.gate.rules:
+            regex = sum(1 << k for k in self.gate.regex_rules)
+            rule_experts = [self.experts.index(r.expert) for r in self.gate.rules]
+            self._c_gate = self._c.make_gate(self.gate.keyword_rule, regex, rule_experts)
+        # route_many's answer (an expert index per prompt, 255: Python decides) -> names
+        self._names = [*self.experts, *[None] * (256 - len(self.experts))]
+        self._default_k = self.experts.index(self.default)
+
+    @property
+    def native(self) -> bool:
+        return self._c is not None
+
+    # --- features -> logits ----------------------------------------------------------------
+    def embed(self, words: list[str]) -> np.ndarray:
+        """The mean feature embedding of ``words`` (at least one), by the numpy path: a
+        row index per word (its cached sum) and per bigram (the table's own row), one
+        gather; the count column gives the divisor."""
+        cache = self._cache
+        get, add = cache.index.get, cache.add
+        idx = array("q")
+        put = idx.append
+        mod = self.model.buckets
+        row, _, mixed = get(words[0]) or add(words[0])
+        put(row)
+        for w in words[1:]:
+            row, h, m = get(w) or add(w)
+            put(row)
+            put((mixed ^ h) % mod)  # the bigram (previous word, this word)
+            mixed = m
+        ii = np.frombuffer(idx, dtype=np.int64)
+        s = self._ones[: len(ii)] @ cache.table.take(ii, axis=0)
+        return s[:-1] / s[-1]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        h = x @ self._w1
+        h += self._b1
+        np.maximum(h, 0, out=h)
+        z = h @ self._w2
+        z += self._b2
+        return z
+
+    def word_probs(self, words: list[str]) -> tuple[tuple[float, ...], float]:
+        """The experts' probabilities for ``words`` (at least one) and their entropy: in C
+        where built, else numpy."""
+        if self._c is not None:
+            got = self._c.embed_probs(words, self._c_model)
+            if got is not None:
+                return got  # type: ignore[no-any-return]
+        z = self.logits(self.embed(words)).tolist()
+        top = max(z)
+        ex = [math.exp(v - top) for v in z]
+        total = sum(ex)
+        probs = tuple(v / total for v in ex)
+        return probs, -sum(q * math.log(q) for q in probs if q > 0)
+
+    # --- decisions -------------------------------------------------------------------------
+    def decide(
+        self,
+        text: str | bytes,
+        loads: Mapping[str, int] | None = None,
+        max_words: int = MAX_WORDS,
+    ) -> Decision:
+        """The decision for one prompt (its first ``max_words`` words, for incremental
+        routing). ``loads``: pending queries per expert, for the tie-break."""
+        if self._c is not None and type(text) is str:
+            got = self._c.route_text(text, self._c_model, self._c_gate, max_words)
+            if got is not None:
+                mask, probs, entropy = got
+                if mask:
+                    hit = self.gate.resolve(mask, text)
+                    if hit is not None:
+                        return Decision(hit, "gate", [(hit, 1.0)])
+                if probs is None:
+                    return Decision(self.default, "empty", [], 0.0, 0.0, 0.0)
+                return self._choose(probs, entropy, loads)
+        words = self._words_or_decision(text, max_words)
+        if isinstance(words, Decision):
+            return words
+        probs, entropy = self.word_probs(words)
+        return self._choose(probs, entropy, loads)
+
+    def _words_or_decision(self, text: str | bytes, max_words: int) -> list[str] | Decision:
+        """The prompt's words for the MLP, or the decision made without it: unreadable
+        or empty (the default expert) or the gate's."""
+        try:
+            words = prepare(text)[: max(max_words, 0)]
+        except (TypeError, ValueError):  # not text: the default expert, never a stop
+            return self.unreadable()
+        if not words:
+            return Decision(self.default, "empty", [], 0.0, 0.0, 0.0)
+        if self.gate.rules:
+            hit = self.gate.match(words, _as_text(text))
+            if hit is not None:
+                return Decision(hit, "gate", [(hit, 1.0)])
+        return words
+
+    def unreadable(self) -> Decision:
+        """The decision for a prompt that could not be read: the default expert."""
+        return Decision(self.default, "error", [], 0.0, 0.0, 0.0)
+
+    def _choose(
+        self, probs: tuple[float, ...], entropy: float, loads: Mapping[str, int] | None
+    ) -> Decision:
+        experts = self.experts
+        if self.top_k == 2 and len(probs) > 2:  # the usual case, without a sort
+            i = max(range(len(probs)), key=probs.__getitem__)
+            j = max((c for c in range(len(probs)) if c != i), key=probs.__getitem__)
+            order = [i, j]
+        else:
+            order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: self.top_k]
+        top = [(experts[c], probs[c]) for c in order]
+        best = top[0][1]
+        margin = best - top[1][1] if len(top) > 1 else best
+        if best < self.threshold:
+            return Decision(self.default, "default", top, best, margin, entropy)
+        choice = top[0][0]
+        if loads and self.tie_margin > 0 and len(top) > 1:
+            near = [e for e, q in top if best - q <= self.tie_margin]
+            choice = min(near, key=lambda e: (loads.get(e, 0), near.index(e)))
+        return Decision(choice, "mlp", top, best, margin, entropy)
+
+    def decide_batch(self, texts: Sequence[str | bytes]) -> list[str]:
+        """Experts for many prompts (no loads, no top-k: each prompt's best expert, or the
+        default below the threshold); in C in one call where built."""
+        if self._c is not None:
+            got, _ = self._c.route_many(
+                list(texts), self._c_model, self._c_gate, self.threshold, self._default_k,
+                MAX_WORDS, None,
+            )  # fmt: skip
+            out = list(map(self._names.__getitem__, got))
+            if None in out:  # not str, a lone surrogate, a regex rule hit: one by one
+                for k, name in enumerate(out):
+                    if name is None:
+                        out[k] = self.decide(texts[k]).expert
+            return out  # type: ignore[return-value]
+        return [self.decide(t).expert for t in texts]
+
+    def decide_columns(
+        self,
+        texts: Sequence[str | bytes],
+        loads: Mapping[str, int] | None = None,
+        max_words: int = MAX_WORDS,
+    ) -> Decisions:
+        """What ``decide`` gives each prompt (the same loads for all: the tie-break reads
+        them once), as columns; the features, gate and MLP in one C call where built."""
+        n, k = len(texts), len(self.experts)
+        conf = np.full(n, np.nan, dtype=np.float32)
+        margin, entropy = conf.copy(), conf.copy()
+        if self._c is None:
+            experts = np.zeros(n, dtype=np.int64)
+            sources = np.zeros(n, dtype=np.uint8)
+            redo = range(n)
+        else:
+            probs = np.zeros((n, k), dtype=np.float32)
+            got, src = self._c.route_many(
+                list(texts), self._c_model, self._c_gate, self.threshold, self._default_k,
+                max_words, probs,
+            )  # fmt: skip
+            experts = np.frombuffer(got, dtype=np.uint8).astype(np.int64)
+            sources = np.frombuffer(src, dtype=np.uint8).copy()
+            rows = np.flatnonzero(sources <= 1)  # the MLP decided (mlp, default)
+            if len(rows):
+                p = probs[rows]
+                order = np.argsort(-p, axis=1, kind="stable")
+                top1 = np.take_along_axis(p, order[:, :1], axis=1)[:, 0]
+                top2 = np.take_along_axis(p, order[:, 1:2], axis=1)[:, 0] if k > 1 else 0.0
+                conf[rows], margin[rows] = top1, top1 - top2
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    entropy[rows] = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+                if loads and self.tie_margin > 0 and self.top_k > 1 and k > 1:
+                    near = rows[(sources[rows] == 0) & (top1 - top2 <= self.tie_margin)]
+                    for j in near.tolist():  # few: decided as decide does
+                        experts[j] = self.experts.index(
+                            self._choose(tuple(probs[j].tolist()), 0.0, loads).expert
+                        )
+            redo = np.flatnonzero(sources == 255).tolist()
+        code = {name: c for c, name in enumerate(SOURCES)}
+        for j in redo:  # the numpy path, or what C handed back
+            d = self.decide(texts[j], loads, max_words)
+            experts[j], sources[j] = self.experts.index(d.expert), code[d.source]
+            if d.source in ("mlp", "default"):
+                conf[j], margin[j], entropy[j] = d.confidence, d.margin, d.entropy
+        return Decisions(experts, sources, conf, margin, entropy)
+
+
+def _as_text(text: str | bytes) -> str:
+    return text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
+
+
+def load_router(
+    path: str | Path,
+    gate_rules: Iterable[Mapping[str, Any]] = (),
+    default: str | None = None,
+    precision: str = "int8",
+    threshold: float = 0.0,
+    top_k: int = 2,
+    tie_margin: float = 0.0,
+) -> Router:
+    model, _ = load_model(path, precision)
+    return Router(model, Gate.from_config(gate_rules), default, threshold, top_k, tie_margin)
