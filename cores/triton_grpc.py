@@ -40,6 +40,7 @@ import numpy as np
 from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
 from llmlib.serving.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.serving.procpool import Outbox, WorkerPool
+from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
 
 # what a stream reports: (kind, request id, payload, time_ns); payload: int32 token ids for
@@ -273,8 +274,8 @@ class TritonStream:
             self._watch.join(5)
 
 
+@register_core("triton_grpc")
 class TritonGrpcCore(LLMCore):
-    name = "triton_grpc"
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
 
     @classmethod

@@ -30,6 +30,7 @@ import numpy as np
 from llmlib.errors import BackendError, ConfigError, MissingDependencyError
 from llmlib.serving.async_core import AsyncLoopCore
 from llmlib.serving.core import CoreCapabilities
+from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
 
 _ENV_LOCK = threading.Lock()  # CUDA_VISIBLE_DEVICES is process-wide while an engine starts
@@ -44,8 +45,8 @@ def _gpu_count() -> int:
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
+@register_core("vllm")
 class VLLMCore(AsyncLoopCore):
-    name = "vllm"
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
     SETUP_TIMEOUT_S = 900.0
 

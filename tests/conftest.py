@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import ctypes
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from llmlib.config.settings import Config, resolve
+from llmlib.config.settings import REPO_ROOT, Config, resolve
+from llmlib.deploy.triton.setup import TritonHome
 from llmlib.serving.request import LLMResponse, ResponseBatch
 
 
@@ -72,3 +80,70 @@ def tiny_model(tmp_path_factory):
     out = build(tmp_path_factory.mktemp("tiny-model"), 2048, conversations=500)
     build_llama(out, load_tokenizer(out).vocab_size)
     return out
+
+
+# --- runs of python -m harness ---------------------------------------------------------
+QUICK = [
+    "--min_duration=2000",
+    "--min_query_count=500",
+    "--server_target_qps=200",
+    "--progress=false",
+    "--warmup_queries=4",
+]
+
+
+def run_harness(tmp_path: Path, *args: str, cwd: Path | None = None, timeout: float = 240) -> Any:
+    """``python -m harness`` in a subprocess (QUICK settings, logs under tmp_path): the
+    process and its summaries by (scenario, mode)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}", *QUICK, *args],
+        cwd=cwd or REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    summaries = {}
+    for s in (tmp_path / "logs").rglob("summary.json"):
+        d = json.loads(s.read_text())
+        summaries[(d["scenario"], d["mode"])] = (d, s.parent)
+    return p, summaries
+
+
+# --- a sink in place of LoadGen ---------------------------------------------------------
+class RecordingSink:
+    """Copies the data at each pointer, as LoadGen does during the call."""
+
+    def __init__(self):
+        self.calls = []  # ("first"|"final", [(qid, tokens, n_tokens)])
+
+    def _copy(self, items):
+        out = []
+        for qid, ptr, nbytes, n in items:
+            data = ctypes.string_at(ptr, nbytes) if nbytes else b""
+            out.append((qid, list(np.frombuffer(data, dtype=np.uint32)), n))
+        return out
+
+    def first_token_complete(self, items):
+        self.calls.append(("first", self._copy(items)))
+
+    def query_samples_complete(self, items):
+        self.calls.append(("final", self._copy(items)))
+
+    def events(self, kind):
+        return {q: (toks, n) for k, items in self.calls if k == kind for q, toks, n in items}
+
+
+class Q:
+    def __init__(self, qid, index):
+        self.id, self.index = qid, index
+
+
+# --- Triton: its tests run where make triton has prepared it -----------------------------
+_TRITON_READY = TritonHome.find().ready()
+TRITON_MARKS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not _TRITON_READY and not os.environ.get("LLMLIB_REQUIRE_NATIVE"),
+        reason="Triton is not prepared (make triton)",
+    ),
+]

@@ -43,6 +43,7 @@ from llmlib.errors import ConfigError
 from llmlib.serving.async_core import AsyncLoopCore
 from llmlib.serving.core import CoreCapabilities
 from llmlib.serving.procpool import WorkerPool
+from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
 
 
@@ -59,8 +60,8 @@ def check_http_url(url: str, flag: str) -> None:
         ) from None
 
 
+@register_core("trtllm_endpoint")
 class EndpointCore(AsyncLoopCore):
-    name = "trtllm_endpoint"
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
 
     @classmethod

@@ -24,6 +24,7 @@ from typing import Any
 from cores.openai.core import EndpointCore, check_http_url
 from llmlib.config.settings import read_yaml
 from llmlib.errors import ConfigError, HealthCheckError
+from llmlib.serving.registry import register_core
 
 
 def read_disagg_config(path: str) -> dict[str, Any]:
@@ -51,9 +52,8 @@ def _http(url: str) -> str:
     return url if url.startswith(("http://", "https://")) else f"http://{url}"
 
 
+@register_core("trtllm_disagg")
 class DisaggCore(EndpointCore):
-    name = "trtllm_disagg"
-
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         if not cfg.disagg_config:

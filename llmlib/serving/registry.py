@@ -3,8 +3,9 @@
 The table names every backend that ships with llmlib, so ``--core_type`` can be validated
 (and ``--help`` can list the choices) without importing any backend. A backend module is
 imported only when its name is chosen, so ``vllm`` or ``tritonclient`` load only for the
-core that needs them. Out-of-tree backends call ``register_core`` (as a decorator on the
-class, or with a ``"module:Class"`` string).
+core that needs them. Every core registers the one way, ``@register_core("name")`` on its
+class (shipped ones too: the table only lets them load lazily); an out-of-tree backend may
+instead add a lazy ``"module:Class"`` entry with ``register_core(name, target)``.
 """
 
 from __future__ import annotations

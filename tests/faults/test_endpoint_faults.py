@@ -14,7 +14,7 @@ import time
 import pytest
 
 from llmlib.config.settings import REPO_ROOT
-from tests.integration.test_e2e_dummy import harness
+from tests.conftest import run_harness
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ class FaultServer:
 
 def run_against(tmp_path, server, *more):
     t0 = time.monotonic()
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--core_type=trtllm_endpoint",
         f"--trtllm_server_urls={server.url}",

@@ -9,10 +9,9 @@ import pytest
 
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
 from llmlib.deploy.triton.repo import generate_triton_config
-from tests.integration.test_e2e_dummy import harness
-from tests.integration.test_triton import pytestmark as triton_marks
+from tests.conftest import TRITON_MARKS, run_harness
 
-pytestmark = triton_marks
+pytestmark = TRITON_MARKS
 
 EXPECT = {
     "error": "injected error",
@@ -33,7 +32,7 @@ def test_every_query_is_accounted_for_whatever_the_model_does(tmp_path, mode):
     with LaunchedServer(spec, tmp_path / "server.log") as server:
         server.wait_ready(60)
         t0 = time.monotonic()
-        p, runs = harness(
+        p, runs = run_harness(
             tmp_path,
             "--core_type=triton_grpc",
             f"--triton_server_urls=127.0.0.1:{spec.grpc_port}",

@@ -11,35 +11,13 @@ import pytest
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
 from llmlib.model.pseudo_tokens import pseudo_tokens
+from tests.conftest import run_harness
 
 pytestmark = pytest.mark.slow
 
-QUICK = [
-    "--min_duration=2000",
-    "--min_query_count=500",
-    "--server_target_qps=200",
-    "--progress=false",
-    "--warmup_queries=4",
-]
-
-
-def harness(tmp_path, *args, cwd=None, timeout=240):
-    p = subprocess.run(
-        [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}", *QUICK, *args],
-        cwd=cwd or REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    summaries = {}
-    for s in (tmp_path / "logs").rglob("summary.json"):
-        d = json.loads(s.read_text())
-        summaries[(d["scenario"], d["mode"])] = (d, s.parent)
-    return p, summaries
-
 
 def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
-    p, runs = harness(tmp_path, "--scenarios=offline,server")
+    p, runs = run_harness(tmp_path, "--scenarios=offline,server")
     assert p.returncode == 0, p.stderr
     assert set(runs) == {("offline", "performance"), ("server", "performance")}
     for (scenario, _), (s, run_dir) in runs.items():
@@ -79,7 +57,7 @@ def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
 
 
 def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
-    p, runs = harness(tmp_path, "--scenarios=server", "--num_cores=1", "--dummy_fail_after=120")
+    p, runs = run_harness(tmp_path, "--scenarios=server", "--num_cores=1", "--dummy_fail_after=120")
     assert p.returncode == 0, p.stderr
     s, _ = runs[("server", "performance")]
     h = s["harness"]
@@ -98,7 +76,7 @@ def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):
     # each engine thread completes thousands of queries as failed; were it to end while
     # LoadGen runs, LoadGen's log I/O thread would swap its freed buffers (SIGSEGV, no report)
     for fail_on_errors in ("auto", "true"):  # auto: exit 0 outside a SubmissionRun
-        p, runs = harness(
+        p, runs = run_harness(
             tmp_path, "--scenarios=offline", "--dummy_fail_after=500", "--min_query_count=8000",
             f"--fail_on_errors={fail_on_errors}",
         )  # fmt: skip
@@ -115,7 +93,7 @@ def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):
 
 
 def test_accuracy_mode_hands_loadgen_the_cores_token_ids(tmp_path):
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--scenarios=offline",
         "--test_mode=AccuracyOnly",
@@ -139,7 +117,7 @@ def test_submission_run_is_performance_then_accuracy_and_audit_config_is_not_use
     cwd.mkdir()
     # an audit.config that would force accuracy mode if LoadGen picked it up
     (cwd / "audit.config").write_text("*.*.mode = 1\n")
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--scenarios=singlestream",
         "--test_mode=SubmissionRun",
@@ -174,7 +152,7 @@ def test_submission_run_is_performance_then_accuracy_and_audit_config_is_not_use
 
 
 def test_test06_compliance_run_is_isolated_applied_and_verified(tmp_path):
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path, "--scenarios=server", "--test_mode=PerformanceOnly", "--compliance_tests=TEST06"
     )
     assert p.returncode == 0, p.stderr
@@ -201,7 +179,7 @@ def test_a_jsonl_dataset_is_served_and_its_references_reach_loadgen(tmp_path):
     ]
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--scenarios=server",
         "--test_mode=AccuracyOnly",
@@ -226,7 +204,7 @@ def test_humaneval_through_loadgen_answers_with_the_tokenized_solutions(tmp_path
 
     from llmlib.data.tokenizer import load_tokenizer
 
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--scenarios=offline",
         "--test_mode=AccuracyOnly",
@@ -304,7 +282,7 @@ def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
     tmp_path, tiny_tokenizer
 ):
     data = llama2_pickle(tmp_path / "orca.pkl", tiny_tokenizer)
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--benchmarks=llama2-70b",
         "--scenarios=offline",
@@ -325,7 +303,7 @@ def test_llama2_accuracy_run_scored_with_rouge_passes_when_answering_references(
 
 def test_a_submission_run_whose_accuracy_fails_exits_non_zero(tmp_path, tiny_tokenizer):
     data = llama2_pickle(tmp_path / "orca.pkl", tiny_tokenizer, wrong_text=True)
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--benchmarks=llama2-70b",
         "--scenarios=offline",
@@ -398,7 +376,7 @@ def test_mixtral_accuracy_run_scores_rouge_gsm8k_and_mbxp_by_running_the_code(
     tmp_path, tiny_tokenizer
 ):
     data = mixtral_pickle(tmp_path / "mixtral.pkl", tiny_tokenizer)
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--benchmarks=mixtral-8x7b",
         "--scenarios=offline",

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from llmlib.config.settings import REPO_ROOT
-
-from .test_e2e_dummy import harness
+from tests.conftest import run_harness
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +85,7 @@ def endpoint_args(url, *more):
 
 
 def test_offline_and_server_through_loadgen_are_valid(tmp_path, front):
-    p, runs = harness(tmp_path, *endpoint_args(front.url), "--server_target_qps=100")
+    p, runs = run_harness(tmp_path, *endpoint_args(front.url), "--server_target_qps=100")
     assert p.returncode == 0, p.stderr
     for scen in ("offline", "server"):
         s, run_dir = runs[(scen, "performance")]
@@ -99,7 +98,7 @@ def test_offline_and_server_through_loadgen_are_valid(tmp_path, front):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loadgen_receives_the_servers_token_ids(tmp_path, front, workers):
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         *endpoint_args(front.url, f"--workers_per_core={workers}"),
         "--scenarios=server",
@@ -134,7 +133,7 @@ def test_loadgen_receives_the_servers_token_ids(tmp_path, front, workers):
 def test_chat_api_with_a_text_only_server_is_retokenized_and_keeps_test06(tmp_path, tiny_tokenizer):
     f = Front(*FAST, f"--tokenizer_path={tiny_tokenizer}", "--no_token_ids")
     try:
-        p, runs = harness(
+        p, runs = run_harness(
             tmp_path,
             *endpoint_args(f.url, "--endpoint_api=chat", f"--tokenizer_path={tiny_tokenizer}"),
             "--scenarios=server",
@@ -172,7 +171,7 @@ def kill_after(front, successes, sig=signal.SIGKILL):
 def server_run(tmp_path, urls, *more, duration_ms=6000):
     """A 100 QPS Server run against ``urls``: (process, summary, run dir, seconds taken)."""
     t0 = time.monotonic()
-    p, runs = harness(tmp_path, *endpoint_args(urls, *more), "--scenarios=server",
+    p, runs = run_harness(tmp_path, *endpoint_args(urls, *more), "--scenarios=server",
                       f"--min_duration={duration_ms}", "--server_target_qps=100")  # fmt: skip
     s, run_dir = runs[("server", "performance")]
     return p, s, run_dir, time.monotonic() - t0
@@ -243,7 +242,7 @@ def test_a_stopped_server_fails_what_it_holds_after_the_stall_timeout(tmp_path):
 
 
 def test_no_server_listening_is_a_clear_error(tmp_path):
-    p, _ = harness(
+    p, _ = run_harness(
         tmp_path,
         *endpoint_args("http://127.0.0.1:9"),
         "--scenarios=offline",
@@ -254,9 +253,9 @@ def test_no_server_listening_is_a_clear_error(tmp_path):
 
 
 def test_missing_urls_and_a_bad_url_are_config_errors(tmp_path):
-    p, _ = harness(tmp_path, "--core_type=trtllm_endpoint", "--scenarios=offline")
+    p, _ = run_harness(tmp_path, "--core_type=trtllm_endpoint", "--scenarios=offline")
     assert p.returncode == 2 and "--trtllm_server_urls" in p.stderr
-    p, _ = harness(tmp_path, *endpoint_args("localhost:8000"), "--scenarios=offline")
+    p, _ = run_harness(tmp_path, *endpoint_args("localhost:8000"), "--scenarios=offline")
     assert p.returncode == 2 and "not an http(s) URL" in p.stderr
 
 
@@ -281,7 +280,7 @@ def test_disagg_core_reads_the_leader_and_workers_from_the_disagg_yaml(tmp_path)
     try:
         leader, ctx, gen = fronts
         conf = disagg_yaml(tmp_path / "disagg.yaml", leader.url, [ctx.url], [gen.url])
-        p, runs = harness(
+        p, runs = run_harness(
             tmp_path,
             "--core_type=trtllm_disagg",
             f"--disagg_config={conf}",
@@ -295,7 +294,7 @@ def test_disagg_core_reads_the_leader_and_workers_from_the_disagg_yaml(tmp_path)
         assert any(f"leader {leader.url}, 1 context / 1 generation" in n for n in s["notes"])
         # a worker that does not answer is named before the run starts
         gen.stop()
-        p, _ = harness(
+        p, _ = run_harness(
             tmp_path / "down",
             "--core_type=trtllm_disagg",
             f"--disagg_config={conf}",
@@ -309,9 +308,9 @@ def test_disagg_core_reads_the_leader_and_workers_from_the_disagg_yaml(tmp_path)
 
 
 def test_disagg_config_errors_name_the_file_and_the_problem(tmp_path):
-    p, _ = harness(tmp_path, "--core_type=trtllm_disagg", "--scenarios=offline")
+    p, _ = run_harness(tmp_path, "--core_type=trtllm_disagg", "--scenarios=offline")
     assert p.returncode == 2 and "--disagg_config" in p.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("hostname: localhost\nport: 8000\ncontext_servers: {urls: []}\n")
-    p, _ = harness(tmp_path, "--core_type=trtllm_disagg", f"--disagg_config={bad}")
+    p, _ = run_harness(tmp_path, "--core_type=trtllm_disagg", f"--disagg_config={bad}")
     assert p.returncode == 2 and "context_servers.urls is missing or empty" in p.stderr

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from .test_e2e_dummy import harness
+from tests.conftest import run_harness
 
 pytestmark = [
     pytest.mark.slow,
@@ -22,7 +22,7 @@ def test_launched_llama_cpp_server_through_loadgen_retokenized(tmp_path, tiny_to
     from harness.tools.tiny_model import build_gguf
 
     gguf = build_gguf(tmp_path, 2048)
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--core_type=trtllm_endpoint",
         "--launch_server=llamacpp",

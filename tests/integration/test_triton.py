@@ -21,27 +21,18 @@ from llmlib.config.settings import REPO_ROOT, resolve
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
 from llmlib.deploy.triton.repo import generate_triton_config
-from llmlib.deploy.triton.setup import TritonHome
 from llmlib.errors import ConfigError
 from llmlib.eval.accuracy import read_accuracy_log
 from llmlib.model.tiny_llama_np import TinyLlama
 from llmlib.serving.request import LLMRequest
+from tests.conftest import TRITON_MARKS, run_harness
 
-from .test_e2e_dummy import harness
-
-_ready = TritonHome.find().ready()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not _ready and not os.environ.get("LLMLIB_REQUIRE_NATIVE"),
-        reason="Triton is not prepared (make triton)",
-    ),
-]
+pytestmark = TRITON_MARKS
 TINY = ["--vocab_size=2048", "--sample_count=24", "--warmup_queries=2"]
 
 
 def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tiny_model):
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--core_type=triton_grpc",
         "--launch_server=triton",

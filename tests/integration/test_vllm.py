@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
-
-from .test_e2e_dummy import harness
+from tests.conftest import run_harness
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,7 +73,7 @@ def logged_vs_server(run_dir, server, model, n=4):
 
 def test_endpoint_core_against_vllm_serve(tmp_path, vllm_server, tiny_model):
     url = vllm_server.url
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--core_type=trtllm_endpoint",
         f"--trtllm_server_urls={url}",
@@ -90,7 +89,7 @@ def test_endpoint_core_against_vllm_serve(tmp_path, vllm_server, tiny_model):
     assert runs[("offline", "performance")][0]["validity"] == "VALID"
     assert runs[("server", "performance")][0]["harness"]["ttft_ns"]["p50"] > 0
     # accuracy mode: every sample once; LoadGen's data are the server's token ids
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path / "acc",
         "--core_type=trtllm_endpoint",
         f"--trtllm_server_urls={url}",
@@ -104,7 +103,7 @@ def test_endpoint_core_against_vllm_serve(tmp_path, vllm_server, tiny_model):
 
 def test_vllm_core_in_process_offline_and_server(tmp_path, vllm_server, tiny_model):
     flags = f"--vllm_engine_flags=model:{tiny_model},{ENGINE}"
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path,
         "--core_type=vllm",
         flags,
@@ -119,7 +118,7 @@ def test_vllm_core_in_process_offline_and_server(tmp_path, vllm_server, tiny_mod
         assert s["harness"]["failed"] == 0 and s["harness"]["completed"] >= 100
         assert any("vLLM in process on CPU" in n for n in s["notes"])
     assert runs[("offline", "performance")][0]["validity"] == "VALID"
-    p, runs = harness(
+    p, runs = run_harness(
         tmp_path / "acc",
         "--core_type=vllm",
         flags,
@@ -133,5 +132,5 @@ def test_vllm_core_in_process_offline_and_server(tmp_path, vllm_server, tiny_mod
 
 
 def test_vllm_core_without_a_model_is_a_config_error(tmp_path):
-    p, _ = harness(tmp_path, "--core_type=vllm", "--scenarios=offline")
+    p, _ = run_harness(tmp_path, "--core_type=vllm", "--scenarios=offline")
     assert p.returncode == 2 and "--vllm_engine_flags=model:PATH" in p.stderr

@@ -15,8 +15,7 @@ from llmlib.serving.policies import make_policy
 from llmlib.serving.pool import LLMServer
 from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 from llmlib.serving.request_log import RequestLog
-from tests.conftest import Collector, make_cfg
-from tests.unit.test_sut_contract import Q, RecordingSink
+from tests.conftest import Collector, Q, RecordingSink, make_cfg
 
 
 def dataset(n=64):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from harness.cli import main, parse_flags
+from harness.cli import COMMANDS, command, main, parse_flags
 from llmlib.config.settings import REPO_ROOT
 
 
@@ -195,3 +195,29 @@ def test_fail_on_errors_counts_runs_with_failed_requests(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["error: tiny/server/performance: 3 of 10 requests failed (--fail_on_errors; "
                    "the reasons are in report.md)"] * 2  # fmt: skip
+
+
+def test_every_command_resolves_and_shares_one_error_mapping(capsys):
+    """Each entry of the COMMANDS table names a function that exists (a module moved without
+    its entry fails here), and an LLMLibError from any command is one line and status 2."""
+    for name in COMMANDS:
+        assert callable(command(name)), name
+    assert main(["triton-setup", "--bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: triton-setup takes no arguments (got --bogus)"]
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in COMMANDS)
+
+
+@pytest.mark.parametrize("name", ["bench", "soak", "tiny-model", "topology", "bench-endpoint"])
+def test_commands_answer_help_through_the_table(name, capsys):
+    try:
+        status = main([name, "--help"])
+    except SystemExit as exc:  # (argparse's --help exits)
+        status = exc.code
+    assert status == 0
+    assert f"python -m harness {name}" in capsys.readouterr().out

@@ -51,3 +51,20 @@ def test_register_core_decorator_records_the_class(monkeypatch):
     assert get_core_class("plugin_x") is PluginCore
     assert PluginCore.name == "plugin_x"
     assert "plugin_x" in core_names()
+
+
+def test_every_shipped_core_registers_itself_under_its_table_name():
+    """One way to register: each shipped core's class carries the decorator, so its name is
+    the table's (a class without it would keep LLMCore's default name)."""
+    import importlib.util
+
+    for name, target in sorted(CORE_TABLE.items()):
+        module, _, cls_name = target.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError:  # (an optional backend's package is not installed)
+            continue
+        cls = getattr(mod, cls_name)
+        assert cls.name == name, (name, target)
+        source = importlib.util.find_spec(module).origin  # type: ignore[union-attr]
+        assert f'@register_core("{name}")' in open(source).read(), name

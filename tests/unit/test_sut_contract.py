@@ -2,7 +2,6 @@
 sink in place of LoadGen and real dummy cores behind a real LLMServer."""
 
 import csv
-import ctypes
 
 import numpy as np
 
@@ -13,37 +12,9 @@ from llmlib.serving.policies import make_policy
 from llmlib.serving.pool import LLMServer
 from llmlib.serving.request import LLMResponse, failed_response
 from llmlib.serving.request_log import RequestLog
-from tests.conftest import make_cfg
+from tests.conftest import Q, RecordingSink, make_cfg
 
 EOS = 2
-
-
-class RecordingSink:
-    """Copies the data at each pointer, as LoadGen does during the call."""
-
-    def __init__(self):
-        self.calls = []  # ("first"|"final", [(qid, tokens, n_tokens)])
-
-    def _copy(self, items):
-        out = []
-        for qid, ptr, nbytes, n in items:
-            data = ctypes.string_at(ptr, nbytes) if nbytes else b""
-            out.append((qid, list(np.frombuffer(data, dtype=np.uint32)), n))
-        return out
-
-    def first_token_complete(self, items):
-        self.calls.append(("first", self._copy(items)))
-
-    def query_samples_complete(self, items):
-        self.calls.append(("final", self._copy(items)))
-
-    def events(self, kind):
-        return {q: (toks, n) for k, items in self.calls if k == kind for q, toks, n in items}
-
-
-class Q:
-    def __init__(self, qid, index):
-        self.id, self.index = qid, index
 
 
 def setup(stream, cores=2, clock=None, **cfg_kw):
