@@ -17,7 +17,7 @@ from typing import cast
 
 from harness.run.driver import DRIVER, launched_server, results_root, run_tests
 from harness.run.interrupt import Interrupted, exit_status
-from harness.run.runner import (
+from harness.run.prepare import (
     check_datasets,
     check_loadgen_targets,
     check_pools,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.run.runner import build_cores, build_dataset
+from harness.run.prepare import build_cores, build_dataset
 from harness.run.sut import HarnessSUT
 from llmlib.config.settings import resolve
 from llmlib.data.benchmarks import load_benchmark

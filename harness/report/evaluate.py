@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.run.runner import build_dataset
+from harness.run.prepare import build_dataset
 from llmlib.config.settings import Config
 from llmlib.data.benchmarks import load_benchmark
 from llmlib.data.tokenizer import load_tokenizer

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.report.report import console_table
 from harness.run.interrupt import DriverSignals, Interrupted, say_interrupted
-from harness.run.runner import MODE_DIR
+from harness.run.prepare import MODE_DIR
 from llmlib.config.settings import REPO_ROOT, Config
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
 from llmlib.errors import ConfigError, LLMLibError

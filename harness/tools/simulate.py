@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.run.runner import build_dataset
+from harness.run.prepare import build_dataset
 from llmlib.config.flags import KV_TRANSFER_FLAGS, parse_flag_string
 from llmlib.config.settings import REPO_ROOT, Config
 from llmlib.data.benchmarks import load_benchmark

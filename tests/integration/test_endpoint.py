@@ -108,7 +108,7 @@ def test_loadgen_receives_the_servers_token_ids(tmp_path, front, workers):
     s, run_dir = runs[("server", "accuracy")]
     assert any(f"{workers} worker processes" in n for n in s["notes"]) == (workers > 0)
     logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
-    from harness.run.runner import build_dataset
+    from harness.run.prepare import build_dataset
     from llmlib.config.settings import resolve
     from llmlib.data.benchmarks import load_benchmark
 

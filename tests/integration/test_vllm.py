@@ -55,7 +55,7 @@ def server_answer(url, model, prompt, max_tokens):
 
 
 def logged_vs_server(run_dir, server, model, n=4):
-    from harness.run.runner import build_dataset
+    from harness.run.prepare import build_dataset
     from llmlib.config.settings import resolve
     from llmlib.data.benchmarks import load_benchmark
 
