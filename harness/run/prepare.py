@@ -23,9 +23,9 @@ from llmlib.data.tokenizer import load_tokenizer
 from llmlib.errors import ConfigError
 from llmlib.eval.rules import MAX_SCHEDULED_QUERIES, check_schedule, official_settings
 from llmlib.model.engine import profile_from_config
-from llmlib.model.simulator import KVTransfer
 from llmlib.serving.core import LLMCore
 from llmlib.serving.disagg import PDServer
+from llmlib.serving.kv_transfer import KVTransfer
 from llmlib.serving.policies import DEFAULT_POLICY, make_policy
 from llmlib.serving.pool import LLMServer, Pool
 from llmlib.serving.registry import get_core_class

@@ -28,15 +28,9 @@ from llmlib.config.flags import KV_TRANSFER_FLAGS, parse_flag_string
 from llmlib.config.settings import REPO_ROOT, Config
 from llmlib.data.benchmarks import load_benchmark
 from llmlib.errors import ConfigError
+from llmlib.model.arrivals import SimRequest, arrivals, chat_arrivals
 from llmlib.model.engine import get_profile, load_profiles, profile_from_config
-from llmlib.model.simulator import (
-    EngineSpec,
-    KVTransfer,
-    SimRequest,
-    arrivals,
-    chat_arrivals,
-    simulate,
-)
+from llmlib.model.simulator import EngineSpec, KVTransfer, simulate
 from llmlib.serving.policies import POLICIES, POLICY_FLAGS, make_policy
 from llmlib.serving.prefix import token_blocks
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,18 +32,11 @@ from typing import Any
 import numpy as np
 
 from llmlib.errors import ConfigError
-from llmlib.model.engine import BLOCK_TOKENS, EngineProfile, make_model
+from llmlib.model.arrivals import SimRequest
+from llmlib.model.engine import EngineProfile, make_model
 from llmlib.serving.core import Telemetry
-from llmlib.serving.policies import make_policy
-from llmlib.serving.prefix import chat_blocks
-
-
-@dataclass(frozen=True, slots=True)
-class SimRequest:
-    arrival_ns: int
-    prompt_len: int
-    output_len: int
-    blocks: tuple[int, ...] = ()  # chained hashes of its prompt's blocks (llmlib.serving.prefix)
+from llmlib.serving.kv_transfer import KVTransfer
+from llmlib.serving.policies import TrafficPolicy, make_policy
 
 
 @dataclass(frozen=True)
@@ -54,113 +46,6 @@ class EngineSpec:
     profile: EngineProfile
     count: int = 1
     price_per_hour: float = 0.0
-
-
-def _lengths(rng: random.Random, median: int, sigma: float, cap: int) -> int:
-    """A log-normal length around ``median`` (``sigma`` 0: exactly the median), 1..cap."""
-    if sigma <= 0:
-        return max(1, min(cap, median))
-    return max(1, min(cap, int(round(median * math.exp(rng.gauss(0.0, sigma))))))
-
-
-def arrivals(
-    n: int,
-    rate_per_s: float,
-    process: str = "poisson",
-    seed: int = 0,
-    prompt_len: int = 512,
-    output_len: int = 128,
-    length_sigma: float = 0.5,
-    burst_cv: float = 3.0,
-    max_len: int = 8192,
-) -> list[SimRequest]:
-    """``n`` requests at ``rate_per_s`` on average: ``poisson`` (exponential gaps) or
-    ``bursty`` (gamma gaps with coefficient of variation ``burst_cv``: clumps and lulls at
-    the same mean rate); prompt and output lengths log-normal around their medians."""
-    if n < 0 or rate_per_s <= 0:
-        raise ConfigError("arrivals: need n >= 0 and a rate above 0")
-    if process not in ("poisson", "bursty"):
-        raise ConfigError(f"arrival process must be poisson or bursty, not {process!r}")
-    rng = random.Random(seed)
-    mean_gap = 1e9 / rate_per_s
-    if process == "bursty":
-        shape = 1.0 / (burst_cv * burst_cv)
-        gap = lambda: rng.gammavariate(shape, mean_gap / shape)  # noqa: E731
-    else:
-        gap = lambda: rng.expovariate(1.0 / mean_gap)  # noqa: E731
-    t = 0.0
-    out = []
-    for _ in range(n):
-        t += gap()
-        out.append(
-            SimRequest(
-                int(t),
-                _lengths(rng, prompt_len, length_sigma, max_len),
-                _lengths(rng, output_len, length_sigma, max_len),
-            )
-        )
-    return out
-
-
-def chat_arrivals(
-    n: int,
-    rate_per_s: float,
-    seed: int = 0,
-    systems: int = 8,
-    system_len: int = 1024,
-    turns: float = 4.0,
-    user_len: int = 128,
-    output_len: int = 128,
-    think_s: float = 10.0,
-    length_sigma: float = 0.5,
-    max_len: int = 16384,
-) -> list[SimRequest]:
-    """Multi-turn chats with shared prefixes, ``n`` requests at ``rate_per_s`` on average:
-    conversations start as a Poisson process, each on one of ``systems`` system prompts of
-    ``system_len`` tokens (shared across conversations), with a geometric number of turns
-    (mean ``turns``) ``think_s`` apart on average (open loop). Turn t's prompt is the whole
-    transcript so far plus a new user message, so it shares every earlier block with turn
-    t-1 and its system prompt's blocks with other conversations."""
-    if n < 0 or rate_per_s <= 0 or turns < 1 or systems < 1:
-        raise ConfigError("chat_arrivals: need n >= 0, rate > 0, turns >= 1, systems >= 1")
-    rng = random.Random(seed)
-    start_gap = turns / rate_per_s
-    p_more = 1.0 - 1.0 / turns
-    warm = 3.0 * turns * think_s  # starts from -warm: the rate is steady from time 0
-    # first the plan (cheap): per turn (arrival s, conversation, prompt and output tokens)
-    turns_at: list[tuple[float, int, int, int]] = []
-    convs: list[tuple[int, int]] = []  # per conversation: (system, transcript tokens)
-    t, made = -warm, 0
-    cutoff = math.inf  # once n have come after 0: the n-th earliest; no later start is sooner
-    while t <= cutoff:
-        t += rng.expovariate(1.0 / start_gap)
-        conv, system = len(convs), rng.randrange(systems)
-        at, length = t, system_len
-        while True:
-            prompt = min(length + _lengths(rng, user_len, length_sigma, max_len), max_len)
-            out_len = _lengths(rng, output_len, length_sigma, max_len)
-            if at >= 0:
-                turns_at.append((at, conv, prompt, out_len))
-                made += 1
-            length = prompt + out_len
-            if rng.random() >= p_more:
-                break
-            at += rng.expovariate(1.0 / think_s)
-        convs.append((system, min(length, max_len)))
-        if made >= n and cutoff == math.inf:
-            cutoff = sorted(x[0] for x in turns_at)[n - 1] if n else -math.inf
-    turns_at.sort()
-    # then the blocks, only for the n kept (each conversation's chain made once)
-    chains: dict[int, list[int]] = {}
-    out: list[SimRequest] = []
-    for at, conv, prompt, out_len in turns_at[:n]:
-        chain = chains.get(conv)
-        if chain is None:
-            system, total = convs[conv]
-            chain = chains[conv] = chat_blocks(system, conv, system_len, total)
-        blocks = tuple(chain[: prompt // BLOCK_TOKENS])
-        out.append(SimRequest(int(at * 1e9), prompt, out_len, blocks))
-    return out
 
 
 @dataclass
@@ -253,33 +138,6 @@ class SimResult:
         }
 
 
-@dataclass(frozen=True)
-class KVTransfer:
-    """Moving a prompt's KV cache from a prefill engine to a decode engine: each prefill
-    engine sends one at a time (its link busy ``per_token_ns`` per prompt token), and the
-    cache lands ``base_ns`` after its last byte leaves (set-up and latency)."""
-
-    base_ns: int = 0
-    per_token_ns: int = 0
-
-    def __post_init__(self) -> None:
-        if self.base_ns < 0 or self.per_token_ns < 0:
-            raise ConfigError("KV transfer: base and per-token times must not be negative")
-
-    @classmethod
-    def from_flags(cls, flags: Mapping[str, float]) -> KVTransfer:
-        """From a parsed ``base_us:..,per_token_ns:..`` flag string (``KV_TRANSFER_FLAGS``)."""
-        return cls(
-            int(round(flags.get("base_us", 0.0) * 1000)), int(round(flags.get("per_token_ns", 0.0)))
-        )
-
-    def landed_ns(self, done_ns: int, link_free_ns: int, prompt_len: int) -> tuple[int, int]:
-        """(when the link is free again, when the KV cache has landed) for a prompt
-        prefilled at ``done_ns`` on an engine whose link frees at ``link_free_ns``."""
-        free = max(done_ns, link_free_ns) + self.per_token_ns * prompt_len
-        return free, free + self.base_ns
-
-
 def _migrations(*stats: dict[str, Any]) -> int | None:
     """Requests the policies sent away from their prefix's home (None: no policy counts)."""
     got = [s["migrations"] for s in stats if "migrations" in s]
@@ -312,108 +170,144 @@ def simulate(
         more, more_prices = _fleet(decode_engines)
         profiles += more
         prices += more_prices
-    n_eng, n = len(profiles), len(requests)
-    disagg = n_eng > n_pre
-    transfer = kv_transfer or KVTransfer()
-    models = [make_model(p) for p in profiles]
-    tels = [Telemetry() for _ in range(n_eng)]
-    chooser = make_policy(policy, n_pre, seed, policy_flags)
-    chooser.bind(tels[:n_pre])
-    dchooser = None
-    if disagg:
-        dchooser = make_policy(decode_policy, n_eng - n_pre, seed, decode_policy_flags)
-        dchooser.bind(tels[n_pre:])
-    watch = chooser.uses_telemetry or (dchooser is not None and dchooser.uses_telemetry)
+    n = len(requests)
     if placement is not None and (
         len(placement) != n or any(not 0 <= e < n_pre for e in placement)
     ):
         raise ConfigError(f"placement: {n} engine indices below {n_pre} expected")
-    pending = [0] * n_eng
-    engine = np.zeros(n, dtype=np.int64)
-    decode_engine = np.full(n, -1, dtype=np.int64)
-    first = np.zeros(n, dtype=np.int64)
-    final = np.zeros(n, dtype=np.int64)
-    link_free = [0] * n_pre
-    wake: list[int | None] = [None] * n_eng
-    heap: list[tuple[int, int]] = []  # (next step boundary, engine); stale entries skipped
-    handoffs: list[tuple[int, int]] = []  # (KV landed at a decode engine, request)
-    push, pop = heapq.heappush, heapq.heappop
-    in_system = 0
-    every = max(1, n // max(depth_points, 1))
-    depth: list[tuple[int, int]] = []
-
-    def run(e: int, until: int) -> None:
-        nonlocal in_system
-        for t, sid, is_final in models[e].advance(until):
-            if not is_final:
-                first[sid] = t
-                if watch:
-                    tels[e].observe_ttft(t - requests[sid].arrival_ns)
-                continue
-            pending[e] -= 1
-            out = requests[sid].output_len
-            if disagg and e < n_pre and out > 1:  # prefilled: its KV cache moves on
-                link_free[e], landed = transfer.landed_ns(t, link_free[e], requests[sid].prompt_len)
-                push(handoffs, (landed, sid))
-                continue
-            final[sid] = t
-            in_system -= 1
-            if watch and out > 1:
-                tels[e].observe_tpot((t - first[sid]) / (out - 1))
-        schedule(e)
-
-    def schedule(e: int) -> None:
-        w = models[e].next_wakeup_ns()
-        if w is not None and w != wake[e]:
-            push(heap, (w, e))
-        wake[e] = w
-
-    def until(t: float) -> None:
-        """Every engine step and KV landing up to ``t``, in time order."""
-        while True:
-            tw = heap[0][0] if heap else math.inf
-            th = handoffs[0][0] if handoffs else math.inf
-            if min(tw, th) > t or not (heap or handoffs):
-                return
-            if tw <= th:
-                w, e = pop(heap)
-                if wake[e] == w:
-                    wake[e] = None
-                    run(e, w)
-                continue
-            h, sid = pop(handoffs)
-            loads = pending[n_pre:]
-            d = n_pre + dchooser.assign([requests[sid]], loads)[0]  # type: ignore[union-attr,list-item]
-            decode_engine[sid] = d
-            models[d].submit_decode(sid, h, requests[sid].output_len - 1)
-            pending[d] += 1
-            schedule(d)
-
-    for k, req in enumerate(requests):
-        t = req.arrival_ns
-        until(t)
-        e = chooser.assign([req], pending[:n_pre])[0] if placement is None else placement[k]  # type: ignore[list-item]
-        engine[k] = e
-        models[e].submit(k, t, req.prompt_len, 1 if disagg else req.output_len, req.blocks)
-        pending[e] += 1
-        in_system += 1
-        schedule(e)
-        if k % every == 0:
-            depth.append((t, in_system))
-    until(math.inf)
-    if in_system:
-        raise AssertionError(f"simulator: {in_system} requests never finished")
+    chooser = make_policy(policy, n_pre, seed, policy_flags)
+    dchooser = None
+    if len(profiles) > n_pre:
+        dchooser = make_policy(decode_policy, len(profiles) - n_pre, seed, decode_policy_flags)
+    run = _FleetRun(requests, profiles, n_pre, chooser, dchooser, kv_transfer or KVTransfer())
+    run.run(placement, max(1, n // max(depth_points, 1)))
     names = [f"{p.name}#{i}" for i, p in enumerate(profiles)]
-    res = SimResult(requests, engine, first, final, names, prices, policy, depth)
-    res.decode_engine = decode_engine
-    res.pools = {"prefill": n_pre, "decode": n_eng - n_pre} if disagg else {"shared": n_eng}
+    res = SimResult(requests, run.engine, run.first, run.final, names, prices, policy, run.depth)
+    res.decode_engine = run.decode_engine
+    res.pools = (
+        {"prefill": n_pre, "decode": run.n_eng - n_pre} if run.disagg else {"shared": run.n_eng}
+    )
     res.policy_stats = chooser.stats()
     if dchooser is not None:
         res.decode_policy = decode_policy
         res.decode_policy_stats = dchooser.stats()
-    res.prompt_tokens = sum(getattr(m, "prompt_tokens", 0) for m in models)
-    res.cached_tokens = sum(getattr(m, "cached_tokens", 0) for m in models)
+    res.prompt_tokens = sum(getattr(m, "prompt_tokens", 0) for m in run.models)
+    res.cached_tokens = sum(getattr(m, "cached_tokens", 0) for m in run.models)
     return res
+
+
+class _FleetRun:
+    """One simulation's state and its event loop: engine steps (a heap of each engine's next
+    step boundary; stale entries skipped) and KV landings at decode engines (a second heap),
+    taken in time order between arrivals."""
+
+    def __init__(
+        self,
+        requests: Sequence[SimRequest],
+        profiles: list[EngineProfile],
+        n_pre: int,
+        chooser: TrafficPolicy,
+        dchooser: TrafficPolicy | None,
+        transfer: KVTransfer,
+    ) -> None:
+        self.requests, self.n_pre, self.transfer = requests, n_pre, transfer
+        self.n_eng = n_eng = len(profiles)
+        self.disagg = n_eng > n_pre
+        self.models = [make_model(p) for p in profiles]
+        self.tels = [Telemetry() for _ in range(n_eng)]
+        self.chooser, self.dchooser = chooser, dchooser
+        chooser.bind(self.tels[:n_pre])
+        if dchooser is not None:
+            dchooser.bind(self.tels[n_pre:])
+        self.watch = chooser.uses_telemetry or (dchooser is not None and dchooser.uses_telemetry)
+        n = len(requests)
+        self.pending = [0] * n_eng
+        self.engine = np.zeros(n, dtype=np.int64)
+        self.decode_engine = np.full(n, -1, dtype=np.int64)
+        self.first = np.zeros(n, dtype=np.int64)
+        self.final = np.zeros(n, dtype=np.int64)
+        self.link_free = [0] * n_pre
+        self.wake: list[int | None] = [None] * n_eng
+        self.heap: list[tuple[int, int]] = []  # (next step boundary, engine)
+        self.handoffs: list[tuple[int, int]] = []  # (KV landed at a decode engine, request)
+        self.in_system = 0
+        self.depth: list[tuple[int, int]] = []
+
+    def run(self, placement: Sequence[int] | None, every: int) -> None:
+        """Every arrival in order (placed by the policy or ``placement``), then the rest."""
+        for k, req in enumerate(self.requests):
+            t = req.arrival_ns
+            self.until(t)
+            if placement is None:
+                e = self.chooser.assign([req], self.pending[: self.n_pre])[0]  # type: ignore[list-item]
+            else:
+                e = placement[k]
+            self.engine[k] = e
+            out = 1 if self.disagg else req.output_len
+            self.models[e].submit(k, t, req.prompt_len, out, req.blocks)
+            self.pending[e] += 1
+            self.in_system += 1
+            self.schedule(e)
+            if k % every == 0:
+                self.depth.append((t, self.in_system))
+        self.until(math.inf)
+        if self.in_system:
+            raise AssertionError(f"simulator: {self.in_system} requests never finished")
+
+    def step(self, e: int, until: int) -> None:
+        """Engine ``e`` up to ``until``: first tokens, finals, prefilled caches sent on."""
+        requests, first = self.requests, self.first
+        for t, sid, is_final in self.models[e].advance(until):
+            if not is_final:
+                first[sid] = t
+                if self.watch:
+                    self.tels[e].observe_ttft(t - requests[sid].arrival_ns)
+                continue
+            self.pending[e] -= 1
+            out = requests[sid].output_len
+            if self.disagg and e < self.n_pre and out > 1:  # prefilled: its KV cache moves on
+                self.link_free[e], landed = self.transfer.landed_ns(
+                    t, self.link_free[e], requests[sid].prompt_len
+                )
+                heapq.heappush(self.handoffs, (landed, sid))
+                continue
+            self.final[sid] = t
+            self.in_system -= 1
+            if self.watch and out > 1:
+                self.tels[e].observe_tpot((t - first[sid]) / (out - 1))
+        self.schedule(e)
+
+    def schedule(self, e: int) -> None:
+        w = self.models[e].next_wakeup_ns()
+        if w is not None and w != self.wake[e]:
+            heapq.heappush(self.heap, (w, e))
+        self.wake[e] = w
+
+    def until(self, t: float) -> None:
+        """Every engine step and KV landing up to ``t``, in time order."""
+        heap, handoffs, wake = self.heap, self.handoffs, self.wake
+        while heap or handoffs:
+            tw = heap[0][0] if heap else math.inf
+            th = handoffs[0][0] if handoffs else math.inf
+            if min(tw, th) > t:
+                return
+            if tw <= th:
+                w, e = heapq.heappop(heap)
+                if wake[e] == w:
+                    wake[e] = None
+                    self.step(e, w)
+                continue
+            self.land(*heapq.heappop(handoffs))
+
+    def land(self, at: int, sid: int) -> None:
+        """A prefilled request's KV cache lands: its decode engine is chosen now."""
+        assert self.dchooser is not None
+        n_pre = self.n_pre
+        d = n_pre + self.dchooser.assign([self.requests[sid]], self.pending[n_pre:])[0]  # type: ignore[list-item]
+        self.decode_engine[sid] = d
+        self.models[d].submit_decode(sid, at, self.requests[sid].output_len - 1)
+        self.pending[d] += 1
+        self.schedule(d)
 
 
 def _fleet(engines: Sequence[EngineSpec]) -> tuple[list[EngineProfile], list[float]]:

@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from llmlib.model.simulator import KVTransfer
 from llmlib.serving.core import CompletionCallback, LLMCore
 from llmlib.serving.health import CoreHealth
+from llmlib.serving.kv_transfer import KVTransfer
 from llmlib.serving.policies import TrafficPolicy
 from llmlib.serving.pool import LLMServer
 from llmlib.serving.request import (

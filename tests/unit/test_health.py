@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from cores.dummy import DummyCore
-from llmlib.model.simulator import KVTransfer
 from llmlib.serving.core import LLMCore
 from llmlib.serving.disagg import PDServer
 from llmlib.serving.health import CoreHealth, describe_events
+from llmlib.serving.kv_transfer import KVTransfer
 from llmlib.serving.policies import POLICIES, make_policy
 from llmlib.serving.pool import LLMServer
 from llmlib.serving.request import LLMRequest, LLMResponse, failed_response

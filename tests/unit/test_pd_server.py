@@ -9,8 +9,8 @@ import pytest
 
 from cores.dummy import DummyCore
 from llmlib.errors import ConfigError
-from llmlib.model.simulator import KVTransfer
 from llmlib.serving.disagg import PDServer
+from llmlib.serving.kv_transfer import KVTransfer
 from llmlib.serving.policies import make_policy
 from llmlib.serving.request import LLMRequest
 from tests.conftest import make_cfg

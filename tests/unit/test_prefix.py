@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from llmlib.errors import ConfigError
+from llmlib.model.arrivals import SimRequest, chat_arrivals
 from llmlib.model.engine import BLOCK_TOKENS, BatchingModel, EngineProfile, PrefixCache
-from llmlib.model.simulator import EngineSpec, SimRequest, chat_arrivals, simulate
+from llmlib.model.simulator import EngineSpec, simulate
 from llmlib.serving.policies import CacheAware, KVAware, make_policy
 from llmlib.serving.prefix import BlockSet, blocks_of, chat_blocks, token_blocks
 from llmlib.serving.request import LLMRequest

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from harness.report.scorecard import load_runs, score
+from llmlib.model.arrivals import chat_arrivals
 from llmlib.model.engine import EngineProfile
-from llmlib.model.simulator import EngineSpec, chat_arrivals, simulate
+from llmlib.model.simulator import EngineSpec, simulate
 
 MS = 1_000_000
 

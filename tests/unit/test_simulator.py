@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from llmlib.errors import ConfigError
+from llmlib.model.arrivals import SimRequest, arrivals
 from llmlib.model.engine import EngineProfile, load_profiles
-from llmlib.model.simulator import EngineSpec, SimRequest, arrivals, simulate
+from llmlib.model.simulator import EngineSpec, simulate
 
 MS = 1_000_000
 FIXED = EngineProfile(name="fixed", kind="fixed", ttft_ns=20 * MS, tpot_ns=5 * MS)
@@ -184,7 +185,7 @@ def test_a_live_dummy_run_replays_in_the_simulator(tmp_path):
 
 
 def test_disaggregated_pools_prefill_then_move_the_kv_cache_then_decode():
-    from llmlib.model.simulator import KVTransfer
+    from llmlib.serving.kv_transfer import KVTransfer
 
     reqs = [SimRequest(i * 100 * MS, 1000, 11) for i in range(5)] + [SimRequest(600 * MS, 1000, 1)]
     kv = KVTransfer(base_ns=3 * MS, per_token_ns=2000)  # 2 ms for 1000 tokens, then 3 ms
@@ -227,7 +228,7 @@ def test_disaggregation_keeps_decode_steps_free_of_prefill():
 def test_telemetry_policy_in_the_simulator_reads_the_engines_answers(monkeypatch):
     import dataclasses
 
-    from llmlib.model.simulator import chat_arrivals
+    from llmlib.model.arrivals import chat_arrivals
     from llmlib.serving.policies import TelemetryPolicy
 
     slow = dataclasses.replace(
