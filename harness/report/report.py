@@ -4,11 +4,14 @@ per-request records. Writes summary.json, report.md and requests.csv into the ru
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llmlib.serving.health import describe_events
-from llmlib.serving.request_log import RequestLog, percentiles
+from llmlib.serving.request_log import RequestLog
 
 _PCTS = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
 
@@ -288,3 +291,16 @@ def console_table(summaries: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
+
+
+def percentiles(values: np.ndarray, ps: Sequence[float] = PERCENTILES) -> dict[str, float]:
+    """``{"p50": ..., "p99.9": ..., "mean": ...}``; empty dict when no values."""
+    if len(values) == 0:
+        return {}
+    out = {f"p{p:g}": float(np.percentile(values, p)) for p in ps}
+    out["mean"] = float(np.mean(values))
+    out["max"] = float(np.max(values))
+    return out

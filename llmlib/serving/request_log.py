@@ -10,14 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from llmlib.serving.log_parts import COLUMNS, INT_COLUMNS, read_part, warm_arrow, write_part
 from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
-PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
-
-
-BLOCK_ROWS = 1 << 15
-INT_COLUMNS = ("qid", "sample", "issue_ns", "first_ns", "final_ns", "n_tokens", "core")
-COLUMNS = (*INT_COLUMNS, "error", "tokens_before_failure")
+BLOCK_ROWS = 1 << 15  # requests per block (int64 columns: ~1.8 MB in memory)
 CSV_HEADER = ["query_id", "sample_index", "core", "issue_ms", "ttft_ms", "latency_ms",
               "tpot_ms", "n_tokens", "error", "tokens_before_failure"]  # fmt: skip
 
@@ -81,7 +77,7 @@ class RequestLog:
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._lock = threading.Lock()
         if spill_dir is not None:
-            _warm_arrow()
+            warm_arrow(BLOCK_ROWS)
 
     # --- the request path: appends only ---------------------------------------------------
     def on_issue(self, requests: Sequence[LLMRequest]) -> None:
@@ -259,7 +255,7 @@ class RequestLog:
         assert self._spill_dir is not None
         blk = self._blocks.pop(k)
         self._spill_dir.mkdir(parents=True, exist_ok=True)
-        _write_part(blk.table(), self._part(k))
+        write_part(blk.table(), self._part(k))
         self._spilled.append(k)
 
     def _part(self, k: int) -> Path:
@@ -314,7 +310,7 @@ class RequestLog:
             if self._cache is not None and self._cache[0] == self._version:
                 return self._cache[1]
             parts: list[tuple[int, dict[str, np.ndarray]]] = [
-                (k, _read_part(self._part(k))) for k in self._spilled
+                (k, read_part(self._part(k))) for k in self._spilled
             ]
             parts += [(k, b.table()) for k, b in self._blocks.items()]
             parts.sort(key=lambda kv: kv[0])
@@ -414,48 +410,6 @@ class RequestLog:
         return counts
 
 
-def _write_part(columns: dict[str, np.ndarray], path: Path | Any) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    # (dictionary encoding only for the error column: on the int columns, whose values are
-    # mostly distinct, it cost ~20 MB of RSS for nothing; measured)
-    pq.write_table(pa.table({c: pa.array(v) for c, v in columns.items()}), path,
-                   compression="zstd", use_dictionary=["error"])  # fmt: skip
-
-
-_ARROW_WARM = False
-
-
-def _warm_arrow() -> None:
-    """Import pyarrow and write one block's worth to memory, once per process, before a test
-    starts: pyarrow's first use costs its process ~100 MB of RSS once (its libraries, lazy
-    initialization; measured), which would otherwise show as a step in the middle of the test
-    at the first spill. The system allocator, not pyarrow's mimalloc, which keeps arenas
-    (~20 MB more after 20 writes; measured)."""
-    global _ARROW_WARM
-    if _ARROW_WARM:
-        return
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    full = _Block()
-    full.filled = BLOCK_ROWS
-    for a in full.cols.values():  # (distinct values, as a real block has)
-        a[:] = np.arange(BLOCK_ROWS) * 1_000_003
-    _write_part(full.table(), pa.BufferOutputStream())
-    _ARROW_WARM = True
-
-
-def _read_part(path: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    out = {c: table.column(c).to_numpy() for c in INT_COLUMNS + ("tokens_before_failure",)}
-    out["error"] = np.asarray(table.column("error").to_pylist(), dtype=object)
-    return out
-
-
 def _fmt(v: float | str) -> str:
     return v if isinstance(v, str) else f"{v:.3f}"
 
@@ -478,13 +432,3 @@ def _ttft_tpot(
     if window is not None:
         ttft, tpot = ttft[-window:], tpot[-window:]
     return ttft, tpot
-
-
-def percentiles(values: np.ndarray, ps: Sequence[float] = PERCENTILES) -> dict[str, float]:
-    """``{"p50": ..., "p99.9": ..., "mean": ...}``; empty dict when no values."""
-    if len(values) == 0:
-        return {}
-    out = {f"p{p:g}": float(np.percentile(values, p)) for p in ps}
-    out["mean"] = float(np.mean(values))
-    out["max"] = float(np.max(values))
-    return out

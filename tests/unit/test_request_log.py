@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from harness.run.progress import Progress
-from llmlib.serving import request_log as metrics
+from llmlib.serving import request_log
 from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
 from llmlib.serving.request_log import RequestLog
 
@@ -81,7 +81,7 @@ def test_nothing_is_lost_while_a_monitor_folds_concurrently():
 
 # --- blocks: sealed when every request in them is final, spilled as Parquet -------------------
 def blocks_of_4(monkeypatch):
-    monkeypatch.setattr(metrics, "BLOCK_ROWS", 4)
+    monkeypatch.setattr(request_log, "BLOCK_ROWS", 4)
 
 
 def read_parts(d):
