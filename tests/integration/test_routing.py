@@ -11,7 +11,7 @@ import pytest
 from cores.routing import RoutingCore
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import RequestBuilder
-from llmlib.data.loaders import load_jsonl
+from llmlib.data.token_files import load_jsonl
 from llmlib.data.tokenizer import load_tokenizer
 from llmlib.errors import ConfigError, UnknownNameError
 from llmlib.serving.request import RequestBatch

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from llmlib.data.benchmarks import RequestBuilder
-from llmlib.data.loaders import TokenDataset, detect_format, load_dataset
+from llmlib.data.loaders import detect_format, load_dataset
+from llmlib.data.token_dataset import TokenDataset
 from llmlib.errors import ConfigError, UnknownNameError
 
 

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from llmlib.data.loaders import load_dataset, sharegpt_samples
+from llmlib.data.loaders import load_dataset
+from llmlib.data.text_sources import sharegpt_samples
 from llmlib.data.tokenizer import load_tokenizer
 from llmlib.errors import ConfigError
 
