@@ -30,7 +30,9 @@ from typing import Any
 
 from llmlib.config.settings import FIELDS, read_yaml
 from llmlib.errors import ConfigError, UnknownNameError
-from llmlib.router.model import MAX_WORDS, Gate, Router, load_model
+from llmlib.router.features import MAX_WORDS
+from llmlib.router.gate import Gate
+from llmlib.router.model import Router, load_model
 
 _TOP_KEYS = {
     "router",

@@ -1,29 +1,18 @@
 """The query router: a keyword gate, then hashed n-gram features and a small MLP.
 
-Features (``FEATURE_VERSION`` 1), from the prompt's first ``MAX_CHARS`` characters
-lower-cased and split on whitespace (the first ``MAX_WORDS`` words, each cut to
-``MAX_WORD_CHARS`` characters, so a prompt of megabytes costs what a short one does):
-
-* each word: ``crc32("w:" + word)``;
-* the character 3- and 4-grams of ``"<" + word + ">"``: ``crc32("c:" + gram)``;
-* each pair of neighbouring words: a multiplicative mix of the two words' hashes;
-
-all taken modulo the bucket count (crc32 is stable across processes and machines; Python's
-``hash`` is salted and is never used). The text's embedding is the mean of the feature
-rows of an embedding table (int8 with per-column scales, or float32), then
-``relu(x @ w1 + b1) @ w2 + b2`` gives one logit per expert.
+Features (``llmlib.router.features``): hashed words, character n-grams and word pairs of
+the prompt's first words. The text's embedding is the mean of the feature rows of an
+embedding table (int8 with per-column scales, or float32), then ``relu(x @ w1 + b1) @ w2 +
+b2`` gives one logit per expert.
 
 Inference needs only numpy. A word's features are the same wherever it appears, so each
 distinct word's summed rows are computed once and kept (``_WordCache``); a decision is then
 a dict lookup per word, two gathers, and the MLP.
 
-The gate decides before any of that: keyword rules (a word, as it is or with brackets,
-quotes and sentence punctuation stripped from its ends, in a set; the earliest rule in the
-config wins), and regex rules that run only when one of their trigger words is present, so
-the gate's cost is a set lookup per word, never a long alternation over the whole prompt.
+The gate (``llmlib.router.gate``) decides before any of that.
 
-``llmlib/router/_routerc.c`` does all of it in C from the prompt's text (built with the package
-when a compiler is there; ``Router.native`` says whether it is in use): the split and
+``llmlib/router/_routerc.c`` does all of it in C from the prompt's text (built with the
+package when a compiler is there; ``Router.native`` says whether it is in use): the split and
 lower-casing (ASCII byte by byte; other text with Python's own whitespace test and
 lower-case mapping, or its str methods for the two characters whose lower case depends on
 more than the character), the gate's keyword look-ups, a word cache of summed int8 rows,
@@ -37,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-import zlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,153 +35,21 @@ from typing import Any
 import numpy as np
 
 from llmlib.errors import ConfigError
-
-FEATURE_VERSION = 1
-MAX_CHARS = 2048
-MAX_WORDS = 128
-MAX_WORD_CHARS = 32
-CHAR_NGRAMS = (3, 4)
-try:  # the C path (llmlib/router/_routerc.c), built with the package where a compiler is there
-    from . import _routerc as _C  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - the numpy path then
-    _C = None
-_MIX = 0x9E3779B1  # Fibonacci hashing constant (2^32 / golden ratio)
-_MASK32 = 0xFFFFFFFF
-# stripped from both ends of a word before the gate looks it up again (not ` or #: keywords
-# like "```python" and "#include" keep them); _routerc.c's gate_punct has the same set
-_GATE_PUNCT = "()[]{}<>\"'.,;:!?\u201c\u201d\u2018\u2019"
+from llmlib.router import features
+from llmlib.router.features import (
+    _MASK32,
+    _MIX,
+    CHAR_NGRAMS,
+    FEATURE_VERSION,
+    MAX_WORD_CHARS,
+    MAX_WORDS,
+    _crc,
+    prepare,
+    word_features,
+)
+from llmlib.router.gate import Gate
 
 
-def _crc(s: str) -> int:
-    return zlib.crc32(s.encode("utf-8", "surrogatepass"))
-
-
-def prepare(text: str | bytes) -> list[str]:
-    """The words features are taken from: lower-cased, split on whitespace, capped. Bytes
-    that are not UTF-8 are replaced, never an error."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        raise TypeError(f"a prompt is text or bytes, not {type(text).__name__}")
-    words = text[:MAX_CHARS].lower().split()[:MAX_WORDS]
-    if words and max(map(len, words)) > MAX_WORD_CHARS:
-        return [w[:MAX_WORD_CHARS] for w in words]
-    return words
-
-
-def word_features(word: str, buckets: int) -> list[int]:
-    """The bucket ids of one word: the word itself and its character n-grams."""
-    out = [_crc("w:" + word) % buckets]
-    padded = f"<{word}>"
-    for n in CHAR_NGRAMS:
-        out += [_crc("c:" + padded[i : i + n]) % buckets for i in range(len(padded) - n + 1)]
-    return out
-
-
-def bigram_bucket(h1: int, h2: int, buckets: int) -> int:
-    return (((h1 * _MIX) & _MASK32) ^ h2) % buckets
-
-
-def feature_ids(text: str | bytes, buckets: int) -> list[int]:
-    """Every feature bucket of ``text``, in a fixed order (the reference the fast path and
-    training both follow)."""
-    words = prepare(text)
-    out: list[int] = []
-    hashes = [_crc("w:" + w) for w in words]
-    for w in words:
-        out += word_features(w, buckets)
-    out += [bigram_bucket(a, b, buckets) for a, b in zip(hashes, hashes[1:], strict=False)]
-    return out
-
-
-# --- gate -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GateRule:
-    expert: str
-    keywords: tuple[str, ...] = ()
-    regex: str | None = None  # with ``keywords`` as its triggers
-
-
-class Gate:
-    """Keyword and triggered-regex rules, in order (the first rule that matches wins)."""
-
-    def __init__(self, rules: Sequence[GateRule]) -> None:
-        self.rules = list(rules)
-        self.keyword_rule: dict[str, int] = {}  # word -> the earliest rule it fires or triggers
-        self._regex: dict[int, re.Pattern[str]] = {}
-        for k, r in enumerate(self.rules):
-            if not r.keywords:
-                raise ConfigError(
-                    f"gate rule {k} ({r.expert}): needs keywords (a regex rule's keywords "
-                    "are its triggers, so the gate never scans every prompt with it)"
-                )
-            if r.regex is not None:
-                try:
-                    self._regex[k] = re.compile(r.regex)
-                except re.error as exc:
-                    raise ConfigError(f"gate rule {k} ({r.expert}): bad regex: {exc}") from None
-            for kw in r.keywords:
-                self.keyword_rule.setdefault(kw.lower(), k)
-        self._keywords = frozenset(self.keyword_rule)
-
-    @classmethod
-    def from_config(cls, rules: Iterable[Mapping[str, Any]]) -> Gate:
-        out = []
-        for k, r in enumerate(rules):
-            if not isinstance(r, Mapping) or "expert" not in r:
-                raise ConfigError(f"gate rule {k}: expected a mapping with 'expert'")
-            unknown = set(r) - {"expert", "keywords", "regex"}
-            if unknown:
-                raise ConfigError(f"gate rule {k}: unknown keys {sorted(unknown)}")
-            kws = r.get("keywords") or []
-            if isinstance(kws, str) or not all(isinstance(x, str) for x in kws):
-                raise ConfigError(f"gate rule {k}: keywords must be a list of strings")
-            out.append(GateRule(str(r["expert"]), tuple(kws), r.get("regex")))
-        return cls(out)
-
-    def hits(self, words: list[str]) -> list[str] | None:
-        """Keywords among ``words``, each word taken as it is or with the gate's
-        punctuation stripped from its ends (in C where built: no per-word Python)."""
-        if _C is not None:
-            return _C.gate_hits(words, self._keywords)  # type: ignore[no-any-return]
-        kw, out = self._keywords, []
-        for w in words:
-            if w in kw:
-                out.append(w)
-            elif (cut := w.strip(_GATE_PUNCT)) in kw:
-                out.append(cut)
-        return out or None
-
-    @property
-    def regex_rules(self) -> list[int]:
-        return sorted(self._regex)
-
-    def resolve(self, mask: int, text: str) -> str | None:
-        """The expert of the first rule among ``mask``'s bits (rule k: bit k) whose regex,
-        if it has one, matches ``text``."""
-        while mask:
-            k = (mask & -mask).bit_length() - 1
-            pat = self._regex.get(k)
-            if pat is None or pat.search(text):
-                return self.rules[k].expert
-            mask &= mask - 1
-        return None
-
-    def match(self, words: list[str], text: str) -> str | None:
-        """The expert of the first rule (in config order) one of whose keywords is among
-        ``words`` and whose regex, if it has one, matches ``text``; None when no rule
-        fires. The regex runs only when a trigger word is there."""
-        hits = self.hits(words)
-        if not hits:
-            return None
-        for k in sorted({self.keyword_rule[h] for h in hits}):
-            pat = self._regex.get(k)
-            if pat is None or pat.search(text):
-                return self.rules[k].expert
-        return None
-
-
-# --- the model --------------------------------------------------------------------------------
 @dataclass
 class RouterModel:
     """The trained weights and what they were trained for."""
@@ -395,7 +250,7 @@ class Router:
         f32 = [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w1, model.b1)]
         f32 += [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w2, model.b2)]
         self._w1, self._b1, self._w2, self._b2 = f32
-        self._c = _C if native else None
+        self._c = features._C if native else None
         if model.q is not None and model.scale is not None:
             table: tuple[np.ndarray, ...] = (model.q, model.scale)
         else:

@@ -11,20 +11,15 @@ import numpy as np
 import pytest
 
 from llmlib.errors import ConfigError
-from llmlib.router.model import (
-    MAX_WORDS,
-    Gate,
-    Router,
-    RouterModel,
-    feature_ids,
-    load_model,
-    load_router,
-    prepare,
-)
+from llmlib.router.features import MAX_WORDS, feature_ids, prepare
+from llmlib.router.gate import Gate
+from llmlib.router.model import Router, RouterModel, load_model, load_router
 
 torch = pytest.importorskip("torch", reason="router training needs the model extra")
 
-from harness.tools.router import agreement, evaluate, held_out, train, validation  # noqa: E402
+from llmlib.router.corpus import held_out, validation  # noqa: E402
+from llmlib.router.evaluation import agreement, evaluate  # noqa: E402
+from llmlib.router.train import train  # noqa: E402
 
 CODE = [
     "Write a python function that returns the {n} largest values of a list",
@@ -89,7 +84,7 @@ TEXTS = [
 
 def test_features_are_stable_across_processes():
     code = (
-        "import json, sys; from llmlib.router.model import feature_ids; "
+        "import json, sys; from llmlib.router.features import feature_ids; "
         "print(json.dumps([feature_ids(t, 4096) for t in json.loads(sys.argv[1])]))"
     )
     texts = [t for t in TEXTS if "\ud800" not in t]
@@ -201,7 +196,7 @@ def test_the_c_text_path_decides_as_python_prepares(artifact):
 
 
 def test_the_c_split_and_lower_case_agree_with_python_on_every_code_point():
-    import llmlib.router.model as router_mod
+    import llmlib.router.features as router_mod
 
     if router_mod._C is None:
         if os.environ.get("LLMLIB_REQUIRE_NATIVE"):
@@ -367,7 +362,7 @@ def test_model_shapes_follow_the_training_settings(artifact):
 
 
 def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
-    import llmlib.router.model as router_mod
+    import llmlib.router.features as router_mod
 
     gate = Gate.from_config([{"expert": "code", "keywords": ["```python", "#include", "SQL"]}])
     cases = {
@@ -387,7 +382,7 @@ def test_the_gate_finds_the_same_keywords_in_c_and_in_python(monkeypatch):
 
 
 def test_corpus_labels_come_from_the_reply():
-    from harness.tools.router import label_sharegpt
+    from llmlib.router.corpus import label_sharegpt
 
     assert label_sharegpt("help me", "Sure:\n```python\nprint(1)\n```") == "code"
     assert label_sharegpt("how much?", "Each costs 12 * 3 = 36 dollars.") == "reasoning"

