@@ -23,7 +23,7 @@ from harness.run.prepare import (
     check_pools,
     compliance_audit_config,
 )
-from llmlib.config.settings import FIELDS, Config, benchmark_names, resolve
+from llmlib.config.settings import FIELDS, Config, benchmark_names, canonical, resolve
 from llmlib.data.loaders import TEXT_FORMATS, check_source
 from llmlib.data.tokenizer import load_tokenizer
 from llmlib.deploy.launch import ServerSpec, parse_server_args
@@ -52,7 +52,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], set[str]]:
                 f"unexpected argument '{arg}': flags look like --name=value (see --help)"
             )
         name, eq, value = arg[2:].partition("=")
-        name = name.replace("-", "_")
+        name = canonical(name.replace("-", "_"))
         if name in _ACTIONS:
             actions.add(name)
             continue
@@ -90,7 +90,8 @@ def help_text() -> str:
             ",".join(f.default) if f.type == "list" else (f.default if f.type != "flags" else "")
         )
         env = f"  (env {f.env})" if f.env else ""
-        lines.append(f"  --{f.name}=<{typ}>  default: {default!s}{env}")
+        formerly = "".join(f"  (formerly --{a})" for a in f.aliases)
+        lines.append(f"  --{f.name}=<{typ}>  default: {default!s}{env}{formerly}")
         lines.append(f"      {f.help}")
     lines += [
         "",
@@ -116,10 +117,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--{name}: file not found: {path}")
     get_core_class(cfg.core_type).validate_config(cfg)
     if cfg.launch_server:
-        want = "triton_grpc" if cfg.launch_server == "triton" else "trtllm_endpoint"
+        want = "triton_grpc" if cfg.launch_server == "triton" else "openai"
         if cfg.core_type != want:
             raise ConfigError(f"--launch_server={cfg.launch_server} runs with --core_type={want}")
-        if cfg.trtllm_server_urls or cfg.triton_server_urls:
+        if cfg.server_urls or cfg.triton_server_urls:
             raise ConfigError("--launch_server and the servers' URLs: give one of them")
         ServerSpec(cfg.launch_server, cfg.server_model).command()  # a model, a known kind
         parse_server_args(cfg.server_args)
@@ -238,7 +239,7 @@ def launch_main(argv: list[str]) -> int:
         grpc = f"{server.spec.host}:{server.spec.grpc_port}"
         print(f"  --core_type=triton_grpc --triton_server_urls={grpc}", flush=True)
     else:
-        print(f"  --core_type=trtllm_endpoint --trtllm_server_urls={server.url}", flush=True)
+        print(f"  --core_type=openai --server_urls={server.url}", flush=True)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:

@@ -1,4 +1,4 @@
-"""The HTTP side of the ``trtllm_endpoint`` core: one aiohttp session to one
+"""The HTTP side of the ``openai`` core: one aiohttp session to one
 OpenAI-compatible server, one request at a time per call to ``request`` (called
 concurrently from an event loop), and the SSE stream read into output token ids.
 

@@ -1,8 +1,9 @@
-"""``trtllm_endpoint``: a client core for any OpenAI-compatible server over HTTP.
+"""``openai`` (formerly ``trtllm_endpoint``, still accepted): a client core for any
+OpenAI-compatible server over HTTP.
 
 trtllm-serve, ``vllm serve``, llama.cpp's server and ``python -m harness serve`` all speak
 ``/v1/completions`` and ``/v1/chat/completions`` with SSE streaming. One core per URL
-(``--trtllm_server_urls``). Each core runs an asyncio loop in its own thread with one
+(``--server_urls``). Each core runs an asyncio loop in its own thread with one
 aiohttp session; at most ``endpoint_concurrency`` requests are in flight, the rest wait.
 
 Tokens in: the completions API gets the prompt as token ids (no re-tokenization); the chat
@@ -60,33 +61,33 @@ def check_http_url(url: str, flag: str) -> None:
         ) from None
 
 
-@register_core("trtllm_endpoint")
+@register_core("openai")
 class EndpointCore(AsyncLoopCore):
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        urls = list(cfg.trtllm_server_urls)
+        urls = list(cfg.server_urls)
         if not urls and not cfg.launch_server:
             raise ConfigError(
-                f"core_type {cls.name} needs --trtllm_server_urls (comma list of server URLs, "
+                f"core_type {cls.name} needs --server_urls (comma list of server URLs, "
                 "e.g. http://127.0.0.1:8000) or --launch_server"
             )
         for u in urls:
-            check_http_url(str(u), "--trtllm_server_urls")
+            check_http_url(str(u), "--server_urls")
         if cfg.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
 
     @classmethod
     def num_cores_for_workload(cls, cfg: Any) -> int:
         cls.validate_config(cfg)
-        return len(cfg.trtllm_server_urls)
+        return len(cfg.server_urls)
 
     def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
         self.validate_config(cfg)
         limit = int(cfg.endpoint_concurrency)
         self.settings = {
-            "url": str(cfg.trtllm_server_urls[core_id]).rstrip("/"),
+            "url": str(cfg.server_urls[core_id]).rstrip("/"),
             "api": cfg.endpoint_api,
             "model": cfg.endpoint_model,
             "timeout_s": float(cfg.endpoint_timeout_s),

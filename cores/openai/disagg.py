@@ -3,10 +3,10 @@
 ``trtllm-serve disaggregated -c disagg_config.yaml`` puts one OpenAI-compatible leader in
 front of context (prefill) and generation (decode) servers. Its YAML is this core's
 configuration (``--disagg_config``): ``hostname`` and ``port`` give the leader this core
-talks to (unless ``--trtllm_server_urls`` names it), ``context_servers.urls`` and
+talks to (unless ``--server_urls`` names it), ``context_servers.urls`` and
 ``generation_servers.urls`` the workers, each of which must answer ``/health`` before the
 run starts (a dead worker is named, instead of every request failing later). Requests,
-streaming, token ids and failures are the ``trtllm_endpoint`` core's. One core: the leader
+streaming, token ids and failures are the ``openai`` core's. One core: the leader
 balances over its workers.
 
 TensorRT-LLM does not run on this machine; the tests put llmlib's own serving front in each
@@ -62,12 +62,12 @@ class DisaggCore(EndpointCore):
                 "trtllm-serve disaggregated -c)"
             )
         roles = read_disagg_config(cfg.disagg_config)
-        if not roles["leader"] and not cfg.trtllm_server_urls:
+        if not roles["leader"] and not cfg.server_urls:
             raise ConfigError(
                 f"--disagg_config {cfg.disagg_config}: no hostname/port for the leader; "
-                "give them or --trtllm_server_urls"
+                "give them or --server_urls"
             )
-        if len(cfg.trtllm_server_urls) > 1:
+        if len(cfg.server_urls) > 1:
             raise ConfigError("trtllm_disagg talks to one leader: give one URL")
         if cfg.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
@@ -80,8 +80,8 @@ class DisaggCore(EndpointCore):
     def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
         self.validate_config(cfg)
         self.roles = read_disagg_config(cfg.disagg_config)
-        leader = list(cfg.trtllm_server_urls) or [self.roles["leader"]]
-        super().__init__(core_id, cfg.replace(trtllm_server_urls=leader), callback)
+        leader = list(cfg.server_urls) or [self.roles["leader"]]
+        super().__init__(core_id, cfg.replace(server_urls=leader), callback)
 
     def _health_check_impl(self) -> None:
         for role in ("context_servers", "generation_servers"):

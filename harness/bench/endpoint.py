@@ -1,4 +1,4 @@
-"""``make bench-endpoint``: the ``trtllm_endpoint`` core as an HTTP client, measured.
+"""``make bench-endpoint``: the ``openai`` core as an HTTP client, measured.
 
 * client: the endpoint core's sustained requests/s and streamed output tokens/s against one
   server, next to a peer client (vLLM's ``vllm bench serve``, from the installed vLLM)
@@ -61,8 +61,8 @@ def harness_run(url: str, out: Path, args: list[str]) -> dict[str, Any]:
         sys.executable,
         "-m",
         "harness",
-        "--core_type=trtllm_endpoint",
-        f"--trtllm_server_urls={url}",
+        "--core_type=openai",
+        f"--server_urls={url}",
         "--progress=false",
         "--warmup_queries=0",
         f"--log_dir={out}",
@@ -289,7 +289,7 @@ def markdown(res: dict[str, Any]) -> str:
             "| client | requests/s | output tokens/s |",
             "|---|---|---|",
         ]
-        for k, name in (("ours", "llmlib trtllm_endpoint"), ("peer", "vllm bench serve")):
+        for k, name in (("ours", "llmlib openai core"), ("peer", "vllm bench serve")):
             lines.append(
                 f"| {name} | {c['best_requests_per_s'][k]:,.0f} | "
                 f"{c['best_output_tokens_per_s'][k]:,.0f} |"

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     duration_s = a.minutes * 60
     driver = subprocess.Popen(
         [sys.executable, "-m", "harness", f"--log_dir={out / 'logs'}", "--scenarios=server",
-         "--core_type=trtllm_endpoint", f"--trtllm_server_urls={urls}",
+         "--core_type=openai", f"--server_urls={urls}",
          f"--server_target_qps={a.qps}", f"--min_duration={int(duration_s * 1000)}",
          "--progress=false"],
         cwd=REPO_ROOT, stdout=open(out / "harness.out", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115

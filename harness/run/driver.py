@@ -97,7 +97,7 @@ def served_by(cfg: Config, server: LaunchedServer) -> Config:
     """``cfg`` pointed at the launched server."""
     if server.spec.kind == "triton":
         return cfg.replace(triton_server_urls=[f"{server.spec.host}:{server.spec.grpc_port}"])
-    return cfg.replace(trtllm_server_urls=[server.url])
+    return cfg.replace(server_urls=[server.url])
 
 
 def launched_server(cfg: Config, log_path: Path) -> LaunchedServer:

@@ -168,7 +168,7 @@ def with_stall_timeout(cfg: Config, spec: BenchmarkSpec, notes: list[str]) -> Co
 
 
 # core types that watch their servers for stalls (the routing core's pools may hold them)
-STALL_WATCHED = ("trtllm_endpoint", "trtllm_disagg", "triton_grpc", "routing")
+STALL_WATCHED = ("openai", "trtllm_disagg", "triton_grpc", "routing")
 
 
 def check_datasets(configs: list[Config]) -> None:

@@ -45,6 +45,7 @@ class Field:
     schema: Mapping[str, builtins.type] | None = None  # keys of a flag-string field
     yaml: bool = True  # may be set from YAML
     minimum: float | None = None
+    aliases: tuple[str, ...] = ()  # former names, still accepted (flags, YAML, explicit)
 
 
 def _f(*args: Any, **kw: Any) -> Field:
@@ -330,14 +331,15 @@ _FIELD_LIST = [
     _f(
         "dummy_fail_after", int, -1, "dummy core dies after this many requests (-1: never)", "dummy"
     ),
-    # OpenAI-compatible endpoints (trtllm_endpoint core)
+    # OpenAI-compatible endpoints (openai core)
     _f(
-        "trtllm_server_urls",
+        "server_urls",
         "list",
         [],
         "comma list of OpenAI-compatible server URLs, one core each (trtllm-serve, vllm "
         "serve, llama.cpp, python -m harness serve)",
         "endpoint",
+        aliases=("trtllm_server_urls",),
     ),
     _f(
         "endpoint_api",
@@ -406,13 +408,13 @@ _FIELD_LIST = [
         "directory; '' for none)",
         "routing",
     ),
-    # launching a server for the run (trtllm_endpoint core)
+    # launching a server for the run (openai core)
     _f(
         "launch_server",
         str,
         "",
         "start this server for the run and stop it after: vllm, trtllm, llamacpp, llmlib "
-        "(OpenAI-compatible, for trtllm_endpoint) or triton (for triton_grpc; --server_model "
+        "(OpenAI-compatible, for openai) or triton (for triton_grpc; --server_model "
         "a model repository, or the tiny Llama's directory to serve in a Python-backend model)",
         "launch",
         choices=("", "vllm", "trtllm", "llamacpp", "llmlib", "triton"),
@@ -508,6 +510,16 @@ _FIELD_LIST = [
     ),
 ]
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
+# former names -> current ones: settings renamed, and core types (--core_type's values)
+ALIASES: dict[str, str] = {a: f.name for f in _FIELD_LIST for a in f.aliases}
+CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}
+
+
+def canonical(name: str) -> str:
+    """A setting's current name (a former one maps to it)."""
+    return ALIASES.get(name, name)
+
+
 # flag-string keys holding paths (made absolute when they name an existing file or
 # directory; otherwise they are names, such as a model id, and left alone)
 FLAG_PATH_KEYS = {"vllm_engine_flags": ("model", "tokenizer")}
@@ -593,8 +605,12 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         values, sources = dict(self.values), dict(self.sources)
-        for k, v in changes.items():
-            values[k], sources[k] = coerce_field(FIELDS[k], v, "explicit"), "explicit"
+        for key, v in changes.items():
+            k = canonical(key)
+            value = coerce_field(FIELDS[k], v, "explicit")
+            if k == "core_type":
+                value = CORE_ALIASES.get(value, value)
+            values[k], sources[k] = value, "explicit"
         return Config(values, sources, self.benchmark, self.scenario)
 
     def to_json(self) -> str:
@@ -710,7 +726,8 @@ def resolve(
 ) -> Config:
     """Resolve every field for (benchmark, scenario). ``flags`` are the command-line values
     given (strings), ``explicit`` values passed in code."""
-    flags, explicit = dict(flags or {}), dict(explicit or {})
+    flags = {canonical(k): v for k, v in (flags or {}).items()}
+    explicit = {canonical(k): v for k, v in (explicit or {}).items()}
     env = os.environ if env is None else env
     for name in [*flags, *explicit]:
         if name not in FIELDS:
@@ -721,6 +738,8 @@ def resolve(
     def put(name: str, raw: Any, where: str) -> None:
         f = FIELDS[name]
         value = coerce_field(f, raw, where)
+        if name == "core_type":
+            value = CORE_ALIASES.get(value, value)
         if name in PATH_FIELDS and value:
             # tests run in their own directories: paths are fixed where they are given
             value = str(Path(value).expanduser().resolve())
@@ -741,7 +760,8 @@ def resolve(
     for where, layer in yaml_layers(
         values["config_dir"], values["system_config"], values["system_name"], benchmark, scenario
     ):
-        for name, raw in layer.items():
+        for key, raw in layer.items():
+            name = canonical(key)
             if name not in FIELDS:
                 raise UnknownNameError(f"setting in {where}", name, FIELDS)
             if not FIELDS[name].yaml:

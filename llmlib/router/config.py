@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlib.config.settings import FIELDS, read_yaml
+from llmlib.config.settings import CORE_ALIASES, FIELDS, canonical, read_yaml
 from llmlib.errors import ConfigError, UnknownNameError
 from llmlib.router.features import MAX_WORDS
 from llmlib.router.gate import Gate
@@ -133,14 +133,16 @@ def load_routing_config(path: str | Path) -> RoutingConfig:
         flags = spec.get("flags") or {}
         if not isinstance(flags, dict):
             raise ConfigError(f"{where}: flags must be a mapping of harness fields")
+        flags = {canonical(str(k)): v for k, v in flags.items()}  # (former names too)
         for k in flags:
             if k not in FIELDS:
                 raise _unknown(where, "flag", str(k), sorted(FIELDS))
             if k in ("core_type", "num_cores", "routing_config"):
                 raise ConfigError(f"{where}: set {k} on the pool, not in its flags")
+        core_type = str(spec["core_type"])
         pools[str(name)] = PoolSpec(
             str(name),
-            str(spec["core_type"]),
+            CORE_ALIASES.get(core_type, core_type),
             _num(spec, "num_cores", int, 0, where),
             dict(flags),
             None if spec.get("fallback") is None else str(spec["fallback"]),

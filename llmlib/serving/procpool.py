@@ -1,7 +1,7 @@
 """Client worker processes for a core: N spawned processes, each fed batches through its
 own queue, all answering in batches into one queue that a reader thread drains.
 
-Cores use it so one Python process's GIL is not the client's ceiling (``trtllm_endpoint``'s
+Cores use it so one Python process's GIL is not the client's ceiling (the ``openai`` core's
 ``workers_per_core``, ``triton_grpc``'s clients per server). A worker is
 ``target(settings, inq, outq)``: it reads batches from ``inq`` until ``None``, and puts
 lists of answers on ``outq``. The reader hands every list to ``on_batch``; a worker that

@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Callable
 from typing import TypeVar
 
+from llmlib.config.settings import CORE_ALIASES
 from llmlib.errors import ConfigError, MissingDependencyError, UnknownNameError
 from llmlib.serving.core import LLMCore
 
@@ -21,7 +22,7 @@ CORE_TABLE: dict[str, str] = {
     "dummy": "cores.dummy:DummyCore",
     "routing": "cores.routing:RoutingCore",
     "trtllm_disagg": "cores.openai.disagg:DisaggCore",
-    "trtllm_endpoint": "cores.openai.core:EndpointCore",
+    "openai": "cores.openai.core:EndpointCore",
     "triton_grpc": "cores.triton_grpc:TritonGrpcCore",
     "vllm": "cores.vllm:VLLMCore",
 }
@@ -63,7 +64,9 @@ def core_names() -> list[str]:
 
 
 def get_core_class(name: str) -> type[LLMCore]:
-    """The class registered as ``name``, importing its module on first use."""
+    """The class registered as ``name`` (or a former name of it), importing its module on
+    first use."""
+    name = CORE_ALIASES.get(name, name)
     if name in _loaded:
         return _loaded[name]
     if name not in CORE_TABLE:

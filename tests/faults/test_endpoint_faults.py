@@ -43,8 +43,8 @@ def run_against(tmp_path, server, *more):
     t0 = time.monotonic()
     p, runs = run_harness(
         tmp_path,
-        "--core_type=trtllm_endpoint",
-        f"--trtllm_server_urls={server.url}",
+        "--core_type=openai",
+        f"--server_urls={server.url}",
         "--scenarios=server",
         "--server_target_qps=40",
         "--min_duration=2000",
@@ -121,7 +121,7 @@ def test_a_worker_process_killed_mid_run_fails_its_core_and_the_run_ends(tmp_pat
         t0 = time.monotonic()
         p = subprocess.Popen(
             [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}",
-             "--core_type=trtllm_endpoint", f"--trtllm_server_urls={server.url}",
+             "--core_type=openai", f"--server_urls={server.url}",
              "--workers_per_core=2", "--scenarios=server", "--server_target_qps=40",
              "--min_duration=6000", "--progress=false"],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 SERVED = [
     "--scenarios=server",
-    "--core_type=trtllm_endpoint",
+    "--core_type=openai",
     "--launch_server=llmlib",
     "--server_args=--engine_profile=fixed",
     "--workers_per_core=2",

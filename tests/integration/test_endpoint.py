@@ -1,4 +1,4 @@
-"""The trtllm_endpoint core against a real OpenAI-compatible server on 127.0.0.1: llmlib's
+"""The openai core against a real OpenAI-compatible server on 127.0.0.1: llmlib's
 own serving front (``python -m harness serve``), started and stopped here."""
 
 import csv
@@ -76,8 +76,8 @@ def front():
 
 def endpoint_args(url, *more):
     return [
-        "--core_type=trtllm_endpoint",
-        f"--trtllm_server_urls={url}",
+        "--core_type=openai",
+        f"--server_urls={url}",
         "--min_query_count=400",
         "--offline_expected_qps=600",
         *more,
@@ -253,8 +253,8 @@ def test_no_server_listening_is_a_clear_error(tmp_path):
 
 
 def test_missing_urls_and_a_bad_url_are_config_errors(tmp_path):
-    p, _ = run_harness(tmp_path, "--core_type=trtllm_endpoint", "--scenarios=offline")
-    assert p.returncode == 2 and "--trtllm_server_urls" in p.stderr
+    p, _ = run_harness(tmp_path, "--core_type=openai", "--scenarios=offline")
+    assert p.returncode == 2 and "--server_urls" in p.stderr
     p, _ = run_harness(tmp_path, *endpoint_args("localhost:8000"), "--scenarios=offline")
     assert p.returncode == 2 and "not an http(s) URL" in p.stderr
 

@@ -24,7 +24,7 @@ def test_launched_llama_cpp_server_through_loadgen_retokenized(tmp_path, tiny_to
     gguf = build_gguf(tmp_path, 2048)
     p, runs = run_harness(
         tmp_path,
-        "--core_type=trtllm_endpoint",
+        "--core_type=trtllm_endpoint",  # (the former name of openai: old RUN_ARGS still run)
         "--launch_server=llamacpp",
         f"--server_model={gguf}",
         "--server_args=-t 1 --poll 0 --parallel 8 --ctx-size 4096",

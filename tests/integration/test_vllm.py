@@ -75,8 +75,8 @@ def test_endpoint_core_against_vllm_serve(tmp_path, vllm_server, tiny_model):
     url = vllm_server.url
     p, runs = run_harness(
         tmp_path,
-        "--core_type=trtllm_endpoint",
-        f"--trtllm_server_urls={url}",
+        "--core_type=openai",
+        f"--server_urls={url}",
         "--scenarios=offline,server",
         "--server_target_qps=4",
         *QUICK,
@@ -91,8 +91,8 @@ def test_endpoint_core_against_vllm_serve(tmp_path, vllm_server, tiny_model):
     # accuracy mode: every sample once; LoadGen's data are the server's token ids
     p, runs = run_harness(
         tmp_path / "acc",
-        "--core_type=trtllm_endpoint",
-        f"--trtllm_server_urls={url}",
+        "--core_type=openai",
+        f"--server_urls={url}",
         "--scenarios=offline",
         "--test_mode=AccuracyOnly",
         *QUICK,

@@ -44,7 +44,7 @@ from llmlib.config.settings import REPO_ROOT
         (["--pd_flags=prefill:2"], ["--pd_flags: give decode:N"]),
         (["--pd_flags=prefil:2"], ["'prefil'", "Did you mean 'prefill'"]),
         (
-            ["--pd_flags=prefill:1,decode:1", "--core_type=trtllm_endpoint"],
+            ["--pd_flags=prefill:1,decode:1", "--core_type=openai"],
             ["disaggregated pools run on dummy cores", "trtllm_disagg"],
         ),
         (["--pd_flags=prefill:1,decode:1", "--engine_profile=zero"], ["zero profile"]),
@@ -70,11 +70,11 @@ from llmlib.config.settings import REPO_ROOT
             ["single_stream_expected_latency_ms=1e-06", "schedules 1e+10"],
         ),
         (
-            ["--core_type=trtllm_endpoint", "--trtllm_server_urls=http://127.0.0.1:80x"],
+            ["--core_type=openai", "--server_urls=http://127.0.0.1:80x"],
             ["'http://127.0.0.1:80x' has a port that is not a number"],
         ),
         (
-            ["--core_type=trtllm_endpoint", "--trtllm_server_urls=http://:8000"],
+            ["--core_type=openai", "--server_urls=http://:8000"],
             ["'http://:8000' is not an http(s) URL"],
         ),
         (

@@ -159,3 +159,41 @@ def test_relative_paths_are_made_absolute_where_they_are_given(confdir, monkeypa
     assert cfg.user_conf == str(confdir / "u.conf")
     assert cfg.log_dir == str(confdir / "out")
     assert _resolve(confdir).user_conf == ""
+
+
+def test_former_names_still_work_from_flags_yaml_code_and_the_command_line(confdir, capsys):
+    """trtllm_endpoint became openai and --trtllm_server_urls --server_urls: old RUN_ARGS,
+    YAML and code keep working and resolve to the current names."""
+    from harness.cli import main, parse_flags
+
+    url = "http://127.0.0.1:8000"
+    old = _resolve(confdir, {"core_type": "trtllm_endpoint", "trtllm_server_urls": url})
+    new = _resolve(confdir, {"core_type": "openai", "server_urls": url})
+    assert old.values == new.values and old.core_type == "openai"
+    assert old.server_urls == [url] and "trtllm_server_urls" not in old.values
+    assert old.replace(trtllm_server_urls="http://h:1").server_urls == ["http://h:1"]
+    (confdir / "systems" / "s.yaml").write_text(f"settings: {{trtllm_server_urls: '{url}'}}\n")
+    assert _resolve(confdir).server_urls == [url]
+    flags, _ = parse_flags(["--trtllm_server_urls", url, "--core_type=trtllm_endpoint"])
+    assert flags == {"server_urls": url, "core_type": "trtllm_endpoint"}
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--server_urls=<list>" in out and "(formerly --trtllm_server_urls)" in out
+    from llmlib.serving.registry import get_core_class
+
+    assert get_core_class("trtllm_endpoint") is get_core_class("openai")
+
+
+def test_a_routing_config_may_use_the_former_names(tmp_path):
+    from llmlib.config.settings import REPO_ROOT
+    from llmlib.router.config import load_routing_config
+
+    pool = '{core_type: trtllm_endpoint, flags: {trtllm_server_urls: "http://127.0.0.1:1"}}'
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"router: {REPO_ROOT / 'configs' / 'routing' / 'router.npz'}\n"
+        f"pools:\n  general: {pool}\n  code: {pool}\n  reasoning: {pool}\n"
+    )
+    rc = load_routing_config(path)
+    assert {p.core_type for p in rc.pools.values()} == {"openai"}
+    assert rc.pools["code"].flags == {"server_urls": "http://127.0.0.1:1"}
