@@ -281,7 +281,3 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(res))
     print(f"\nresults: {root / 'results.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

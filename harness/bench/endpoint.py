@@ -353,7 +353,3 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(res))
     print(f"\nresults: {root / 'endpoint.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

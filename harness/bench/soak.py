@@ -179,7 +179,3 @@ def report(out: Path, rc: int, samples: list[dict[str, Any]], events: list[str])
     for e in result["core_health"]:
         print(f"  pool {e['t_s']:.0f} s core {e['core']} {e['event']}: {e['reason'][:90]}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -213,7 +213,3 @@ def main(argv: list[str] | None = None) -> int:
         p95 = float(np.median([r["ttft_p95_ms"] for r in rs]))
         print(f"| {name} | {rps} | {med * n:.0f} | {p50:.1f} | {p95:.1f} |")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

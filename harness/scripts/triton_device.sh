@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the GPU machine (carry .dev, made by triton_bundle.sh): Triton in /tmp/triton, the
 # carried wheels on PYTHONPATH, then the command given, its output also in $OUT/bench.log:
-#   bash harness/scripts/triton_device.sh python3 -m harness.bench_triton --server counting ...
+#   bash harness/scripts/triton_device.sh python3 -m harness bench-triton --server counting ...
 set -eo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .dev/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

@@ -16,7 +16,6 @@ Everything goes to ``build/tiny-model``.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,7 +154,3 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDependencyError as exc:
         print(f"GGUF not built: {exc}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -171,7 +171,3 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text + "\n")
         print(f"topology: {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -65,6 +65,6 @@ def test_topology_cli_writes_json_and_refuses_unknown_arguments(tmp_path):
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["cpus"] >= 1
     p = subprocess.run(
-        [sys.executable, "-m", "llmlib.deploy.topology", "--gpus"], capture_output=True, text=True
+        [sys.executable, "-m", "harness", "topology", "--gpus"], capture_output=True, text=True
     )
     assert p.returncode == 2 and "usage" in p.stderr

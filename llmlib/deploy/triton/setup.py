@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +103,3 @@ def main(argv: list[str] | None = None) -> int:
     home = prepare()
     print(f"tritonserver ready: {home.binary}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
