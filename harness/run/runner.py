@@ -15,6 +15,7 @@ import shutil
 import sys
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,11 +121,40 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
 
 @dataclass
 class Executed:
-    """What a test left behind: its request log, its start (perf_counter_ns) and length."""
+    """What a test left behind: its request log, its start (perf_counter_ns) and length, and
+    with --trace_memory the code sites whose allocations grew most during it."""
 
     rlog: RequestLog
     t0_ns: int
     duration_ns: int
+    memory_growth: list[dict[str, Any]] | None = None
+
+
+class MemoryTrace:
+    """``--trace_memory``: tracemalloc from the test's start to its end, then the ``top``
+    sites (file:line) by growth; nothing at all when off."""
+
+    def __init__(self, on: bool, top: int = 15) -> None:
+        self.on, self.n = on, top
+        self.growth: list[dict[str, Any]] | None = None
+
+    def __enter__(self) -> MemoryTrace:
+        if self.on:
+            tracemalloc.start()
+            self._start = tracemalloc.take_snapshot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.on:
+            return
+        end = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        self.growth = [
+            {"site": str(st.traceback[0]), "bytes": st.size_diff, "blocks": st.count_diff}
+            for st in end.compare_to(self._start, "lineno")[: self.n]
+        ]
+        for g in self.growth:
+            log.info("memory grew %+d B in %+d blocks at %s", g["bytes"], g["blocks"], g["site"])
 
 
 def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
@@ -166,6 +196,7 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
             Progress(rlog, plan.label, cfg.progress_interval_s, cfg.show_steady_state_progress,
                      cfg.progress),
             SweepAfterFailures(server.cores),
+            MemoryTrace(cfg.trace_memory) as trace,
         ):  # fmt: skip
             test = lambda: lg.StartTestWithLogSettings(lg_sut, qsl, ts, settings, audit_arg)  # noqa: E731
             if CHILD_SIGNALS is not None:  # on a thread: signals are handled meanwhile
@@ -177,7 +208,7 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
         gc.enable()
     lg.DestroyQSL(qsl)
     lg.DestroySUT(lg_sut)
-    return Executed(rlog, t0, duration)
+    return Executed(rlog, t0, duration, trace.growth)
 
 
 def report(plan: TestPlan, done: Executed) -> dict[str, Any]:
@@ -240,6 +271,7 @@ def report(plan: TestPlan, done: Executed) -> dict[str, Any]:
         "loadgen": lg_res,
         "harness": h_res,
         "notes": notes,
+        "memory_growth": done.memory_growth,
         "config": cfg.values,
         "config_sources": cfg.sources,
     }

@@ -309,6 +309,14 @@ _FIELD_LIST = [
     _f("progress", bool, True, "tqdm progress bar during the run", "report"),
     _f("progress_interval_s", float, 0.5, "progress refresh period", "report", minimum=0.05),
     _f("show_steady_state_progress", bool, False, "show tokens/s over the last 10 s", "report"),
+    _f(
+        "trace_memory",
+        bool,
+        False,
+        "trace the test process's allocations during the test (tracemalloc: slower); the "
+        "code sites that grew most go to summary.json's memory_growth and harness.log",
+        "report",
+    ),
     # engine model / dummy core
     _f("engine_profile", str, "cpu-tiny", "engine model profile of the dummy core", "dummy"),
     _f(

@@ -183,3 +183,17 @@ def test_cycles_left_by_failures_are_swept_while_the_gc_is_off():
     finally:
         if was_on:
             gc.enable()
+
+
+def test_memory_trace_names_the_site_that_grew_and_costs_nothing_when_off():
+    from harness.run.runner import MemoryTrace
+
+    kept = []
+    with MemoryTrace(True) as trace:
+        kept.extend(bytearray(1000) for _ in range(2000))  # ~2 MB held past the end
+    assert trace.growth is not None
+    top = trace.growth[0]
+    assert "test_health.py" in top["site"] and top["bytes"] > 1_900_000
+    with MemoryTrace(False) as off:
+        kept.append(bytearray(10))
+    assert off.growth is None
