@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--down_s", type=float, default=20)
     ap.add_argument("--stop_s", type=float, default=30)
     ap.add_argument("--out", default="build/soak")
+    ap.add_argument(
+        "--harness_flags", default="", help="more harness flags, space-separated (--trace_memory)"
+    )
     a = ap.parse_args(argv)
     out = Path(a.out) / time.strftime("%Y.%m.%d-%H.%M.%S")
     out.mkdir(parents=True)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "harness", f"--log_dir={out / 'logs'}", "--scenarios=server",
          "--core_type=openai", f"--server_urls={urls}",
          f"--server_target_qps={a.qps}", f"--min_duration={int(duration_s * 1000)}",
-         "--progress=false"],
+         "--progress=false", *a.harness_flags.split()],
         cwd=REPO_ROOT, stdout=open(out / "harness.out", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )  # fmt: skip
     samples: list[dict[str, Any]] = []
