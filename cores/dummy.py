@@ -18,10 +18,13 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from llmlib.config.fields import Section, setting
+from llmlib.config.settings import Config
 from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.model.clock import Clock
 from llmlib.model.engine import make_model, profile_from_config
@@ -32,6 +35,12 @@ from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
 
+@dataclass(frozen=True)
+class DummySettings(Section):
+    group: ClassVar[str] = "dummy"
+    dummy_fail_after: int = setting(-1, "dummy core dies after this many requests (-1: never)")
+
+
 @register_core("dummy")
 class DummyCore(LLMCore):
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True, batches=True)
@@ -39,7 +48,7 @@ class DummyCore(LLMCore):
     def __init__(
         self,
         core_id: int,
-        cfg: Any,
+        cfg: Config,
         callback: CompletionCallback | None = None,
         clock: Clock | None = None,
         role: str = "both",
@@ -53,7 +62,7 @@ class DummyCore(LLMCore):
             raise ConfigError("disaggregated dummy cores need a profile that takes time, not zero")
         self.clock = clock or Clock()
         self._seed, self._vocab = int(cfg.seed), int(cfg.vocab_size)
-        self._fail_after = int(getattr(cfg, "dummy_fail_after", -1))
+        self._fail_after = DummySettings.of(cfg).dummy_fail_after
         self._accepted = 0
         self._live: dict[int, tuple[LLMRequest, np.ndarray, np.ndarray]] = {}
         # sample index -> (tokens, first token, output_len, max_new_tokens, reference)

@@ -21,11 +21,14 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from llmlib.config.fields import REPO_ROOT, Section, setting
+from llmlib.config.settings import Config
 from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.router.config import RoutingConfig, load_routing_config
 from llmlib.router.model import SOURCES
@@ -35,6 +38,20 @@ from llmlib.serving.policies import BREAKER_TUNABLES, make_policy
 from llmlib.serving.pool import LLMServer
 from llmlib.serving.registry import get_core_class, register_core
 from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
+
+
+@dataclass(frozen=True)
+class RoutingSettings(Section):
+    group: ClassVar[str] = "routing"
+    routing_config: str = setting(
+        str(REPO_ROOT / "configs" / "routing" / "default.yaml"),
+        "the routing core's YAML: router artifact, gate rules, expert pools, fallbacks",
+    )
+    routing_stats_file: str = setting(
+        "routing.json",
+        "where the routing core writes its decisions' statistics (relative: in the run "
+        "directory; '' for none)",
+    )
 
 
 class _Loads:
@@ -56,34 +73,34 @@ class RoutingCore(LLMCore):
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True, batches=True)
 
     @classmethod
-    def num_cores_for_workload(cls, cfg: Any) -> int:
+    def num_cores_for_workload(cls, cfg: Config) -> int:
         return 1  # one router; the pools hold the engines
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Config) -> None:
         if not cfg.tokenizer_path:
             raise ConfigError(
                 "the routing core reads prompts as text: give --tokenizer_path "
                 "(make tiny-model builds one into build/tiny-model)"
             )
-        rc = load_routing_config(cfg.routing_config)
+        rc = load_routing_config(RoutingSettings.of(cfg).routing_config)
         rc.router()  # the artifact loads and every expert has a pool
         for pool in rc.pools.values():
             sub = cls._pool_config(cfg, pool)
             get_core_class(pool.core_type).validate_config(sub)
 
     @staticmethod
-    def _pool_config(cfg: Any, pool: Any) -> Any:
+    def _pool_config(cfg: Config, pool: Any) -> Any:
         changes: dict[str, Any] = dict(pool.flags, core_type=pool.core_type)
         if pool.num_cores:
             changes["num_cores"] = pool.num_cores
         return cfg.replace(**changes)
 
-    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+    def __init__(self, core_id: int, cfg: Config, callback: Any = None) -> None:
         super().__init__(core_id, cfg, callback)
         from llmlib.data.tokenizer import load_tokenizer
 
-        self.rc: RoutingConfig = load_routing_config(cfg.routing_config)
+        self.rc: RoutingConfig = load_routing_config(RoutingSettings.of(cfg).routing_config)
         self.router = self.rc.router()
         self._tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
         self.pools: dict[str, LLMServer] = {}
@@ -264,7 +281,7 @@ class RoutingCore(LLMCore):
         }
 
     def _write_stats(self) -> None:
-        name = getattr(self.cfg, "routing_stats_file", "")
+        name = RoutingSettings.of(self.cfg).routing_stats_file
         if name and self._per_expert.any():
             Path(name).write_text(json.dumps(self.routing_stats(), indent=1) + "\n")
 

@@ -33,15 +33,44 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from llmlib.config.fields import Section, setting
+from llmlib.config.settings import Config
 from llmlib.errors import ConfigError, HealthCheckError, MissingDependencyError
 from llmlib.serving.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.serving.procpool import Outbox, WorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
+
+
+@dataclass(frozen=True)
+class TritonSettings(Section):
+    group: ClassVar[str] = "triton"
+    triton_server_urls: list[str] = setting(
+        [], "comma list of Triton gRPC endpoints, host:port, one core each"
+    )
+    triton_model_name: str = setting("tensorrt_llm", "the model's name in Triton")
+    triton_num_clients_per_server: int = setting(
+        1,
+        "gRPC clients per server, each with its own stream, each in its own process "
+        "(unless --triton_clients_in_process)",
+        minimum=1,
+    )
+    triton_clients_in_process: bool = setting(
+        False, "run the clients in the harness's process (threads) rather than one process each"
+    )
+    triton_num_models_per_server: int = setting(
+        1, "models per server (named <triton_model_name>_0..N-1 when more than one)", minimum=1
+    )
+    triton_end_id: str = setting(
+        "auto",
+        "end_id (and pad_id) sent with requests: auto (the benchmark's EOS id), none, or an id",
+    )
+
 
 # what a stream reports: (kind, request id, payload, time_ns); payload: int32 token ids for
 # FIRST/FINAL (bytes when it crossed from a worker process), the reason for FAILED/BROKEN
@@ -59,9 +88,10 @@ def _grpc() -> Any:
     return grpcclient
 
 
-def end_id_for(cfg: Any) -> int:
+def end_id_for(cfg: Config) -> int:
     """``--triton_end_id``: ``auto`` is the benchmark's EOS id, ``none`` sends none (-1)."""
-    value = str(cfg.triton_end_id).strip().lower()
+    end_id = TritonSettings.of(cfg).triton_end_id
+    value = end_id.strip().lower()
     if value == "none":
         return -1
     if value == "auto":
@@ -70,8 +100,7 @@ def end_id_for(cfg: Any) -> int:
         return load_benchmark(cfg.config_dir, cfg.benchmark).eos_id
     if not value.isdigit():
         raise ConfigError(
-            f"--triton_end_id={cfg.triton_end_id!r}: auto (the benchmark's EOS id), none, "
-            "or a token id"
+            f"--triton_end_id={end_id!r}: auto (the benchmark's EOS id), none, or a token id"
         )
     return int(value)
 
@@ -279,8 +308,9 @@ class TritonGrpcCore(LLMCore):
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        urls = list(cfg.triton_server_urls)
+    def validate_config(cls, cfg: Config) -> None:
+        s = TritonSettings.of(cfg)
+        urls = s.triton_server_urls
         if not urls and cfg.launch_server != "triton":
             raise ConfigError(
                 f"core_type {cls.name} needs --triton_server_urls (comma list of gRPC "
@@ -290,25 +320,28 @@ class TritonGrpcCore(LLMCore):
             host, _, port = str(u).removeprefix("grpc://").rpartition(":")
             if not host or not port.isdigit() or int(port) > 65535:
                 raise ConfigError(f"--triton_server_urls: {u!r} is not host:port")
-        if int(cfg.triton_num_clients_per_server) < 1 or int(cfg.triton_num_models_per_server) < 1:
+        if s.triton_num_clients_per_server < 1 or s.triton_num_models_per_server < 1:
             raise ConfigError("--triton_num_clients_per_server and _models_per_server: >= 1")
         end_id_for(cfg)
         _grpc()
 
     @classmethod
-    def num_cores_for_workload(cls, cfg: Any) -> int:
+    def num_cores_for_workload(cls, cfg: Config) -> int:
         cls.validate_config(cfg)
-        return len(cfg.triton_server_urls)
+        return len(TritonSettings.of(cfg).triton_server_urls)
 
-    def __init__(self, core_id: int, cfg: Any, callback: CompletionCallback | None = None) -> None:
+    def __init__(
+        self, core_id: int, cfg: Config, callback: CompletionCallback | None = None
+    ) -> None:
         self.validate_config(cfg)
         super().__init__(core_id, cfg, callback)
-        self.url = str(cfg.triton_server_urls[core_id]).removeprefix("grpc://")
-        name, n_models = str(cfg.triton_model_name), int(cfg.triton_num_models_per_server)
+        s = TritonSettings.of(cfg)
+        self.url = s.triton_server_urls[core_id].removeprefix("grpc://")
+        name, n_models = s.triton_model_name, s.triton_num_models_per_server
         self.models = [name] if n_models == 1 else [f"{name}_{i}" for i in range(n_models)]
         self.end_id = end_id_for(cfg)
-        self.n_clients = int(cfg.triton_num_clients_per_server)
-        self.in_process = bool(cfg.triton_clients_in_process)
+        self.n_clients = s.triton_num_clients_per_server
+        self.in_process = s.triton_clients_in_process
         self.stall_s = float(cfg.stall_timeout_s)
         self._turn = itertools.count()
         self._closing = False

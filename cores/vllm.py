@@ -23,15 +23,31 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from llmlib.config import flags as fl
+from llmlib.config.fields import Section, setting
+from llmlib.config.settings import Config
 from llmlib.errors import BackendError, ConfigError, MissingDependencyError
 from llmlib.serving.async_core import AsyncLoopCore
 from llmlib.serving.core import CoreCapabilities
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
+
+
+@dataclass(frozen=True)
+class VLLMSettings(Section):
+    group: ClassVar[str] = "vllm"
+    vllm_engine_flags: dict[str, Any] = setting(
+        {},
+        "vLLM engine arguments, e.g. model:build/tiny-model,dtype:bfloat16,max_model_len:1024",
+        env="LLMLIB_VLLM_ENGINE_FLAGS",
+        schema=fl.VLLM_ENGINE_FLAGS,
+    )
+
 
 _ENV_LOCK = threading.Lock()  # CUDA_VISIBLE_DEVICES is process-wide while an engine starts
 _ids = itertools.count()
@@ -51,20 +67,20 @@ class VLLMCore(AsyncLoopCore):
     SETUP_TIMEOUT_S = 900.0
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        if not cfg.vllm_engine_flags.get("model"):
+    def validate_config(cls, cfg: Config) -> None:
+        if not VLLMSettings.of(cfg).vllm_engine_flags.get("model"):
             raise ConfigError(
                 "core_type vllm needs a model: --vllm_engine_flags=model:PATH "
                 "(make tiny-model builds build/tiny-model)"
             )
 
     @classmethod
-    def _per_engine(cls, cfg: Any) -> int:
-        f = cfg.vllm_engine_flags
+    def _per_engine(cls, cfg: Config) -> int:
+        f = VLLMSettings.of(cfg).vllm_engine_flags
         return int(f.get("tensor_parallel_size", 1)) * int(f.get("pipeline_parallel_size", 1))
 
     @classmethod
-    def num_cores_for_workload(cls, cfg: Any) -> int:
+    def num_cores_for_workload(cls, cfg: Config) -> int:
         cls.validate_config(cfg)
         gpus = _gpu_count()
         if gpus == 0:
@@ -76,7 +92,7 @@ class VLLMCore(AsyncLoopCore):
             )
         return gpus // cls._per_engine(cfg)
 
-    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+    def __init__(self, core_id: int, cfg: Config, callback: Any = None) -> None:
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.inputs import TokensPrompt
@@ -89,12 +105,12 @@ class VLLMCore(AsyncLoopCore):
             ) from None
         self.validate_config(cfg)
         self._api = (AsyncEngineArgs, AsyncLLM, TokensPrompt, SamplingParams, RequestOutputKind)
-        self.engine_args = dict(cfg.vllm_engine_flags)
+        self.engine_args = dict(VLLMSettings.of(cfg).vllm_engine_flags)
         self.engine: Any = None
         self.gpus = self._gpus_for(core_id, cfg)
         super().__init__(core_id, cfg, callback, concurrency=1 << 20)  # the engine queues
 
-    def _gpus_for(self, core_id: int, cfg: Any) -> str | None:
+    def _gpus_for(self, core_id: int, cfg: Config) -> str | None:
         if _gpu_count() == 0:
             return None
         n = self._per_engine(cfg)

@@ -34,18 +34,51 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from cores.openai.client import EndpointClient
+from llmlib.config.fields import Section, setting
+from llmlib.config.settings import Config
 from llmlib.errors import ConfigError
 from llmlib.serving.async_core import AsyncLoopCore
 from llmlib.serving.core import CoreCapabilities
 from llmlib.serving.procpool import WorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
+
+
+@dataclass(frozen=True)
+class EndpointSettings(Section):
+    """The openai core's settings (the trtllm_disagg core shares them)."""
+
+    group: ClassVar[str] = "openai"
+    server_urls: list[str] = setting(
+        [],
+        "comma list of OpenAI-compatible server URLs, one core each (trtllm-serve, vllm "
+        "serve, llama.cpp, python -m harness serve)",
+        aliases=("trtllm_server_urls",),
+    )
+    endpoint_api: str = setting(
+        "completions",
+        "which API: completions (token ids in) or chat (text in)",
+        choices=("completions", "chat"),
+    )
+    endpoint_model: str = setting("", "model name sent (empty: the server's first)")
+    workers_per_core: int = setting(
+        0,
+        "worker processes per endpoint core, each with its own loop and session (0: none)",
+        minimum=0,
+    )
+    endpoint_concurrency: int = setting(
+        512, "requests in flight per core (more wait in the core)", minimum=1
+    )
+    endpoint_timeout_s: float = setting(
+        600.0, "a request's limit, first byte to last (it fails after)", minimum=0.1
+    )
 
 
 def check_http_url(url: str, flag: str) -> None:
@@ -66,31 +99,33 @@ class EndpointCore(AsyncLoopCore):
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        urls = list(cfg.server_urls)
+    def validate_config(cls, cfg: Config) -> None:
+        s = EndpointSettings.of(cfg)
+        urls = s.server_urls
         if not urls and not cfg.launch_server:
             raise ConfigError(
                 f"core_type {cls.name} needs --server_urls (comma list of server URLs, "
                 "e.g. http://127.0.0.1:8000) or --launch_server"
             )
         for u in urls:
-            check_http_url(str(u), "--server_urls")
-        if cfg.endpoint_api == "chat" and not cfg.tokenizer_path:
+            check_http_url(u, "--server_urls")
+        if s.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
 
     @classmethod
-    def num_cores_for_workload(cls, cfg: Any) -> int:
+    def num_cores_for_workload(cls, cfg: Config) -> int:
         cls.validate_config(cfg)
-        return len(cfg.server_urls)
+        return len(EndpointSettings.of(cfg).server_urls)
 
-    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+    def __init__(self, core_id: int, cfg: Config, callback: Any = None) -> None:
         self.validate_config(cfg)
-        limit = int(cfg.endpoint_concurrency)
+        s = EndpointSettings.of(cfg)
+        limit = s.endpoint_concurrency
         self.settings = {
-            "url": str(cfg.server_urls[core_id]).rstrip("/"),
-            "api": cfg.endpoint_api,
-            "model": cfg.endpoint_model,
-            "timeout_s": float(cfg.endpoint_timeout_s),
+            "url": s.server_urls[core_id].rstrip("/"),
+            "api": s.endpoint_api,
+            "model": s.endpoint_model,
+            "timeout_s": s.endpoint_timeout_s,
             "limit": limit,
             "tokenizer_path": cfg.tokenizer_path,
             "stall_s": float(cfg.stall_timeout_s),
@@ -98,7 +133,7 @@ class EndpointCore(AsyncLoopCore):
         self.client = EndpointClient(**self.settings)
         self.url, self.path = self.client.url, self.client.path
         self.token_source: Counter[str] = Counter()
-        self.n_workers = int(cfg.workers_per_core)
+        self.n_workers = s.workers_per_core
         self._pool: WorkerPool | None = None
         super().__init__(core_id, cfg, callback, concurrency=limit)
 

@@ -18,13 +18,25 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from cores.openai.core import EndpointCore, check_http_url
-from llmlib.config.settings import read_yaml
+from cores.openai.core import EndpointCore, EndpointSettings, check_http_url
+from llmlib.config.fields import Section, setting
+from llmlib.config.settings import Config, read_yaml
 from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.serving.registry import register_core
+
+
+@dataclass(frozen=True)
+class DisaggSettings(Section):
+    group: ClassVar[str] = "trtllm_disagg"
+    disagg_config: str = setting(
+        "",
+        "trtllm-serve disaggregated's YAML (hostname, port, context_servers, "
+        "generation_servers): the trtllm_disagg core's leader and workers",
+    )
 
 
 def read_disagg_config(path: str) -> dict[str, Any]:
@@ -55,32 +67,33 @@ def _http(url: str) -> str:
 @register_core("trtllm_disagg")
 class DisaggCore(EndpointCore):
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        if not cfg.disagg_config:
+    def validate_config(cls, cfg: Config) -> None:
+        path, ep = DisaggSettings.of(cfg).disagg_config, EndpointSettings.of(cfg)
+        if not path:
             raise ConfigError(
                 "core_type trtllm_disagg needs --disagg_config (the YAML given to "
                 "trtllm-serve disaggregated -c)"
             )
-        roles = read_disagg_config(cfg.disagg_config)
-        if not roles["leader"] and not cfg.server_urls:
+        roles = read_disagg_config(path)
+        if not roles["leader"] and not ep.server_urls:
             raise ConfigError(
-                f"--disagg_config {cfg.disagg_config}: no hostname/port for the leader; "
+                f"--disagg_config {path}: no hostname/port for the leader; "
                 "give them or --server_urls"
             )
-        if len(cfg.server_urls) > 1:
+        if len(ep.server_urls) > 1:
             raise ConfigError("trtllm_disagg talks to one leader: give one URL")
-        if cfg.endpoint_api == "chat" and not cfg.tokenizer_path:
+        if ep.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
 
     @classmethod
-    def num_cores_for_workload(cls, cfg: Any) -> int:
+    def num_cores_for_workload(cls, cfg: Config) -> int:
         cls.validate_config(cfg)
         return 1
 
-    def __init__(self, core_id: int, cfg: Any, callback: Any = None) -> None:
+    def __init__(self, core_id: int, cfg: Config, callback: Any = None) -> None:
         self.validate_config(cfg)
-        self.roles = read_disagg_config(cfg.disagg_config)
-        leader = list(cfg.server_urls) or [self.roles["leader"]]
+        self.roles = read_disagg_config(DisaggSettings.of(cfg).disagg_config)
+        leader = EndpointSettings.of(cfg).server_urls or [self.roles["leader"]]
         super().__init__(core_id, cfg.replace(server_urls=leader), callback)
 
     def _health_check_impl(self) -> None:

@@ -13,39 +13,23 @@ Each resolved value remembers where it came from (``--print_config``).
 
 from __future__ import annotations
 
-import builtins
+import importlib
 import json
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmlib.config import flags as fl
+from llmlib.config.fields import REPO_ROOT, Field
 from llmlib.data.loaders import DATASET_FORMATS
 from llmlib.errors import ConfigError, UnknownNameError
 from llmlib.serving.policies import POLICY_FLAGS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("offline", "server", "singlestream")
 TEST_MODES = ("PerformanceOnly", "AccuracyOnly", "SubmissionRun")
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: type | str  # int, float, bool, str, "list" or "flags"
-    default: Any
-    help: str
-    group: str = "harness"
-    choices: tuple[str, ...] | None = None
-    env: str | None = None  # environment overlay variable
-    schema: Mapping[str, builtins.type] | None = None  # keys of a flag-string field
-    yaml: bool = True  # may be set from YAML
-    minimum: float | None = None
-    aliases: tuple[str, ...] = ()  # former names, still accepted (flags, YAML, explicit)
 
 
 def _f(*args: Any, **kw: Any) -> Field:
@@ -305,6 +289,7 @@ _FIELD_LIST = [
         "workload",
         minimum=0,
     ),
+    _f("vocab_size", int, 32000, "vocabulary size (synthetic tokens)", "workload", minimum=4),
     # reporting
     _f("progress", bool, True, "tqdm progress bar during the run", "report"),
     _f("progress_interval_s", float, 0.5, "progress refresh period", "report", minimum=0.05),
@@ -317,104 +302,15 @@ _FIELD_LIST = [
         "code sites that grew most go to summary.json's memory_growth and harness.log",
         "report",
     ),
-    # engine model / dummy core
-    _f("engine_profile", str, "cpu-tiny", "engine model profile of the dummy core", "dummy"),
-    _f(
-        "engine_profiles_file",
-        str,
-        str(REPO_ROOT / "configs" / "engine_profiles.yaml"),
-        "YAML of engine profiles",
-        "dummy",
-    ),
-    _f(
-        "engine_flags",
-        "flags",
-        {},
-        "engine model overrides",
-        "dummy",
-        env="LLMLIB_ENGINE_FLAGS",
-        schema=fl.ENGINE_FLAGS,
-    ),
-    _f("vocab_size", int, 32000, "vocabulary size (synthetic tokens)", "dummy", minimum=4),
-    _f(
-        "dummy_fail_after", int, -1, "dummy core dies after this many requests (-1: never)", "dummy"
-    ),
-    # OpenAI-compatible endpoints (openai core)
-    _f(
-        "server_urls",
-        "list",
-        [],
-        "comma list of OpenAI-compatible server URLs, one core each (trtllm-serve, vllm "
-        "serve, llama.cpp, python -m harness serve)",
-        "endpoint",
-        aliases=("trtllm_server_urls",),
-    ),
-    _f(
-        "endpoint_api",
-        str,
-        "completions",
-        "which API: completions (token ids in) or chat (text in)",
-        "endpoint",
-        choices=("completions", "chat"),
-    ),
-    _f("endpoint_model", str, "", "model name sent (empty: the server's first)", "endpoint"),
-    _f(
-        "workers_per_core",
-        int,
-        0,
-        "worker processes per endpoint core, each with its own loop and session (0: none)",
-        "endpoint",
-        minimum=0,
-    ),
-    _f(
-        "endpoint_concurrency",
-        int,
-        512,
-        "requests in flight per core (more wait in the core)",
-        "endpoint",
-        minimum=1,
-    ),
-    _f(
-        "endpoint_timeout_s",
-        float,
-        600.0,
-        "a request's limit, first byte to last (it fails after)",
-        "endpoint",
-        minimum=0.1,
-    ),
     _f(
         "stall_timeout_s",
         float,
         0.0,
         "a server that sends no byte for this long fails what it holds (all its open requests "
         "when none of them moved; one request whose stream stopped after it began); 0: auto, "
-        "10 x the benchmark's TTFT limit, at least 10 s (endpoint and triton_grpc cores)",
-        "endpoint",
+        "10 x the benchmark's TTFT limit, at least 10 s (openai, trtllm_disagg, triton_grpc)",
+        "servers",
         minimum=0,
-    ),
-    _f(
-        "disagg_config",
-        str,
-        "",
-        "trtllm-serve disaggregated's YAML (hostname, port, context_servers, "
-        "generation_servers): the trtllm_disagg core's leader and workers",
-        "endpoint",
-    ),
-    # the routing core
-    _f(
-        "routing_config",
-        str,
-        str(REPO_ROOT / "configs" / "routing" / "default.yaml"),
-        "the routing core's YAML: router artifact, gate rules, expert pools, fallbacks",
-        "routing",
-    ),
-    _f(
-        "routing_stats_file",
-        str,
-        "routing.json",
-        "where the routing core writes its decisions' statistics (relative: in the run "
-        "directory; '' for none)",
-        "routing",
     ),
     # launching a server for the run (openai core)
     _f(
@@ -427,46 +323,6 @@ _FIELD_LIST = [
         "launch",
         choices=("", "vllm", "trtllm", "llamacpp", "llmlib", "triton"),
     ),
-    # Triton Inference Server over gRPC (triton_grpc core)
-    _f(
-        "triton_server_urls",
-        "list",
-        [],
-        "comma list of Triton gRPC endpoints, host:port, one core each",
-        "triton",
-    ),
-    _f("triton_model_name", str, "tensorrt_llm", "the model's name in Triton", "triton"),
-    _f(
-        "triton_num_clients_per_server",
-        int,
-        1,
-        "gRPC clients per server, each with its own stream, each in its own process "
-        "(unless --triton_clients_in_process)",
-        "triton",
-        minimum=1,
-    ),
-    _f(
-        "triton_clients_in_process",
-        bool,
-        False,
-        "run the clients in the harness's process (threads) rather than one process each",
-        "triton",
-    ),
-    _f(
-        "triton_num_models_per_server",
-        int,
-        1,
-        "models per server (named <triton_model_name>_0..N-1 when more than one)",
-        "triton",
-        minimum=1,
-    ),
-    _f(
-        "triton_end_id",
-        str,
-        "auto",
-        "end_id (and pad_id) sent with requests: auto (the benchmark's EOS id), none, or an id",
-        "triton",
-    ),
     _f("server_model", str, "", "model the launched server serves (path or name)", "launch"),
     _f("server_port", int, 0, "port of the launched server (0: a free one)", "launch", minimum=0),
     _f("server_args", str, "", "more arguments for the launched server, verbatim", "launch"),
@@ -477,16 +333,6 @@ _FIELD_LIST = [
         "how long the launched server may take to answer /health",
         "launch",
         minimum=1,
-    ),
-    # vLLM in process (vllm core)
-    _f(
-        "vllm_engine_flags",
-        "flags",
-        {},
-        "vLLM engine arguments, e.g. model:build/tiny-model,dtype:bfloat16,max_model_len:1024",
-        "vllm",
-        env="LLMLIB_VLLM_ENGINE_FLAGS",
-        schema=fl.VLLM_ENGINE_FLAGS,
     ),
     # TensorRT-LLM flag strings
     _f(
@@ -517,15 +363,68 @@ _FIELD_LIST = [
         schema=fl.RUNTIME_FLAGS,
     ),
 ]
-FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}
-# former names -> current ones: settings renamed, and core types (--core_type's values)
-ALIASES: dict[str, str] = {a: f.name for f in _FIELD_LIST for a in f.aliases}
-CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}
+# Each backend's own settings, declared where it lives (``llmlib.config.fields.Section``),
+# by module path: ``llmlib`` imports no backend; the table is assembled on first use.
+SECTIONS: list[str] = [
+    "llmlib.model.engine:EngineSettings",
+    "cores.dummy:DummySettings",
+    "cores.openai.core:EndpointSettings",
+    "cores.openai.disagg:DisaggSettings",
+    "cores.routing:RoutingSettings",
+    "cores.triton_grpc:TritonSettings",
+    "cores.vllm:VLLMSettings",
+]
+CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}  # former core type names
+
+
+class FieldTable(Mapping[str, Field]):
+    """Every setting by name: the shared ones above, then each section's (in ``SECTIONS``
+    order), assembled on first use; ``aliases`` maps former names to current ones."""
+
+    def __init__(self, shared: list[Field], sections: list[str]) -> None:
+        self._shared, self._sections = shared, sections
+        self._fields: dict[str, Field] | None = None
+        self.aliases: dict[str, str] = {}
+
+    def add_section(self, target: str) -> None:
+        """Another section (``"module:Class"``), for an out-of-tree backend."""
+        if target not in self._sections:
+            self._sections.append(target)
+            self._fields = None
+
+    def _table(self) -> dict[str, Field]:
+        if self._fields is None:
+            fields = list(self._shared)
+            for target in self._sections:
+                module, _, name = target.partition(":")
+                section = getattr(importlib.import_module(module), name)
+                fields += section.fields()
+            table: dict[str, Field] = {}
+            for f in fields:
+                if f.name in table:
+                    raise ConfigError(f"setting {f.name} is declared twice ({f.group})")
+                table[f.name] = f
+            self.aliases = {a: f.name for f in fields for a in f.aliases}
+            self._fields = table
+        return self._fields
+
+    def __getitem__(self, name: str) -> Field:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+FIELDS = FieldTable(_FIELD_LIST, SECTIONS)
 
 
 def canonical(name: str) -> str:
     """A setting's current name (a former one maps to it)."""
-    return ALIASES.get(name, name)
+    FIELDS._table()
+    return FIELDS.aliases.get(name, name)
 
 
 # flag-string keys holding paths (made absolute when they name an existing file or
@@ -639,7 +538,7 @@ class Config:
     def describe(self) -> str:
         """One line per field: name, value, source (for --print_config)."""
         rows = []
-        for f in _FIELD_LIST:
+        for f in FIELDS.values():
             v = self.values[f.name]
             shown = (
                 fl.format_flag_string(v)
@@ -740,8 +639,8 @@ def resolve(
     for name in [*flags, *explicit]:
         if name not in FIELDS:
             raise UnknownNameError("setting", name, FIELDS)
-    values = {f.name: f.default for f in _FIELD_LIST}
-    sources = {f.name: "default" for f in _FIELD_LIST}
+    values = {f.name: f.default for f in FIELDS.values()}
+    sources = {f.name: "default" for f in FIELDS.values()}
 
     def put(name: str, raw: Any, where: str) -> None:
         f = FIELDS[name]
@@ -775,7 +674,7 @@ def resolve(
             if not FIELDS[name].yaml:
                 raise ConfigError(f"{where}: '{name}' cannot be set from YAML")
             put(name, raw, f"yaml {where}")
-    for f in _FIELD_LIST:
+    for f in FIELDS.values():
         if f.env and env.get(f.env):
             put(f.name, env[f.env], f"env {f.env}")
     for name, raw in flags.items():

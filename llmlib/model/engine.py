@@ -27,12 +27,33 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from llmlib.config import flags as fl
+from llmlib.config.fields import REPO_ROOT, Section, setting
 from llmlib.errors import ConfigError, UnknownNameError
 from llmlib.serving.prefix import BLOCK_TOKENS, BlockSet
+
+if TYPE_CHECKING:  # (settings imports the policies, which import this)
+    from llmlib.config.settings import Config
+
+
+@dataclass(frozen=True)
+class EngineSettings(Section):
+    """The engine model's settings (the dummy core, the serving front's default core, and
+    the simulator's replay read them)."""
+
+    group: ClassVar[str] = "engine"
+    engine_profile: str = setting("cpu-tiny", "engine model profile of the dummy core")
+    engine_profiles_file: str = setting(
+        str(REPO_ROOT / "configs" / "engine_profiles.yaml"), "YAML of engine profiles"
+    )
+    engine_flags: dict[str, Any] = setting(
+        {}, "engine model overrides", env="LLMLIB_ENGINE_FLAGS", schema=fl.ENGINE_FLAGS
+    )
+
 
 # (time_ns, seq_id, is_final)
 EngineEvent = tuple[int, int, bool]
@@ -349,12 +370,13 @@ def _chain(prefill: deque[_Seq], waiting: deque[_Seq], admit: int):  # type: ign
         yield waiting[i]
 
 
-def profile_from_config(cfg: Any) -> EngineProfile:
+def profile_from_config(cfg: Config) -> EngineProfile:
     """The profile named by ``cfg.engine_profile`` in ``cfg.engine_profiles_file``, with
     ``cfg.engine_flags`` applied, then the TensorRT-LLM-style runtime knobs
     (``max_batch_size``, ``max_num_tokens``) from ``cfg.runtime_flags``."""
-    profile = get_profile(load_profiles(cfg.engine_profiles_file), cfg.engine_profile)
-    overrides = dict(cfg.engine_flags or {})
+    s = EngineSettings.of(cfg)
+    profile = get_profile(load_profiles(s.engine_profiles_file), s.engine_profile)
+    overrides = dict(s.engine_flags)
     runtime = cfg.runtime_flags or {}
     for key in ("max_batch_size", "max_num_tokens"):
         if key in runtime:

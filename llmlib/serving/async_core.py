@@ -19,13 +19,16 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llmlib.errors import HealthCheckError
 from llmlib.serving.core import CompletionCallback, LLMCore
 from llmlib.serving.request import LLMRequest, failed_response
+
+if TYPE_CHECKING:  # (settings imports the policies, which import this)
+    from llmlib.config.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class AsyncLoopCore(LLMCore):
     def __init__(
         self,
         core_id: int,
-        cfg: Any,
+        cfg: Config,
         callback: CompletionCallback | None = None,
         concurrency: int = 512,
     ) -> None:

@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llmlib.errors import HealthCheckError
 from llmlib.serving.request import (
@@ -41,6 +41,9 @@ from llmlib.serving.request import (
     ResponseBatch,
     failed_response,
 )
+
+if TYPE_CHECKING:  # (settings imports the policies, which import this)
+    from llmlib.config.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,9 @@ class LLMCore(ABC):
     name: ClassVar[str] = "abstract"
     capabilities: ClassVar[CoreCapabilities] = CoreCapabilities()
 
-    def __init__(self, core_id: int, cfg: Any, callback: CompletionCallback | None = None) -> None:
+    def __init__(
+        self, core_id: int, cfg: Config, callback: CompletionCallback | None = None
+    ) -> None:
         self.core_id = core_id
         self.cfg = cfg
         self.callback = callback
@@ -111,18 +116,18 @@ class LLMCore(ABC):
 
     # --- sizing ---------------------------------------------------------------------------
     @classmethod
-    def num_cores_for_workload(cls, cfg: Any) -> int:
+    def num_cores_for_workload(cls, cfg: Config) -> int:
         """How many cores of this type the workload gets (default: ``cfg.num_cores`` or 1)."""
         return int(getattr(cfg, "num_cores", 1) or 1)
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Config) -> None:
         """Raise ConfigError for settings this core cannot run with (checked before any
         process starts). Default: nothing to check."""
         return None
 
     @classmethod
-    def config_for_core(cls, index: int, cfg: Any) -> Any:
+    def config_for_core(cls, index: int, cfg: Config) -> Any:
         """The configuration core ``index`` is built with (default: the shared one)."""
         return cfg
 

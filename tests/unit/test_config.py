@@ -1,7 +1,10 @@
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
+from llmlib.config.fields import Section, setting
 from llmlib.config.flags import RUNTIME_FLAGS, format_flag_string, parse_flag_string
 from llmlib.config.settings import FIELDS, resolve
 from llmlib.errors import ConfigError, UnknownNameError
@@ -197,3 +200,59 @@ def test_a_routing_config_may_use_the_former_names(tmp_path):
     rc = load_routing_config(path)
     assert {p.core_type for p in rc.pools.values()} == {"openai"}
     assert rc.pools["code"].flags == {"server_urls": "http://127.0.0.1:1"}
+
+
+# --- sections: each backend's own settings -------------------------------------------------
+def test_every_section_s_fields_are_settings_and_read_back_typed():
+    """Each shipped section's fields are in the table under its group, once, and ``of``
+    gives them back with the types its annotations say."""
+    import dataclasses
+    import importlib
+
+    from llmlib.config.settings import SECTIONS
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg()
+    seen: set[str] = set()
+    for target in SECTIONS:
+        module, _, name = target.partition(":")
+        section = getattr(importlib.import_module(module), name)
+        values = section.of(cfg)
+        for f in dataclasses.fields(section):
+            assert FIELDS[f.name].group == section.group, f.name
+            assert f.name not in seen
+            seen.add(f.name)
+            v = getattr(values, f.name)
+            want = {"str": str, "int": int, "float": float, "bool": bool}.get(str(f.type))
+            if want is not None:
+                assert type(v) is want, (f.name, v)
+            else:
+                assert isinstance(v, list if str(f.type).startswith("list") else dict), f.name
+    assert {"triton_server_urls", "server_urls", "engine_profile", "vllm_engine_flags"} <= seen
+
+
+@dataclass(frozen=True)
+class _ExtraSettings(Section):
+    group: ClassVar[str] = "extra"
+    extra_depth: int = setting(3, "an out-of-tree backend's setting", minimum=1)
+    extra_flags: dict[str, Any] = setting({}, "its flags", env="EXTRA_FLAGS",
+                                          schema={"speed": float})  # fmt: skip
+
+
+def test_an_out_of_tree_section_becomes_flags_yaml_and_env(confdir, monkeypatch):
+    from llmlib.config import settings
+
+    table = settings.FieldTable(list(settings._FIELD_LIST), list(settings.SECTIONS))
+    monkeypatch.setattr(settings, "FIELDS", table)
+    table.add_section("tests.unit.test_config:_ExtraSettings")
+    cfg = _resolve(confdir, {"extra_depth": "7"}, env={"EXTRA_FLAGS": "speed:2.5"})
+    got = _ExtraSettings.of(cfg)
+    assert got.extra_depth == 7 and got.extra_flags == {"speed": 2.5}
+    assert cfg.sources["extra_flags"] == "env EXTRA_FLAGS"
+    with pytest.raises(ConfigError, match="below the minimum"):
+        _resolve(confdir, {"extra_depth": "0"})
+    table.add_section("tests.unit.test_config:_ExtraSettings")  # (the same one: no-op)
+    twice = settings.FieldTable(list(settings._FIELD_LIST),
+                                [*settings.SECTIONS, "cores.vllm:VLLMSettings"])  # fmt: skip
+    with pytest.raises(ConfigError, match="vllm_engine_flags is declared twice"):
+        len(twice)
