@@ -242,7 +242,7 @@ class _ExtraSettings(Section):
 def test_an_out_of_tree_section_becomes_flags_yaml_and_env(confdir, monkeypatch):
     from llmlib.config import settings
 
-    table = settings.FieldTable(list(settings._FIELD_LIST), list(settings.SECTIONS))
+    table = settings.FieldTable(list(settings.SHARED_FIELDS), list(settings.SECTIONS))
     monkeypatch.setattr(settings, "FIELDS", table)
     table.add_section("tests.unit.test_config:_ExtraSettings")
     cfg = _resolve(confdir, {"extra_depth": "7"}, env={"EXTRA_FLAGS": "speed:2.5"})
@@ -252,7 +252,7 @@ def test_an_out_of_tree_section_becomes_flags_yaml_and_env(confdir, monkeypatch)
     with pytest.raises(ConfigError, match="below the minimum"):
         _resolve(confdir, {"extra_depth": "0"})
     table.add_section("tests.unit.test_config:_ExtraSettings")  # (the same one: no-op)
-    twice = settings.FieldTable(list(settings._FIELD_LIST),
+    twice = settings.FieldTable(list(settings.SHARED_FIELDS),
                                 [*settings.SECTIONS, "cores.vllm:VLLMSettings"])  # fmt: skip
     with pytest.raises(ConfigError, match="vllm_engine_flags is declared twice"):
         len(twice)
