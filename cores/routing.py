@@ -46,6 +46,7 @@ class RoutingSettings(Section):
     routing_config: str = setting(
         str(REPO_ROOT / "configs" / "routing" / "default.yaml"),
         "the routing core's YAML: router artifact, gate rules, expert pools, fallbacks",
+        path=True,
     )
     routing_stats_file: str = setting(
         "routing.json",

@@ -46,6 +46,7 @@ class VLLMSettings(Section):
         "vLLM engine arguments, e.g. model:build/tiny-model,dtype:bfloat16,max_model_len:1024",
         env="LLMLIB_VLLM_ENGINE_FLAGS",
         schema=fl.VLLM_ENGINE_FLAGS,
+        path_keys=("model", "tokenizer"),
     )
 
 

@@ -36,6 +36,7 @@ class DisaggSettings(Section):
         "",
         "trtllm-serve disaggregated's YAML (hostname, port, context_servers, "
         "generation_servers): the trtllm_disagg core's leader and workers",
+        path=True,
     )
 
 

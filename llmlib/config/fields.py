@@ -38,6 +38,11 @@ class Field:
     yaml: bool = True  # may be set from YAML
     minimum: float | None = None
     aliases: tuple[str, ...] = ()  # former names, still accepted (flags, YAML, explicit)
+    # a path, made absolute where it is given (tests run in their own directories); for a
+    # flag string, the keys that may hold one (made absolute when they name something that
+    # exists; otherwise they are names, such as a model id, and left alone)
+    path: bool = False
+    path_keys: tuple[str, ...] = ()
 
 
 def setting(
@@ -49,11 +54,13 @@ def setting(
     schema: Mapping[str, type] | None = None,
     minimum: float | None = None,
     aliases: tuple[str, ...] = (),
+    path: bool = False,
+    path_keys: tuple[str, ...] = (),
 ) -> Any:
     """One field of a ``Section``: its default (a list: a comma-list setting; a dict: a
     flag string, with ``schema``) and help, and what ``Field`` takes besides."""
-    meta = {"help": help, "choices": choices, "env": env, "schema": schema,
-            "minimum": minimum, "aliases": aliases}  # fmt: skip
+    meta = {"help": help, "choices": choices, "env": env, "schema": schema, "minimum": minimum,
+            "aliases": aliases, "path": path, "path_keys": path_keys}  # fmt: skip
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -76,7 +83,8 @@ class Section:
                 else type(default)
             )  # fmt: skip
             out.append(Field(f.name, kind, default, m["help"], cls.group, m["choices"],
-                             m["env"], m["schema"], True, m["minimum"], m["aliases"]))  # fmt: skip
+                             m["env"], m["schema"], True, m["minimum"], m["aliases"],
+                             m["path"], m["path_keys"]))  # fmt: skip
         return out
 
     @classmethod

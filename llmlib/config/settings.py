@@ -92,26 +92,6 @@ def canonical(name: str) -> str:
     return FIELDS.aliases.get(name, name)
 
 
-# flag-string keys holding paths (made absolute when they name an existing file or
-# directory; otherwise they are names, such as a model id, and left alone)
-FLAG_PATH_KEYS = {"vllm_engine_flags": ("model", "tokenizer")}
-PATH_FIELDS = frozenset(
-    {
-        "system_config",
-        "config_dir",
-        "log_dir",
-        "user_conf",
-        "audit_config",
-        "engine_profiles_file",
-        "dataset_path",
-        "tokenizer_path",
-        "cache_dir",
-        "disagg_config",
-        "routing_config",
-    }
-)
-
-
 def coerce_field(field: Field, value: Any, where: str) -> Any:
     what = f"{field.name} (from {where})"
     if field.type == "flags":
@@ -312,11 +292,11 @@ def resolve(
         value = coerce_field(f, raw, where)
         if name == "core_type":
             value = CORE_ALIASES.get(value, value)
-        if name in PATH_FIELDS and value:
+        if f.path and value:
             # tests run in their own directories: paths are fixed where they are given
             value = str(Path(value).expanduser().resolve())
         if f.type == "flags":
-            for key in FLAG_PATH_KEYS.get(name, ()):
+            for key in f.path_keys:
                 if key in value and Path(value[key]).expanduser().exists():  # a local path
                     value[key] = str(Path(value[key]).expanduser().resolve())
             value = {**values[name], **value}

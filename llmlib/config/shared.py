@@ -119,6 +119,7 @@ SHARED_FIELDS = [
         "system YAML (default configs/systems/<system_name>.yaml if present)",
         "run",
         yaml=False,
+        path=True,
     ),
     _f(
         "config_dir",
@@ -127,6 +128,7 @@ SHARED_FIELDS = [
         "where benchmark/system YAML live",
         "run",
         yaml=False,
+        path=True,
     ),
     _f(
         "log_dir",
@@ -135,6 +137,7 @@ SHARED_FIELDS = [
         "results root: <log_dir>/<timestamp>/<system>/<bench>/<scenario>/<mode>",
         "run",
         yaml=False,
+        path=True,
     ),
     # LoadGen settings
     _f(
@@ -179,7 +182,7 @@ SHARED_FIELDS = [
         "loadgen",
         minimum=0,
     ),
-    _f("user_conf", str, "", "LoadGen user.conf applied after mlperf.conf", "loadgen"),
+    _f("user_conf", str, "", "LoadGen user.conf applied after mlperf.conf", "loadgen", path=True),
     _f(
         "audit_config",
         str,
@@ -188,6 +191,7 @@ SHARED_FIELDS = [
         "the working directory is reported, never used",
         "loadgen",
         yaml=False,
+        path=True,
     ),
     _f(
         "output_dtype",
@@ -215,6 +219,7 @@ SHARED_FIELDS = [
         "dataset file (MLPerf pickle or JSONL of token ids); empty: the benchmark's "
         "seeded synthetic workload",
         "workload",
+        path=True,
     ),
     _f(
         "dataset_format",
@@ -246,6 +251,7 @@ SHARED_FIELDS = [
         "",
         "local tokenizer (a directory with tokenizer.json, or the file) for text datasets",
         "workload",
+        path=True,
     ),
     _f(
         "cache_dir",
@@ -253,6 +259,7 @@ SHARED_FIELDS = [
         str(REPO_ROOT / "build" / "cache"),
         "where tokenized datasets are cached ('' for no cache)",
         "workload",
+        path=True,
     ),
     _f("sample_count", int, 0, "synthetic samples (0: the benchmark's)", "workload", minimum=0),
     _f("seed", int, 0, "seed of synthetic data and pseudo tokens", "workload"),

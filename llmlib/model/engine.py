@@ -48,7 +48,7 @@ class EngineSettings(Section):
     group: ClassVar[str] = "engine"
     engine_profile: str = setting("cpu-tiny", "engine model profile of the dummy core")
     engine_profiles_file: str = setting(
-        str(REPO_ROOT / "configs" / "engine_profiles.yaml"), "YAML of engine profiles"
+        str(REPO_ROOT / "configs" / "engine_profiles.yaml"), "YAML of engine profiles", path=True
     )
     engine_flags: dict[str, Any] = setting(
         {}, "engine model overrides", env="LLMLIB_ENGINE_FLAGS", schema=fl.ENGINE_FLAGS

@@ -162,6 +162,13 @@ def test_relative_paths_are_made_absolute_where_they_are_given(confdir, monkeypa
     assert cfg.user_conf == str(confdir / "u.conf")
     assert cfg.log_dir == str(confdir / "out")
     assert _resolve(confdir).user_conf == ""
+    # a backend's section declares its own paths: a file, and a flag string's keys
+    (confdir / "r.yaml").write_text("")
+    (confdir / "m").mkdir()
+    cfg = _resolve(confdir, flags={"routing_config": "r.yaml",
+                                   "vllm_engine_flags": "model:m,tokenizer:org/name"})  # fmt: skip
+    assert cfg.routing_config == str(confdir / "r.yaml")
+    assert cfg.vllm_engine_flags == {"model": str(confdir / "m"), "tokenizer": "org/name"}
 
 
 def test_former_names_still_work_from_flags_yaml_code_and_the_command_line(confdir, capsys):
