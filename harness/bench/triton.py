@@ -118,7 +118,7 @@ def peer(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float
 def core(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float,
          clients: int, in_process: bool) -> dict[str, Any]:  # fmt: skip
     """TritonGrpcCore with ``clients`` clients: ``conc`` in flight, each final issues the next."""
-    from cores.triton_grpc import TritonGrpcCore
+    from cores.triton.core import TritonGrpcCore
 
     explicit = {"triton_server_urls": [url], "triton_num_clients_per_server": clients,
                 "triton_clients_in_process": in_process, "triton_end_id": "none"}  # fmt: skip

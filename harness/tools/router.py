@@ -19,8 +19,9 @@ from llmlib.errors import ConfigError
 from llmlib.router.corpus import DEFAULT_CORPUS, DEFAULT_ROUTER, EXPERTS, build_corpus, read_corpus
 from llmlib.router.evaluation import agreement, baseline, bench, confusion_table, evaluate
 from llmlib.router.features import FEATURE_VERSION, MAX_WORDS
-from llmlib.router.model import Router, load_model, load_router
+from llmlib.router.model import Router, load_router
 from llmlib.router.train import train
+from llmlib.router.weights import load_model
 
 
 def size_pools(shares: dict[str, float], total: int) -> dict[str, int]:

@@ -36,7 +36,7 @@ SECTIONS: list[str] = [
     "cores.openai.core:EndpointSettings",
     "cores.openai.disagg:DisaggSettings",
     "cores.routing:RoutingSettings",
-    "cores.triton_grpc:TritonSettings",
+    "cores.triton.core:TritonSettings",
     "cores.vllm:VLLMSettings",
 ]
 CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}  # former core type names

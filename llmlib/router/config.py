@@ -32,7 +32,8 @@ from llmlib.config.settings import CORE_ALIASES, FIELDS, canonical, read_yaml
 from llmlib.errors import ConfigError, UnknownNameError
 from llmlib.router.features import MAX_WORDS
 from llmlib.router.gate import Gate
-from llmlib.router.model import Router, load_model
+from llmlib.router.model import Router
+from llmlib.router.weights import load_model
 
 _TOP_KEYS = {
     "router",

@@ -12,7 +12,8 @@ import numpy as np
 
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import EXPERTS
-from llmlib.router.model import Router, RouterModel
+from llmlib.router.model import Router
+from llmlib.router.weights import RouterModel
 
 
 def evaluate(router: Router, rows: list[dict[str, Any]], prefixes: tuple[int, ...] = ()) -> dict:

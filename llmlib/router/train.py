@@ -9,7 +9,7 @@ from typing import Any, cast
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import EXPERTS, validation
 from llmlib.router.features import feature_ids
-from llmlib.router.model import RouterModel
+from llmlib.router.weights import RouterModel
 
 
 def train(

@@ -23,7 +23,7 @@ CORE_TABLE: dict[str, str] = {
     "routing": "cores.routing:RoutingCore",
     "trtllm_disagg": "cores.openai.disagg:DisaggCore",
     "openai": "cores.openai.core:EndpointCore",
-    "triton_grpc": "cores.triton_grpc:TritonGrpcCore",
+    "triton_grpc": "cores.triton.core:TritonGrpcCore",
     "vllm": "cores.vllm:VLLMCore",
 }
 

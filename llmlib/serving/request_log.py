@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -10,12 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.serving.log_parts import COLUMNS, INT_COLUMNS, read_part, warm_arrow, write_part
+from llmlib.serving.log_files import (
+    COLUMNS,
+    INT_COLUMNS,
+    read_part,
+    warm_arrow,
+    write_csv,
+    write_part,
+)
 from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
 BLOCK_ROWS = 1 << 15  # requests per block (int64 columns: ~1.8 MB in memory)
-CSV_HEADER = ["query_id", "sample_index", "core", "issue_ms", "ttft_ms", "latency_ms",
-              "tpot_ms", "n_tokens", "error", "tokens_before_failure"]  # fmt: skip
 
 
 class _Block:
@@ -380,38 +384,10 @@ class RequestLog:
         return (t["final_ns"] - t["issue_ns"])[ok]
 
     def write_csv(self, path: str | Path, origin_ns: int = 0) -> dict[str, int]:
-        """One row per request; times in ms relative to ``origin_ns``. Returns what the rows
-        hold (issued, completed, failed): the same snapshot, while requests may still come
-        in (an interrupted run)."""
-        t = self.table()
-        err = t["error"].tolist()
-        counts = {"issued": len(err), "completed": 0, "failed": 0}
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(CSV_HEADER)
-            rows = zip(
-                *(t[c].tolist() for c in ("qid", "sample", "core", "issue_ns", "first_ns",
-                                          "final_ns", "n_tokens", "tokens_before_failure")),
-                err,
-                strict=True,
-            )  # fmt: skip
-            for qid, sample, core, iss, first, fin, n, partial, e in rows:
-                ttft = (first - iss) / 1e6 if first else ""
-                lat = (fin - iss) / 1e6 if fin else ""
-                tpot = (fin - first) / (n - 1) / 1e6 if first and fin and n > 1 else ""
-                if e:
-                    counts["failed"] += 1
-                elif fin:
-                    counts["completed"] += 1
-                w.writerow(
-                    [qid, sample, core, f"{(iss - origin_ns) / 1e6:.3f}", _fmt(ttft),
-                     _fmt(lat), _fmt(tpot), n, e, partial if e else ""]
-                )  # fmt: skip
-        return counts
-
-
-def _fmt(v: float | str) -> str:
-    return v if isinstance(v, str) else f"{v:.3f}"
+        """``requests.csv``: one row per request, times in ms relative to ``origin_ns``.
+        Returns what the rows hold (issued, completed, failed): the same snapshot, while
+        requests may still come in (an interrupted run)."""
+        return write_csv(self.table(), path, origin_ns)
 
 
 def _ttft_tpot(

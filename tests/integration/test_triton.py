@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from cores.triton_grpc import BROKEN, FAILED, TritonGrpcCore, TritonStream
+from cores.triton.core import TritonGrpcCore
+from cores.triton.stream import BROKEN, FAILED, TritonStream
 from llmlib.config.settings import REPO_ROOT, resolve
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port

@@ -13,7 +13,8 @@ import pytest
 from llmlib.errors import ConfigError
 from llmlib.router.features import MAX_WORDS, feature_ids, prepare
 from llmlib.router.gate import Gate
-from llmlib.router.model import Router, RouterModel, load_model, load_router
+from llmlib.router.model import Router, load_router
+from llmlib.router.weights import RouterModel, load_model
 
 torch = pytest.importorskip("torch", reason="router training needs the model extra")
 

@@ -1,9 +1,11 @@
-"""The request log's blocks on disk: one Parquet file per block (zstd), written once the
-block is sealed, read back for the report; and pyarrow warmed before a test (its first use
-costs the process ~100 MB of RSS once: better before the test than in the middle of it)."""
+"""The request log's files: one Parquet file per block (zstd), written once the block is
+sealed, read back for the report; ``requests.csv``, the same rows as text; and pyarrow
+warmed before a test (its first use costs the process ~100 MB of RSS once: better before
+the test than in the middle of it)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +56,39 @@ def read_part(path: Path) -> dict[str, np.ndarray]:
     out = {c: table.column(c).to_numpy() for c in INT_COLUMNS + ("tokens_before_failure",)}
     out["error"] = np.asarray(table.column("error").to_pylist(), dtype=object)
     return out
+
+
+CSV_HEADER = ["query_id", "sample_index", "core", "issue_ms", "ttft_ms", "latency_ms",
+              "tpot_ms", "n_tokens", "error", "tokens_before_failure"]  # fmt: skip
+
+
+def write_csv(t: dict[str, np.ndarray], path: str | Path, origin_ns: int = 0) -> dict[str, int]:
+    """``requests.csv`` from the log's columns (``RequestLog.table``); the counts it holds."""
+    err = t["error"].tolist()
+    counts = {"issued": len(err), "completed": 0, "failed": 0}
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_HEADER)
+        rows = zip(
+            *(t[c].tolist() for c in ("qid", "sample", "core", "issue_ns", "first_ns",
+                                      "final_ns", "n_tokens", "tokens_before_failure")),
+            err,
+            strict=True,
+        )  # fmt: skip
+        for qid, sample, core, iss, first, fin, n, partial, e in rows:
+            ttft = (first - iss) / 1e6 if first else ""
+            lat = (fin - iss) / 1e6 if fin else ""
+            tpot = (fin - first) / (n - 1) / 1e6 if first and fin and n > 1 else ""
+            if e:
+                counts["failed"] += 1
+            elif fin:
+                counts["completed"] += 1
+            w.writerow(
+                [qid, sample, core, f"{(iss - origin_ns) / 1e6:.3f}", _fmt(ttft),
+                 _fmt(lat), _fmt(tpot), n, e, partial if e else ""]
+            )  # fmt: skip
+    return counts
+
+
+def _fmt(v: float | str) -> str:
+    return v if isinstance(v, str) else f"{v:.3f}"
