@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from harness.report.report import RunSummary
 
 LATENCY_PNG = "latency_cdf.png"
 THROUGHPUT_PNG = "throughput.png"
@@ -64,7 +67,7 @@ def _cdf(ax: Any, values: np.ndarray, title: str, limit_ms: float | None) -> Non
     ax.legend(loc="lower right")
 
 
-def plot_run(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+def plot_run(run_dir: Path, summary: RunSummary) -> list[str]:
     """Draw the run's plots into ``run_dir``; returns the file names written."""
     plt = _pyplot()
     req = run_dir / "requests.csv"

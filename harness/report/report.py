@@ -6,12 +6,48 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from llmlib.serving.health import describe_events
 from llmlib.serving.request_log import RequestLog
+
+
+class RunSummary(TypedDict, total=False):
+    """``summary.json``: one test's verdict and figures, as the runner writes it (a run of an
+    older version may lack keys; the pool's keys are there when the pool has them)."""
+
+    benchmark: str
+    scenario: str
+    mode: str  # performance, accuracy or a compliance test's name
+    compliance: dict[str, Any] | None  # the compliance test's checks
+    rules: dict[str, Any] | None  # MLPerf's run rules: level and problems
+    system: str
+    core_type: str
+    num_cores: int
+    policy: str
+    policy_stats: dict[str, Any]
+    core_health: list[dict[str, Any]]  # cores taken out of and back into the rotation
+    pools: dict[str, int]  # a disaggregated run's pool sizes
+    decode_policy_stats: dict[str, Any]
+    handed_over: int
+    kv_transfer: dict[str, int]
+    mlperf_model: str
+    dataset: str
+    samples: int
+    started: str
+    run_dir: str
+    validity: str  # VALID or INVALID (INTERRUPTED: written by harness.run.interrupt)
+    reasons: list[str]
+    loadgen: dict[str, Any]
+    harness: dict[str, Any]
+    notes: list[str]
+    memory_growth: list[dict[str, Any]] | None
+    config: dict[str, Any]
+    config_sources: dict[str, str]
+    plots: list[str]
+
 
 _PCTS = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
 
@@ -154,12 +190,12 @@ def _ms(d: dict[str, Any], key: str) -> str:
     return "-" if v is None else f"{v / 1e6:.2f}"
 
 
-def write_report(run_dir: Path, summary: dict[str, Any]) -> None:
+def write_report(run_dir: Path, summary: RunSummary) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (run_dir / "report.md").write_text(render_markdown(summary))
 
 
-def render_markdown(s: dict[str, Any]) -> str:
+def render_markdown(s: RunSummary) -> str:
     lg, h = s["loadgen"], s["harness"]
     lines = [
         f"# {s['benchmark']} / {s['scenario']} / {s['mode']}",

@@ -22,6 +22,7 @@ from typing import Any
 
 from harness.report.plots import plot_run
 from harness.report.report import (
+    RunSummary,
     harness_result,
     loadgen_result,
     overall_validity,
@@ -85,10 +86,10 @@ class SweepAfterFailures:
                 gc.collect()
 
 
-def pool_summary(server: Pool, origin_ns: int) -> dict[str, Any]:
+def pool_summary(server: Pool, origin_ns: int) -> RunSummary:
     """What the pool's policies did (migrations...), each core taken out of or back into
     the rotation (times from ``origin_ns``), and a disaggregated run's pools."""
-    out: dict[str, Any] = {"policy_stats": server.policy.stats()}
+    out: RunSummary = {"policy_stats": server.policy.stats()}
     if isinstance(server, LLMServer):
         out["core_health"] = server.health.summary(origin_ns)
     if isinstance(server, PDServer):
@@ -104,7 +105,7 @@ def pool_summary(server: Pool, origin_ns: int) -> dict[str, Any]:
     return out
 
 
-def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None) -> dict[str, Any]:
+def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None) -> RunSummary:
     """One LoadGen test in ``run_dir``: prepared, executed, reported. With ``compliance`` (a
     test name), the test runs under that test's audit.config and its checks are made on the
     logs afterwards."""
@@ -211,7 +212,7 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
     return Executed(rlog, t0, duration, trace.growth)
 
 
-def report(plan: TestPlan, done: Executed) -> dict[str, Any]:
+def report(plan: TestPlan, done: Executed) -> RunSummary:
     """After the test (the pool closed): the request log written, LoadGen's logs read, the
     run rules and compliance checks made, summary.json, report.md and the plots."""
     cfg, run_dir, server, notes = plan.cfg, plan.run_dir, plan.server, plan.notes
@@ -250,7 +251,7 @@ def report(plan: TestPlan, done: Executed) -> dict[str, Any]:
                              plan.spec.eos_id, cfg.output_dtype)  # fmt: skip
         (run_dir / "verify_accuracy.txt").write_text(res06.verify_text())
         checks = res06.to_json()
-    summary = {
+    summary: RunSummary = {
         "benchmark": cfg.benchmark,
         "scenario": cfg.scenario,
         "mode": plan.compliance or MODE_DIR[plan.mode],
@@ -260,7 +261,6 @@ def report(plan: TestPlan, done: Executed) -> dict[str, Any]:
         "core_type": cfg.core_type,
         "num_cores": len(cores),
         "policy": plan.policy_name,
-        **pool_summary(server, done.t0_ns),
         "mlperf_model": plan.spec.mlperf_model,
         "dataset": plan.dataset.name,
         "samples": len(plan.dataset),
@@ -275,6 +275,7 @@ def report(plan: TestPlan, done: Executed) -> dict[str, Any]:
         "config": cfg.values,
         "config_sources": cfg.sources,
     }
+    summary.update(pool_summary(server, done.t0_ns))
     try:
         summary["plots"] = plot_run(run_dir, summary)
         if not summary["plots"]:
