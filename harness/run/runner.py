@@ -229,6 +229,7 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
         )
     rlog = done.rlog
     rlog.finish()  # (requests/: the whole log, as Parquet)
+    notes += [f"request log: {e}: kept in memory, requests.csv has it" for e in rlog.spill_errors]
     rlog.write_csv(run_dir / "requests.csv", done.t0_ns)
     detail = parse_detail_log(run_dir / "mlperf_log_detail.txt")
     summary_txt = run_dir / "mlperf_log_summary.txt"

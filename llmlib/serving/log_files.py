@@ -25,18 +25,13 @@ def write_part(columns: dict[str, np.ndarray], path: Path | Any) -> None:
                    compression="zstd", use_dictionary=["error"])  # fmt: skip
 
 
-_ARROW_WARM = False
-
-
 def warm_arrow(rows: int) -> None:
-    """Import pyarrow and write one block's worth to memory, once per process, before a test
-    starts: pyarrow's first use costs its process ~100 MB of RSS once (its libraries, lazy
-    initialization; measured), which would otherwise show as a step in the middle of the test
-    at the first spill. The system allocator, not pyarrow's mimalloc, which keeps arenas
-    (~20 MB more after 20 writes; measured)."""
-    global _ARROW_WARM
-    if _ARROW_WARM:
-        return
+    """Import pyarrow and write one block's worth to memory, on the thread that will write
+    the blocks, before the test starts: pyarrow's first use costs a process ~100 MB of RSS
+    once (its libraries, lazy initialization) and a thread ~10 MB (its allocator arena), both
+    measured, which would otherwise show as steps in the middle of the test at the first
+    spill. The system allocator, not pyarrow's mimalloc, which keeps arenas (~20 MB more
+    after 20 writes; measured)."""
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
@@ -46,7 +41,6 @@ def warm_arrow(rows: int) -> None:
         "tokens_before_failure": col,
     }
     write_part(block, pa.BufferOutputStream())
-    _ARROW_WARM = True
 
 
 def read_part(path: Path) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from llmlib.serving.log_files import (
 )
 from llmlib.serving.request import LLMRequest, LLMResponse, RequestBatch, ResponseBatch
 
+log = logging.getLogger(__name__)
 BLOCK_ROWS = 1 << 15  # requests per block (int64 columns: ~1.8 MB in memory)
 
 
@@ -58,9 +61,16 @@ class RequestLog:
     runs whether or not a bar is shown, and any reader). Columns live in blocks of
     ``BLOCK_ROWS`` rows (int64, ~60 bytes a request); a block whose requests are all final
     is *sealed*: with ``spill_dir`` it is written there as one Parquet file and leaves
-    memory, so a Server run of any length holds only the blocks with requests in flight
-    (the harness's RSS stays flat); without, it stays in memory. ``finish()`` writes the
-    rest: ``spill_dir`` then holds the whole log (``part-NNNNNN.parquet``, block order)."""
+    memory, so a Server run of any length holds only the blocks with requests in flight;
+    without, it stays in memory. ``finish()`` writes the rest: ``spill_dir`` then holds the
+    whole log (``part-NNNNNN.parquet``, block order).
+
+    Blocks are written by the log's own writer thread, never by a folding reader: a fold
+    can happen on the request path (``has_first``, on a failure), and a Parquet write takes
+    milliseconds. One thread also pays pyarrow's per-thread costs once (its allocator arena
+    grew ~10 MB at its first write, measured), warmed when the log is made, before the
+    test. A block a write failed on (a full disk) stays in memory: nothing is lost, and
+    ``spill_errors`` says so."""
 
     def __init__(self, spill_dir: str | Path | None = None) -> None:
         self._issued: list[LLMRequest | RequestBatch] = []
@@ -80,8 +90,28 @@ class RequestLog:
         self._version = 0
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._lock = threading.Lock()
+        self.spill_errors: list[str] = []
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
         if spill_dir is not None:
-            warm_arrow(BLOCK_ROWS)
+            self._writer = threading.Thread(target=self._write_loop, name="request-log-writer",
+                                            daemon=True)  # fmt: skip
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        """The writer thread: warm pyarrow, then write each sealed block it is given."""
+        warm_arrow(BLOCK_ROWS)
+        while (k := self._queue.get()) is not None:
+            try:
+                self._spill(k)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every sealed block handed to the writer is written (or failed)."""
+        if self._writer is not None:
+            self._queue.join()
 
     # --- the request path: appends only ---------------------------------------------------
     def on_issue(self, requests: Sequence[LLMRequest]) -> None:
@@ -251,16 +281,28 @@ class RequestLog:
         blk.open -= m
         if blk.open == 0 and blk.filled == BLOCK_ROWS:
             self._last_sealed = (k, blk)
-            if self._spill_dir is not None:
-                self._spill(k)
+            if self._writer is not None:
+                self._queue.put(k)  # (it stays readable here until it is written)
 
     def _spill(self, k: int) -> None:
-        """Write block ``k`` to ``spill_dir`` and drop it from memory."""
+        """On the writer thread: write sealed block ``k`` (no one writes to it any more, so
+        it is read without the lock), then drop it from memory."""
         assert self._spill_dir is not None
-        blk = self._blocks.pop(k)
-        self._spill_dir.mkdir(parents=True, exist_ok=True)
-        write_part(blk.table(), self._part(k))
-        self._spilled.append(k)
+        with self._lock:
+            blk = self._blocks.get(k)
+        if blk is None:
+            return
+        try:
+            self._spill_dir.mkdir(parents=True, exist_ok=True)
+            write_part(blk.table(), self._part(k))
+        except Exception as exc:  # (a full disk, a removed directory: keep it in memory)
+            log.exception("request log: block %d could not be written", k)
+            self.spill_errors.append(f"block {k}: {exc!r}")
+            return
+        with self._lock:
+            self._blocks.pop(k, None)
+            self._spilled.append(k)
+            self._version += 1
 
     def _part(self, k: int) -> Path:
         assert self._spill_dir is not None
@@ -280,11 +322,16 @@ class RequestLog:
                 for q, i in self._index.items()
             }
             self._index.clear()
-            if self._spill_dir is not None:
-                for k in sorted(self._blocks):
-                    self._spill(k)
-                if not self._rows:
-                    self._spill_dir.mkdir(parents=True, exist_ok=True)
+            rest = sorted(self._blocks)
+        if self._writer is None or self._spill_dir is None:
+            return
+        for k in rest:  # (the writer takes them in order, after what it already has)
+            if k not in self._spilled:
+                self._queue.put(k)
+        self._queue.put(None)
+        self._writer.join()
+        self._writer = None
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
 
     # --- reading --------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -95,9 +95,11 @@ def test_a_block_is_spilled_once_its_last_request_is_final(tmp_path, monkeypatch
     log.on_issue([req(q) for q in range(6)])
     log.on_responses(answer(0) + answer(2) + answer(3) + answer(4))
     log.sync()
+    log.drain()
     assert not list((tmp_path / "requests").glob("*.parquet"))  # request 1 is still open
     log.on_responses(answer(1))
     log.sync()
+    log.drain()  # (the writer thread writes it)
     assert [p.name for p in (tmp_path / "requests").glob("*.parquet")] == ["part-000000.parquet"]
     assert sorted(log._blocks) == [1]  # the sealed block left memory
     assert read_parts(tmp_path / "requests")["qid"] == [0, 1, 2, 3]
@@ -139,6 +141,7 @@ def test_a_run_of_any_length_holds_only_the_blocks_in_flight(tmp_path, monkeypat
         if q >= 3:
             log.on_responses(answer(q - 3, 2_000 + q, 11_000 + q))
         log.sync()
+        log.drain()
         most = max(most, len(log._blocks))
     assert most <= 2
     assert len(list((tmp_path / "requests").glob("*.parquet"))) == 99
@@ -168,3 +171,32 @@ def test_the_progress_thread_folds_the_log_with_the_bar_off():
         while (log._issued or log._responses) and time.monotonic() < deadline:
             time.sleep(0.01)
     assert not log._issued and not log._responses and log._completed == 1
+
+
+def test_blocks_are_written_on_the_writer_thread_and_a_failed_write_loses_nothing(
+    tmp_path, monkeypatch
+):
+    """A fold may run on the request path (has_first, on a failure): it never writes. A
+    block whose write fails (a full disk) stays in memory and is reported."""
+    blocks_of_4(monkeypatch)
+    threads, real = [], request_log.write_part
+
+    def write_part(columns, path):
+        threads.append(threading.current_thread().name)
+        if path.name == "part-000000.parquet":
+            raise OSError(28, "No space left on device")
+        real(columns, path)
+
+    monkeypatch.setattr(request_log, "write_part", write_part)
+    log = RequestLog(spill_dir=tmp_path / "requests")
+    log.on_issue([req(q) for q in range(9)])
+    for q in range(9):
+        log.on_responses(answer(q))
+    assert not log.has_first(3)  # (a fold on this thread: blocks 0 and 1 sealed)
+    log.finish()
+    # block 0 was tried when sealed and again at finish (the disk may have room by then)
+    assert set(threads) == {"request-log-writer"} and len(threads) == 4
+    assert len(log.spill_errors) == 2 and "No space left" in log.spill_errors[0]
+    assert sorted(log._blocks) == [0]  # kept
+    assert log.column("qid") == list(range(9)) and log.completed == 9
+    assert read_parts(tmp_path / "requests")["qid"] == list(range(4, 9))
