@@ -190,7 +190,7 @@ def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
         return load_dataset(
             cfg.dataset_path,
             cfg.dataset_format,
-            spec.name,
+            spec.family,
             spec.max_new_tokens,
             load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None,
             cfg.cache_dir or None,

@@ -225,7 +225,8 @@ SHARED_FIELDS = [
         "dataset_format",
         str,
         "auto",
-        "auto (from the file name), mlperf_pickle, jsonl, sharegpt or humaneval "
+        "auto (from the file name), mlperf_pickle, mlperf_parquet, mlperf_json, jsonl, "
+        "sharegpt or humaneval "
         "(the last two read their registry package when no path is given)",
         "workload",
         choices=DATASET_FORMATS,

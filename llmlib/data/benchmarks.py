@@ -1,8 +1,11 @@
 """Benchmarks and the datasets behind the QSL.
 
 A benchmark is ``configs/benchmarks/<name>.yaml``: its ``benchmark`` section names the
-LoadGen model (for mlperf.conf), the output cap, EOS id, and the shape of a seeded synthetic
-workload; ``settings`` / ``scenarios`` hold field defaults (see ``llmlib.config.settings``).
+LoadGen model (for mlperf.conf), the output cap, EOS/BOS ids, the family of its published
+dataset (which columns its files have and how it is scored), the compliance tests a
+submission runs, and the shape of a seeded synthetic workload (with where that shape comes
+from); ``settings`` / ``scenarios`` hold field defaults (see ``llmlib.config.settings``).
+Latency limits and sample counts are not written here: LoadGen's mlperf.conf has them.
 
 ``Dataset`` is the interface the QSL reads: per sample, input token ids, and where known
 the reference output length and tokens.
@@ -47,11 +50,26 @@ class BenchmarkSpec:
     mlperf_model: str
     max_new_tokens: int
     eos_id: int
-    samples: int
+    samples: int  # 0: mlperf.conf's performance sample count (see ``synthetic_samples``)
     input_len: LengthDist
     output_len: LengthDist
     description: str = ""
+    bos_id: int | None = None
+    family: str = ""  # the published dataset's family (columns, scorer); default: the name
+    compliance: tuple[str, ...] = ("TEST06",)  # what a SubmissionRun runs
+    shape_source: str = ""  # where the synthetic lengths come from
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def synthetic_samples(self) -> int:
+        """Samples in the synthetic stand-in: the YAML's, else mlperf.conf's performance
+        sample count for the model (the dataset's size)."""
+        if self.samples:
+            return self.samples
+        from llmlib.eval.rules import official_settings
+
+        return int(
+            official_settings(self.mlperf_model, "Offline")["performance_sample_count_override"]
+        )
 
 
 def load_benchmark(config_dir: str | Path, name: str) -> BenchmarkSpec:
@@ -64,17 +82,22 @@ def load_benchmark(config_dir: str | Path, name: str) -> BenchmarkSpec:
         raise ConfigError(f"{path}: missing the 'benchmark' section")
     try:
         syn = b["synthetic"]
+        bos = b.get("bos_id")
         return BenchmarkSpec(
             name=name,
             mlperf_model=b["mlperf_model"],
             max_new_tokens=int(b["max_new_tokens"]),
             eos_id=int(b.get("eos_id", 2)),
-            samples=int(syn["samples"]),
+            samples=int(syn.get("samples", 0)),
             input_len=LengthDist(**syn["input_len"]),
             output_len=LengthDist(**syn["output_len"]),
             description=str(b.get("description", "")),
+            bos_id=None if bos is None else int(bos),
+            family=str(b.get("family", name)),
+            compliance=tuple(str(t).upper() for t in b.get("compliance", ["TEST06"])),
+            shape_source=str(syn.get("source", "")),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: bad 'benchmark' section: {exc}") from None
 
 
@@ -117,7 +140,7 @@ class SyntheticDataset(Dataset):
     name = "synthetic"
 
     def __init__(self, spec: BenchmarkSpec, seed: int, vocab_size: int, count: int = 0) -> None:
-        n = count or spec.samples
+        n = count or spec.synthetic_samples()
         rng = np.random.default_rng([seed, 0x5EED])
         in_lens = spec.input_len.sample(rng, n)
         out_lens = np.minimum(spec.output_len.sample(rng, n), spec.max_new_tokens)

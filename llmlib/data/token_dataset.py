@@ -54,6 +54,7 @@ class TokenDataset(Dataset):
         self.source = source
         self.from_cache = False
         self.notes: list[str] = []  # things the report should say about the data
+        self.columns: list[str] = []  # a table's columns, for messages naming what it has
 
     def head(self, n: int) -> TokenDataset:
         """The first ``n`` samples."""
@@ -67,6 +68,7 @@ class TokenDataset(Dataset):
             self.source,
         )
         ds.from_cache = self.from_cache
+        ds.columns = self.columns
         ds.notes = [*self.notes, f"first {n} of {len(self)} samples"]
         return ds
 

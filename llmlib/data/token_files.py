@@ -1,73 +1,14 @@
-"""Datasets given as token ids: MLPerf's preprocessed pickles (pandas DataFrames) and JSONL
-(token ids or text per line)."""
+"""Datasets given as JSONL: token ids or text per line (MLPerf's tables: ``mlperf_tables``)."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from llmlib.data.text_sources import TextSample, cache_load, iter_jsonl, source_key, tokenized
 from llmlib.data.token_dataset import TokenDataset
 from llmlib.data.tokenizer import Tokenizer
-from llmlib.errors import ConfigError, MissingDependencyError, UnknownNameError
-
-# benchmark -> (required columns, reference-token columns tried in order, kept columns)
-MLPERF_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "llama2-70b": (("tok_input",), ("tok_output",), ("output",)),
-    "llama2-70b-interactive": (("tok_input",), ("tok_output",), ("output",)),
-    "mixtral-8x7b": (
-        ("tok_input", "dataset"),
-        ("tok_ref_output", "tok_output"),
-        ("dataset", "gt_output", "id"),
-    ),
-    "llama3.1-405b": (
-        ("tok_input", "gt_output", "metric"),
-        ("tok_ref_output",),
-        ("gt_output", "metric"),
-    ),
-}
-
-
-def load_mlperf_pickle(path: Path, benchmark: str, max_new_tokens: int) -> TokenDataset:
-    try:
-        import pandas as pd
-    except ImportError:
-        raise MissingDependencyError(
-            "reading MLPerf dataset pickles needs pandas: pip install -e .[data]"
-        ) from None
-    if benchmark not in MLPERF_COLUMNS:
-        raise UnknownNameError("benchmark with an MLPerf pickle format", benchmark, MLPERF_COLUMNS)
-    try:
-        df = pd.read_pickle(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as exc:
-        raise ConfigError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
-    if not isinstance(df, pd.DataFrame):
-        raise ConfigError(f"{path}: expected a pandas DataFrame, found {type(df).__name__}")
-    required, ref_cols, keep = MLPERF_COLUMNS[benchmark]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ConfigError(
-            f"{path}: missing column(s) {', '.join(missing)} for {benchmark} "
-            f"(found: {', '.join(map(str, df.columns))})"
-        )
-    ref_col = next((c for c in ref_cols if c in df.columns), None)
-    kept = [c for c in keep if c in df.columns]
-    fields = [{c: _plain(row[c]) for c in kept} for _, row in df[kept].iterrows()] if kept else None
-    return TokenDataset(
-        list(df["tok_input"]),
-        max_new_tokens,
-        list(df[ref_col]) if ref_col else None,
-        fields,
-        name=f"mlperf:{benchmark}",
-        source=str(path),
-    )
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+from llmlib.errors import ConfigError
 
 
 def load_jsonl(

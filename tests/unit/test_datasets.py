@@ -67,7 +67,7 @@ def test_bad_jsonl_names_file_line_and_problem(tmp_path, rows, expect):
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(ConfigError, match="file not found: .*nope.jsonl"):
         load_dataset(tmp_path / "nope.jsonl", "auto", "tiny", 8)
-    p = tmp_path / "data.parquet"
+    p = tmp_path / "data.csv"
     p.write_bytes(b"x")
     with pytest.raises(ConfigError, match="cannot tell the dataset format.*--dataset_format"):
         detect_format(p)
@@ -139,3 +139,94 @@ def test_pickle_errors_name_the_file_and_the_columns(tmp_path):
 def test_token_dataset_reference_count_must_match():
     with pytest.raises(ConfigError, match="1 references, 2 inputs"):
         TokenDataset([[1], [2]], 8, references=[[3]])
+
+
+# --- the v6.0 round's files, in the formats MLCommons publishes -----------------------------
+
+
+def test_llama31_8b_cnn_eval_json_array(tmp_path):
+    """cnn_eval.json: a JSON array of records (pandas.read_json in the reference)."""
+    rows = [
+        {"instruction": "Summarize", "input": "A long article.", "tok_input": [128000, 5, 6],
+         "output": "A summary."},
+        {"instruction": "Summarize", "input": "Another.", "tok_input": [128000, 7],
+         "output": "Short."},
+    ]  # fmt: skip
+    p = tmp_path / "cnn_eval.json"
+    p.write_text(json.dumps(rows, indent=1))
+    assert detect_format(p) == "mlperf_json"
+    ds = load_dataset(p, "auto", "llama3.1-8b", 128)
+    assert ds.name == "mlperf:llama3.1-8b" and len(ds) == 2
+    assert ds.input_tokens(0).tolist() == [128000, 5, 6]
+    assert ds.fields[1] == {"output": "Short."} and ds.reference_tokens(0) is None
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"input_ids": [1, 2]}\n')
+    assert detect_format(lines) == "jsonl"  # a .json of JSON lines stays JSONL
+
+
+def test_deepseek_pickle_with_token_ids_and_gt_output_alias(tmp_path):
+    df = pd.DataFrame(
+        {
+            "text_input": ["What is 1+1?", "Pick one."],
+            "tok_input": [[0, 5, 6], [0, 7]],
+            "gt_output": ["2", "B"],
+            "dataset": ["math500", "gpqa"],
+            "question": ["What is 1+1?", "Pick one."],
+        }
+    )
+    ds = load_dataset(pickled(tmp_path, df), "auto", "deepseek-r1", 20000)
+    assert ds.fields[0] == {"dataset": "math500", "ground_truth": "2", "question": "What is 1+1?"}
+    assert ds.input_tokens(1).tolist() == [0, 7] and not ds.notes
+
+
+def test_deepseek_text_prompts_need_a_tokenizer(tmp_path, tiny_tokenizer):
+    df = pd.DataFrame(
+        {"text_input": ["def add(a, b):"], "ground_truth": ["x"], "dataset": ["livecodebench"]}
+    )
+    path = pickled(tmp_path, df)
+    with pytest.raises(ConfigError, match=r"text \(text_input\) with no token ids.*--tokenizer_path"):
+        load_dataset(path, "auto", "deepseek-r1", 20000)
+    from llmlib.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer)
+    ds = load_dataset(path, "auto", "deepseek-r1", 20000, tokenizer=tok)
+    assert ds.input_tokens(0).tolist() == tok.encode("def add(a, b):")
+    assert any("chat template" in n for n in ds.notes)
+
+
+def test_gpt_oss_parquet_with_input_tokens(tmp_path):
+    df = pd.DataFrame(
+        {
+            "input_tokens": [np.array([199998, 3, 4]), np.array([199998, 9])],
+            "dataset": ["aime25", "gpqa_diamond"],
+            "ground_truth": ["42", "C"],
+        }
+    )
+    p = tmp_path / "acc_eval_inputs.parquet"
+    df.to_parquet(p)
+    ds = load_dataset(p, "auto", "gpt-oss-120b", 10240)
+    assert ds.input_tokens(0).tolist() == [199998, 3, 4]
+    assert ds.fields[1] == {"dataset": "gpqa_diamond", "ground_truth": "C"}
+    no_truth = tmp_path / "perf_eval_ref.parquet"
+    df.drop(columns=["ground_truth"]).to_parquet(no_truth)
+    ds = load_dataset(no_truth, "auto", "gpt-oss-120b", 10240)  # runs; cannot be scored
+    assert any("no ground_truth column" in n for n in ds.notes)
+
+
+def test_v6_table_errors_name_the_file_and_its_columns(tmp_path):
+    p = tmp_path / "perf.parquet"
+    pd.DataFrame({"prompt": ["hi"], "dataset": ["aime25"]}).to_parquet(p)
+    with pytest.raises(
+        ConfigError,
+        match=r"perf.parquet: missing column\(s\) tok_input or input_tokens for gpt-oss-120b "
+        r"\(found: prompt, dataset",
+    ):
+        load_dataset(p, "auto", "gpt-oss-120b", 10)
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"PAR1 not really")
+    with pytest.raises(ConfigError, match="junk.parquet: not a readable parquet table"):
+        load_dataset(junk, "auto", "gpt-oss-120b", 10)
+    bad = tmp_path / "cnn_eval.json"
+    bad.write_text("[{\"tok_input\": [1, 2]}, ")
+    with pytest.raises(ConfigError, match="cnn_eval.json: not a readable json table"):
+        load_dataset(bad, "auto", "llama3.1-8b", 10)
