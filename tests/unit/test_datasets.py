@@ -184,7 +184,7 @@ def test_deepseek_text_prompts_need_a_tokenizer(tmp_path, tiny_tokenizer):
         {"text_input": ["def add(a, b):"], "ground_truth": ["x"], "dataset": ["livecodebench"]}
     )
     path = pickled(tmp_path, df)
-    with pytest.raises(ConfigError, match=r"text \(text_input\) with no token ids.*--tokenizer_path"):
+    with pytest.raises(ConfigError, match=r"\(text_input\) with no token ids.*--tokenizer_path"):
         load_dataset(path, "auto", "deepseek-r1", 20000)
     from llmlib.data.tokenizer import load_tokenizer
 
@@ -227,6 +227,6 @@ def test_v6_table_errors_name_the_file_and_its_columns(tmp_path):
     with pytest.raises(ConfigError, match="junk.parquet: not a readable parquet table"):
         load_dataset(junk, "auto", "gpt-oss-120b", 10)
     bad = tmp_path / "cnn_eval.json"
-    bad.write_text("[{\"tok_input\": [1, 2]}, ")
+    bad.write_text('[{"tok_input": [1, 2]}, ')
     with pytest.raises(ConfigError, match="cnn_eval.json: not a readable json table"):
         load_dataset(bad, "auto", "llama3.1-8b", 10)
