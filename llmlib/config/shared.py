@@ -216,8 +216,17 @@ SHARED_FIELDS = [
         "dataset_path",
         str,
         "",
-        "dataset file (MLPerf pickle or JSONL of token ids); empty: the benchmark's "
-        "seeded synthetic workload",
+        "dataset file (an MLPerf pickle, Parquet or JSON table, or JSONL); empty: the "
+        "benchmark's seeded synthetic workload",
+        "workload",
+        path=True,
+    ),
+    _f(
+        "lcb_tests_path",
+        str,
+        "",
+        "LiveCodeBench's test cases (code_generation_lite's JSONL: a file, or a directory of "
+        "them), to score the livecodebench rows of deepseek-r1 and gpt-oss-120b",
         "workload",
         path=True,
     ),

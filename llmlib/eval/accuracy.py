@@ -20,6 +20,23 @@ scripts; the version of the 405b script read for this did not show how its score
 built, so that one detail is unconfirmed).
 Targets and tokens-per-sample windows are the submission checker's.
 
+llama3.1-8b (and -interactive, -edge): CNN/DailyMail, as ``language/llama3.1-8b/
+evaluation.py``: outputs decoded (special tokens skipped), stripped, split into sentences
+joined by newlines (nltk's Punkt: its trained English model where nltk's ``punkt_tab`` data
+is installed, as MLPerf's script downloads it; else Punkt untrained, noted, which can only
+move ROUGE-Lsum), ROUGE-1/2/L/Lsum against ``output``, and GEN_LEN: the total characters of
+the processed outputs, checked within 90%-110% of the reference total (scaled to the samples
+scored when they are not the whole dataset, noted).
+
+deepseek-r1 and gpt-oss-120b: per-row answer extraction and exact match by the row's
+``dataset`` (``llmlib.eval.answers``; MATH-500 by ``llmlib.eval.math_grade``; LiveCodeBench
+by running the code against its tests, ``llmlib.eval.livecodebench``, which needs the
+published test cases: ``--lcb_tests_path``; without them the verdict is INCOMPLETE).
+deepseek-r1's exact_match is the mean over all rows; gpt-oss-120b's weighs each dataset by
+its repeats (aime25 x8, gpqa_diamond x5, livecodebench_v6 x3: ``sum(correct/repeats) /
+sum(rows/repeats)``, ``eval_mlperf_accuracy.py``) and reads the answer from harmony's final
+channel (outputs decoded with special tokens kept, as its script does).
+
 Any other dataset with reference tokens (synthetic, JSONL, HumanEval, ShareGPT): the share
 of outputs equal to the reference and tokens per sample, with no MLPerf target.
 """
@@ -47,7 +64,9 @@ LLAMA2_TARGETS = {"rouge1": 44.4312, "rouge2": 22.0352, "rougeL": 28.6162}
 class Targets:
     scores: dict[str, float]
     tiers: tuple[float, ...]
-    tokens_per_sample: tuple[float, float]  # accepted [low, high]
+    tokens_per_sample: tuple[float | None, float | None] | None  # accepted [low, high]
+    gen_len: tuple[float, float] | None = None  # total characters, accepted [low, high]
+    full_samples: int = 0  # the dataset's size, that gen_len is the total over
 
 
 TARGETS = {
@@ -68,6 +87,42 @@ TARGETS["mixtral-8x7b"] = Targets(
 TARGETS["llama3.1-405b"] = Targets(
     {"rougeL": 21.6666, "exact_match": 90.1335}, (0.99,), (684.68 * 0.9, 684.68 * 1.1)
 )
+TARGETS["llama3.1-405b-interactive"] = TARGETS["llama3.1-405b"]
+# v6.0 (the submission checker's "v6.0" entries, tools/submission/submission_checker/
+# constants.py): llama3.1-8b's interactive variant is a scenario of the same model there
+TARGETS["llama3.1-8b"] = TARGETS["llama3.1-8b-interactive"] = Targets(
+    {"rouge1": 38.7792, "rouge2": 15.9075, "rougeL": 24.4957, "rougeLsum": 35.793},
+    (0.99,),
+    None,
+    (8167644 * 0.9, 8167644 * 1.1),
+    13368,
+)
+TARGETS["llama3.1-8b-edge"] = Targets(
+    {"rouge1": 39.06, "rouge2": 16.1147, "rougeL": 24.6375, "rougeLsum": 36.124},
+    (0.99,),
+    None,
+    (3051113 * 0.9, 3051113 * 1.1),
+    5000,
+)
+TARGETS["deepseek-r1"] = TARGETS["deepseek-r1-interactive"] = Targets(
+    {"exact_match": 81.3582}, (0.99,), (3886.2274 * 0.9, 3886.2274 * 1.1)
+)
+# the checker's gpt-oss-120b upper limit (1.1 x 9999 tokens per sample) is marked a placeholder
+TARGETS["gpt-oss-120b"] = TARGETS["gpt-oss-120b-interactive"] = Targets(
+    {"exact_match": 83.13}, (0.99,), (None, 9999 * 1.1)
+)
+# gpt-oss-120b's exact_match weighs each dataset by how often its rows repeat
+DATASET_REPEATS = {"aime25": 8, "gpqa_diamond": 5, "livecodebench_v6": 3}
+# what each family's scorer reads per sample
+SCORING_COLUMNS = {
+    "llama2-70b": ("output",),
+    "llama2-70b-interactive": ("output",),
+    "mixtral-8x7b": ("dataset", "gt_output"),
+    "llama3.1-405b": ("gt_output", "metric"),
+    "llama3.1-8b": ("output",),
+    "deepseek-r1": ("dataset", "ground_truth"),
+    "gpt-oss-120b": ("dataset", "ground_truth"),
+}
 
 
 def read_accuracy_log(path: str | Path, dtype: Any = np.uint32) -> dict[int, np.ndarray]:
@@ -90,22 +145,48 @@ def read_accuracy_log(path: str | Path, dtype: Any = np.uint32) -> dict[int, np.
     return out
 
 
-def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean per-sample ROUGE-1/2/L F-measure x 100 (stemmed), rounded to 4 places."""
+def rouge_scores(
+    predictions: list[str], references: list[str], lsum: bool = False
+) -> dict[str, float]:
+    """Mean per-sample ROUGE-1/2/L (and with ``lsum`` ROUGE-Lsum, whose texts must already
+    have a sentence per line) F-measure x 100 (stemmed), rounded to 4 places."""
     try:
         from rouge_score import rouge_scorer
     except ImportError:
         raise MissingDependencyError(
             "ROUGE scoring needs 'rouge-score': pip install -e .[accuracy]"
         ) from None
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    kinds = ["rouge1", "rouge2", "rougeL"] + (["rougeLsum"] if lsum else [])
+    scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
+    sums = dict.fromkeys(kinds, 0.0)
     for pred, ref in zip(predictions, references, strict=True):
         s = scorer.score(ref.strip(), pred.strip())
         for k in sums:
             sums[k] += s[k].fmeasure
     n = max(len(predictions), 1)
     return {k: round(100 * v / n, 4) for k, v in sums.items()}
+
+
+def sentence_splitter() -> tuple[Any, str]:
+    """nltk's English Punkt model where its data is installed (what MLPerf's script
+    downloads), else Punkt untrained; and a note saying which, when not the trained one."""
+    try:
+        import nltk
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
+    except ImportError:
+        raise MissingDependencyError(
+            "ROUGE-Lsum needs nltk's sentence splitter: pip install -e .[accuracy]"
+        ) from None
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return nltk.sent_tokenize, ""
+    except LookupError:
+        untrained = PunktSentenceTokenizer()
+        return untrained.tokenize, (
+            "ROUGE-Lsum split sentences with nltk's Punkt untrained: its English model "
+            "(punkt_tab) is not installed; `python -m nltk.downloader punkt_tab` gives "
+            "MLPerf's exact split (ROUGE-1/2/L do not depend on it)"
+        )
 
 
 @dataclass
@@ -173,13 +254,14 @@ class AccuracyResult:
             "|---|---|---|---|---|",
         ]
         for c in self.checks:
-            need = (
-                f">= {c.low:.4f}"
-                if c.high is None and c.low is not None
-                else f"{c.low:.2f} .. {c.high:.2f}"
-                if c.low is not None and c.high is not None
-                else "(no MLPerf target)"
-            )
+            if c.low is not None and c.high is not None:
+                need = f"{c.low:.2f} .. {c.high:.2f}"
+            elif c.low is not None:
+                need = f">= {c.low:.4f}"
+            elif c.high is not None:
+                need = f"<= {c.high:.2f}"
+            else:
+                need = "(no MLPerf target)"
             res = {True: "PASS", False: "FAIL", None: "-"}[c.passed]
             lines.append(f"| {c.metric} | {c.tier or '-'} | {c.value:.4f} | {need} | {res} |")
         if self.note:
@@ -243,10 +325,17 @@ def score(
     reference_tokens: list[np.ndarray | None] | None,
     decode: Any = None,
     mbxp_workers: int | None = None,
+    *,
+    family: str = "",
+    lcb_tests: dict[str, Any] | None = None,
+    source: str = "",
 ) -> AccuracyResult:
-    """Score ``outputs`` (sample index -> token ids) of ``benchmark``; ``fields`` are the
-    dataset's per-sample fields (reference text and the like), ``decode`` turns token ids
-    into text; ``mbxp_workers`` programs run at once for MBXP (default: one per CPU)."""
+    """Score ``outputs`` (sample index -> token ids) of ``benchmark`` (of dataset ``family``,
+    default the benchmark's name); ``fields`` are the dataset's per-sample fields (reference
+    text and the like), ``decode`` turns token ids into text; ``mbxp_workers`` programs run
+    at once for MBXP and LiveCodeBench (default: one per CPU); ``lcb_tests`` are
+    LiveCodeBench's tests by question id; ``source`` names the dataset file in messages."""
+    family = family or benchmark
     idx = sorted(outputs)
     res = AccuracyResult(benchmark, len(idx))
     tps = float(np.mean([len(outputs[i]) for i in idx]))
@@ -254,19 +343,24 @@ def score(
     targets = TARGETS.get(benchmark)
     if targets is None:
         return _informational(res, outputs, idx, tps, reference_tokens)
-    need = {"mixtral-8x7b": ("dataset", "gt_output"), "llama3.1-405b": ("gt_output", "metric")}
-    cols = need.get(benchmark, ("output",))
-    if decode is None or not fields or not all(all(c in f for c in cols) for f in fields):
+    cols = SCORING_COLUMNS.get(family, ("output",))
+    if decode is None or not fields or not all(all(c in fields[i] for c in cols) for i in idx):
+        have = sorted(fields[0]) if fields else []
         res.note = (
             f"{benchmark} is scored against the MLPerf dataset's reference columns "
             f"({', '.join(cols)}) with its tokenizer: give --dataset_path and --tokenizer_path"
+            + (f" ({source} has: {', '.join(have) or 'none of them'})" if source else "")
         )
         return res
     text = {i: decode(outputs[i]) for i in idx}
-    if benchmark == "mixtral-8x7b":
+    if family == "mixtral-8x7b":
         _score_mixtral(res, text, fields, mbxp_workers)
-    elif benchmark == "llama3.1-405b":
+    elif family == "llama3.1-405b":
         _score_405b(res, text, fields)
+    elif family == "llama3.1-8b":
+        _score_cnndm(res, text, fields, targets)
+    elif family in ("deepseek-r1", "gpt-oss-120b"):
+        _score_reasoning(res, text, fields, family, lcb_tests, mbxp_workers)
     else:
         res.scores.update(
             rouge_scores([text[i] for i in idx], [str(fields[i]["output"]) for i in idx])
@@ -275,9 +369,97 @@ def score(
         for m, ref in targets.scores.items():
             if m in res.scores:
                 res.checks.append(Check(m, res.scores[m], ref, ref * tier, None, f"{tier:.1%}"))
-    low, high = targets.tokens_per_sample
-    res.checks.append(Check("tokens_per_sample", tps, None, low, high, "all"))
+    if targets.tokens_per_sample is not None:
+        low, high = targets.tokens_per_sample
+        res.checks.append(Check("tokens_per_sample", tps, None, low, high, "all"))
     return res
+
+
+def _score_cnndm(
+    res: AccuracyResult, text: dict[int, str], fields: list[dict[str, Any]], targets: Targets
+) -> None:
+    split, note = sentence_splitter()
+    idx = sorted(text)
+    preds = ["\n".join(split(text[i].strip())) for i in idx]
+    refs = ["\n".join(split(str(fields[i]["output"]).strip())) for i in idx]
+    res.scores.update(rouge_scores(preds, refs, lsum=True))
+    gen_len = sum(len(p) for p in preds)
+    res.scores["gen_len"] = gen_len
+    res.scores["gen_num"] = len(preds)
+    notes = [note] if note else []
+    assert targets.gen_len is not None
+    low, high = targets.gen_len
+    if targets.full_samples and len(idx) != targets.full_samples:
+        scale = len(idx) / targets.full_samples
+        low, high = low * scale, high * scale
+        notes.append(
+            f"GEN_LEN window scaled to {len(idx)} of the dataset's {targets.full_samples} "
+            "samples (the submission checker holds the whole dataset's total)"
+        )
+    res.checks.append(Check("gen_len", float(gen_len), None, low, high, "all"))
+    res.note = "; ".join(notes)
+
+
+def _score_reasoning(
+    res: AccuracyResult,
+    text: dict[int, str],
+    fields: list[dict[str, Any]],
+    style: str,
+    lcb_tests: dict[str, Any] | None,
+    workers: int | None,
+) -> None:
+    from llmlib.eval import livecodebench
+    from llmlib.eval.answers import evaluator_for
+
+    right: dict[int, bool] = {}
+    code: list[tuple[int, str | None, str]] = []
+    unknown: dict[str, int] = {}
+    for i in sorted(text):
+        name = str(fields[i]["dataset"]).lower()
+        ev = evaluator_for(name, style)
+        if ev is None:
+            unknown[name] = unknown.get(name, 0) + 1
+            continue
+        got = ev.parse(text[i], style)
+        truth = fields[i]["ground_truth"]
+        if ev.key == "livecodebench":
+            code.append((i, None if got is None else str(got), str(truth)))
+        else:
+            right[i] = truth is not None and got is not None and ev.right(got, str(truth))
+    notes: list[str] = []
+    if code and lcb_tests is None:
+        notes.append(
+            f"{len(code)} LiveCodeBench rows not scored: give --lcb_tests_path (LiveCodeBench's "
+            "code_generation_lite test cases) to run their code"
+        )
+        res.checks.append(Check("livecodebench", float("nan")))
+    elif code:
+        assert lcb_tests is not None
+        passed = livecodebench.evaluate([(c, q) for _, c, q in code], lcb_tests, workers)
+        absent = sorted({q for _, _, q in code if q not in lcb_tests})
+        if absent:
+            notes.append(
+                f"{len(absent)} LiveCodeBench question ids have no tests in --lcb_tests_path "
+                f"(counted wrong): {', '.join(absent[:5])}"
+            )
+        right.update({i: ok for (i, _, _), ok in zip(code, passed, strict=True)})
+    if unknown:
+        names = ", ".join(f"{k} ({n})" for k, n in sorted(unknown.items()))
+        notes.append(f"rows of datasets no evaluator knows, not scored: {names}")
+        res.checks.append(Check("unknown datasets", float("nan")))
+    by_ds: dict[str, list[bool]] = {}
+    for i, ok in right.items():
+        by_ds.setdefault(str(fields[i]["dataset"]).lower(), []).append(ok)
+    for name, oks in sorted(by_ds.items()):
+        res.scores[f"{name}_accuracy"] = round(100 * sum(oks) / len(oks), 4)
+    if right and not any(math.isnan(c.value) for c in res.checks):
+        if style == "gpt-oss-120b":
+            got = sum(sum(oks) / DATASET_REPEATS.get(n, 1) for n, oks in by_ds.items())
+            most = sum(len(oks) / DATASET_REPEATS.get(n, 1) for n, oks in by_ds.items())
+            res.scores["exact_match"] = round(100 * got / most, 4)
+        else:
+            res.scores["exact_match"] = round(100 * sum(right.values()) / len(right), 4)
+    res.note = "; ".join(notes)
 
 
 def _score_mixtral(

@@ -220,11 +220,11 @@ def run_problem(problem: Problem, timeout_s: float = RUN_TIMEOUT_S) -> Outcome:
             (d / "runner.py").write_text(_PY_RUNNER)
         fill = {"src": src, "stem": stem, "python": sys.executable}
         if tc.build:
-            rc, err = _run([a.format(**fill) for a in tc.build], d, BUILD_TIMEOUT_S)
+            rc, err = run_sandboxed([a.format(**fill) for a in tc.build], d, BUILD_TIMEOUT_S)
             built = (d / tc.built.format(**fill)).is_file() if tc.built else rc == 0
             if not built:
                 return Outcome(problem.key, problem.lang, False, f"build failed: {err}")
-        rc, err = _run([a.format(**fill) for a in tc.run], d, timeout_s)
+        rc, err = run_sandboxed([a.format(**fill) for a in tc.run], d, timeout_s)
         if rc is None:
             return Outcome(problem.key, problem.lang, False, "timed out")
         return Outcome(
@@ -232,7 +232,7 @@ def run_problem(problem: Problem, timeout_s: float = RUN_TIMEOUT_S) -> Outcome:
         )
 
 
-def _run(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int | None, str]:
+def run_sandboxed(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int | None, str]:
     """Exit status and the end of stderr; (None, "") when it ran past ``timeout_s``. Limits
     are set by the shell (``preexec_fn`` is not safe with the worker threads)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8"}
