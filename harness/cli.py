@@ -22,6 +22,7 @@ from harness.run.prepare import (
     check_loadgen_targets,
     check_pools,
     compliance_audit_config,
+    required_compliance,
 )
 from llmlib.config.settings import FIELDS, Config, benchmark_names, canonical, resolve
 from llmlib.data.loaders import TEXT_FORMATS, check_source
@@ -126,10 +127,14 @@ def validate(cfg: Config) -> None:
         parse_server_args(cfg.server_args)
     if cfg.core_type == "dummy":
         profile_from_config(cfg)
-    for test in cfg.compliance_list:
+    for test in required_compliance(cfg):
         compliance_audit_config(cfg, test)
-    if cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS:
-        check_source(cfg.dataset_path, cfg.dataset_format, bool(cfg.tokenizer_path))
+    for name in ("dataset_path", "accuracy_dataset_path", "test07_dataset_path"):
+        path = getattr(cfg, name)
+        if path or (name == "dataset_path" and cfg.dataset_format in TEXT_FORMATS):
+            check_source(path, cfg.dataset_format, bool(cfg.tokenizer_path), name)
+    if cfg.lcb_tests_path and not Path(cfg.lcb_tests_path).exists():
+        raise ConfigError(f"--lcb_tests_path: not found: {cfg.lcb_tests_path}")
     if cfg.tokenizer_path:
         load_tokenizer(cfg.tokenizer_path)  # a bad path fails here, before any process starts
 

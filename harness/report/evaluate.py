@@ -16,11 +16,11 @@ from typing import Any
 from harness.report.report import parse_detail_log
 from harness.run.prepare import build_dataset
 from llmlib.config.settings import Config
-from llmlib.data.benchmarks import load_benchmark
+from llmlib.data.benchmarks import BenchmarkSpec, Dataset, load_benchmark
 from llmlib.data.tokenizer import load_tokenizer
 from llmlib.errors import ConfigError
 from llmlib.eval import livecodebench
-from llmlib.eval.accuracy import Check, read_accuracy_log, score
+from llmlib.eval.accuracy import AccuracyResult, Check, read_accuracy_log, score
 
 
 def find_accuracy_runs(paths: list[str]) -> list[Path]:
@@ -44,17 +44,21 @@ def find_accuracy_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
-def evaluate_run(
-    run_dir: Path, workers: int | None = None, lcb_tests_path: str = ""
-) -> dict[str, Any]:
-    """Score one accuracy run; ``lcb_tests_path`` overrides the run's ``--lcb_tests_path``."""
-    spec = json.loads((run_dir / "spec.json").read_text())
-    cfg = Config.from_json(spec["config"])
-    bench = load_benchmark(cfg.config_dir, cfg.benchmark)
-    ds = build_dataset(cfg, bench)
-    outputs = read_accuracy_log(run_dir / "mlperf_log_accuracy.json", cfg.output_dtype)
+def score_log(
+    cfg: Config,
+    bench: BenchmarkSpec,
+    ds: Dataset,
+    log_path: Path,
+    workers: int | None = None,
+    lcb_tests_path: str = "",
+) -> AccuracyResult:
+    """Score the responses in ``log_path`` (an mlperf_log_accuracy.json) against ``ds`` with
+    the run's tokenizer; ``lcb_tests_path`` overrides the run's ``--lcb_tests_path``."""
+    outputs = read_accuracy_log(log_path, cfg.output_dtype)
     if max(outputs) >= len(ds):
-        raise ConfigError(f"{run_dir}: sample index {max(outputs)} is past the dataset's {len(ds)}")
+        raise ConfigError(
+            f"{log_path}: sample index {max(outputs)} is past the dataset's {len(ds)}"
+        )
     tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
     fields = getattr(ds, "fields", None)
     refs = [ds.reference_tokens(i) for i in range(len(ds))]
@@ -62,7 +66,7 @@ def evaluate_run(
     lcb_path = lcb_tests_path or cfg.lcb_tests_path
     # gpt-oss-120b's scorer keeps the special tokens: harmony's channel markers are text
     keep_special = bench.family == "gpt-oss-120b"
-    res = score(
+    return score(
         cfg.benchmark,
         outputs,
         fields,
@@ -73,16 +77,29 @@ def evaluate_run(
         lcb_tests=livecodebench.load_tests(lcb_path) if lcb_path else None,
         source=getattr(ds, "source", ""),
     )
+
+
+def evaluate_run(
+    run_dir: Path, workers: int | None = None, lcb_tests_path: str = ""
+) -> dict[str, Any]:
+    """Score one accuracy run; ``lcb_tests_path`` overrides the run's ``--lcb_tests_path``."""
+    spec = json.loads((run_dir / "spec.json").read_text())
+    cfg = Config.from_json(spec["config"])
+    bench = load_benchmark(cfg.config_dir, cfg.benchmark)
+    ds = build_dataset(cfg, bench)
+    log_path = run_dir / "mlperf_log_accuracy.json"
+    res = score_log(cfg, bench, ds, log_path, workers, lcb_tests_path)
+    n_logged = res.samples
     expected = parse_detail_log(run_dir / "mlperf_log_detail.txt").get(
         "effective_accuracy_sample_count"
     )
     if isinstance(expected, int) and expected > 0:
         want = min(expected, len(ds))
-        told = f"scored {len(outputs)} of the dataset's {len(ds)} samples"
+        told = f"scored {n_logged} of the dataset's {len(ds)} samples"
         if want < len(ds):
             told += f" (LoadGen's accuracy sample count, {expected}, from mlperf.conf or user.conf)"
-        if len(outputs) < want:
-            told += f"; {want - len(outputs)} of the {want} LoadGen issued are missing from the log"
+        if n_logged < want:
+            told += f"; {want - n_logged} of the {want} LoadGen issued are missing from the log"
             res.checks.append(Check("samples logged", float("nan")))
         res.note = "; ".join(n for n in (told, res.note) if n)
     out = res.to_json() | {"run_dir": str(run_dir), "dataset": getattr(ds, "name", "")}

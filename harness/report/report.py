@@ -195,6 +195,44 @@ def write_report(run_dir: Path, summary: RunSummary) -> None:
     (run_dir / "report.md").write_text(render_markdown(summary))
 
 
+def compliance_lines(comp: dict[str, Any]) -> list[str]:
+    """A compliance test's verdict and checks for report.md."""
+    head = f"**{comp['test']}: {comp['result']}** on {comp['samples']} logged samples"
+    perf = "This run's performance figures below come from the audit settings and are not a result."
+    if comp["test"] == "TEST07":
+        score = comp["exact_match"]
+        lines = [
+            f"{head} (`verify_accuracy.txt`): exact_match "
+            f"{'not scored' if score is None else f'{score:.3f}'} against the threshold "
+            f"{comp['threshold']:g}. {perf}"
+        ]
+    elif comp["test"] == "TEST09":
+        lines = [
+            f"{head} (`verify_output_len.txt`): mean output {comp['mean_output_tokens']:.2f} "
+            f"tokens, accepted {comp['min_output_tokens']:g} .. {comp['max_output_tokens']:g}. "
+            f"{perf}"
+        ]
+    else:
+        checks = comp["checks"]
+        lines = [
+            f"{head} (`verify_accuracy.txt`). {perf}",
+            "",
+            "| check | pass |",
+            "|---|---|",
+            f"| final data starts with the first-token data | {checks['first_token']} |",
+            f"| at most one trailing EOS | {checks['eos']} |",
+            f"| token_count equals the data length | {checks['length']} |",
+        ]
+    if comp.get("problem"):
+        lines += ["", f"Problem: {comp['problem']}"]
+    if comp.get("failures"):
+        lines += ["", "First failures:"] + [
+            f"- {f['check']}: seq {f['seq_id']}, sample {f['qsl_idx']}: {f['why']}"
+            for f in comp["failures"]
+        ]
+    return lines
+
+
 def render_markdown(s: RunSummary) -> str:
     lg, h = s["loadgen"], s["harness"]
     lines = [
@@ -206,26 +244,7 @@ def render_markdown(s: RunSummary) -> str:
     ]
     comp = s.get("compliance")
     if comp:
-        checks = comp["checks"]
-        lines += [
-            f"**{comp['test']}: {comp['result']}** on {comp['samples']} logged samples "
-            "(`verify_accuracy.txt`). This run's performance figures below come from the "
-            "audit settings and are not a result.",
-            "",
-            "| check | pass |",
-            "|---|---|",
-            f"| final data starts with the first-token data | {checks['first_token']} |",
-            f"| at most one trailing EOS | {checks['eos']} |",
-            f"| token_count equals the data length | {checks['length']} |",
-        ]
-        if comp.get("problem"):
-            lines += ["", f"Problem: {comp['problem']}"]
-        if comp["failures"]:
-            lines += ["", "First failures:"] + [
-                f"- {f['check']}: seq {f['seq_id']}, sample {f['qsl_idx']}: {f['why']}"
-                for f in comp["failures"]
-            ]
-        lines.append("")
+        lines += compliance_lines(comp) + [""]
     lines.append(f"**Result: {s['validity']}** (LoadGen: {lg.get('validity')})")
     lines += [f"- {r}" for r in s["reasons"]]
     rules = s.get("rules")

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.report.report import console_table
 from harness.run.interrupt import DriverSignals, Interrupted, say_interrupted
-from harness.run.prepare import MODE_DIR
+from harness.run.prepare import MODE_DIR, required_compliance, run_config
 from llmlib.config.settings import REPO_ROOT, Config
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
 from llmlib.errors import ConfigError, LLMLibError
@@ -146,14 +146,14 @@ def run_all(configs: list[Config], top: Path) -> int:
     summaries, failed, accuracy_errors = [], 0, 0
     for cfg in configs:
         for mode, test, run_dir in planned_runs(cfg, top):
-            s = run_child(cfg, mode, run_dir, test)
+            s = run_child(run_config(cfg, mode, test), mode, run_dir, test)
             if s is None:
                 failed += 1
                 continue
             summaries.append(s)
             if cfg.test_mode == "SubmissionRun" and mode == "AccuracyOnly":
                 accuracy_errors += score_submission_accuracy(run_dir)
-    rule_errors = request_errors(configs[0], summaries)
+    rule_errors = request_errors(configs[0], summaries) + compliance_failures(summaries)
     if summaries:
         print()
         print(console_table(summaries))
@@ -181,6 +181,20 @@ def run_all(configs: list[Config], top: Path) -> int:
     return 1 if failed or rule_errors or accuracy_errors else 0
 
 
+def compliance_failures(summaries: list[dict[str, Any]]) -> int:
+    """Each compliance test that did not pass is an error, said on stderr; their count."""
+    bad = [s for s in summaries if (s.get("compliance") or {}).get("result") == "FAIL"]
+    for s in bad:
+        comp = s["compliance"]
+        why = f": {comp['problem']}" if comp.get("problem") else ""
+        print(
+            f"error (compliance): {s['benchmark']}/{s['scenario']}/{comp['test']} FAIL{why} "
+            f"(see {s['run_dir']})",
+            file=sys.stderr,
+        )
+    return len(bad)
+
+
 def request_errors(cfg: Config, summaries: list[dict[str, Any]]) -> int:
     """With --fail_on_errors (auto: a SubmissionRun), each run with failed requests is an
     error, said on stderr; the count of such runs."""
@@ -201,11 +215,12 @@ def request_errors(cfg: Config, summaries: list[dict[str, Any]]) -> int:
 def planned_runs(cfg: Config, top: Path) -> list[tuple[str, str | None, Path]]:
     """(LoadGen mode, compliance test or None, run directory) for one (benchmark, scenario).
 
-    A SubmissionRun lays its runs out as a submission does and adds TEST06:
+    A SubmissionRun lays its runs out as a submission does and adds the compliance tests
+    its benchmark requires (TEST06; gpt-oss-120b: TEST07 and TEST09):
     ``results/<system>/<benchmark>/<scenario>/performance/run_1``, ``.../accuracy`` and
-    ``compliance/<system>/<benchmark>/<scenario>/TEST06``. Other runs go to
+    ``compliance/<system>/<benchmark>/<scenario>/<TEST>``. Other runs go to
     ``<system>/<benchmark>/<scenario>/<performance|accuracy|compliance/TEST>``."""
-    tests = cfg.compliance_list
+    tests = required_compliance(cfg)
     if cfg.test_mode == "SubmissionRun":
         base = top / "results" / cfg.system_name / cfg.benchmark / cfg.scenario
         comp = top / "compliance" / cfg.system_name / cfg.benchmark / cfg.scenario
@@ -213,7 +228,6 @@ def planned_runs(cfg: Config, top: Path) -> list[tuple[str, str | None, Path]]:
             ("PerformanceOnly", None, base / "performance" / "run_1"),
             ("AccuracyOnly", None, base / "accuracy"),
         ]
-        tests = list(dict.fromkeys([*tests, "TEST06"]))
         runs += [("PerformanceOnly", t, comp / t) for t in tests]
     else:
         base = top / cfg.system_name / cfg.benchmark / cfg.scenario

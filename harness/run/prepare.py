@@ -176,13 +176,18 @@ def check_datasets(configs: list[Config]) -> None:
     broken line, an empty file, a missing column or a token id past the vocabulary is then
     one line and exit 2, with no run directory made (the tests' processes read the
     tokenized cache this leaves)."""
-    seen: set[str] = set()
-    for cfg in configs:
-        if not (cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS):
-            continue
-        if cfg.benchmark not in seen:
-            seen.add(cfg.benchmark)
-            build_dataset(cfg, load_benchmark(cfg.config_dir, cfg.benchmark))
+    seen: set[tuple[str, str]] = set()
+    for base in configs:
+        tests = required_compliance(base)
+        variants = [base, run_config(base, "AccuracyOnly", None)]
+        if "TEST07" in tests:
+            variants.append(run_config(base, "PerformanceOnly", "TEST07"))
+        for cfg in variants:
+            if not (cfg.dataset_path or cfg.dataset_format in TEXT_FORMATS):
+                continue
+            if (cfg.benchmark, cfg.dataset_path) not in seen:
+                seen.add((cfg.benchmark, cfg.dataset_path))
+                build_dataset(cfg, load_benchmark(cfg.config_dir, cfg.benchmark))
 
 
 def build_dataset(cfg: Config, spec: BenchmarkSpec) -> Dataset:
@@ -251,7 +256,36 @@ def test_settings(
 
 
 def compliance_audit_config(cfg: Config, test: str) -> Path:
-    path = Path(cfg.config_dir) / "compliance" / test / "audit.config"
-    if not path.is_file():
-        raise ConfigError(f"{test}: audit config not found: {path}")
-    return path
+    """A compliance test's audit.config: the benchmark family's own
+    (``compliance/<test>/<family>/audit.config``, as MLPerf lays out TEST07 and TEST09),
+    else the test's (``compliance/<test>/audit.config``)."""
+    family = load_benchmark(cfg.config_dir, cfg.benchmark).family
+    top = Path(cfg.config_dir) / "compliance" / test
+    for path in (top / family / "audit.config", top / "audit.config"):
+        if path.is_file():
+            return path
+    have = sorted(p.parent.name for p in top.glob("*/audit.config"))
+    raise ConfigError(
+        f"{test}: no audit.config for {cfg.benchmark} under {top}"
+        + (f" ({test} is defined for: {', '.join(have)})" if have else "")
+    )
+
+
+def run_config(cfg: Config, mode: str, compliance: str | None) -> Config:
+    """``cfg`` for one run: an accuracy run reads ``accuracy_dataset_path`` and TEST07
+    ``test07_dataset_path`` (then the accuracy dataset) when they are given."""
+    path = ""
+    if compliance == "TEST07":
+        path = cfg.test07_dataset_path or cfg.accuracy_dataset_path
+    elif mode == "AccuracyOnly" and not compliance:
+        path = cfg.accuracy_dataset_path
+    return cfg.replace(dataset_path=path) if path else cfg
+
+
+def required_compliance(cfg: Config) -> list[str]:
+    """The compliance tests a run takes: ``--compliance_tests``, and for a SubmissionRun
+    also the ones its benchmark requires (its YAML's ``compliance``)."""
+    tests = cfg.compliance_list
+    if cfg.test_mode == "SubmissionRun":
+        tests = [*tests, *load_benchmark(cfg.config_dir, cfg.benchmark).compliance]
+    return list(dict.fromkeys(tests))

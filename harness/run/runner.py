@@ -41,8 +41,8 @@ from harness.run.prepare import (
 from harness.run.progress import Progress
 from harness.run.sut import HarnessSUT, LoadGenSink
 from llmlib.config.settings import Config
-from llmlib.errors import LLMLibError
-from llmlib.eval.compliance import check_test06
+from llmlib.errors import ConfigError, LLMLibError
+from llmlib.eval.compliance import audit_thresholds, check_test06, check_test07, check_test09
 from llmlib.eval.rules import (
     check_llm_run,
     official_settings,
@@ -246,12 +246,7 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
                 cfg.scenario,
             ),
         }
-    checks = None
-    if plan.compliance == "TEST06":
-        res06 = check_test06(run_dir / "mlperf_log_accuracy.json", cfg.scenario,
-                             plan.spec.eos_id, cfg.output_dtype)  # fmt: skip
-        (run_dir / "verify_accuracy.txt").write_text(res06.verify_text())
-        checks = res06.to_json()
+    checks = compliance_checks(plan) if plan.compliance else None
     summary: RunSummary = {
         "benchmark": cfg.benchmark,
         "scenario": cfg.scenario,
@@ -286,6 +281,46 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
         notes.append(f"plots failed: {exc!r} (see harness.log)")
     write_report(run_dir, summary)
     return summary
+
+
+def compliance_checks(plan: TestPlan) -> dict[str, Any]:
+    """A compliance test's verification on its logs, its verify_*.txt written next to them
+    as MLPerf's run_verification.py writes it; the result for summary.json."""
+    cfg, run_dir = plan.cfg, plan.run_dir
+    log_path = run_dir / "mlperf_log_accuracy.json"
+    if plan.compliance == "TEST06":
+        res06 = check_test06(log_path, cfg.scenario, plan.spec.eos_id, cfg.output_dtype)
+        (run_dir / "verify_accuracy.txt").write_text(res06.verify_text())
+        return res06.to_json()
+    limits = audit_thresholds(cfg.audit_config)
+    if plan.compliance == "TEST07":
+        threshold = limits.get("test07_accuracy_threshold")
+        if threshold is None:
+            raise ConfigError(f"{cfg.audit_config}: no test07_accuracy_threshold")
+
+        def scorer(path: Path) -> tuple[float | None, int, str]:
+            from harness.report.evaluate import score_log
+
+            res = score_log(cfg, plan.spec, plan.dataset, path)
+            return res.scores.get("exact_match"), res.samples, res.table()
+
+        res07 = check_test07(log_path, threshold, scorer)
+        if res07.problem is None and res07.samples < len(plan.dataset):
+            res07.problem = (
+                f"{res07.samples} of the dataset's {len(plan.dataset)} samples logged: TEST07 "
+                "scores every sample (the audit.config's accuracy_log_sampling_target and "
+                "min_query_count must cover the TEST07 dataset)"
+            )
+        (run_dir / "verify_accuracy.txt").write_text(res07.verify_text())
+        return res07.to_json()
+    if plan.compliance == "TEST09":
+        lo, hi = limits.get("test09_min_output_tokens"), limits.get("test09_max_output_tokens")
+        if lo is None or hi is None:
+            raise ConfigError(f"{cfg.audit_config}: needs test09_min/max_output_tokens")
+        res09 = check_test09(log_path, lo, hi, cfg.output_dtype)
+        (run_dir / "verify_output_len.txt").write_text(res09.verify_text())
+        return res09.to_json()
+    raise ConfigError(f"no verification for compliance test {plan.compliance}")
 
 
 def main_child(spec_path: str) -> int:

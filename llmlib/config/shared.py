@@ -44,8 +44,9 @@ SHARED_FIELDS = [
         "compliance_tests",
         str,
         "",
-        "comma list of compliance tests to run after the modes (TEST06), each in "
-        "<run>/compliance/<test> with its audit.config",
+        "comma list of compliance tests to run after the modes (TEST06, TEST07, TEST09), "
+        "each in <run>/compliance/<test> with its audit.config (a SubmissionRun adds the "
+        "ones its benchmark requires)",
         "run",
         yaml=False,
     ),
@@ -218,6 +219,24 @@ SHARED_FIELDS = [
         "",
         "dataset file (an MLPerf pickle, Parquet or JSON table, or JSONL); empty: the "
         "benchmark's seeded synthetic workload",
+        "workload",
+        path=True,
+    ),
+    _f(
+        "accuracy_dataset_path",
+        str,
+        "",
+        "dataset for AccuracyOnly runs when it is not the performance set (gpt-oss-120b's "
+        "acc_eval_inputs.parquet); empty: --dataset_path",
+        "workload",
+        path=True,
+    ),
+    _f(
+        "test07_dataset_path",
+        str,
+        "",
+        "dataset for TEST07 (gpt-oss-120b's acc_eval_compliance_gpqa.parquet); empty: the "
+        "accuracy dataset",
         "workload",
         path=True,
     ),

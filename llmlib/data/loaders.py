@@ -98,7 +98,9 @@ def load_dataset(
     return ds
 
 
-def check_source(path: str | Path, fmt: str, has_tokenizer: bool) -> str:
+def check_source(
+    path: str | Path, fmt: str, has_tokenizer: bool, flag: str = "dataset_path"
+) -> str:
     """What can be checked of a dataset source without reading it (the CLI calls this
     before starting any process); returns the format, ``auto`` resolved."""
     if fmt not in DATASET_FORMATS:
@@ -107,7 +109,7 @@ def check_source(path: str | Path, fmt: str, has_tokenizer: bool) -> str:
     if p is None and fmt not in TEXT_FORMATS:
         raise ConfigError(f"dataset format {fmt} needs --dataset_path")
     if p is not None and not p.is_file():
-        raise ConfigError(f"--dataset_path: file not found: {p}")
+        raise ConfigError(f"--{flag}: file not found: {p}")
     if fmt == "auto":
         assert p is not None
         fmt = detect_format(p)

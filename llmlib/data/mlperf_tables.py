@@ -23,6 +23,10 @@ JSON array of records) with its own columns, found in the reference implementati
   ``input_tokens``), ``dataset`` (aime25, gpqa_diamond, livecodebench_v6), ``ground_truth``
   (``language/gpt-oss-120b/utils/tokenization.py``, ``eval_mlperf_accuracy.py``).
 
+deepseek-r1's and gpt-oss-120b's files are read with reference output tokens when they have
+a ``tok_ref_output`` column (the name mixtral-8x7b's and llama3.1-405b's files use; the
+published files may not have one: then the dummy core answers with pseudo tokens).
+
 Only the prompt (and for mixtral-8x7b and llama3.1-405b the columns that route scoring) is
 required to run; the other scoring columns are checked when a run is scored
 (``llmlib.eval.accuracy``). A missing column is an error naming the file and the columns it
@@ -75,12 +79,14 @@ MLPERF_FORMATS: dict[str, TableFormat] = {
     "deepseek-r1": TableFormat(
         "mlperf_deepseek_r1_dataset_4388_fp8_eval.pkl",
         text=("text_input",),
+        refs=("tok_ref_output",),
         keep=("dataset", "ground_truth", "question"),
         aliases=(("gt_output", "ground_truth"),),
     ),
     "gpt-oss-120b": TableFormat(
         "perf_eval_ref.parquet, acc_eval_inputs.parquet or acc_eval_compliance_gpqa.parquet",
         inputs=("tok_input", "input_tokens"),
+        refs=("tok_ref_output",),
         keep=("dataset", "ground_truth"),
     ),
 }

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from llmlib.errors import ConfigError
-from llmlib.eval.compliance import check_test06, trailing_eos
+from llmlib.eval.compliance import (
+    audit_thresholds,
+    check_test06,
+    check_test07,
+    check_test09,
+    trailing_eos,
+)
 
 EOS = 2
 
@@ -103,3 +109,50 @@ def test_trailing_eos_counts():
     assert trailing_eos(np.array([EOS, EOS]), EOS) == 2
     assert trailing_eos(np.array([1, EOS, 3]), EOS) == 0
     assert trailing_eos(np.array([], dtype=np.uint32), EOS) == 0
+
+
+# --- TEST07 and TEST09 (gpt-oss-120b) --------------------------------------------------------
+
+
+def test_audit_thresholds_are_read_from_the_shipped_configs(tmp_path):
+    from llmlib.config.settings import REPO_ROOT
+
+    t07 = audit_thresholds(REPO_ROOT / "configs/compliance/TEST07/gpt-oss-120b/audit.config")
+    t09 = audit_thresholds(REPO_ROOT / "configs/compliance/TEST09/gpt-oss-120b/audit.config")
+    assert t07 == {"test07_accuracy_threshold": 60.698}
+    assert t09 == {"test09_min_output_tokens": 1150.38, "test09_max_output_tokens": 1406.02}
+    p = tmp_path / "audit.config"
+    p.write_text("*.*.mode = 2\n*.*.test09_min_output_tokens = 5 # inline\n")
+    assert audit_thresholds(p) == {"test09_min_output_tokens": 5.0}
+    p.write_text("*.*.test07_accuracy_threshold = nan\n")
+    with pytest.raises(ConfigError, match="audit.config:1: test07_accuracy_threshold must be"):
+        audit_thresholds(p)
+
+
+def test_test07_passes_at_the_threshold_and_fails_below(tmp_path):
+    log = write(tmp_path, [entry(0, [5, 6])])
+    at = check_test07(log, 60.0, lambda p: (60.0, 1, "scorer table"))
+    assert at.passed and at.verify_text().rstrip().endswith("TEST PASS")
+    assert "scorer table\n'exact_match': 60.000" in at.verify_text()
+    below = check_test07(log, 60.0, lambda p: (59.99, 1, ""))
+    assert not below.passed and "Accuracy check pass: False\nTEST FAIL" in below.verify_text()
+    unscored = check_test07(log, 60.0, lambda p: (None, 1, ""))
+    assert not unscored.passed and "Could not parse accuracy score" in unscored.verify_text()
+    missing = check_test07(tmp_path / "nope.json", 60.0, lambda p: (99.0, 1, ""))
+    assert not missing.passed and "not found" in missing.problem
+
+
+def test_test09_mean_output_length_within_the_window(tmp_path):
+    log = write(tmp_path, [entry(0, [1] * 10), entry(1, [1] * 30)])  # mean 20
+    ok = check_test09(log, 18.0, 22.0)
+    assert ok.passed and (ok.samples, ok.mean, ok.shortest, ok.longest) == (2, 20.0, 10, 30)
+    text = ok.verify_text()
+    assert "Mean output tokens: 20.00" in text and text.rstrip().endswith("TEST PASS")
+    short = check_test09(log, 21.0, 30.0)
+    assert not short.passed and "Min check pass: False" in short.verify_text()
+    long = check_test09(log, 1.0, 19.5)
+    assert not long.passed and "Max check pass: False" in long.verify_text()
+    wide = write(tmp_path, [entry(0, [1] * 4, dtype=np.int64)])
+    assert check_test09(wide, 4, 4, np.int64).mean == 4.0  # counted in the run's token type
+    empty = check_test09(write(tmp_path, []), 1.0, 2.0)
+    assert not empty.passed and "TEST FAIL" in empty.verify_text()
