@@ -159,6 +159,7 @@ def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Confi
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("harness.serve.front:main", "llmlib's OpenAI-compatible serving front"),
     "launch": ("harness.cli:launch_main", "start a server and keep it up until Ctrl-C"),
+    "benchmarks": ("harness.tools.benchmarks:main", "the benchmarks, their limits and targets"),
     "compare": ("harness.report.compare:main", "runs side by side"),
     "evaluate": ("harness.report.evaluate:main", "score accuracy runs"),
     "scorecard": ("harness.report.scorecard:main", "ship or no-ship against a baseline"),

@@ -29,7 +29,7 @@ with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
     ts.FromConfig(f.name, sys.argv[1], sys.argv[2], 1)
 print(json.dumps({k: getattr(ts, k) for k in (
     "min_duration_ms", "min_query_count", "performance_sample_count_override",
-    "use_token_latencies", "ttft_latency", "tpot_latency")}))
+    "accuracy_sample_count_override", "use_token_latencies", "ttft_latency", "tpot_latency")}))
 """
 
 

@@ -33,6 +33,13 @@ from llmlib.config.settings import REPO_ROOT
         (["tiny"], ["unexpected argument 'tiny'"]),
         (["--compliance_tests=TEST6"], ["compliance test 'TEST6'", "TEST06"]),
         (["--dataset_path=/nonexistent/d.jsonl"], ["--dataset_path: file not found"]),
+        (["--accuracy_dataset_path=/nonexistent/a.pkl"], ["--accuracy_dataset_path: file not"]),
+        (["--test07_dataset_path=/nonexistent/g.parquet"], ["--test07_dataset_path: file not"]),
+        (["--lcb_tests_path=/nonexistent/lcb"], ["--lcb_tests_path: not found"]),
+        (
+            ["--benchmarks=llama2-70b", "--compliance_tests=TEST07"],
+            ["TEST07: no audit.config for llama2-70b", "TEST07 is defined for: gpt-oss-120b"],
+        ),
         (["--dataset_format=csv"], ["'csv'", "mlperf_pickle"]),
         (["--dataset_format=sharegpt"], ["sharegpt dataset is text", "make tiny-model"]),
         (["--tokenizer_path=/nonexistent/tok"], ["no tokenizer.json at /nonexistent/tok"]),
