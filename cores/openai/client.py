@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,6 +21,23 @@ from llmlib.errors import HealthCheckError, MissingDependencyError
 from llmlib.serving.async_core import RequestFailed, describe_failure
 
 KEEPALIVE_S = 2.0
+# where a reasoning model's answer begins in the text of a stream that does not separate them
+# (the completions API): DeepSeek-R1 ends its thinking with </think>; gpt-oss (harmony)
+# opens its final channel with <|channel|>final<|message|>
+ANSWER_MARKERS = ("</think>", "<|channel|>final<|message|>")
+
+
+class Completion(NamedTuple):
+    """One finished request: every generated token id (reasoning included: what LoadGen
+    counts), where they came from, and the reasoning/answer split of those tokens with the
+    time (perf_counter_ns) the first answer token arrived (the first token's time when the
+    stream had no reasoning)."""
+
+    ids: np.ndarray
+    source: str  # "server" or "retokenized"
+    reasoning_tokens: int
+    answer_tokens: int
+    first_answer_ns: int
 
 
 class EndpointClient:
@@ -137,10 +154,10 @@ class EndpointClient:
         prompt: np.ndarray,
         max_new_tokens: int,
         on_first: Callable[[np.ndarray], None] | None,
-    ) -> tuple[np.ndarray, str]:
-        """Stream one completion; ``on_first(ids)`` at the first output. Returns the output
-        token ids and where they came from ("server" or "retokenized"); raises for any
-        failure."""
+    ) -> Completion:
+        """Stream one completion; ``on_first(ids)`` at the first output (reasoning counts:
+        MLPerf's first token is the first generated one). Returns the ``Completion``; raises
+        for any failure."""
         s = _Stream(time.monotonic(), asyncio.current_task())
         self._open.add(s)
         try:
@@ -174,7 +191,26 @@ class EndpointClient:
             self._open.discard(s)
         if not s.ids and not "".join(s.texts):
             raise RequestFailed("empty stream: no tokens")
-        return self._final_ids(s)
+        ids, source = self._final_ids(s)
+        return Completion(ids, source, *self._split(s, len(ids)))
+
+    def _split(self, s: _Stream, total: int) -> tuple[int, int, int]:
+        """(reasoning tokens, answer tokens, first answer time) of a finished stream. Chunks
+        the server marked as reasoning (``reasoning_content``/``reasoning`` deltas) are
+        reasoning; else, in a stream of text, everything up to the end of an answer marker
+        (``</think>``, harmony's final channel) is. Token ids are attributed per chunk when
+        the server sent them, else the reasoning text is re-tokenized."""
+        cut = s.answer_start()  # index of the first answer chunk
+        if cut is None:
+            return 0, total, s.times[0] if s.times else 0
+        if s.server_ids:
+            reasoning = sum(s.chunk_ids[:cut])
+        else:
+            reasoning = min(total, len(self._encode("".join(s.texts[:cut]))))
+        first_answer = next(
+            (t for t, n in zip(s.times[cut:], s.chunk_ids[cut:], strict=True) if n), 0
+        ) if s.server_ids else (s.times[cut] if cut < len(s.times) else 0)  # fmt: skip
+        return reasoning, total - reasoning, first_answer
 
     def _partial_ids(self, s: _Stream) -> np.ndarray:
         """The output ids that arrived before a failure (the first-token ids at least)."""
@@ -212,7 +248,7 @@ class _Stream:
 
     __slots__ = (
         "ids", "texts", "server_ids", "done", "first_ids", "first_text_len",
-        "started", "last", "task", "stalled",
+        "started", "last", "task", "stalled", "times", "chunk_ids", "reasoning_chunks",
     )  # fmt: skip
 
     def __init__(self, started: float = 0.0, task: asyncio.Task[Any] | None = None) -> None:
@@ -225,6 +261,27 @@ class _Stream:
         self.done = False
         self.first_ids: np.ndarray | None = None
         self.first_text_len = 0
+        # per output chunk (parallel to texts): arrival time, token ids it carried
+        self.times: list[int] = []
+        self.chunk_ids: list[int] = []
+        self.reasoning_chunks = 0  # chunks the server marked as reasoning (leading ones)
+
+    def answer_start(self) -> int | None:
+        """Index of the first answer chunk: after the chunks the server marked as reasoning,
+        else after the one that completes an answer marker; None when the stream had no
+        reasoning."""
+        if self.reasoning_chunks:
+            return self.reasoning_chunks
+        text = "".join(self.texts)
+        ends = [text.find(m) + len(m) for m in ANSWER_MARKERS if m in text]
+        if not ends:
+            return None
+        end, seen = min(ends), 0
+        for k, t in enumerate(self.texts):
+            seen += len(t)
+            if seen >= end:
+                return k + 1
+        return len(self.texts)
 
     def stall(self, why: str) -> None:
         """Fail this request (its task is cancelled; ``request`` raises ``why``)."""
@@ -251,13 +308,20 @@ class _Stream:
         for c in obj.get("choices") or ():
             ids = c.get("token_ids")
             text = c.get("text")
+            delta = c.get("delta") or {}
+            thought = delta.get("reasoning_content") or delta.get("reasoning") or ""
             if text is None:
-                text = (c.get("delta") or {}).get("content") or ""
+                text = delta.get("content") or ""
+            if not (ids or text or thought):
+                continue
             if ids:
                 self.server_ids = True
                 self.ids.extend(ids)
-                got = True
-            if text:
-                self.texts.append(text)
-                got = True
+            # (a chunk with reasoning and answer text both counts as answer)
+            if thought and not text and self.reasoning_chunks == len(self.texts):
+                self.reasoning_chunks += 1
+            self.texts.append(text or thought)
+            self.chunk_ids.append(len(ids) if ids else 0)
+            self.times.append(time.perf_counter_ns())
+            got = True
         return got

@@ -22,6 +22,13 @@ come back in batches to a reader thread that delivers them. Timestamps are taken
 worker (``perf_counter_ns`` is the system's monotonic clock, the same in every process). A
 worker that dies takes its core down: everything pending fails, the run ends.
 
+Reasoning models: a server may stream the reasoning apart from the answer
+(``reasoning_content`` or ``reasoning`` deltas, as vLLM's reasoning parsers do) or as text
+with markers (``</think>``; gpt-oss's harmony ``<|channel|>final<|message|>``). Every
+generated token goes to LoadGen (its first token is the first generated one, reasoning
+included); the core keeps, per request, how many were reasoning and how many answer, and
+when the first answer token came, for the report (``reasoning.csv``) and for scoring.
+
 A failure is a record, not a retry: an HTTP error status, a connection error, a timeout
 (``endpoint_timeout_s``), an error event, a stream that ends without ``[DONE]`` or with no
 tokens: the request completes as failed with the reason, and the report counts it.
@@ -32,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +141,10 @@ class EndpointCore(AsyncLoopCore):
         self.client = EndpointClient(**self.settings)
         self.url, self.path = self.client.url, self.client.path
         self.token_source: Counter[str] = Counter()
+        # (request id, sample, reasoning tokens, answer tokens, ns from issue to the first
+        # answer token), flat, 40 bytes per finished request once any had reasoning
+        self.splits = array("q")
+        self._issued: dict[int, tuple[int, int]] = {}  # worker path: id -> (sample, issue)
         self.n_workers = s.workers_per_core
         self._pool: WorkerPool | None = None
         super().__init__(core_id, cfg, callback, concurrency=limit)
@@ -166,11 +178,26 @@ class EndpointCore(AsyncLoopCore):
         def first(ids: np.ndarray) -> None:
             self._deliver([LLMResponse(rid, ids, False, time.perf_counter_ns(), cid)])
 
-        tokens, source = await self.client.request(
+        done = await self.client.request(
             np.asarray(req.input_tokens), req.max_new_tokens, first if req.stream else None
         )
-        self.token_source[source] += 1
-        self._deliver([LLMResponse(rid, tokens, True, time.perf_counter_ns(), cid)])
+        self.token_source[done.source] += 1
+        self._note_split(rid, req.sample_index, req.issue_ns, done.reasoning_tokens,
+                         done.answer_tokens, done.first_answer_ns)  # fmt: skip
+        self._deliver([LLMResponse(rid, done.ids, True, time.perf_counter_ns(), cid)])
+
+    def _note_split(
+        self, rid: int, sample: int, issue_ns: int, reasoning: int, answer: int, first_ns: int
+    ) -> None:
+        """Keep a finished request's reasoning/answer split (only once a stream had
+        reasoning: until then nothing is kept)."""
+        if reasoning or self.splits:
+            ttfa = first_ns - issue_ns if first_ns and issue_ns else -1
+            self.splits.extend((rid, sample, reasoning, answer, ttfa))
+
+    def reasoning_records(self) -> list[tuple[int, int, int, int, int]]:
+        v = self.splits
+        return [(v[k], v[k + 1], v[k + 2], v[k + 3], v[k + 4]) for k in range(0, len(v), 5)]
 
     # --- worker processes -----------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -197,6 +224,8 @@ class EndpointCore(AsyncLoopCore):
             )
             for r in requests
         ]
+        for r in requests:
+            self._issued[r.request_id] = (r.sample_index, r.issue_ns)
         n = self.n_workers
         for k in range(n):  # round robin, one batch per worker
             part = items[(k - self._next) % n :: n]
@@ -207,13 +236,16 @@ class EndpointCore(AsyncLoopCore):
     def _on_batch(self, batch: list[Any]) -> None:
         cid = self.core_id
         out = []
-        for rid, data, final, t, err, source in batch:
+        for rid, data, final, t, err, source, split in batch:
             ids = np.frombuffer(data, dtype=np.uint32)
+            if final:
+                sample, issue = self._issued.pop(rid, (-1, 0))
             if err is not None:
                 out.append(LLMResponse(rid, ids, True, t, cid, err))
                 continue
             if final:
                 self.token_source[source] += 1
+                self._note_split(rid, sample, issue, *split)
             out.append(LLMResponse(rid, ids, final, t, cid))
         self._deliver(out)
 
@@ -232,7 +264,7 @@ class EndpointCore(AsyncLoopCore):
 # --- the worker process ----------------------------------------------------------------------
 def worker_main(settings: dict[str, Any], inq: Any, outq: Any) -> None:
     """A worker: requests in batches from ``inq`` (None stops it), responses in batches to
-    ``outq`` as (id, token bytes, is_final, time_ns, error, source)."""
+    ``outq`` as (id, token bytes, is_final, time_ns, error, source, reasoning split)."""
     asyncio.run(_worker(settings, inq, outq))
 
 
@@ -258,18 +290,19 @@ async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
         async with slots:
 
             def first(ids: np.ndarray) -> None:
-                emit((rid, ids.tobytes(), False, time.perf_counter_ns(), None, ""))
+                emit((rid, ids.tobytes(), False, time.perf_counter_ns(), None, "", None))
 
             try:
-                ids, source = await client.request(
+                done = await client.request(
                     np.frombuffer(prompt, dtype=np.uint32), max_new, first if stream else None
                 )
             except Exception as exc:
                 got = getattr(exc, "tokens", None)  # what arrived before the failure
                 data = b"" if got is None else np.asarray(got, dtype=np.uint32).tobytes()
-                emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), ""))
+                emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), "", None))
                 return
-            emit((rid, ids.tobytes(), True, time.perf_counter_ns(), None, source))
+            split = (done.reasoning_tokens, done.answer_tokens, done.first_answer_ns)
+            emit((rid, done.ids.tobytes(), True, time.perf_counter_ns(), None, done.source, split))
 
     def start(batch: list[tuple[Any, ...]] | None) -> None:
         if batch is None:

@@ -9,6 +9,7 @@ goes to the console and to ``accuracy.json`` / ``accuracy.txt`` in the run direc
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ def score_log(
     log_path: Path,
     workers: int | None = None,
     lcb_tests_path: str = "",
+    answer_tokens: dict[int, int] | None = None,
 ) -> AccuracyResult:
     """Score the responses in ``log_path`` (an mlperf_log_accuracy.json) against ``ds`` with
-    the run's tokenizer; ``lcb_tests_path`` overrides the run's ``--lcb_tests_path``."""
+    the run's tokenizer; ``lcb_tests_path`` overrides the run's ``--lcb_tests_path``;
+    ``answer_tokens``: a reasoning stream's answer length per sample (``reasoning.csv``)."""
     outputs = read_accuracy_log(log_path, cfg.output_dtype)
     if max(outputs) >= len(ds):
         raise ConfigError(
@@ -76,7 +79,17 @@ def score_log(
         family=bench.family,
         lcb_tests=livecodebench.load_tests(lcb_path) if lcb_path else None,
         source=getattr(ds, "source", ""),
+        answer_tokens=answer_tokens,
     )
+
+
+def answer_lengths(run_dir: Path) -> dict[int, int] | None:
+    """sample -> answer tokens from a run's ``reasoning.csv`` (None without one)."""
+    path = run_dir / "reasoning.csv"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return {int(r["sample"]): int(r["answer_tokens"]) for r in csv.DictReader(f)}
 
 
 def evaluate_run(
@@ -88,7 +101,7 @@ def evaluate_run(
     bench = load_benchmark(cfg.config_dir, cfg.benchmark)
     ds = build_dataset(cfg, bench)
     log_path = run_dir / "mlperf_log_accuracy.json"
-    res = score_log(cfg, bench, ds, log_path, workers, lcb_tests_path)
+    res = score_log(cfg, bench, ds, log_path, workers, lcb_tests_path, answer_lengths(run_dir))
     n_logged = res.samples
     expected = parse_detail_log(run_dir / "mlperf_log_detail.txt").get(
         "effective_accuracy_sample_count"

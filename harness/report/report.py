@@ -44,6 +44,7 @@ class RunSummary(TypedDict, total=False):
     harness: dict[str, Any]
     notes: list[str]
     memory_growth: list[dict[str, Any]] | None
+    reasoning: dict[str, Any]  # a reasoning model's split of its output (reasoning.csv)
     config: dict[str, Any]
     config_sources: dict[str, str]
     plots: list[str]
@@ -299,6 +300,8 @@ def render_markdown(s: RunSummary) -> str:
             "TPOT stays meaningful (requests.csv: the rows with an error and a ttft_ms; "
             "tokens_before_failure says how many arrived).",
         ]
+    if s.get("reasoning"):
+        lines += ["", *reasoning_lines(s["reasoning"])]
     if s.get("notes"):
         lines += ["", "Notes:"] + [f"- {n}" for n in s["notes"]]
     lines += [
@@ -308,6 +311,46 @@ def render_markdown(s: RunSummary) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def reasoning_summary(records: list[tuple[int, int, int, int, int]], run_dir: Path) -> dict:
+    """A reasoning model's split of its output: ``reasoning.csv`` (per request: id, sample,
+    reasoning and answer tokens, ms from issue to the first answer token) and the figures
+    for summary.json: tokens of each kind per request, the reasoning share, and TTFT to the
+    first answer token (LoadGen's TTFT is to the first generated token, reasoning included)."""
+    arr = np.asarray(records, dtype=np.int64).reshape(-1, 5)
+    with open(run_dir / "reasoning.csv", "w") as f:
+        f.write("request_id,sample,reasoning_tokens,answer_tokens,ttft_answer_ms\n")
+        for rid, sample, r, a, t in arr.tolist():
+            f.write(f"{rid},{sample},{r},{a},{'' if t < 0 else f'{t / 1e6:.3f}'}\n")
+    total = int(arr[:, 2].sum() + arr[:, 3].sum())
+    ttfa = arr[arr[:, 4] >= 0, 4]
+    return {
+        "requests": len(arr),
+        "reasoning_tokens": percentiles(arr[:, 2]),
+        "answer_tokens": percentiles(arr[:, 3]),
+        "reasoning_share": float(arr[:, 2].sum() / total) if total else 0.0,
+        "ttft_answer_ns": percentiles(ttfa),
+    }
+
+
+def reasoning_lines(r: dict[str, Any]) -> list[str]:
+    rt, at, tt = r["reasoning_tokens"], r["answer_tokens"], r["ttft_answer_ns"]
+    lines = [
+        f"Reasoning ({r['requests']} requests, `reasoning.csv`): "
+        f"{r['reasoning_share']:.1%} of output tokens were reasoning. LoadGen counts them all "
+        "and its TTFT is to the first generated token; TTFT to the first answer token is "
+        "an extra figure, not MLPerf's.",
+        "",
+        "| per request | p50 | p90 | p99 | mean |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v, scale in (("reasoning tokens", rt, 1.0), ("answer tokens", at, 1.0),
+                           ("TTFT to first answer token (ms)", tt, 1e6)):  # fmt: skip
+        if v:
+            cells = " | ".join(f"{v[p] / scale:,.1f}" for p in ("p50", "p90", "p99", "mean"))
+            lines.append(f"| {name} | {cells} |")
+    return lines
 
 
 def _num(v: Any) -> str:

@@ -27,6 +27,7 @@ from harness.report.report import (
     loadgen_result,
     overall_validity,
     parse_detail_log,
+    reasoning_summary,
     write_report,
 )
 from harness.run.interrupt import ChildSignals, TestInProgress
@@ -272,6 +273,9 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
         "config_sources": cfg.sources,
     }
     summary.update(pool_summary(server, done.t0_ns))
+    records = [r for c in cores for r in c.reasoning_records() if r[0] >= 0]  # (not warmup)
+    if records:
+        summary["reasoning"] = reasoning_summary(records, run_dir)
     try:
         summary["plots"] = plot_run(run_dir, summary)
         if not summary["plots"]:
@@ -301,7 +305,8 @@ def compliance_checks(plan: TestPlan) -> dict[str, Any]:
         def scorer(path: Path) -> tuple[float | None, int, str]:
             from harness.report.evaluate import score_log
 
-            res = score_log(cfg, plan.spec, plan.dataset, path)
+            answers = {r[1]: r[3] for c in plan.server.cores for r in c.reasoning_records()}
+            res = score_log(cfg, plan.spec, plan.dataset, path, answer_tokens=answers or None)
             return res.scores.get("exact_match"), res.samples, res.table()
 
         res07 = check_test07(log_path, threshold, scorer)

@@ -18,6 +18,12 @@ when no heavier server is wanted, and a stand-in server for trying a client setu
 A chunk carries every token the core produced since the last one (the dummy core gives the
 first token, then the rest at the end): clients must not count one token per chunk. Without a
 tokenizer the text of token ``t`` is ``<t>``.
+
+``--reasoning_tokens N`` makes it answer as a reasoning model does: the first N output tokens
+of each answer are reasoning, sent as ``delta.reasoning_content`` on the chat API (as vLLM's
+reasoning parsers send it) and, on the completions API, as text that ends with ``</think>``
+(as DeepSeek-R1 writes it; the token ids are the model's own); a chunk that holds both is
+split in two at the boundary.
 """
 
 from __future__ import annotations
@@ -93,10 +99,16 @@ class ServingFront:
     """The app: HTTP requests in, LLMRequests to one core, its responses out as SSE."""
 
     def __init__(
-        self, cfg: Config, tokenizer: Tokenizer | None, model: str, token_ids: bool = True
+        self,
+        cfg: Config,
+        tokenizer: Tokenizer | None,
+        model: str,
+        token_ids: bool = True,
+        reasoning_tokens: int = 0,
     ) -> None:
         self.cfg, self.tok, self.model = cfg, tokenizer, model
         self.token_ids = token_ids  # honour return_token_ids (off: a text-only server)
+        self.reasoning_tokens = reasoning_tokens  # leading output tokens that are reasoning
         cls = get_core_class(cfg.core_type)
         self.core: LLMCore = cls(0, cls.config_for_core(0, cfg), self._on_responses)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -204,6 +216,12 @@ class ServingFront:
             self.counts["success"] += 1
             toks = np.asarray(r.output_tokens)
             choice = self._choice(chat, toks, body, "length", whole=True)
+            n = self.reasoning_tokens
+            if n and chat:
+                choice["message"]["reasoning_content"] = self._text(toks[:n])
+                choice["message"]["content"] = self._text(toks[n:]) if len(toks) > n else ""
+            elif n:
+                choice["text"] = self._text(toks[:n]) + "</think>" + self._text(toks[n:])
             return web.json_response(self._envelope(rid, chat, [choice], n_in, len(toks)))
 
     async def _stream(
@@ -229,8 +247,16 @@ class ServingFront:
                 break
             toks = np.asarray(r.output_tokens)
             if len(toks) > sent:
-                choice = self._choice(chat, toks[sent:], body, None, first=sent == 0)
-                await _sse(resp, self._envelope(rid, chat, [choice]))
+                n = self.reasoning_tokens
+                cuts = [sent, min(max(n, sent), len(toks)), len(toks)] if n else [sent, len(toks)]
+                for a, b in itertools.pairwise(cuts):
+                    if b > a:
+                        kind = "reasoning" if a < n else "answer"
+                        closes = kind == "reasoning" and b == n
+                        choice = self._choice(
+                            chat, toks[a:b], body, None, first=a == 0, kind=kind, closes=closes
+                        )
+                        await _sse(resp, self._envelope(rid, chat, [choice]))
                 if sent == 0:
                     self.ttft.observe(time.perf_counter() - arrived)
                 sent = len(toks)
@@ -253,15 +279,20 @@ class ServingFront:
         finish: str | None,
         first: bool = False,
         whole: bool = False,
+        kind: str = "answer",
+        closes: bool = False,
     ) -> dict[str, Any]:
+        """One choice; ``kind`` reasoning sends the text as ``reasoning_content`` (chat) or
+        ends it with ``</think>`` when ``closes`` (completions)."""
         text = self._text(toks) if len(toks) else ""
         c: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        field = "reasoning_content" if kind == "reasoning" else "content"
         if not chat:
-            c |= {"text": text, "logprobs": None}
+            c |= {"text": text + ("</think>" if closes else ""), "logprobs": None}
         elif whole:
             c["message"] = {"role": "assistant", "content": text}
         else:
-            c["delta"] = {"role": "assistant", "content": text} if first else {"content": text}
+            c["delta"] = {"role": "assistant", field: text} if first else {field: text}
         if self.token_ids and body.get("return_token_ids"):
             c["token_ids"] = [int(t) for t in toks]
         return c
@@ -364,11 +395,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--model", default="llmlib-dummy", help="the model name served")
     ap.add_argument("--dummy_fail_after", type=int, default=-1)
     ap.add_argument(
+        "--reasoning_tokens",
+        type=int,
+        default=0,
+        help="answer as a reasoning model: the first N output tokens are reasoning "
+        "(chat: reasoning_content deltas; completions: text ending in </think>)",
+    )
+    ap.add_argument(
         "--no_token_ids",
         action="store_true",
         help="ignore return_token_ids (behave as a server that sends text only)",
     )
     args = ap.parse_args(argv)
+    if args.reasoning_tokens < 0:
+        ap.error(f"--reasoning_tokens must be 0 or more, got {args.reasoning_tokens}")
     try:
         from aiohttp import web  # noqa: F401
     except ImportError:
@@ -383,6 +423,12 @@ def main(argv: list[str]) -> int:
     if tok is not None:
         explicit["vocab_size"] = tok.vocab_size
     cfg = resolve({}, benchmark="tiny", scenario="server", explicit=explicit)
-    front = ServingFront(cfg, tok, args.model, token_ids=not args.no_token_ids)
+    front = ServingFront(
+        cfg,
+        tok,
+        args.model,
+        token_ids=not args.no_token_ids,
+        reasoning_tokens=args.reasoning_tokens,
+    )
     asyncio.run(serve(front, args.host, args.port))
     return 0

@@ -329,12 +329,16 @@ def score(
     family: str = "",
     lcb_tests: dict[str, Any] | None = None,
     source: str = "",
+    answer_tokens: dict[int, int] | None = None,
 ) -> AccuracyResult:
     """Score ``outputs`` (sample index -> token ids) of ``benchmark`` (of dataset ``family``,
     default the benchmark's name); ``fields`` are the dataset's per-sample fields (reference
     text and the like), ``decode`` turns token ids into text; ``mbxp_workers`` programs run
     at once for MBXP and LiveCodeBench (default: one per CPU); ``lcb_tests`` are
-    LiveCodeBench's tests by question id; ``source`` names the dataset file in messages."""
+    LiveCodeBench's tests by question id; ``source`` names the dataset file in messages;
+    ``answer_tokens`` (sample -> how many of its last tokens were the answer, from a
+    server that streamed reasoning apart) lets gpt-oss-120b's final-channel extraction work
+    when the server's parser dropped harmony's markers."""
     family = family or benchmark
     idx = sorted(outputs)
     res = AccuracyResult(benchmark, len(idx))
@@ -360,6 +364,12 @@ def score(
     elif family == "llama3.1-8b":
         _score_cnndm(res, text, fields, targets)
     elif family in ("deepseek-r1", "gpt-oss-120b"):
+        if family == "gpt-oss-120b" and answer_tokens:
+            for i in idx:  # the answer as harmony's final channel, where the markers are gone
+                k = answer_tokens.get(i, 0)
+                if 0 < k <= len(outputs[i]) and "<|channel|>final" not in text[i]:
+                    answer = decode(outputs[i][len(outputs[i]) - k :])
+                    text[i] = f"{text[i]}<|channel|>final<|message|>{answer}<|return|>"
         _score_reasoning(res, text, fields, family, lcb_tests, mbxp_workers)
     else:
         res.scores.update(

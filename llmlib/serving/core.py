@@ -207,6 +207,12 @@ class LLMCore(ABC):
         """Lines for the run's report (what the backend did that a reader should know)."""
         return []
 
+    def reasoning_records(self) -> list[tuple[int, int, int, int, int]]:
+        """For reasoning models, per finished request: (request id, sample index, reasoning
+        tokens, answer tokens, ns from issue to the first answer token, -1 if unknown).
+        Empty when the backend saw no reasoning (the default)."""
+        return []
+
     def close(self) -> None:
         """Stop the backend; whatever is still pending completes as failed."""
         self._closed.set()

@@ -314,3 +314,46 @@ def test_disagg_config_errors_name_the_file_and_the_problem(tmp_path):
     bad.write_text("hostname: localhost\nport: 8000\ncontext_servers: {urls: []}\n")
     p, _ = run_harness(tmp_path, "--core_type=trtllm_disagg", f"--disagg_config={bad}")
     assert p.returncode == 2 and "context_servers.urls is missing or empty" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("api", "workers"), [("chat", 0), ("completions", 2)]
+)  # chat: reasoning_content deltas; completions: </think> in the text
+def test_a_reasoning_stream_counts_every_token_for_loadgen_and_reports_the_split(
+    tmp_path, tiny_tokenizer, api, workers
+):
+    f = Front(*FAST, f"--tokenizer_path={tiny_tokenizer}", "--reasoning_tokens=3")
+    try:
+        p, runs = run_harness(
+            tmp_path,
+            *endpoint_args(
+                f.url,
+                f"--endpoint_api={api}",
+                f"--tokenizer_path={tiny_tokenizer}",
+                f"--workers_per_core={workers}",
+            ),  # fmt: skip
+            "--scenarios=server",
+            "--test_mode=AccuracyOnly",
+            "--server_target_qps=100",
+            "--vocab_size=512",
+        )
+    finally:
+        f.stop()
+    assert p.returncode == 0, p.stderr
+    s, run_dir = runs[("server", "accuracy")]
+    with open(run_dir / "reasoning.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == s["harness"]["completed"] > 0
+    logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    n_tokens = {e["qsl_idx"]: len(bytes.fromhex(e["data"])) // 4 for e in logged}
+    for row in rows:
+        r, a = int(row["reasoning_tokens"]), int(row["answer_tokens"])
+        total = n_tokens[int(row["sample"])]
+        assert r + a == total  # LoadGen got every generated token, reasoning included
+        assert r == min(3, total)  # the front's first 3 tokens were reasoning
+        assert (row["ttft_answer_ms"] == "") == (a == 0)
+    rs = s["reasoning"]
+    assert rs["requests"] == len(rows) and 0 < rs["reasoning_share"] < 1
+    assert rs["reasoning_tokens"]["p50"] == 3 and rs["ttft_answer_ns"]["p50"] > 0
+    report = (run_dir / "report.md").read_text()
+    assert "Reasoning (" in report and "TTFT to first answer token" in report

@@ -244,3 +244,17 @@ def test_reasoning_scoring_names_missing_columns_and_unknown_datasets():
     res = score("deepseek-r1", outs, [{"dataset": "trivia", "ground_truth": "1"}], None, dec,
                 family="deepseek-r1")  # fmt: skip
     assert res.verdict == "INCOMPLETE" and "trivia (1)" in res.note
+
+
+def test_gpt_oss_answer_split_stands_in_for_lost_harmony_markers():
+    # a server whose parser dropped harmony's markers streamed "I think A." as reasoning and
+    # "B" as the answer: reasoning.csv's answer length lets the final-channel rule find B
+    texts = ["I think A, maybe.B"] * 5
+    outs = {i: np.array([ord(c) for c in t], dtype=np.uint32) for i, t in enumerate(texts)}
+    dec = lambda ids: "".join(map(chr, ids))  # noqa: E731
+    fields = [{"dataset": "gpqa_diamond", "ground_truth": "B"}] * 5
+    lost = score("gpt-oss-120b", outs, fields, None, dec, family="gpt-oss-120b")
+    assert lost.scores["exact_match"] == 0.0
+    kept = score("gpt-oss-120b", outs, fields, None, dec, family="gpt-oss-120b",
+                 answer_tokens=dict.fromkeys(range(5), 1))  # fmt: skip
+    assert kept.scores["exact_match"] == 100.0
