@@ -4,6 +4,12 @@ traffic policy on the same seeded arrivals, a JSON summary each and a table.
     python -m harness simulate --engines cpu-tiny:6:0.4,h100-llama2-70b:1:4.0 \\
         --rate 300 --requests 100000 --policy round_robin,least_pending
     python -m harness simulate --arrival chat --prefix_cache_blocks 4096 --rate 100
+    python -m harness simulate --benchmark deepseek-r1 --engines h200x8-deepseek-r1:4 --rate 4
+
+``--benchmark`` draws prompt and output lengths from that benchmark's synthetic shape (its
+YAML: deepseek-r1's long reasoning decodes, gpt-oss-120b's, ...; outputs capped at its
+``max_new_tokens``) and takes its Server TTFT/TPOT limits from LoadGen's mlperf.conf unless
+``--ttft_limit_ms``/``--tpot_limit_ms`` are given.
 
 Engines are ``profile[:count[:price per hour]]`` from ``--profiles_file`` (the dummy core's
 ``configs/engine_profiles.yaml``); the policies are ``llmlib.serving.policies``'s, the code the
@@ -218,8 +224,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--output_len", type=int, default=128, help="median output tokens")
     ap.add_argument("--length_sigma", type=float, default=0.5, help="log-normal spread")
     ap.add_argument("--burst_cv", type=float, default=3.0, help="bursty: gap CV")
-    ap.add_argument("--ttft_limit_ms", type=float, default=2000.0)
-    ap.add_argument("--tpot_limit_ms", type=float, default=200.0)
+    ap.add_argument(
+        "--benchmark",
+        default="",
+        help="draw lengths from this benchmark's shape and take its limits from mlperf.conf",
+    )
+    ap.add_argument("--ttft_limit_ms", type=float, default=None, help="default 2000")
+    ap.add_argument("--tpot_limit_ms", type=float, default=None, help="default 200")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO_ROOT / "build" / "sim"), help="a directory")
     ap.add_argument(
@@ -228,6 +239,31 @@ def main(argv: list[str]) -> int:
         help="a dummy-core run directory: simulate its requests and compare TTFT with it",
     )
     return _run(ap.parse_args(argv))  # (errors: harness/cli.py says them, exit 2)
+
+
+def benchmark_lengths(reqs: list[SimRequest], args: argparse.Namespace) -> list[SimRequest]:
+    """``reqs`` (their arrival times) with prompt and output lengths drawn from
+    ``args.benchmark``'s synthetic shape; its Server limits from mlperf.conf fill the ones
+    not given."""
+    from llmlib.eval.rules import official_settings
+
+    if args.arrival == "chat":
+        raise ConfigError("--benchmark draws independent requests: use --arrival poisson or bursty")
+    spec = load_benchmark(REPO_ROOT / "configs", args.benchmark)
+    rng = np.random.default_rng([args.seed, 0xB3])
+    n = len(reqs)
+    ins = spec.input_len.sample(rng, n)
+    outs = np.minimum(spec.output_len.sample(rng, n), spec.max_new_tokens)
+    conf = official_settings(spec.mlperf_model, "Server")
+    if args.ttft_limit_ms is None:
+        args.ttft_limit_ms = conf["ttft_latency"] / 1e6
+    if args.tpot_limit_ms is None:
+        args.tpot_limit_ms = conf["tpot_latency"] / 1e6
+    args.prompt_len, args.output_len = float(np.median(ins)), float(np.median(outs))
+    return [
+        dataclasses.replace(r, prompt_len=int(i), output_len=max(1, int(o)))
+        for r, i, o in zip(reqs, ins, outs, strict=True)
+    ]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -277,6 +313,10 @@ def _run(args: argparse.Namespace) -> int:
             args.requests, args.rate, args.arrival, args.seed, args.prompt_len, args.output_len,
             args.length_sigma, args.burst_cv,
         )  # fmt: skip
+    if args.benchmark:
+        reqs = benchmark_lengths(reqs, args)
+    args.ttft_limit_ms = 2000.0 if args.ttft_limit_ms is None else args.ttft_limit_ms
+    args.tpot_limit_ms = 200.0 if args.tpot_limit_ms is None else args.tpot_limit_ms
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(
@@ -297,7 +337,8 @@ def _run(args: argparse.Namespace) -> int:
             "engines", "arrival", "rate", "requests", "prompt_len", "output_len",
             "length_sigma", "burst_cv", "seed", "systems", "system_len", "turns", "think_s",
             "prefix_cache_blocks", "policy_flags", "decode_engines", "decode_policy",
-            "decode_policy_flags", "kv_transfer")}  # fmt: skip
+            "decode_policy_flags", "kv_transfer", "benchmark", "ttft_limit_ms",
+            "tpot_limit_ms")}  # fmt: skip
         s["simulated_in_s"] = took
         path = out / f"sim-{policy}.json"
         path.write_text(json.dumps(s, indent=1) + "\n")

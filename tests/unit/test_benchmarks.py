@@ -4,12 +4,14 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 
 from harness.run.driver import planned_runs
 from harness.tools.benchmarks import table
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
 from llmlib.eval.rules import official_settings
+from llmlib.model.engine import get_profile, load_profiles
 from tests.conftest import make_cfg
 
 V6 = {  # benchmark -> (LoadGen model, Server TTFT ms, TPOT ms, samples, compliance)
@@ -35,6 +37,11 @@ def test_v6_benchmark_maps_to_loadgen_and_its_limits(name):
         assert (server["ttft_latency"], server["tpot_latency"]) == (ttft * 10**6, tpot * 10**6)
     assert spec.synthetic_samples() == samples  # from mlperf.conf, not the YAML
     assert spec.shape_source and spec.bos_id is not None and spec.eos_id > spec.bos_id >= 0
+    # its default engine profile exists: a batching engine shaped for this benchmark
+    settings = yaml.safe_load((REPO_ROOT / "configs/benchmarks" / f"{name}.yaml").read_text())
+    prof = get_profile(load_profiles(REPO_ROOT / "configs/engine_profiles.yaml"),
+                       settings["settings"]["engine_profile"])  # fmt: skip
+    assert not prof.is_zero and settings["settings"]["vocab_size"] > spec.eos_id
 
 
 def test_synthetic_shapes_match_the_references_they_cite():

@@ -286,3 +286,25 @@ def test_a_live_disaggregated_run_through_loadgen_replays_in_the_simulator(tmp_p
     r = json.loads(p.stdout)
     assert r["pools"] == {"prefill": 1, "decode": 2} and r["placement_agreement"] is None
     assert 0.7 < r["p95_live_over_sim"] < 1.5, r
+
+
+def test_simulate_takes_a_benchmarks_lengths_and_limits(tmp_path):
+    out = tmp_path / "sim"
+    p = run_cli("--benchmark=gpt-oss-120b-interactive", "--engines=h200-gpt-oss-120b-interactive:2",
+                "--rate=2", "--requests=400", "--policy=least_pending", f"--out={out}")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    s = json.loads((out / "sim-least_pending.json").read_text())
+    w = s["workload"]
+    assert w["benchmark"] == "gpt-oss-120b-interactive"
+    assert (w["ttft_limit_ms"], w["tpot_limit_ms"]) == (2000.0, 15.0)  # mlperf.conf's
+    assert 1150 < w["output_len"] < 1400  # the median of gpt-oss's answers, not 128
+    p = run_cli("--benchmark=deepseek-r1", "--tpot_limit_ms=50", "--requests=50",
+                "--engines=h200x8-deepseek-r1", f"--out={out}")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    w = json.loads((out / "sim-least_pending.json").read_text())["workload"]
+    assert w["tpot_limit_ms"] == 50.0 and w["ttft_limit_ms"] == 2000.0
+    assert w["output_len"] > 1000  # reasoning decodes
+    p = run_cli("--benchmark=deepseek-r1", "--arrival=chat", f"--out={out}")
+    assert p.returncode == 2 and "--benchmark draws independent requests" in p.stderr
+    p = run_cli("--benchmark=deepsek-r1", f"--out={out}")
+    assert p.returncode == 2 and "Did you mean 'deepseek-r1'" in p.stderr
