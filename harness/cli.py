@@ -127,8 +127,17 @@ def validate(cfg: Config) -> None:
         parse_server_args(cfg.server_args)
     if cfg.core_type == "dummy":
         profile_from_config(cfg)
-    for test in required_compliance(cfg):
+    tests = required_compliance(cfg)
+    for test in tests:
         compliance_audit_config(cfg, test)
+    if "TEST07" in tests and not (
+        cfg.tokenizer_path
+        and (cfg.test07_dataset_path or cfg.accuracy_dataset_path or cfg.dataset_path)  # fmt: skip
+    ):
+        raise ConfigError(
+            f"TEST07 scores {cfg.benchmark}'s responses on its compliance set: give "
+            "--test07_dataset_path (e.g. acc_eval_compliance_gpqa.parquet) and --tokenizer_path"
+        )
     for name in ("dataset_path", "accuracy_dataset_path", "test07_dataset_path"):
         path = getattr(cfg, name)
         if path or (name == "dataset_path" and cfg.dataset_format in TEXT_FORMATS):

@@ -199,3 +199,26 @@ def test_test07_and_test09_fail_where_they_should(tmp_path, tiny_tokenizer):
     assert "error (compliance): gpt-oss-120b/server/TEST07 FAIL" in p.stderr
     assert "error (compliance): gpt-oss-120b/server/TEST09 FAIL" in p.stderr
     assert runs[("server", "performance")][0]["validity"] == "VALID"
+
+
+def test_the_accuracy_sample_count_is_loadgens_and_evaluate_says_so(tmp_path, tiny_tokenizer):
+    """mlperf.conf gives gpt-oss-120b accuracy_sample_count_override = 4,395 (of 6,396): an
+    accuracy run issues the first N samples only. Here a user.conf sets 6 of a 10-row file."""
+    tok = load_tokenizer(tiny_tokenizer)
+    acc = gpqa_file(tmp_path / "acc_eval_inputs.parquet", tok, 10)
+    conf = tmp_path / "user.conf"
+    conf.write_text("gpt-oss-120b.*.accuracy_sample_count_override = 6\n")
+    p, runs = run_harness(
+        tmp_path, "--benchmarks=gpt-oss-120b", "--scenarios=offline", "--test_mode=AccuracyOnly",
+        *OFFLINE[1:], f"--dataset_path={acc}", f"--tokenizer_path={tiny_tokenizer}",
+        f"--user_conf={conf}",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    run_dir = runs[("offline", "accuracy")][1]
+    logged = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    assert sorted(e["qsl_idx"] for e in logged) == list(range(6))
+    from harness.report.evaluate import evaluate_run
+
+    out = evaluate_run(run_dir)
+    assert out["samples"] == 6 and out["verdict"] == "PASS"
+    assert "scored 6 of the dataset's 10 samples (LoadGen's accuracy sample count, 6" in out["note"]

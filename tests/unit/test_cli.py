@@ -37,6 +37,10 @@ from llmlib.config.settings import REPO_ROOT
         (["--test07_dataset_path=/nonexistent/g.parquet"], ["--test07_dataset_path: file not"]),
         (["--lcb_tests_path=/nonexistent/lcb"], ["--lcb_tests_path: not found"]),
         (
+            ["--benchmarks=gpt-oss-120b", "--test_mode=SubmissionRun"],
+            ["TEST07 scores gpt-oss-120b's responses", "--test07_dataset_path"],
+        ),
+        (
             ["--benchmarks=llama2-70b", "--compliance_tests=TEST07"],
             ["TEST07: no audit.config for llama2-70b", "TEST07 is defined for: gpt-oss-120b"],
         ),
