@@ -98,7 +98,7 @@ def evaluate_run(
     """Score one accuracy run; ``lcb_tests_path`` overrides the run's ``--lcb_tests_path``."""
     spec = json.loads((run_dir / "spec.json").read_text())
     cfg = Config.from_json(spec["config"])
-    bench = load_benchmark(cfg.config_dir, cfg.benchmark)
+    bench = load_benchmark(cfg.config_dir, cfg.benchmark).for_mode(spec["mode"])
     ds = build_dataset(cfg, bench)
     log_path = run_dir / "mlperf_log_accuracy.json"
     res = score_log(cfg, bench, ds, log_path, workers, lcb_tests_path, answer_lengths(run_dir))

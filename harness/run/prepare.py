@@ -71,7 +71,7 @@ def prepare(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     if compliance:
         cfg = cfg.replace(audit_config=str(compliance_audit_config(cfg, compliance)))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    spec = load_benchmark(cfg.config_dir, cfg.benchmark)
+    spec = load_benchmark(cfg.config_dir, cfg.benchmark).for_mode(mode, compliance)
     notes: list[str] = []
     cfg = with_stall_timeout(cfg, spec, notes)
     dataset = build_dataset(cfg, spec)

@@ -54,12 +54,15 @@ def table(config_dir: str | Path = REPO_ROOT / "configs") -> str:
             if "server" in scen
             else "(no Server)"
         )
+        cap = f"{spec.max_new_tokens:,}"
+        if spec.accuracy_max_new_tokens:
+            cap += f" (accuracy {spec.accuracy_max_new_tokens:,})"
         if path.stem == "tiny":
             count = f"{spec.synthetic_samples():,} (synthetic)"
         rows.append(
             f"| `{path.stem}` | `{spec.mlperf_model}` | "
             f"{', '.join(SCENARIO_NAMES.get(s, s) for s in scen)} | "
-            f"{limits} | {count} | {spec.max_new_tokens:,} | {', '.join(spec.compliance) or '-'} | "
+            f"{limits} | {count} | {cap} | {', '.join(spec.compliance) or '-'} | "
             f"{_accuracy(path.stem)} |"
         )
     return "\n".join(rows)

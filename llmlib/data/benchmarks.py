@@ -13,6 +13,7 @@ the reference output length and tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,15 @@ class BenchmarkSpec:
     family: str = ""  # the published dataset's family (columns, scorer); default: the name
     compliance: tuple[str, ...] = ("TEST06",)  # what a SubmissionRun runs
     shape_source: str = ""  # where the synthetic lengths come from
+    accuracy_max_new_tokens: int = 0  # an accuracy run's output cap when not max_new_tokens
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def for_mode(self, mode: str, compliance: str | None = None) -> BenchmarkSpec:
+        """The spec an accuracy run uses: its own output cap where the benchmark has one
+        (gpt-oss-120b: 32,768 for accuracy, 10,240 for performance and compliance runs)."""
+        if mode == "AccuracyOnly" and not compliance and self.accuracy_max_new_tokens:
+            return dataclasses.replace(self, max_new_tokens=self.accuracy_max_new_tokens)
+        return self
 
     def synthetic_samples(self) -> int:
         """Samples in the synthetic stand-in: the YAML's, else mlperf.conf's performance
@@ -96,6 +105,7 @@ def load_benchmark(config_dir: str | Path, name: str) -> BenchmarkSpec:
             family=str(b.get("family", name)),
             compliance=tuple(str(t).upper() for t in b.get("compliance", ["TEST06"])),
             shape_source=str(syn.get("source", "")),
+            accuracy_max_new_tokens=int(b.get("accuracy_max_new_tokens", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: bad 'benchmark' section: {exc}") from None

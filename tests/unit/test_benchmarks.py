@@ -70,3 +70,12 @@ def test_submission_run_runs_the_compliance_tests_its_benchmark_requires(tmp_pat
     runs = planned_runs(cfg, tmp_path)
     assert [t for _, t, _ in runs if t] == tests
     assert [m for m, t, _ in runs if not t] == ["PerformanceOnly", "AccuracyOnly"]
+
+
+def test_gpt_oss_accuracy_runs_have_their_own_output_cap():
+    spec = load_benchmark(REPO_ROOT / "configs", "gpt-oss-120b")
+    assert spec.for_mode("PerformanceOnly").max_new_tokens == 10240
+    assert spec.for_mode("PerformanceOnly", "TEST07").max_new_tokens == 10240
+    assert spec.for_mode("AccuracyOnly").max_new_tokens == 32768
+    ds = load_benchmark(REPO_ROOT / "configs", "deepseek-r1")
+    assert ds.for_mode("AccuracyOnly").max_new_tokens == 20000
