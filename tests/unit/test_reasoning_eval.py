@@ -258,3 +258,19 @@ def test_gpt_oss_answer_split_stands_in_for_lost_harmony_markers():
     kept = score("gpt-oss-120b", outs, fields, None, dec, family="gpt-oss-120b",
                  answer_tokens=dict.fromkeys(range(5), 1))  # fmt: skip
     assert kept.scores["exact_match"] == 100.0
+
+
+def test_gpt_oss_livecodebench_code_comes_from_the_final_channel(tmp_path):
+    tests = livecodebench.load_tests(
+        write_lcb(tmp_path, [lcb_row("abc100_a", STDIN, STDIN_PRIVATE)])
+    )
+    wrong_draft = "```python\nprint(6)\n```"  # right on the public test only
+    good = harmony(wrong_draft, f"Here:\n```python\n{SUM_STDIN}```")
+    bad = harmony(f"```python\n{SUM_STDIN}```", wrong_draft)  # the draft was right
+    rows = [good, good, bad]  # 3 repeats of one problem: 2 of 3 right
+    fields = [{"dataset": "livecodebench_v6", "ground_truth": "abc100_a"}] * 3
+    outs, dec = crafted(rows, 1278)
+    res = score("gpt-oss-120b", outs, fields, None, dec, 2, family="gpt-oss-120b",
+                lcb_tests=tests)  # fmt: skip
+    assert res.scores["livecodebench_v6_accuracy"] == pytest.approx(66.6667)
+    assert res.scores["exact_match"] == pytest.approx(66.6667)  # (2/3) / (3/3)
