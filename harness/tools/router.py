@@ -17,7 +17,16 @@ import numpy as np
 from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import DEFAULT_CORPUS, DEFAULT_ROUTER, EXPERTS, build_corpus, read_corpus
-from llmlib.router.evaluation import agreement, baseline, bench, confusion_table, evaluate
+from llmlib.router.evaluation import (
+    agreement,
+    baseline,
+    baseline_fitter,
+    bench,
+    confusion_table,
+    cross_source,
+    evaluate,
+    router_fitter,
+)
 from llmlib.router.features import FEATURE_VERSION, MAX_WORDS
 from llmlib.router.model import Router, load_router
 from llmlib.router.train import train
@@ -163,6 +172,13 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="also train and score the MiniLM baseline on the same splits (baseline extra)",
     )
+    e.add_argument(
+        "--split",
+        default="random",
+        choices=("random", "source", "both"),
+        help="random: the corpus's held-out fifth (by crc32); source: each source held out "
+        "in turn, the router retrained on the others (the honest figure); both",
+    )
     _corpus_and_router(sub.add_parser("bench", help="decision latency, batch 1 and batched"))
     bl = sub.add_parser("baseline", help="MiniLM + logistic regression on the same splits")
     bl.add_argument("--data", default=str(DEFAULT_CORPUS))
@@ -200,6 +216,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"held-out accuracy {res['accuracy']:.4f}, float/int8 agreement {agree:.4f}")
         print(f"router: {out} ({out.stat().st_size:,} bytes, feature version {FEATURE_VERSION})")
         return 0
+    if args.cmd == "eval" and args.split in ("source", "both"):
+        by_source_eval(args)
+        if args.split == "source":
+            return 0
     if args.cmd == "eval":
         rows = read_corpus(Path(args.data))
         router = routing_router(args.routing_config, args.router)
@@ -254,6 +274,33 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     raise AssertionError(args.cmd)
+
+
+def by_source_eval(args: argparse.Namespace) -> None:
+    """``router eval --split source``: each source of the corpus held out in turn, the
+    router (with the config's gate and threshold) retrained on the others, and with
+    ``--baseline`` MiniLM + LR on the same folds; accuracy and per-label recall."""
+    rows = read_corpus(Path(args.data))
+    template = routing_router(args.routing_config, args.router)
+    experts = template.experts
+    res = {"router": cross_source(rows, *router_fitter(template), experts)}
+    if args.baseline:
+        res["minilm_lr"] = cross_source(rows, *baseline_fitter(rows), experts)
+    for name, r in res.items():
+        print(json.dumps({name: {k: v for k, v in r.items() if k != "confusion"}}, indent=1))
+        print(confusion_table(r))
+    print(source_table(res))
+
+
+def source_table(res: dict[str, dict[str, Any]]) -> str:
+    """Markdown: accuracy and per-label recall on the source-held-out split, one row each."""
+    experts = next(iter(res.values()))["experts"]
+    lines = ["| held out by source | overall | " + " | ".join(experts) + " |",
+             "|---" * (len(experts) + 2) + "|"]  # fmt: skip
+    for name, r in res.items():
+        cells = ["-" if r["recall"][e] is None else f"{r['recall'][e]:.3f}" for e in experts]
+        lines.append(f"| {name} | {r['accuracy']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def routing_router(config: str, artifact: str) -> Router:

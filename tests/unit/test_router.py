@@ -450,3 +450,75 @@ def test_pools_are_sized_for_the_lowest_busiest_core_load():
     assert split_bound(shares, size_pools(shares, 8)) > 0.97
     assert split_bound({"a": 0.5, "b": 0.5}, {"a": 2, "b": 2}) == pytest.approx(1.0)
     assert size_pools({"a": 0.99, "b": 0.01}, 2) == {"a": 1, "b": 1}  # one core each at least
+
+
+# --- held out by source --------------------------------------------------------------------
+def sourced(label, source, texts):
+    return [{"text": t, "label": label, "source": source} for t in texts]
+
+
+def test_source_folds_hold_out_each_source_its_labels_have_elsewhere():
+    from llmlib.router.evaluation import source_folds
+
+    rows = (
+        sourced("general", "chat", ["hi there", "tell me a story"])
+        + sourced("code", "chat", ["fix my python"])
+        + sourced("code", "stubs", ["def f(x):"])
+        + sourced("reasoning", "puzzles", ["solve 2x = 4"])
+        + sourced("reasoning", "exams", ["prove it is even"])
+    )
+    folds, kept = source_folds(rows)
+    assert kept == {"chat": "the only source of general"}
+    assert [s for s, _, _ in folds] == ["exams", "puzzles", "stubs"]
+    src, train_rows, test_rows = folds[0]
+    assert {r["source"] for r in test_rows} == {"exams"}
+    assert "exams" not in {r["source"] for r in train_rows} and len(train_rows) == 5
+
+
+def test_cross_source_pools_every_fold_into_one_confusion():
+    from llmlib.router.evaluation import cross_source
+
+    rows = (
+        sourced("general", "chat", ["hello", "how are you"])
+        + sourced("code", "a", ["python code", "java code", "a poem"])
+        + sourced("code", "b", ["rust code"])
+        + sourced("reasoning", "c", ["solve this", "x = 2"])
+        + sourced("reasoning", "d", ["solve that"])
+    )
+
+    def fit(train_rows):
+        return {r["label"] for r in train_rows}
+
+    def predict(labels, test_rows):  # keywords, and only labels seen in training
+        def one(t):
+            guess = "code" if "code" in t else "reasoning" if "solve" in t else "general"
+            return guess if guess in labels else "general"
+
+        return [one(r["text"]) for r in test_rows]
+
+    res = cross_source(rows, fit, predict, ["general", "code", "reasoning"])
+    assert res["held_out"] == 7 and res["not_held_out"] == {"chat": "the only source of general"}
+    # a: 2 of 3 code right; b: 1 of 1; c: "solve this" right, "x = 2" wrong; d: right
+    assert res["confusion"] == [[0, 0, 0], [1, 3, 0], [1, 0, 2]]
+    assert res["accuracy"] == pytest.approx(5 / 7)
+    assert res["recall"] == {"general": None, "code": 0.75, "reasoning": pytest.approx(2 / 3)}
+    assert res["folds"]["c"] == {"rows": 2, "accuracy": 0.5}
+    only = sourced("general", "x", ["a"]) + sourced("code", "y", ["b"])
+    with pytest.raises(ConfigError, match="no source can be held out.*router corpus --add"):
+        cross_source(only, fit, predict, ["general", "code"])
+
+
+def test_router_eval_by_source_retrains_without_the_held_out_source(artifact, tmp_path):
+    rows = []
+    for label, temps in (("general", GENERAL), ("code", CODE), ("reasoning", REASONING)):
+        for k in range(60):
+            src = f"{label}-{'odd' if k % 2 else 'even'}"  # two sources per label
+            rows.append({"text": temps[k % len(temps)].format(n=k + 2), "label": label,
+                         "source": src})  # fmt: skip
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = run_cli("eval", "--split", "source", "--data", str(data), "--router", str(artifact))
+    assert p.returncode == 0, p.stderr
+    table = p.stdout[p.stdout.index("| held out by source") :]
+    assert table.splitlines()[2].startswith("| router | ")
+    assert '"code-even"' in p.stdout and '"not_held_out": {}' in p.stdout
