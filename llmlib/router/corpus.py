@@ -99,9 +99,39 @@ def validation(prompt: str) -> bool:
     return zlib.crc32(b"val:" + prompt.encode("utf-8", "surrogatepass")) % 10 == 0
 
 
-def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed: int = 0) -> dict:
+def read_added(path: Path) -> list[dict[str, Any]]:
+    """Rows from a user's labelled JSONL (``router corpus --add``): ``text`` and ``label``
+    (any expert name) on every line, ``source`` optional (default: the file's name)."""
+    if not path.is_file():
+        raise ConfigError(f"--add: file not found: {path}")
+    rows = []
+    for n, r in iter_jsonl(path):
+        if not isinstance(r, dict) or not isinstance(r.get("text"), str) or not r["text"]:
+            raise ConfigError(f"{path}:{n}: needs a non-empty 'text'")
+        label = r.get("label")
+        if not isinstance(label, str) or not re.fullmatch(r"[\w.-]+", label):
+            raise ConfigError(f"{path}:{n}: 'label' must be an expert name, got {label!r}")
+        rows.append(
+            {"text": r["text"], "label": label, "source": str(r.get("source") or path.stem)}
+        )
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    return rows
+
+
+def build_corpus(
+    out: Path,
+    general_max: int = 6000,
+    problems: int = 1500,
+    seed: int = 0,
+    added: list[Path] | None = None,
+) -> dict:
+    """The corpus from registry packages and the project's word problems, plus the rows of
+    every ``added`` file (a user's labelled JSONL); counts by label and split, and rows by
+    source."""
     from llmlib.data.text_sources import read_humaneval, read_sharegpt, sharegpt_samples
 
+    extra = [r for p in added or [] for r in read_added(p)]  # (bad files fail before work)
     rows: list[dict[str, Any]] = []
     convs, note = read_sharegpt(None)
     by_label: dict[str, list[str]] = {e: [] for e in EXPERTS}
@@ -123,6 +153,7 @@ def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed:
         {"text": p, "label": "reasoning", "source": "llmlib-word-problems"}
         for p in _word_problems(problems, seed)
     ]
+    rows += extra
     for r in rows:
         r["split"] = "held_out" if held_out(r["text"]) else "train"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +161,12 @@ def build_corpus(out: Path, general_max: int = 6000, problems: int = 1500, seed:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     counts = Counter((r["label"], r["split"]) for r in rows)
-    return {"rows": len(rows), "counts": {f"{a}/{b}": n for (a, b), n in sorted(counts.items())}}
+    by_source = Counter((r["source"], r["label"]) for r in rows)
+    return {
+        "rows": len(rows),
+        "counts": {f"{a}/{b}": n for (a, b), n in sorted(counts.items())},
+        "sources": {f"{a}/{b}": n for (a, b), n in sorted(by_source.items())},
+    }
 
 
 def read_corpus(path: Path) -> list[dict[str, Any]]:

