@@ -168,6 +168,14 @@ def main(argv: list[str]) -> int:
     t.add_argument("--buckets", type=int, default=1 << 14)
     t.add_argument("--dim", type=int, default=32)
     t.add_argument(
+        "--distill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train on N ShareGPT prompts (not in the corpus) labelled by MiniLM + LR "
+        "fitted on the training rows (baseline extra; run only here, not when routing)",
+    )
+    t.add_argument(
         "--keep_float",
         action="store_true",
         help="keep the float table in the artifact too (for router eval's agreement check)",
@@ -186,6 +194,14 @@ def main(argv: list[str]) -> int:
         choices=("random", "source", "both"),
         help="random: the corpus's held-out fifth (by crc32); source: each source held out "
         "in turn, the router retrained on the others (the honest figure); both",
+    )
+    e.add_argument(
+        "--distill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --split source: also a router trained with N ShareGPT prompts labelled by "
+        "MiniLM + LR (fitted on each fold's training rows; baseline extra)",
     )
     _corpus_and_router(sub.add_parser("bench", help="decision latency, batch 1 and batched"))
     bl = sub.add_parser("baseline", help="MiniLM + logistic regression on the same splits")
@@ -215,7 +231,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "train":
         rows = read_corpus(Path(args.data))
+        distilled = 0
+        if args.distill:
+            from llmlib.router.distill import Teacher, unlabeled_pool
+
+            pool = unlabeled_pool({r["text"] for r in rows}, args.distill)
+            extra = Teacher().pseudo_rows([r for r in rows if r["split"] == "train"], pool)
+            rows, distilled = rows + extra, len(extra)
+            print(f"distilled: {distilled} of {len(pool)} pool prompts labelled by MiniLM + LR")
         model = train(rows, args.buckets, args.dim, epochs=args.epochs, patience=args.patience)
+        model.meta["distilled_rows"] = distilled
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         agree = agreement(model, model.dequantized(), rows)
@@ -293,6 +318,12 @@ def by_source_eval(args: argparse.Namespace) -> None:
     template = routing_router(args.routing_config, args.router)
     experts = template.experts
     res = {"router": cross_source(rows, *router_fitter(template), experts)}
+    if args.distill:
+        from llmlib.router.distill import Teacher, unlabeled_pool
+
+        pool = unlabeled_pool({r["text"] for r in rows}, args.distill)
+        fitter = router_fitter(template, Teacher(), pool)
+        res["router_distilled"] = cross_source(rows, *fitter, experts)
     if args.baseline:
         res["minilm_lr"] = cross_source(rows, *baseline_fitter(rows), experts)
     for name, r in res.items():

@@ -209,14 +209,24 @@ def recall(conf: np.ndarray, experts: list[str]) -> dict[str, float | None]:
     return out
 
 
-def router_fitter(template: Router | None = None, **train_args: Any) -> tuple[Any, Any]:
+def router_fitter(
+    template: Router | None = None,
+    teacher: Any = None,
+    pool: list[str] | None = None,
+    **train_args: Any,
+) -> tuple[Any, Any]:
     """(fit, predict) for ``cross_source``: the router trained on the rows (every row a
-    training row; its validation tenth by crc32 as always), deciding with ``template``'s
-    gate and thresholds where given (the routing config's), else the MLP alone."""
+    training row; its validation tenth by crc32 as always) and, with a ``teacher``
+    (``llmlib.router.distill.Teacher``), on the ``pool`` prompts it labels after fitting on
+    the same rows; deciding with ``template``'s gate and thresholds where given (the routing
+    config's), else the MLP alone."""
     from llmlib.router.train import train
 
     def fit(rows: list[dict[str, Any]]) -> Router:
-        model = train([dict(r, split="train") for r in rows], log=lambda _: None, **train_args)
+        rows = [dict(r, split="train") for r in rows]
+        if teacher is not None and pool:
+            rows += teacher.pseudo_rows(rows, pool)
+        model = train(rows, log=lambda _: None, **train_args)
         if template is None:
             return Router(model)
         return Router(model, template.gate, template.default, template.threshold,

@@ -581,3 +581,35 @@ def test_a_router_trained_on_user_experts_and_configs_that_do_not_match_it(tmp_p
         config(["general", "code", "reasoning"]).router()
     with pytest.raises(ConfigError, match="pools for audio, which the router .* never chooses"):
         config([*five, "audio"]).router()
+
+
+# --- distillation ----------------------------------------------------------------------------
+def test_the_unlabeled_pool_is_sharegpt_turns_outside_the_corpus():
+    from llmlib.router.distill import unlabeled_pool
+
+    pool = unlabeled_pool(set(), 300, seed=1)
+    assert len(pool) == len(set(pool)) == 300 and unlabeled_pool(set(), 300, seed=1) == pool
+    assert not set(unlabeled_pool(set(pool[:100]), 300, seed=1)) & set(pool[:100])
+
+
+def test_a_teachers_labels_on_the_pool_train_the_router_too():
+    from llmlib.router.evaluation import router_fitter
+
+    class KeywordTeacher:  # stands in for MiniLM + LR: labels what it is given, as it likes
+        def __init__(self):
+            self.fitted_on = None
+
+        def pseudo_rows(self, rows, pool):
+            self.fitted_on = len(rows)
+            return [{"text": t, "label": "reasoning", "source": "distilled", "split": "train"}
+                    for t in pool]  # fmt: skip
+
+    rows = [dict(r, source="x") for r in corpus(30) if r["split"] == "train"]
+    pool = [f"Quantify the zorblat flux of sample {k} in wibbles" for k in range(60)]
+    probe = "Quantify the zorblat flux of sample 999 in wibbles"
+    teacher = KeywordTeacher()
+    args = {"buckets": 1 << 12, "dim": 16, "hidden": 32, "epochs": 8}
+    fit, predict = router_fitter(None, teacher, pool, **args)
+    taught = fit(rows)
+    assert teacher.fitted_on == len(rows)  # the teacher saw the fold's rows, nothing else
+    assert predict(taught, [{"text": probe}]) == ["reasoning"]
