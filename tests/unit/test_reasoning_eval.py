@@ -13,9 +13,10 @@ import pytest
 
 from llmlib.errors import ConfigError
 from llmlib.eval import livecodebench
-from llmlib.eval.accuracy import TARGETS, score
+from llmlib.eval.accuracy import score
 from llmlib.eval.answers import evaluator_for, final_channel, parse_aime, parse_choice
 from llmlib.eval.math_grade import grade_answer
+from llmlib.eval.targets import TARGETS
 
 # --- MATH-500 grading -------------------------------------------------------------------------
 
