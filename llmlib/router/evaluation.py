@@ -149,24 +149,49 @@ def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str
 
 # --- held out by source ----------------------------------------------------------------------
 def source_folds(
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]], k: int = 5
 ) -> tuple[list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], dict[str, str]]:
-    """Leave one source out: for each source, (source, the rows of every other source to
-    train on, its own rows to test on). A source cannot be held out when it is the only
-    source of one of its labels (the model would never have seen that label); those are
-    returned apart with the reason. Every row's old ``split`` is ignored."""
+    """Sources held out in groups: (the group's name, the rows of every other source to
+    train on, the group's rows to test on). With ``k`` sources or fewer each source is its
+    own group (leave one out); with more, the sources are dealt into ``k`` groups, largest
+    first, each to the group with the fewest rows (deterministic), so every source is held
+    out exactly once and training runs ``k`` times. A source cannot be held out when it is
+    the only source of one of its labels (the model would never have seen that label);
+    those stay in training and are returned apart with the reason. Every row's old
+    ``split`` is ignored."""
     by_src: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_src.setdefault(str(r.get("source", "unknown")), []).append(r)
-    folds, kept = [], {}
-    for src in sorted(by_src):
-        rest = [r for s, rs in by_src.items() if s != src for r in rs]
-        alone = sorted({r["label"] for r in by_src[src]} - {r["label"] for r in rest})
+    kept = {}
+    for src, rs in by_src.items():
+        elsewhere = {r["label"] for s, o in by_src.items() if s != src for r in o}
+        alone = sorted({r["label"] for r in rs} - elsewhere)
         if alone:
             kept[src] = f"the only source of {', '.join(alone)}"
+    movable = sorted((s for s in by_src if s not in kept), key=lambda s: (-len(by_src[s]), s))
+    if len(movable) <= k:
+        groups = [[s] for s in sorted(movable)]
+    else:
+        groups = [[] for _ in range(k)]
+        for s in movable:
+            # a group that would then hold every source of a label is passed over
+            fits = [g for g in groups if _leaves_labels(by_src, g + [s])] or groups
+            min(fits, key=lambda g: sum(len(by_src[x]) for x in g)).append(s)
+    folds = []
+    for g in groups:
+        if not g:
             continue
-        folds.append((src, rest, by_src[src]))
+        test = [r for s in g for r in by_src[s]]
+        train = [r for s, rs in by_src.items() if s not in g for r in rs]
+        folds.append(("+".join(sorted(g)), train, test))
     return folds, kept
+
+
+def _leaves_labels(by_src: dict[str, list[dict[str, Any]]], group: list[str]) -> bool:
+    """Whether every label of ``group``'s rows still has a source outside it."""
+    inside = {r["label"] for s in group for r in by_src[s]}
+    outside = {r["label"] for s, rs in by_src.items() if s not in group for r in rs}
+    return inside <= outside
 
 
 def cross_source(
@@ -174,12 +199,17 @@ def cross_source(
     fit: Any,
     predict: Any,
     experts: list[str],
+    k: int = 5,
 ) -> dict[str, Any]:
-    """Accuracy and per-label recall on rows of sources held out one at a time:
-    ``fit(train_rows)`` makes a model from the other sources, ``predict(model, rows)`` its
-    labels for the held-out source's rows. The confusion matrix pools every fold (each
-    held-out row is tested once, by the model that never saw its source)."""
-    folds, kept = source_folds(rows)
+    """Accuracy and per-label recall on rows of sources held out a group at a time
+    (``source_folds``): ``fit(train_rows)`` makes a model from the other sources,
+    ``predict(model, rows)`` its labels for the held-out rows (or, per row, (label, the
+    MLP's own choice, its confidence), the last two None where the MLP did not decide: then
+    calibration too; and a fourth item, {N: the label on the first N words}: then the
+    agreement of each prefix's decision with the whole prompt's). The confusion matrix
+    pools every fold (each held-out row is tested once, by a model that never saw its
+    source); accuracy is also given per source."""
+    folds, kept = source_folds(rows, k)
     if not folds:
         raise ConfigError(
             "no source can be held out: each is the only source of one of its labels "
@@ -187,25 +217,61 @@ def cross_source(
             "(router corpus --add FILE)"
         )
     conf = np.zeros((len(experts), len(experts)), dtype=int)
-    per_fold = {}
-    for src, train_rows, test_rows in folds:
+    per_source: dict[str, list[int]] = {}
+    confidence: list[tuple[float, bool]] = []
+    agree: Counter[int] = Counter()
+    for _, train_rows, test_rows in folds:
         got = predict(fit(train_rows), test_rows)
-        right = 0
         for r, p in zip(test_rows, got, strict=True):
+            if isinstance(p, tuple):
+                p, mine, c, *more = p
+                if c is not None:
+                    confidence.append((c, mine == r["label"]))
+                for n, e in (more[0] if more else {}).items():
+                    agree[n] += e == p
             if r["label"] in experts and p in experts:
                 conf[experts.index(r["label"]), experts.index(p)] += 1
-            right += p == r["label"]
-        per_fold[src] = {"rows": len(test_rows), "accuracy": right / max(len(test_rows), 1)}
-    return {
-        "split": "by_source",
-        "held_out": int(conf.sum()),
-        "accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
-        "recall": recall(conf, experts),
-        "experts": experts,
-        "confusion": conf.tolist(),
-        "folds": per_fold,
-        "not_held_out": kept,
-    }
+            tally = per_source.setdefault(str(r.get("source", "unknown")), [0, 0])
+            tally[0] += 1
+            tally[1] += p == r["label"]
+    return (
+        {
+            "split": "by_source",
+            "held_out": int(conf.sum()),
+            "accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+            "recall": recall(conf, experts),
+            "experts": experts,
+            "confusion": conf.tolist(),
+            "folds": [name for name, _, _ in folds],
+            "sources": {
+                s: {"rows": n, "accuracy": ok / n} for s, (n, ok) in sorted(per_source.items())
+            },  # noqa: E501
+            "not_held_out": kept,
+        }
+        | ({"calibration": calibration(confidence)} if confidence else {})
+        | (
+            {"prefix_agreement": {str(n): a / int(conf.sum()) for n, a in sorted(agree.items())}}
+            if agree
+            else {}
+        )
+    )
+
+
+def calibration(pairs: list[tuple[float, bool]], bins: int = 5) -> dict[str, Any]:
+    """How far the MLP's confidence is from how often it is right: the expected calibration
+    error (10 bins) and, per confidence band, rows, accuracy and mean confidence."""
+    from llmlib.router.train import calibration_error
+
+    c = np.array([p[0] for p in pairs])
+    ok = np.array([p[1] for p in pairs])
+    bands = []
+    edges = np.linspace(1 / 3, 1, bins + 1)  # (three experts: a confidence is >= 1/3)
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        m = (c >= lo) & ((c < hi) if hi < 1 else (c <= hi))
+        if m.any():
+            bands.append([round(float(lo), 3), round(float(hi), 3), int(m.sum()),
+                          float(ok[m].mean()), float(c[m].mean())])  # fmt: skip
+    return {"ece": calibration_error(c, ok), "rows": len(pairs), "bands": bands}
 
 
 def recall(conf: np.ndarray, experts: list[str]) -> dict[str, float | None]:
@@ -221,39 +287,60 @@ def router_fitter(
     template: Router | None = None,
     teacher: Any = None,
     pool: list[str] | None = None,
+    pool_source: str = "sharegpt",
+    prefixes: tuple[int, ...] = (),
+    calibrate: str = "validation",
     **train_args: Any,
 ) -> tuple[Any, Any]:
     """(fit, predict) for ``cross_source``: the router trained on the rows (every row a
     training row; its validation tenth by crc32 as always) and, with a ``teacher``
     (``llmlib.router.distill.Teacher``), on the ``pool`` prompts it labels after fitting on
-    the same rows; deciding with ``template``'s gate and thresholds where given (the routing
-    config's), else the MLP alone."""
-    from llmlib.router.train import train
+    the same rows, but only in folds that train on the pool's source (``pool_source``: a
+    fold that holds that source out never sees its text, labelled or not); deciding with
+    ``template``'s gate and thresholds where given (the routing config's), else the MLP
+    alone; with ``prefixes``, also deciding on each prompt's first N words. ``calibrate``:
+    validation, source (the temperature fitted on the fold's own sources held out in
+    groups, never on the fold's test rows) or none."""
+    from llmlib.router.train import source_temperature, train
 
     def fit(rows: list[dict[str, Any]]) -> Router:
         rows = [dict(r, split="train") for r in rows]
-        if teacher is not None and pool:
+        if teacher is not None and pool and any(r.get("source") == pool_source for r in rows):
             rows += teacher.pseudo_rows(rows, pool)
-        model = train(rows, log=lambda _: None, **train_args)
+        quiet = lambda _: None  # noqa: E731
+        if calibrate == "source":
+            cal: bool | float = source_temperature(rows, log=quiet, **train_args)
+        else:
+            cal = calibrate == "validation"
+        model = train(rows, log=quiet, calibrate=cal, **train_args)
         if template is None:
             return Router(model)
         return Router(model, template.gate, template.default, template.threshold,
                       template.top_k, template.tie_margin)  # fmt: skip
 
-    def predict(router: Router, rows: list[dict[str, Any]]) -> list[str]:
-        return [router.decide(r["text"]).expert for r in rows]
+    def predict(router: Router, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for r in rows:
+            d = router.decide(r["text"])
+            mlp = d.source in ("mlp", "default") and bool(d.top)
+            on = {n: router.decide(r["text"], max_words=n).expert for n in prefixes}
+            out.append((d.expert, d.top[0][0] if mlp else None, d.confidence if mlp else None, on))
+        return out
 
     return fit, predict
 
 
-def baseline_fitter(rows: list[dict[str, Any]]) -> tuple[Any, Any]:
-    """(fit, predict) for ``cross_source``: MiniLM embeddings of every row (computed once)
-    and a logistic regression per fold."""
-    st = load_minilm()
+def baseline_fitter(rows: list[dict[str, Any]], teacher: Any = None) -> tuple[Any, Any]:
+    """(fit, predict) for ``cross_source``: MiniLM embeddings of every row (computed once,
+    or taken from ``teacher``'s cache: ``llmlib.router.distill.Teacher``) and a logistic
+    regression per fold."""
     from sklearn.linear_model import LogisticRegression
 
     texts = list(dict.fromkeys(r["text"] for r in rows))
-    vecs = st.encode(texts, batch_size=64, normalize_embeddings=True)
+    if teacher is None:
+        vecs = load_minilm().encode(texts, batch_size=64, normalize_embeddings=True)
+    else:
+        vecs = teacher.encode(texts)
     at = {t: k for k, t in enumerate(texts)}
 
     def fit(train_rows: list[dict[str, Any]]) -> Any:

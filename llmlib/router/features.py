@@ -1,11 +1,15 @@
 """The router's features and the C path's handle.
 
-Features (``FEATURE_VERSION`` 1), from the prompt's first ``MAX_CHARS`` characters
+Features (``FEATURE_VERSION`` 2), from the prompt's first ``MAX_CHARS`` characters
 lower-cased and split on whitespace (the first ``MAX_WORDS`` words, each cut to
 ``MAX_WORD_CHARS`` characters, so a prompt of megabytes costs what a short one does):
 
 * each word: ``crc32("w:" + word)``;
 * the character 3- and 4-grams of ``"<" + word + ">"``: ``crc32("c:" + gram)``;
+* each word's shape (``word_shape``: ASCII digits as ``9``, letters as ``a``, runs of
+  either as one, every other character kept, so ``x^2+3x`` is ``a^9+9a``, ``my_var.get()``
+  is ``a_a.a()`` and ``\\frac{1}{2}`` is ``\\a{9}{9}``): ``crc32("s:" + shape)``, except for
+  a word of letters alone (version 2: math and code signal that no single word carries);
 * each pair of neighbouring words: a multiplicative mix of the two words' hashes;
 
 all taken modulo the bucket count (crc32 is stable across processes and machines; Python's
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import zlib
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 MAX_CHARS = 2048
 MAX_WORDS = 128
 MAX_WORD_CHARS = 32
@@ -51,12 +55,28 @@ def prepare(text: str | bytes) -> list[str]:
     return words
 
 
+def word_shape(word: str) -> str | None:
+    """The word with ASCII digits as ``9`` and letters as ``a``, a run of either as one,
+    every other character as it is; None for a word of letters alone (the commonest shape,
+    which says nothing)."""
+    out: list[str] = []
+    for ch in word:
+        c = "9" if "0" <= ch <= "9" else "a" if ch.isalpha() else ch
+        if not (out and out[-1] == c and c in ("a", "9")):
+            out.append(c)
+    shape = "".join(out)
+    return None if shape == "a" else shape
+
+
 def word_features(word: str, buckets: int) -> list[int]:
-    """The bucket ids of one word: the word itself and its character n-grams."""
+    """The bucket ids of one word: the word itself, its character n-grams and its shape."""
     out = [_crc("w:" + word) % buckets]
     padded = f"<{word}>"
     for n in CHAR_NGRAMS:
         out += [_crc("c:" + padded[i : i + n]) % buckets for i in range(len(padded) - n + 1)]
+    shape = word_shape(word)
+    if shape is not None:
+        out.append(_crc("s:" + shape) % buckets)
     return out
 
 

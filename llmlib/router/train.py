@@ -21,13 +21,18 @@ def train(
     seed: int = 0,
     log: Any = print,
     patience: int = 3,
+    calibrate: bool | float = True,
 ) -> RouterModel:
     """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer).
 
     A tenth of the training rows (by a crc32 of the text, never the held-out split) is
     kept aside for validation: after each epoch the model is scored on it, the best epoch's
     weights are kept (ties: the lower validation loss), and training stops ``patience``
-    epochs after the last improvement; ``epochs`` is the most it runs."""
+    epochs after the last improvement; ``epochs`` is the most it runs. With ``calibrate``
+    the last layer is then divided by the temperature that fits the validation rows best
+    (``temperature``), or by ``calibrate`` itself where it is a number (one fitted on
+    unseen sources: ``source_temperature``): the same decisions, confidences that mean what
+    they say."""
     try:
         import torch
     except ImportError:
@@ -99,6 +104,15 @@ def train(
                 p.copy_(k)
     lin1, lin2 = cast(torch.nn.Linear, mlp[0]), cast(torch.nn.Linear, mlp[2])
     meta: dict[str, Any] = {"dim": dim, "hidden": hidden, "epochs": best_epoch or ran}
+    if val_rows and calibrate is not False:  # temperature scaling, folded into the last layer
+        with torch.no_grad():
+            vl = bag(val_feats, list(range(len(val_rows))))
+            t, before, after = temperature(vl.numpy(), val_labels.numpy())
+            if not isinstance(calibrate, bool):
+                t, after = float(calibrate), ece(vl.numpy(), val_labels.numpy(), calibrate)
+            lin2.weight.mul_(1.0 / t)
+            lin2.bias.mul_(1.0 / t)
+        meta.update({"temperature": t, "validation_ece": after, "validation_ece_at_t1": before})
     meta.update({"epochs_run": ran, "train_rows": n, "validation_rows": len(val_rows)})
     if best is not None:
         meta["validation_accuracy"] = best[0]
@@ -112,6 +126,86 @@ def train(
         lin2.bias.detach().numpy().copy(),
         {**meta, "seed": seed},
     )
+
+
+def source_temperature(
+    rows: list[dict[str, Any]], k: int = 5, log: Any = print, **train_args: Any
+) -> float:
+    """The temperature that fits rows of sources a model never saw: the training rows'
+    sources held out in ``k`` groups (``evaluation.source_folds``), a model trained on the
+    rest scores each group, and one temperature is fitted to all those scores together
+    (``k`` extra trainings). Confidence then means, on new kinds of prompts, what it says;
+    a temperature fitted on the validation tenth (rows like the training rows) does not
+    (measured in BENCHMARKS.md)."""
+    import numpy as np
+
+    from llmlib.router.evaluation import source_folds
+    from llmlib.router.features import prepare
+    from llmlib.router.model import Router
+
+    folds, _ = source_folds([r for r in rows if r["split"] == "train"], k)
+    if len(folds) < 2:
+        raise ConfigError("calibrating on unseen sources needs at least two sources to hold out")
+    zs, ys = [], []
+    for name, train_rows, test_rows in folds:
+        model = train(train_rows, log=lambda _: None, calibrate=False, **train_args)
+        router = Router(model, native=False)
+        for r in test_rows:
+            if r["label"] in model.experts:
+                zs.append(np.asarray(router.logits(router.embed(prepare(r["text"]) or [""]))))
+                ys.append(model.experts.index(r["label"]))
+        log(f"calibration fold {name[:60]}: {len(test_rows)} rows")
+    t, before, after = temperature(np.stack(zs), np.array(ys))
+    log(f"temperature {t:.3f} on unseen sources: ECE {before:.3f} at T=1, {after:.3f} at T")
+    return t
+
+
+def temperature(logits: Any, labels: Any) -> tuple[float, float, float]:
+    """The temperature T (of 61 from 1/4 to 8, log-spaced) that minimizes the negative log
+    likelihood of softmax(logits / T) on the labels, and the expected calibration error at
+    T = 1 and at T: so that a confidence of p means right p of the time on rows like
+    these."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+
+    def nll(t: float) -> float:
+        s = z / t
+        s = s - s.max(axis=1, keepdims=True)
+        logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+    t = float(min(grid, key=nll))
+    return t, ece(z, y, 1.0), ece(z, y, t)
+
+
+def ece(logits: Any, labels: Any, t: float = 1.0, bins: int = 10) -> float:
+    """Expected calibration error of softmax(logits / t): the confidence-weighted gap between
+    confidence and accuracy over ``bins`` equal-width bins."""
+    import numpy as np
+
+    s = np.asarray(logits, dtype=np.float64) / t
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return calibration_error(p.max(axis=1), p.argmax(axis=1) == np.asarray(labels), bins)
+
+
+def calibration_error(confidence: Any, right: Any, bins: int = 10) -> float:
+    """ECE from each decision's confidence and whether it was right."""
+    import numpy as np
+
+    conf, ok = np.asarray(confidence, dtype=np.float64), np.asarray(right, dtype=np.float64)
+    if not len(conf):
+        return 0.0
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.sum() * abs(ok[m].mean() - conf[m].mean())
+    return float(total / len(conf))
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -161,6 +161,8 @@ TRICKY = [
     "\u00e9" * 40 + " " + "\U0001f642" * 33 + " x",
     "\u2003em\u2003space\u00a0nbsp\u3000ideographic\u2028line",
     "\u201c#include\u201d, SQL? (```python) [sql] \u2018solve\u2019",
+    "x^2+3x=10 my_var.get() \\frac{1}{2} 12.5% \u03c0\u00d7r\u00b2 \u0663\u0664 a__b 9a9a",
+    "\u2211_{i=1}^{n} i\u00b2 = n(n+1)(2n+1)/6",
     "",
     "   \n\t  ",
 ]
@@ -502,7 +504,8 @@ def test_cross_source_pools_every_fold_into_one_confusion():
     assert res["confusion"] == [[0, 0, 0], [1, 3, 0], [1, 0, 2]]
     assert res["accuracy"] == pytest.approx(5 / 7)
     assert res["recall"] == {"general": None, "code": 0.75, "reasoning": pytest.approx(2 / 3)}
-    assert res["folds"]["c"] == {"rows": 2, "accuracy": 0.5}
+    assert res["sources"]["c"] == {"rows": 2, "accuracy": 0.5}
+    assert res["folds"] == ["a", "b", "c", "d"]
     only = sourced("general", "x", ["a"]) + sourced("code", "y", ["b"])
     with pytest.raises(ConfigError, match="no source can be held out.*router corpus --add"):
         cross_source(only, fit, predict, ["general", "code"])
@@ -609,7 +612,77 @@ def test_a_teachers_labels_on_the_pool_train_the_router_too():
     probe = "Quantify the zorblat flux of sample 999 in wibbles"
     teacher = KeywordTeacher()
     args = {"buckets": 1 << 12, "dim": 16, "hidden": 32, "epochs": 8}
-    fit, predict = router_fitter(None, teacher, pool, **args)
+    fit, predict = router_fitter(None, teacher, pool, pool_source="x", **args)
     taught = fit(rows)
     assert teacher.fitted_on == len(rows)  # the teacher saw the fold's rows, nothing else
-    assert predict(taught, [{"text": probe}]) == ["reasoning"]
+    (expert, mine, confidence, _), = predict(taught, [{"text": probe}])  # fmt: skip
+    assert expert == mine == "reasoning" and 1 / 3 <= confidence <= 1
+    # a fold that holds the pool's source out trains without the pool, labelled or not
+    teacher = KeywordTeacher()
+    fit, predict = router_fitter(None, teacher, pool, pool_source="y", **args)
+    untaught = fit(rows)
+    assert teacher.fitted_on is None and len(predict(untaught, [{"text": probe}])) == 1
+
+
+# --- calibration -----------------------------------------------------------------------------
+def test_temperature_scaling_finds_overconfidence_and_keeps_decisions():
+    from llmlib.router.train import calibration_error, ece, temperature
+
+    assert calibration_error([1.0, 1.0], [True, False]) == pytest.approx(0.5)
+    assert calibration_error([0.5, 0.5], [True, False]) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 3))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=q) for q in p])  # the softmax is the truth: T = 1
+    t1, _, _ = temperature(logits, labels)
+    assert 0.8 <= t1 <= 1.25
+    t, before, after = temperature(logits * 4, labels)  # the same, four times too sure
+    assert 3.2 <= t <= 5 and after < before / 3
+    assert ece(logits * 4, labels, t) == pytest.approx(after)
+    rows = corpus(30)
+    a = train(rows, buckets=1 << 12, dim=16, hidden=32, epochs=6, log=lambda _: None)
+    b = train(rows, buckets=1 << 12, dim=16, hidden=32, epochs=6, log=lambda _: None,
+              calibrate=False)  # fmt: skip
+    assert "temperature" in a.meta and "temperature" not in b.meta
+    ra, rb = Router(a, native=False), Router(b, native=False)
+    texts = [r["text"] for r in rows]
+    assert ra.decide_batch(texts) == rb.decide_batch(texts)  # the same argmax
+    t = a.meta["temperature"]
+    pa = np.array(ra.word_probs(prepare(texts[0]))[0])
+    pb = np.array(rb.word_probs(prepare(texts[0]))[0])
+    z = np.log(pb) / t
+    np.testing.assert_allclose(pa, np.exp(z) / np.exp(z).sum(), rtol=1e-3, atol=1e-5)
+
+
+def test_a_temperature_fitted_on_unseen_sources_is_what_training_applies():
+    from llmlib.router.train import source_temperature
+
+    rows = [dict(r, source=f"{r['label']}-{k % 2}") for k, r in enumerate(corpus(20))]
+    args = {"buckets": 1 << 12, "dim": 16, "hidden": 32, "epochs": 4}
+    logged = []
+    t = source_temperature(rows, k=3, log=logged.append, **args)
+    assert 0.25 <= t <= 8 and any("on unseen sources: ECE" in x for x in logged)
+    assert sum("calibration fold" in x for x in logged) == 3
+    model = train(rows, log=lambda _: None, calibrate=t, **args)
+    assert model.meta["temperature"] == pytest.approx(t)
+    one = [dict(r, source="only") for r in rows]
+    with pytest.raises(ConfigError, match="at least two sources"):
+        source_temperature(one, **args)
+
+
+def test_cross_source_reports_calibration_when_predictions_carry_confidence():
+    from llmlib.router.evaluation import cross_source
+
+    rows = (sourced("general", "g1", ["a", "b"]) + sourced("general", "g2", ["c"])
+            + sourced("code", "c1", ["d"]) + sourced("code", "c2", ["e", "f"]))  # fmt: skip
+
+    def predict(_, test_rows):  # sure of code, and right only on code; 1 word: general
+        return [("code", "code", 0.9, {1: "general", 4: "code"}) if r["text"] in "def"
+                else ("general", None, None, {1: "general", 4: "general"})
+                for r in test_rows]  # fmt: skip
+
+    res = cross_source(rows, lambda _: None, predict, ["general", "code"])
+    assert res["accuracy"] == 1.0 and res["prefix_agreement"] == {"1": 0.5, "4": 1.0}
+    cal = res["calibration"]
+    assert cal["rows"] == 3 and cal["ece"] == pytest.approx(0.1)
+    assert cal["bands"] == [[pytest.approx(0.867, abs=1e-3), 1.0, 3, 1.0, pytest.approx(0.9)]]
