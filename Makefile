@@ -90,7 +90,7 @@ router-corpus: $(STAMP)
 	$(PY) -m harness router corpus
 
 # the shipped router artifact, from registry data alone: the corpus, then training, its
-# confidence calibrated on the training sources held out in 5 groups (about 1 min 15 s here)
+# confidence calibrated on the training sources held out in 5 groups (about 45 s here)
 router-artifact: router-corpus
 	$(PY) -m harness router train --calibrate source --out configs/routing/router.npz
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
+
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import EXPERTS, validation
 from llmlib.router.features import feature_ids
@@ -22,6 +24,7 @@ def train(
     log: Any = print,
     patience: int = 3,
     calibrate: bool | float = True,
+    word_dropout: float = 0.0,
 ) -> RouterModel:
     """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer).
 
@@ -32,7 +35,8 @@ def train(
     the last layer is then divided by the temperature that fits the validation rows best
     (``temperature``), or by ``calibrate`` itself where it is a number (one fitted on
     unseen sources: ``source_temperature``): the same decisions, confidences that mean what
-    they say."""
+    they say. ``word_dropout`` leaves that share of each row's features out, afresh each
+    epoch (a regularizer)."""
     try:
         import torch
     except ImportError:
@@ -48,9 +52,9 @@ def train(
     else:  # a corpus too small to spare any: no validation, every epoch runs
         val_rows = []
     torch.manual_seed(seed)
-    feats = [feature_ids(r["text"], buckets) or [0] for r in train_rows]
+    feats = [np.array(feature_ids(r["text"], buckets) or [0]) for r in train_rows]
     labels = torch.tensor([experts.index(r["label"]) for r in train_rows])
-    val_feats = [feature_ids(r["text"], buckets) or [0] for r in val_rows]
+    val_feats = [np.array(feature_ids(r["text"], buckets) or [0]) for r in val_rows]
     val_labels = torch.tensor([experts.index(r["label"]) for r in val_rows], dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(experts)).float()
     weight = counts.sum() / (len(experts) * counts.clamp(min=1))  # classes weighed equally
@@ -63,10 +67,24 @@ def train(
     opt = torch.optim.Adam(params, lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     n = len(feats)
+    drop_rng = np.random.default_rng(seed)
+    flat_all = np.concatenate(feats)
+    starts = np.concatenate(([0], np.cumsum([len(f) for f in feats])[:-1]))
 
-    def bag(fs: list[list[int]], idx: list[int]) -> Any:
-        flat = torch.tensor([f for i in idx for f in fs[i]])
-        offsets = torch.tensor([0] + [len(fs[i]) for i in idx[:-1]]).cumsum(0)
+    def dropped(fs: list[Any]) -> list[Any]:
+        """Each row's features with ``word_dropout`` of them left out (at least one kept),
+        drawn afresh each epoch: no single word or n-gram can carry a source."""
+        if word_dropout <= 0:
+            return fs
+        keep = drop_rng.random(len(flat_all)) >= word_dropout
+        left = np.add.reduceat(keep.astype(np.int64), starts)
+        keep[starts[left == 0]] = True  # a row never loses every feature
+        return np.split(flat_all[keep], np.cumsum(np.add.reduceat(keep, starts))[:-1])
+
+    def bag(fs: list[Any], idx: list[int]) -> Any:
+        parts = [fs[i] for i in idx]
+        flat = torch.from_numpy(np.concatenate(parts))
+        offsets = torch.tensor([0] + [len(p) for p in parts[:-1]]).cumsum(0)
         return mlp(emb(flat, offsets))
 
     best: tuple[float, float] | None = None  # (validation accuracy, -loss) of the kept epoch
@@ -75,9 +93,10 @@ def train(
     for ep in range(epochs):
         perm = torch.randperm(n).tolist()
         total = 0.0
+        ep_feats = dropped(feats)
         for lo in range(0, n, 128):
             idx = perm[lo : lo + 128]
-            loss = loss_fn(bag(feats, idx), labels[idx])
+            loss = loss_fn(bag(ep_feats, idx), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -137,8 +156,6 @@ def source_temperature(
     (``k`` extra trainings). Confidence then means, on new kinds of prompts, what it says;
     a temperature fitted on the validation tenth (rows like the training rows) does not
     (measured in BENCHMARKS.md)."""
-    import numpy as np
-
     from llmlib.router.evaluation import source_folds
     from llmlib.router.features import prepare
     from llmlib.router.model import Router
@@ -165,8 +182,6 @@ def temperature(logits: Any, labels: Any) -> tuple[float, float, float]:
     likelihood of softmax(logits / T) on the labels, and the expected calibration error at
     T = 1 and at T: so that a confidence of p means right p of the time on rows like
     these."""
-    import numpy as np
-
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
 
@@ -184,8 +199,6 @@ def temperature(logits: Any, labels: Any) -> tuple[float, float, float]:
 def ece(logits: Any, labels: Any, t: float = 1.0, bins: int = 10) -> float:
     """Expected calibration error of softmax(logits / t): the confidence-weighted gap between
     confidence and accuracy over ``bins`` equal-width bins."""
-    import numpy as np
-
     s = np.asarray(logits, dtype=np.float64) / t
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
@@ -194,8 +207,6 @@ def ece(logits: Any, labels: Any, t: float = 1.0, bins: int = 10) -> float:
 
 def calibration_error(confidence: Any, right: Any, bins: int = 10) -> float:
     """ECE from each decision's confidence and whether it was right."""
-    import numpy as np
-
     conf, ok = np.asarray(confidence, dtype=np.float64), np.asarray(right, dtype=np.float64)
     if not len(conf):
         return 0.0

@@ -654,6 +654,16 @@ def test_temperature_scaling_finds_overconfidence_and_keeps_decisions():
     np.testing.assert_allclose(pa, np.exp(z) / np.exp(z).sum(), rtol=1e-3, atol=1e-5)
 
 
+def test_word_dropout_trains_a_different_model_that_still_routes():
+    rows = corpus(40)
+    args = {"buckets": 1 << 12, "dim": 16, "hidden": 32, "epochs": 6, "log": lambda _: None}
+    plain = train(rows, **args)
+    dropped = train(rows, word_dropout=0.5, **args)
+    assert not np.array_equal(plain.emb, dropped.emb)
+    assert train(rows, word_dropout=0.5, **args).emb.tobytes() == dropped.emb.tobytes()  # seeded
+    assert evaluate(Router(dropped), rows)["accuracy"] > 0.5  # (chance: 1/3; plain: 0.58)
+
+
 def test_a_temperature_fitted_on_unseen_sources_is_what_training_applies():
     from llmlib.router.train import source_temperature
 

@@ -255,6 +255,8 @@ def test_bad_numbers_on_the_command_line_exit_2_before_any_work(tmp_path):
         (("corpus", "--out", out, "--cap", "0"), "--cap must be >= 1"),
         (("corpus", "--out", out, "--problems", "-1"), "--problems and --general_max >= 0"),
         (("eval", "--split", "source", "--folds", "1"), "--folds must be >= 2, got 1"),
+        (("train", "--word_dropout", "1", "--out", out), "--word_dropout must be in [0, 1)"),
+        (("eval", "--split", "source", "--word_dropout", "nan"), "got nan"),
     ):
         p = cli(*args)
         assert p.returncode == 2 and why in p.stderr, p.stderr
