@@ -24,19 +24,10 @@ from llmlib.router.corpus import (
     build_corpus,
     read_corpus,
 )
-from llmlib.router.evaluation import (
-    agreement,
-    baseline,
-    baseline_fitter,
-    bench,
-    confusion_table,
-    cross_source,
-    evaluate,
-    router_fitter,
-)
+from llmlib.router.evaluation import agreement, baseline, bench, confusion_table, evaluate
 from llmlib.router.features import FEATURE_VERSION, MAX_WORDS
 from llmlib.router.model import Router, load_router
-from llmlib.router.train import train
+from llmlib.router.train import CALIBRATIONS, calibration, train
 from llmlib.router.weights import load_model
 
 
@@ -153,17 +144,9 @@ def _corpus_and_router(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
 
 
-CALIBRATIONS = ("validation", "source", "none")
-
-
-def calibration_arg(how: str, rows: list[dict[str, Any]], **train_args: Any) -> bool | float:
-    """``train``'s ``calibrate`` for ``--calibrate``: True, False, or the temperature fitted
-    on the rows' sources held out (``source_temperature``)."""
-    if how == "source":
-        from llmlib.router.train import source_temperature
-
-        return source_temperature(rows, **train_args)
-    return how == "validation"
+def check_word_dropout(args: argparse.Namespace) -> None:
+    if not 0 <= args.word_dropout < 1:
+        raise ConfigError(f"--word_dropout must be in [0, 1), got {args.word_dropout}")
 
 
 def main(argv: list[str]) -> int:
@@ -299,8 +282,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"corpus: {args.out}")
         return 0
     if args.cmd == "train":
-        if not 0 <= args.word_dropout < 1:
-            raise ConfigError(f"--word_dropout must be in [0, 1), got {args.word_dropout}")
+        check_word_dropout(args)
         rows = read_corpus(Path(args.data))
         distilled = 0
         if args.distill:
@@ -312,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"distilled: {distilled} of {len(pool)} pool prompts labelled by MiniLM + LR")
         sizes = {"buckets": args.buckets, "dim": args.dim, "patience": args.patience,
                  "word_dropout": args.word_dropout}  # fmt: skip
-        cal = calibration_arg(args.calibrate, rows, epochs=args.epochs, **sizes)
+        cal = calibration(args.calibrate, rows, epochs=args.epochs, **sizes)
         model = train(rows, epochs=args.epochs, calibrate=cal, **sizes)
         model.meta.update(calibration=args.calibrate, word_dropout=args.word_dropout)
         model.meta["distilled_rows"] = distilled
@@ -326,6 +308,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"router: {out} ({out.stat().st_size:,} bytes, feature version {FEATURE_VERSION})")
         return 0
     if args.cmd == "eval" and args.split in ("source", "both"):
+        from harness.tools.router_by_source import by_source_eval
+
         by_source_eval(args)
         if args.split == "source":
             return 0
@@ -383,57 +367,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     raise AssertionError(args.cmd)
-
-
-def by_source_eval(args: argparse.Namespace) -> None:
-    """``router eval --split source``: the corpus's sources held out in ``--folds`` groups
-    (each once), the router (with the config's gate and threshold) retrained on the
-    others, and with ``--baseline`` MiniLM + LR on the same folds; accuracy, per-label
-    recall, per-source accuracy and the router's calibration."""
-    if args.folds < 2:
-        raise ConfigError(f"--folds must be >= 2, got {args.folds}")
-    if not 0 <= args.word_dropout < 1:
-        raise ConfigError(f"--word_dropout must be in [0, 1), got {args.word_dropout}")
-    rows = read_corpus(Path(args.data))
-    template = routing_router(args.routing_config, args.router)
-    experts = template.experts
-    k = args.folds
-    cal = args.calibrate
-    pre = tuple(int(x) for x in args.prefixes.split(",") if x)
-    wd = args.word_dropout
-    fitter = router_fitter(template, prefixes=pre, calibrate=cal, word_dropout=wd)
-    res = {"router": cross_source(rows, *fitter, experts, k)}
-    teacher = None
-    if args.distill:
-        from llmlib.router.distill import Teacher, unlabeled_pool
-
-        teacher = Teacher()
-        pool = unlabeled_pool({r["text"] for r in rows}, args.distill)
-        fitter = router_fitter(
-            template, teacher, pool, prefixes=pre, calibrate=cal, word_dropout=wd
-        )
-        res["router_distilled"] = cross_source(rows, *fitter, experts, k)
-    if args.baseline:
-        if teacher is None:
-            from llmlib.router.distill import Teacher
-
-            teacher = Teacher()
-        res["minilm_lr"] = cross_source(rows, *baseline_fitter(rows, teacher), experts, k)
-    for name, r in res.items():
-        print(json.dumps({name: {k: v for k, v in r.items() if k != "confusion"}}, indent=1))
-        print(confusion_table(r))
-    print(source_table(res))
-
-
-def source_table(res: dict[str, dict[str, Any]]) -> str:
-    """Markdown: accuracy and per-label recall on the source-held-out split, one row each."""
-    experts = next(iter(res.values()))["experts"]
-    lines = ["| held out by source | overall | " + " | ".join(experts) + " |",
-             "|---" * (len(experts) + 2) + "|"]  # fmt: skip
-    for name, r in res.items():
-        cells = ["-" if r["recall"][e] is None else f"{r['recall'][e]:.3f}" for e in experts]
-        lines.append(f"| {name} | {r['accuracy']:.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def routing_router(config: str, artifact: str) -> Router:

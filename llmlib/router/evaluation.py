@@ -144,9 +144,6 @@ def baseline(rows: list[dict[str, Any]], latency_prompts: int = 300) -> dict[str
     }
 
 
-# --- the routing core's cost on a harness run ------------------------------------------------
-
-
 # --- held out by source ----------------------------------------------------------------------
 def source_folds(
     rows: list[dict[str, Any]], k: int = 5
@@ -245,7 +242,7 @@ def cross_source(
             "folds": [name for name, _, _ in folds],
             "sources": {
                 s: {"rows": n, "accuracy": ok / n} for s, (n, ok) in sorted(per_source.items())
-            },  # noqa: E501
+            },
             "not_held_out": kept,
         }
         | ({"calibration": calibration(confidence)} if confidence else {})
@@ -301,17 +298,14 @@ def router_fitter(
     alone; with ``prefixes``, also deciding on each prompt's first N words. ``calibrate``:
     validation, source (the temperature fitted on the fold's own sources held out in
     groups, never on the fold's test rows) or none."""
-    from llmlib.router.train import source_temperature, train
+    from llmlib.router.train import calibration, train
 
     def fit(rows: list[dict[str, Any]]) -> Router:
         rows = [dict(r, split="train") for r in rows]
         if teacher is not None and pool and any(r.get("source") == pool_source for r in rows):
             rows += teacher.pseudo_rows(rows, pool)
         quiet = lambda _: None  # noqa: E731
-        if calibrate == "source":
-            cal: bool | float = source_temperature(rows, log=quiet, **train_args)
-        else:
-            cal = calibrate == "validation"
+        cal = calibration(calibrate, rows, log=quiet, **train_args)
         model = train(rows, log=quiet, calibrate=cal, **train_args)
         if template is None:
             return Router(model)

@@ -147,6 +147,18 @@ def train(
     )
 
 
+CALIBRATIONS = ("validation", "source", "none")
+
+
+def calibration(how: str, rows: list[dict[str, Any]], **train_args: Any) -> bool | float:
+    """``train``'s ``calibrate`` for a calibration name (``CALIBRATIONS``): True (the
+    validation tenth), False (none), or the temperature fitted on the rows' sources held out
+    (``source_temperature``, with ``train_args``)."""
+    if how == "source":
+        return source_temperature(rows, **train_args)
+    return how == "validation"
+
+
 def source_temperature(
     rows: list[dict[str, Any]], k: int = 5, log: Any = print, **train_args: Any
 ) -> float:
