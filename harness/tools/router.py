@@ -26,6 +26,7 @@ from llmlib.router.corpus import (
 )
 from llmlib.router.evaluation import agreement, baseline, bench, confusion_table, evaluate
 from llmlib.router.features import FEATURE_VERSION, MAX_WORDS
+from llmlib.router.lexicon import DEFAULT_LEXICON, Lexicon, build_lexicon, load_lexicon
 from llmlib.router.model import Router, load_router
 from llmlib.router.train import CALIBRATIONS, calibration, train
 from llmlib.router.weights import load_model
@@ -144,9 +145,43 @@ def _corpus_and_router(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
 
 
+def _lexicon_arg(p: argparse.ArgumentParser, when: str = "") -> None:
+    p.add_argument(
+        "--lexicon",
+        default="",
+        metavar="PATH",
+        help=f"word vectors (router lexicon) the router maps into its table{when}: words no "
+        "training row held then route by meaning; '' for none",
+    )
+    p.add_argument(
+        "--hashed_dropout",
+        type=float,
+        default=0.0,
+        help=f"with --lexicon{when}: share of training rows whose hashed features are left "
+        "out, so the MLP learns to route from the lexicon alone too (1: the lexicon only)",
+    )
+
+
+def lexicon_of(args: argparse.Namespace) -> Lexicon | None:
+    """The lexicon ``--lexicon`` names (a ConfigError saying how to build a missing one)."""
+    if not args.lexicon:
+        return None
+    path = Path(args.lexicon)
+    if not path.is_file():
+        raise ConfigError(f"lexicon not found: {path} (python -m harness router lexicon)")
+    return load_lexicon(path)
+
+
 def check_word_dropout(args: argparse.Namespace) -> None:
+    """The training flags router train and router eval share, checked before any work."""
     if not 0 <= args.word_dropout < 1:
         raise ConfigError(f"--word_dropout must be in [0, 1), got {args.word_dropout}")
+    if not 0 <= args.hashed_dropout <= 1:
+        raise ConfigError(f"--hashed_dropout must be in [0, 1], got {args.hashed_dropout}")
+    if args.hashed_dropout and not args.lexicon:
+        raise ConfigError("--hashed_dropout needs --lexicon (the features left to route from)")
+    if not 1 <= args.dim <= 1024:
+        raise ConfigError(f"--dim must be in [1, 1024], got {args.dim}")
 
 
 def main(argv: list[str]) -> int:
@@ -205,6 +240,7 @@ def main(argv: list[str]) -> int:
         "out in 5 groups (5 more trainings: confidence that holds on new kinds of prompts), "
         "or none",
     )
+    _lexicon_arg(t)
     t.add_argument(
         "--keep_float",
         action="store_true",
@@ -236,18 +272,27 @@ def main(argv: list[str]) -> int:
     e.add_argument(
         "--word_dropout", type=float, default=0.3, help="with --split source: as router train"
     )
+    e.add_argument("--dim", type=int, default=32, help="with --split source: as router train")
     e.add_argument(
         "--calibrate",
         default="validation",
         choices=CALIBRATIONS,
         help="with --split source: how each fold's router is calibrated (as router train)",
     )
+    _lexicon_arg(e, " (with --split source)")
     e.add_argument(
         "--folds",
         type=int,
         default=5,
         help="with --split source: sources are held out in this many groups (each once)",
     )
+    lx = sub.add_parser(
+        "lexicon",
+        help="word vectors for the router: wordfreq's commonest English words, each encoded "
+        "by MiniLM (baseline extra; once, cached)",
+    )
+    lx.add_argument("--words", type=int, default=100_000)
+    lx.add_argument("--out", default=str(DEFAULT_LEXICON))
     _corpus_and_router(sub.add_parser("bench", help="decision latency, batch 1 and batched"))
     bl = sub.add_parser("baseline", help="MiniLM + logistic regression on the same splits")
     bl.add_argument("--data", default=str(DEFAULT_CORPUS))
@@ -293,10 +338,15 @@ def _run(args: argparse.Namespace) -> int:
             rows, distilled = rows + extra, len(extra)
             print(f"distilled: {distilled} of {len(pool)} pool prompts labelled by MiniLM + LR")
         sizes = {"buckets": args.buckets, "dim": args.dim, "patience": args.patience,
-                 "word_dropout": args.word_dropout}  # fmt: skip
+                 "word_dropout": args.word_dropout, "lexicon": lexicon_of(args),
+                 "hashed_dropout": args.hashed_dropout}  # fmt: skip
         cal = calibration(args.calibrate, rows, epochs=args.epochs, **sizes)
         model = train(rows, epochs=args.epochs, calibrate=cal, **sizes)
-        model.meta.update(calibration=args.calibrate, word_dropout=args.word_dropout)
+        model.meta.update(
+            calibration=args.calibrate,
+            word_dropout=args.word_dropout,
+            hashed_dropout=args.hashed_dropout,
+        )
         model.meta["distilled_rows"] = distilled
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -306,6 +356,10 @@ def _run(args: argparse.Namespace) -> int:
         res = evaluate(Router(load_model(out)[0]), rows)
         print(f"held-out accuracy {res['accuracy']:.4f}, float/int8 agreement {agree:.4f}")
         print(f"router: {out} ({out.stat().st_size:,} bytes, feature version {FEATURE_VERSION})")
+        return 0
+    if args.cmd == "lexicon":
+        lex = build_lexicon(args.words, Path(args.out))
+        print(f"lexicon: {args.out} ({len(lex):,} words, {lex.vectors.shape[1]} dims)")
         return 0
     if args.cmd == "eval" and args.split in ("source", "both"):
         from harness.tools.router_by_source import by_source_eval

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.tools.router import check_word_dropout, routing_router
+from harness.tools.router import check_word_dropout, lexicon_of, routing_router
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import read_corpus
 from llmlib.router.evaluation import baseline_fitter, confusion_table, cross_source, router_fitter
@@ -28,8 +28,9 @@ def by_source_eval(args: argparse.Namespace) -> None:
     k = args.folds
     cal = args.calibrate
     pre = tuple(int(x) for x in args.prefixes.split(",") if x)
-    wd = args.word_dropout
-    fitter = router_fitter(template, prefixes=pre, calibrate=cal, word_dropout=wd)
+    recipe = {"word_dropout": args.word_dropout, "lexicon": lexicon_of(args), "dim": args.dim,
+              "hashed_dropout": args.hashed_dropout}  # fmt: skip
+    fitter = router_fitter(template, prefixes=pre, calibrate=cal, **recipe)
     res = {"router": cross_source(rows, *fitter, experts, k)}
     teacher = None
     if args.distill:
@@ -37,9 +38,7 @@ def by_source_eval(args: argparse.Namespace) -> None:
 
         teacher = Teacher()
         pool = unlabeled_pool({r["text"] for r in rows}, args.distill)
-        fitter = router_fitter(
-            template, teacher, pool, prefixes=pre, calibrate=cal, word_dropout=wd
-        )
+        fitter = router_fitter(template, teacher, pool, prefixes=pre, calibrate=cal, **recipe)
         res["router_distilled"] = cross_source(rows, *fitter, experts, k)
     if args.baseline:
         if teacher is None:

@@ -19,7 +19,11 @@
  * costs one crc32 of its bytes and one row add. Calls hold the GIL throughout, which is
  * what makes the cache safe to share between threads.
  *
- * make_model(table, scale, w1, b1, w2, b2) -> a capsule holding the arrays' buffers
+ * make_model(table, scale, w1, b1, w2, b2[, lex_keys]) -> a capsule holding the arrays'
+ *     buffers; with lex_keys (uint32, ascending: lexicon.py's keys), the table's last
+ *     len(lex_keys) rows are the lexicon's: each word whose key (crc32("w:" + word), its
+ *     ASCII punctuation stripped from both ends) is there adds its row to a second mean,
+ *     which the MLP reads after the first (w1 then has 2 * dim rows)
  * make_gate(keywords: dict[str, rule], regex_rules: int, experts: list[int]) -> a capsule
  * route_text(text, model, gate | None, max_words) -> None (Python must) or
  *     (rules hit as a bit mask, probabilities or None, entropy)
@@ -93,6 +97,9 @@ typedef struct {
     Py_ssize_t buckets, dim;
     const float *w1, *b1, *w2, *b2;
     Py_ssize_t hidden, k;
+    const uint32_t *lex; /* the lexicon's keys, sorted (rows buckets.. of the table), or NULL */
+    Py_ssize_t nlex;
+    Py_ssize_t in; /* the MLP's input: dim, or 2 * dim with a lexicon (its rows' own mean) */
 } Model;
 
 /* add row ``b`` of the table to the accumulator (int32 for an int8 table) */
@@ -105,6 +112,39 @@ static inline void add_row(const Model *m, uint32_t b, float *acc, int32_t *acci
         const float *row = m->table + off;
         for (Py_ssize_t d = 0; d < m->dim; d++) acc[d] += row[d];
     }
+}
+
+/* add row ``r`` (no modulo: a lexicon row) of the table */
+static inline void add_row_at(const Model *m, Py_ssize_t r, float *acc, int32_t *acci) {
+    Py_ssize_t off = r * m->dim;
+    if (m->q != NULL) {
+        const int8_t *row = m->q + off;
+        for (Py_ssize_t d = 0; d < m->dim; d++) acci[d] += row[d];
+    } else {
+        const float *row = m->table + off;
+        for (Py_ssize_t d = 0; d < m->dim; d++) acc[d] += row[d];
+    }
+}
+
+/* lexicon.py's LEX_PUNCT, stripped from a word's ends before it is looked up */
+static inline int lex_punct(unsigned char c) {
+    return c != 0 && strchr("()[]{}<>\"'.,;:!?", c) != NULL;
+}
+
+/* the lexicon row of word (w, n) (its crc ``h`` given), or -1 */
+static Py_ssize_t lex_row(const Model *m, const unsigned char *w, Py_ssize_t n, uint32_t h) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi && lex_punct(w[lo])) lo++;
+    while (hi > lo && lex_punct(w[hi - 1])) hi--;
+    if (lo == hi) return -1;
+    uint32_t key = (lo == 0 && hi == n) ? h : crc_more(CRC_W, w + lo, hi - lo);
+    Py_ssize_t a = 0, b = m->nlex;
+    while (a < b) {
+        Py_ssize_t mid = a + (b - a) / 2;
+        if (m->lex[mid] < key) a = mid + 1;
+        else b = mid;
+    }
+    return (a < m->nlex && m->lex[a] == key) ? m->buckets + a : -1;
 }
 
 /* sum of the feature rows of one word (its crc ``h`` given) into acc or acci; returns
@@ -168,6 +208,7 @@ static Py_ssize_t add_word(const Model *m, const unsigned char *w, Py_ssize_t n,
 typedef struct {
     uint64_t key; /* quick_hash of the word */
     uint32_t h;   /* crc32("w:" + word), for its bigrams */
+    int32_t lex;  /* its lexicon row, or -1 */
     uint16_t count;
     uint8_t len, used;
     unsigned char bytes[CACHE_WORD];
@@ -197,10 +238,11 @@ static inline const int16_t *slot_sums(const Slot *s) {
 static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, Py_ssize_t n,
                              uint64_t key) {
     if (n > CACHE_WORD || m->q == NULL) return NULL;
-    if (c->mem == NULL) { /* first use */
-        size_t stride = (64 + (size_t)m->dim * sizeof(int16_t) + 63) & ~(size_t)63;
-        size_t cap = 1u << 15;
-        while (cap > 1024 && cap * stride > (8u << 20)) cap >>= 1;
+    if (c->mem == NULL) { /* first use: sums, then (with a lexicon) the word's lexicon row */
+        size_t lexb = m->nlex > 0 ? (size_t)m->dim : 0;
+        size_t stride = (64 + (size_t)m->dim * sizeof(int16_t) + lexb + 63) & ~(size_t)63;
+        size_t cap = 1u << 16;
+        while (cap > 1024 && cap * stride > (16u << 20)) cap >>= 1;
         c->mem = aligned_alloc(64, cap * stride);
         if (c->mem == NULL) return NULL;
         for (size_t i = 0; i < cap; i++) ((Slot *)(c->mem + i * stride))->used = 0;
@@ -230,6 +272,10 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     s->used = 1;
     s->key = key;
     s->h = h;
+    s->lex = m->nlex > 0 ? (int32_t)lex_row(m, w, n, h) : -1;
+    if (s->lex >= 0) /* a copy of its row beside the sums: no look-up in the big table later */
+        memcpy((unsigned char *)s + 64 + (size_t)m->dim * sizeof(int16_t),
+               m->q + (size_t)s->lex * (size_t)m->dim, (size_t)m->dim);
     s->len = (uint8_t)n;
     s->count = (uint16_t)count;
     memcpy(s->bytes, w, (size_t)n);
@@ -243,13 +289,14 @@ static inline void cache_prefetch(const Cache *c, uint64_t key) {
         const unsigned char *p = c->mem + (key & (c->cap - 1)) * c->stride;
         __builtin_prefetch(p);
         __builtin_prefetch(p + 64);
+        if (c->stride > 128) __builtin_prefetch(p + 128);
     }
 }
 
 /* --- a model: its arrays' buffers held (and released) by a capsule, with its cache ----- */
 typedef struct {
-    Py_buffer t, s, w1, b1, w2, b2;
-    int n;
+    Py_buffer t, s, w1, b1, w2, b2, lk;
+    int n, has_lk;
 } Bufs;
 
 typedef struct {
@@ -515,7 +562,7 @@ enum { ROUTE_LOGITS = 0, ROUTE_PYTHON = 1, ROUTE_GATED = 2, ROUTE_EMPTY = 3 };
 static void mlp(const Model *m, const float *acc, float *out) {
     float hid[4096];
     for (Py_ssize_t j = 0; j < m->hidden; j++) hid[j] = m->b1[j];
-    for (Py_ssize_t d = 0; d < m->dim; d++) {
+    for (Py_ssize_t d = 0; d < m->in; d++) {
         const float *wr = m->w1 + d * m->hidden;
         float x = acc[d];
         for (Py_ssize_t j = 0; j < m->hidden; j++) hid[j] += x * wr[j];
@@ -547,23 +594,38 @@ static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, float
         if (*mask && !(g->regex & (*mask & (~*mask + 1)))) return ROUTE_GATED;
     }
     if (nw == 0) return ROUTE_EMPTY;
-    float acc[1024];
-    int32_t acci[1024];
+    float acc[2048], lacc[1024];
+    int32_t acci[1024], lacci[1024];
     size_t dim = (size_t)m->dim;
     memset(acc, 0, sizeof(float) * dim);
     memset(acci, 0, sizeof(int32_t) * dim);
-    Py_ssize_t count = 0;
+    Py_ssize_t count = 0, nlex = 0;
+    if (m->nlex > 0) {
+        memset(lacc, 0, sizeof(float) * dim);
+        memset(lacci, 0, sizeof(int32_t) * dim);
+    }
     for (Py_ssize_t i = 0; i < nw; i++) { /* the words: cached sums, else their features */
         const unsigned char *w = ws->buf + ws->off[i];
         const Slot *e = cache_get(m, &hd->cache, w, ws->len[i], ws->key[i]);
+        Py_ssize_t lr = -1;
         if (e != NULL) {
             ws->h[i] = e->h;
             count += e->count;
             const int16_t *row = slot_sums(e);
             for (size_t d = 0; d < dim; d++) acci[d] += row[d];
+            if (e->lex >= 0) { /* its lexicon row, copied into the entry */
+                const int8_t *lrow = (const int8_t *)(row + dim);
+                for (size_t d = 0; d < dim; d++) lacci[d] += lrow[d];
+                nlex++;
+            }
         } else {
             ws->h[i] = crc_more(CRC_W, w, ws->len[i]);
             count += add_word(m, w, ws->len[i], ws->h[i], acc, acci);
+            if (m->nlex > 0) lr = lex_row(m, w, ws->len[i], ws->h[i]);
+        }
+        if (lr >= 0) { /* the lexicon's row: its own sum */
+            add_row_at(m, lr, lacc, lacci);
+            nlex++;
         }
     }
     uint32_t bigram[MAX_WORDS]; /* then the bigrams: their rows asked for at once */
@@ -579,6 +641,13 @@ static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, float
         for (size_t d = 0; d < dim; d++) acc[d] = (float)acci[d] * m->scale[d] * inv;
     else
         for (size_t d = 0; d < dim; d++) acc[d] *= inv;
+    if (m->nlex > 0) { /* the lexicon rows' mean after the hashed rows' (zeros: none) */
+        float linv = nlex > 0 ? 1.0f / (float)nlex : 0.0f;
+        if (m->q != NULL)
+            for (size_t d = 0; d < dim; d++) acc[dim + d] = (float)lacci[d] * m->scale[d] * linv;
+        else
+            for (size_t d = 0; d < dim; d++) acc[dim + d] = lacc[d] * linv;
+    }
     mlp(m, acc, out);
     return ROUTE_LOGITS;
 }
@@ -615,6 +684,31 @@ static int get_array(PyObject *o, Py_buffer *b, int ndim, const char *name, int 
 static void release(Bufs *bf) {
     Py_buffer *all[6] = {&bf->t, &bf->s, &bf->w1, &bf->b1, &bf->w2, &bf->b2};
     for (int i = 0; i < bf->n; i++) PyBuffer_Release(all[i]);
+    if (bf->has_lk) PyBuffer_Release(&bf->lk);
+    bf->n = bf->has_lk = 0;
+}
+
+/* the lexicon's keys: a C-contiguous uint32 array of one dim, ascending */
+static int lex_from(PyObject *o, Model *m, Bufs *bf) {
+    m->lex = NULL;
+    m->nlex = 0;
+    if (o == Py_None) return 0;
+    if (PyObject_GetBuffer(o, &bf->lk, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return -1;
+    bf->has_lk = 1;
+    const char *f = bf->lk.format;
+    if (bf->lk.ndim != 1 || bf->lk.itemsize != 4 || f == NULL || (strcmp(f, "I") && strcmp(f, "=I"))) {
+        PyErr_SetString(PyExc_TypeError, "lex_keys: expected a C-contiguous uint32 array of 1 dim");
+        return -1;
+    }
+    m->lex = bf->lk.buf;
+    m->nlex = bf->lk.shape[0];
+    for (Py_ssize_t i = 1; i < m->nlex; i++)
+        if (m->lex[i] <= m->lex[i - 1]) {
+            PyErr_SetString(PyExc_ValueError, "lex_keys: not ascending");
+            return -1;
+        }
+    return 0;
 }
 
 /* table (float32, or int8 with per-column scale), scale, w1, b1, w2, b2 */
@@ -637,12 +731,13 @@ static int model_from(PyObject *const *a, Model *m, Bufs *bf) {
     m->buckets = bf->t.shape[0];
     m->dim = bf->t.shape[1];
     m->w1 = bf->w1.buf;
+    m->in = bf->w1.shape[0];
     m->hidden = bf->w1.shape[1];
     m->b1 = bf->b1.buf;
     m->w2 = bf->w2.buf;
     m->k = bf->w2.shape[1];
     m->b2 = bf->b2.buf;
-    if (bf->w1.shape[0] != m->dim || bf->b1.shape[0] != m->hidden ||
+    if ((m->in != m->dim && m->in != 2 * m->dim) || bf->b1.shape[0] != m->hidden ||
         bf->w2.shape[0] != m->hidden || bf->b2.shape[0] != m->k || m->dim > 1024 ||
         bf->s.shape[0] != m->dim ||
         m->hidden > 4096 || m->buckets < 1) {
@@ -663,8 +758,8 @@ static void held_free(PyObject *cap) {
 }
 
 static PyObject *make_model(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "make_model(table, scale, w1, b1, w2, b2)");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "make_model(table, scale, w1, b1, w2, b2[, lex_keys])");
         return NULL;
     }
     Held *h = PyMem_Calloc(1, sizeof(Held));
@@ -673,6 +768,15 @@ static PyObject *make_model(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyMem_Free(h);
         return NULL;
     }
+    if (lex_from(nargs == 7 ? args[6] : Py_None, &h->m, &h->bf) < 0 ||
+        h->m.nlex >= h->m.buckets || h->m.in != (h->m.nlex > 0 ? 2 : 1) * h->m.dim) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "router arrays do not fit the lexicon's keys");
+        release(&h->bf);
+        PyMem_Free(h);
+        return NULL;
+    }
+    h->m.buckets -= h->m.nlex; /* the lexicon's rows come after the hashed ones */
     if (h->m.k > 256) {
         release(&h->bf);
         PyMem_Free(h);

@@ -43,6 +43,7 @@ from llmlib.router.features import (
     word_features,
 )
 from llmlib.router.gate import Gate
+from llmlib.router.lexicon import lex_word, lookup
 from llmlib.router.weights import RouterModel, load_model
 
 
@@ -87,12 +88,21 @@ class _WordCache:
     Cleared when full (bounded memory, not an LRU). Not thread-safe: one router per
     thread."""
 
-    def __init__(self, emb: np.ndarray, buckets: int, limit: int = 100_000) -> None:
+    def __init__(
+        self,
+        emb: np.ndarray,
+        buckets: int,
+        limit: int = 100_000,
+        lex_keys: np.ndarray | None = None,
+    ) -> None:
         self.emb, self.buckets, self.limit = emb, buckets, limit
+        self.lex_keys = lex_keys
         self.index: dict[str, tuple[int, int, int]] = {}
-        self.table = np.zeros((buckets + 4096, emb.shape[1] + 1), dtype=np.float32)
-        self.table[:buckets, :-1] = emb
-        self.table[:buckets, -1] = 1.0
+        dim = emb.shape[1]
+        width = dim + 1 if lex_keys is None else 2 * dim + 2  # + the lexicon's sum and count
+        self.table = np.zeros((buckets + 4096, width), dtype=np.float32)
+        self.table[:buckets, :dim] = emb[:buckets]
+        self.table[:buckets, dim] = 1.0
 
     def add(self, word: str) -> tuple[int, int, int]:
         if len(self.index) >= self.limit:
@@ -103,8 +113,16 @@ class _WordCache:
             grown = np.zeros((2 * len(self.table), self.table.shape[1]), dtype=np.float32)
             grown[: len(self.table)] = self.table
             self.table = grown
-        self.table[row, :-1] = self.emb[ids].sum(axis=0)
-        self.table[row, -1] = len(ids)
+        dim = self.emb.shape[1]
+        self.table[row, :dim] = self.emb[ids].sum(axis=0)
+        self.table[row, dim] = len(ids)
+        if self.lex_keys is not None:  # the word's lexicon row (after the hashed ones), if any
+            stripped = lex_word(word)
+            at = int(lookup(self.lex_keys, [_crc("w:" + stripped)])[0]) if stripped else -1
+            self.table[row, dim + 1 :] = 0.0
+            if at >= 0:
+                self.table[row, dim + 1 : -1] = self.emb[self.buckets + at]
+                self.table[row, -1] = 1.0
         h = _crc("w:" + word)
         entry = (row, h, (h * _MIX) & _MASK32)
         self.index[word] = entry
@@ -136,7 +154,7 @@ class Router:
                     f"router: unknown expert {name!r}; the model knows {', '.join(self.experts)}"
                 )
         self.threshold, self.top_k, self.tie_margin = threshold, max(1, top_k), tie_margin
-        self._cache = _WordCache(model.emb, model.buckets)
+        self._cache = _WordCache(model.emb, model.buckets, lex_keys=model.lex_keys)
         self._ones = np.ones(2 * MAX_WORDS, dtype=np.float32)
         f32 = [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w1, model.b1)]
         f32 += [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w2, model.b2)]
@@ -147,7 +165,9 @@ class Router:
         else:
             dim = model.emb.shape[1]
             table = (np.ascontiguousarray(model.emb, dtype=np.float32), np.ones(dim, np.float32))
-        self._c_model = None if self._c is None else self._c.make_model(*table, *f32)
+        self._c_model = (
+            None if self._c is None else self._c.make_model(*table, *f32, model.lex_keys)
+        )
         self._c_gate = None
         if self._c is not None and self.gate.rules:
             regex = sum(1 << k for k in self.gate.regex_rules)
@@ -180,7 +200,10 @@ class Router:
             mixed = m
         ii = np.frombuffer(idx, dtype=np.int64)
         s = self._ones[: len(ii)] @ cache.table.take(ii, axis=0)
-        return s[:-1] / s[-1]
+        if cache.lex_keys is None:
+            return s[:-1] / s[-1]
+        d = self.model.dim  # the hashed rows' mean, then the lexicon rows' (zero: none)
+        return np.concatenate([s[:d] / s[d], s[d + 1 : -1] / max(s[-1], 1.0)])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         h = x @ self._w1

@@ -10,7 +10,8 @@ import numpy as np
 
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import EXPERTS, validation
-from llmlib.router.features import feature_ids
+from llmlib.router.features import feature_ids, prepare
+from llmlib.router.lexicon import Lexicon
 from llmlib.router.weights import RouterModel
 
 
@@ -25,6 +26,8 @@ def train(
     patience: int = 3,
     calibrate: bool | float = True,
     word_dropout: float = 0.0,
+    lexicon: Lexicon | None = None,
+    hashed_dropout: float = 0.0,
 ) -> RouterModel:
     """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer).
 
@@ -36,7 +39,13 @@ def train(
     (``temperature``), or by ``calibrate`` itself where it is a number (one fitted on
     unseen sources: ``source_temperature``): the same decisions, confidences that mean what
     they say. ``word_dropout`` leaves that share of each row's features out, afresh each
-    epoch (a regularizer)."""
+    epoch (a regularizer). With a ``lexicon`` (``llmlib.router.lexicon``), each word it
+    holds adds one more feature: its fixed vector through a linear map learned here (so a
+    word no training row held still lands where its meaning puts it), exported as rows after
+    the table's own. ``hashed_dropout`` (with a lexicon) leaves out the hashed features'
+    mean of that share of the rows in each batch, so the MLP learns to route from the
+    lexicon alone too (measured: it otherwise leans on the hashed features, which fit the
+    training sources' wording and carry less to new ones); 1 reads the lexicon alone."""
     try:
         import torch
     except ImportError:
@@ -52,18 +61,25 @@ def train(
     else:  # a corpus too small to spare any: no validation, every epoch runs
         val_rows = []
     torch.manual_seed(seed)
-    feats = [np.array(feature_ids(r["text"], buckets) or [0]) for r in train_rows]
+    feats = [row_ids(r["text"], buckets, lexicon) for r in train_rows]
     labels = torch.tensor([experts.index(r["label"]) for r in train_rows])
-    val_feats = [np.array(feature_ids(r["text"], buckets) or [0]) for r in val_rows]
+    val_feats = [row_ids(r["text"], buckets, lexicon) for r in val_rows]
     val_labels = torch.tensor([experts.index(r["label"]) for r in val_rows], dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(experts)).float()
     weight = counts.sum() / (len(experts) * counts.clamp(min=1))  # classes weighed equally
-    emb = torch.nn.EmbeddingBag(buckets, dim, mode="mean")
+    emb = torch.nn.Embedding(buckets, dim)
     torch.nn.init.normal_(emb.weight, std=0.1)
     mlp = torch.nn.Sequential(
-        torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, len(experts))
+        torch.nn.Linear(dim * (1 if lexicon is None else 2), hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, len(experts)),
     )
     params = list(emb.parameters()) + list(mlp.parameters())
+    if lexicon is not None:  # the lexicon's vectors stay fixed; their map to the table learns
+        lex_vecs = torch.from_numpy(lexicon.vectors)
+        lex_map = torch.nn.Linear(lexicon.vectors.shape[1], dim, bias=False)
+        torch.nn.init.normal_(lex_map.weight, std=0.1 / lexicon.vectors.shape[1] ** 0.5)
+        params += list(lex_map.parameters())
     opt = torch.optim.Adam(params, lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     n = len(feats)
@@ -82,10 +98,29 @@ def train(
         return np.split(flat_all[keep], np.cumsum(np.add.reduceat(keep, starts))[:-1])
 
     def bag(fs: list[Any], idx: list[int]) -> Any:
+        """The MLP's logits for rows ``idx``: the mean of each row's feature rows (hashed
+        ids below ``buckets``, lexicon words at ``buckets`` + their index)."""
         parts = [fs[i] for i in idx]
+        lens = np.array([len(p) for p in parts])
         flat = torch.from_numpy(np.concatenate(parts))
-        offsets = torch.tensor([0] + [len(p) for p in parts[:-1]]).cumsum(0)
-        return mlp(emb(flat, offsets))
+        seg = torch.from_numpy(np.repeat(np.arange(len(parts)), lens))
+        hashed = flat < buckets
+        x = torch.zeros(len(parts), dim).index_add(0, seg[hashed], emb(flat[hashed]))
+        n_lex = np.zeros(len(parts), dtype=np.int64)
+        if lexicon is not None:
+            n_lex = np.add.reduceat(
+                (flat >= buckets).numpy().astype(np.int64), lens.cumsum() - lens
+            )
+        x = x / torch.from_numpy(np.maximum(lens - n_lex, 1)).float().unsqueeze(1)
+        if lexicon is None:
+            return mlp(x)
+        lex = ~hashed
+        v = torch.zeros(len(parts), lex_vecs.shape[1])
+        v.index_add_(0, seg[lex], lex_vecs[flat[lex] - buckets])
+        lx = lex_map(v) / torch.from_numpy(np.maximum(n_lex, 1)).float().unsqueeze(1)
+        if hashed_dropout >= 1 or (hashed_dropout > 0 and torch.is_grad_enabled()):
+            x = x * (torch.rand(len(parts), 1) >= hashed_dropout).float()
+        return mlp(torch.cat([x, lx], dim=1))
 
     best: tuple[float, float] | None = None  # (validation accuracy, -loss) of the kept epoch
     kept: list[Any] = []
@@ -122,6 +157,9 @@ def train(
             for p, k in zip(params, kept, strict=True):
                 p.copy_(k)
     lin1, lin2 = cast(torch.nn.Linear, mlp[0]), cast(torch.nn.Linear, mlp[2])
+    if lexicon is not None and hashed_dropout >= 1:  # the hashed mean was never read
+        with torch.no_grad():
+            lin1.weight[:, :dim] = 0.0
     meta: dict[str, Any] = {"dim": dim, "hidden": hidden, "epochs": best_epoch or ran}
     if val_rows and calibrate is not False:  # temperature scaling, folded into the last layer
         with torch.no_grad():
@@ -135,16 +173,33 @@ def train(
     meta.update({"epochs_run": ran, "train_rows": n, "validation_rows": len(val_rows)})
     if best is not None:
         meta["validation_accuracy"] = best[0]
+    table = emb.weight.detach().numpy().copy()
+    if lexicon is not None:
+        with torch.no_grad():
+            rows = lex_map(lex_vecs).numpy()
+        table = np.concatenate([table, rows]).astype(np.float32)
+        meta["lexicon"] = {**lexicon.meta, "rows": len(lexicon)}
     return RouterModel(
         experts,
         buckets,
-        emb.weight.detach().numpy().copy(),
+        table,
         lin1.weight.detach().numpy().T.copy(),
         lin1.bias.detach().numpy().copy(),
         lin2.weight.detach().numpy().T.copy(),
         lin2.bias.detach().numpy().copy(),
         {**meta, "seed": seed},
+        lex_keys=None if lexicon is None else lexicon.keys,
     )
+
+
+def row_ids(text: str, buckets: int, lexicon: Lexicon | None = None) -> np.ndarray:
+    """A text's feature rows: its hashed features, then, with a lexicon, ``buckets`` plus
+    the lexicon row of each word it holds (never empty: row 0 for a text of no words)."""
+    ids = feature_ids(text, buckets) or [0]
+    if lexicon is not None:
+        at = lexicon.index(prepare(text))
+        ids += (at[at >= 0] + buckets).tolist()
+    return np.array(ids, dtype=np.int64)
 
 
 CALIBRATIONS = ("validation", "source", "none")

@@ -37,6 +37,9 @@ class RouterModel:
     # product; the C path sums the int8 rows: a quarter of the memory traffic)
     q: np.ndarray | None = None
     scale: np.ndarray | None = None
+    # the lexicon's keys (``llmlib.router.lexicon``: uint32, sorted), one per table row after
+    # the first ``buckets``; None: no lexicon
+    lex_keys: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -69,6 +72,8 @@ class RouterModel:
         }
         if keep_float:
             arrays["emb"] = self.emb.astype(np.float32)
+        if self.lex_keys is not None:
+            arrays["lex_keys"] = self.lex_keys.astype(np.uint32)
         header = {
             "feature_version": FEATURE_VERSION,
             "buckets": self.buckets,
@@ -110,6 +115,13 @@ def load_model(path: str | Path, precision: str = "int8") -> tuple[RouterModel, 
         emb = z["emb"]
     else:
         raise ConfigError(f"router precision must be int8 or float, not {precision!r}")
+    lex_keys = np.ascontiguousarray(z["lex_keys"], dtype=np.uint32) if "lex_keys" in z else None
+    rows = int(header.get("buckets", -1)) + (0 if lex_keys is None else len(lex_keys))
+    if emb.ndim != 2 or emb.shape[0] != rows:
+        raise ConfigError(
+            f"{p}: not a router artifact (its table has {emb.shape[0]} rows, its header and "
+            f"lexicon say {rows}); retrain it (python -m harness router train)"
+        )
     model = RouterModel(
         list(header["experts"]),
         int(header["buckets"]),
@@ -121,6 +133,7 @@ def load_model(path: str | Path, precision: str = "int8") -> tuple[RouterModel, 
         {k: v for k, v in header.items() if k not in ("experts", "buckets")},
         q,
         scale,
+        lex_keys,
     )
     return model, header
 
