@@ -173,3 +173,20 @@ def test_training_on_the_lexicon_alone_reads_no_hashed_feature():
     r = Router(model, native=False)
     # words outside the lexicon change nothing: only the lexicon's words are read
     assert r.word_probs(["parser", "zzqx"])[0] == pytest.approx(r.word_probs(["parser"])[0])
+
+
+def test_building_a_lexicon_reuses_the_cached_one_and_says_what_is_missing(tmp_path, monkeypatch):
+    from llmlib.router import lexicon as lexmod
+
+    path = tmp_path / "lex.npz"
+    cached = lexicon()
+    cached.meta = {"words": 24, "wordfreq": lexmod.WORDFREQ_VERSION}
+    save_lexicon(cached, path)
+    monkeypatch.setitem(__import__("sys").modules, "wordfreq", None)  # not installed
+    assert (lexmod.build_lexicon(24, path).keys == cached.keys).all()  # reused: no encoder
+    with pytest.raises(ConfigError, match=r"pip install -e \.\[baseline\]"):
+        lexmod.build_lexicon(25, path)  # another size: must be built, and cannot be here
+    with pytest.raises(ConfigError, match="at least one word"):
+        lexmod.build_lexicon(0, path)
+    with pytest.raises(ConfigError, match="one vector each"):
+        from_words(["a", "b"], np.zeros((1, 4), dtype=np.float32), {})
