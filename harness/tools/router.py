@@ -172,7 +172,7 @@ def lexicon_of(args: argparse.Namespace) -> Lexicon | None:
     return load_lexicon(path)
 
 
-def check_word_dropout(args: argparse.Namespace) -> None:
+def check_recipe(args: argparse.Namespace) -> None:
     """The training flags router train and router eval share, checked before any work."""
     if not 0 <= args.word_dropout < 1:
         raise ConfigError(f"--word_dropout must be in [0, 1), got {args.word_dropout}")
@@ -327,7 +327,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"corpus: {args.out}")
         return 0
     if args.cmd == "train":
-        check_word_dropout(args)
+        check_recipe(args)
         rows = read_corpus(Path(args.data))
         distilled = 0
         if args.distill:

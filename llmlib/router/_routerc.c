@@ -102,19 +102,8 @@ typedef struct {
     Py_ssize_t in; /* the MLP's input: dim, or 2 * dim with a lexicon (its rows' own mean) */
 } Model;
 
-/* add row ``b`` of the table to the accumulator (int32 for an int8 table) */
-static inline void add_row(const Model *m, uint32_t b, float *acc, int32_t *acci) {
-    Py_ssize_t off = (Py_ssize_t)(b % (uint32_t)m->buckets) * m->dim;
-    if (m->q != NULL) {
-        const int8_t *row = m->q + off;
-        for (Py_ssize_t d = 0; d < m->dim; d++) acci[d] += row[d];
-    } else {
-        const float *row = m->table + off;
-        for (Py_ssize_t d = 0; d < m->dim; d++) acc[d] += row[d];
-    }
-}
-
-/* add row ``r`` (no modulo: a lexicon row) of the table */
+/* add row ``r`` of the table (no modulo: a hashed bucket, or a lexicon row after them) to
+ * the accumulator (int32 for an int8 table) */
 static inline void add_row_at(const Model *m, Py_ssize_t r, float *acc, int32_t *acci) {
     Py_ssize_t off = r * m->dim;
     if (m->q != NULL) {
@@ -124,6 +113,11 @@ static inline void add_row_at(const Model *m, Py_ssize_t r, float *acc, int32_t 
         const float *row = m->table + off;
         for (Py_ssize_t d = 0; d < m->dim; d++) acc[d] += row[d];
     }
+}
+
+/* add the row of hash ``b``: its bucket, ``b`` modulo the bucket count */
+static inline void add_row(const Model *m, uint32_t b, float *acc, int32_t *acci) {
+    add_row_at(m, (Py_ssize_t)(b % (uint32_t)m->buckets), acc, acci);
 }
 
 /* lexicon.py's LEX_PUNCT, stripped from a word's ends before it is looked up */

@@ -21,6 +21,7 @@ regression alone score about what MiniLM + LR does.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,10 +60,16 @@ class Lexicon:
     def index(self, words: list[str]) -> np.ndarray:
         """Each word's row in the lexicon, -1 where it has none (a word of punctuation alone
         has none)."""
-        stripped = [lex_word(w) for w in words]
-        at = lookup(self.keys, [_crc("w:" + w) for w in stripped])
-        at[[k for k, w in enumerate(stripped) if not w]] = -1
-        return at
+        return lex_index(self.keys, words)
+
+
+def lex_index(keys: np.ndarray, words: list[str]) -> np.ndarray:
+    """Each word's row among the sorted ``keys`` (``lex_key``), -1 where it has none (a word
+    of punctuation alone has none)."""
+    stripped = [lex_word(w) for w in words]
+    at = lookup(keys, [_crc("w:" + w) for w in stripped])
+    at[[k for k, w in enumerate(stripped) if not w]] = -1
+    return at
 
 
 def lookup(keys: np.ndarray, wanted: list[int]) -> np.ndarray:
@@ -116,8 +123,6 @@ def build_lexicon(n: int = 100_000, path: Path = DEFAULT_LEXICON, log: Any = pri
 
 
 def save_lexicon(lex: Lexicon, path: Path) -> None:
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = np.frombuffer(json.dumps(lex.meta).encode(), dtype=np.uint8)
     tmp = path.with_suffix(".part.npz")
@@ -126,8 +131,6 @@ def save_lexicon(lex: Lexicon, path: Path) -> None:
 
 
 def load_lexicon(path: Path) -> Lexicon:
-    import json
-
     try:
         z = np.load(path, allow_pickle=False)
         keys = np.asarray(z["keys"], dtype=np.uint32)

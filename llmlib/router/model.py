@@ -43,7 +43,7 @@ from llmlib.router.features import (
     word_features,
 )
 from llmlib.router.gate import Gate
-from llmlib.router.lexicon import lex_word, lookup
+from llmlib.router.lexicon import lex_index
 from llmlib.router.weights import RouterModel, load_model
 
 
@@ -117,8 +117,7 @@ class _WordCache:
         self.table[row, :dim] = self.emb[ids].sum(axis=0)
         self.table[row, dim] = len(ids)
         if self.lex_keys is not None:  # the word's lexicon row (after the hashed ones), if any
-            stripped = lex_word(word)
-            at = int(lookup(self.lex_keys, [_crc("w:" + stripped)])[0]) if stripped else -1
+            at = int(lex_index(self.lex_keys, [word])[0])
             self.table[row, dim + 1 :] = 0.0
             if at >= 0:
                 self.table[row, dim + 1 : -1] = self.emb[self.buckets + at]
