@@ -22,7 +22,15 @@ pytestmark = [
 # float32: greedy decoding of a random model must not flip on bf16 rounding between runs
 SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
 ENGINE = "dtype:float32,max_model_len:1024,enforce_eager:true"
-QUICK = ["--vocab_size=2048", "--min_query_count=100", "--offline_expected_qps=20"]
+# Offline is VALID only if its samples take at least the minimum duration; how fast vLLM
+# answers depends on the machine (a CI run answered 100 in under 2 s), so the minimum is
+# 100 ms: the validity asserted is LoadGen's and the harness's, never this machine's speed
+QUICK = [
+    "--vocab_size=2048",
+    "--min_query_count=100",
+    "--offline_expected_qps=20",
+    "--min_duration=100",
+]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +118,6 @@ def test_vllm_core_in_process_offline_and_server(tmp_path, vllm_server, tiny_mod
         "--scenarios=offline,server",
         "--server_target_qps=4",
         *QUICK,
-        # Offline is VALID only if its 500 samples take at least the minimum duration: on a
-        # quiet CI machine vLLM answered them in 1.5 s (142/s), under QUICK's 2 s
-        "--min_duration=500",
         timeout=600,
     )
     assert p.returncode == 0, p.stderr
