@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections import Counter
@@ -160,6 +161,15 @@ def _lexicon_arg(p: argparse.ArgumentParser, when: str = "") -> None:
         help=f"with --lexicon{when}: share of training rows whose hashed features are left "
         "out, so the MLP learns to route from the lexicon alone too (1: the lexicon only)",
     )
+    p.add_argument(
+        "--fuse",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help=f"with --lexicon{when}: instead of learning it with the hashed features, fit a "
+        "regression on the lexicon's mean vector and add its logits W times to the hashed "
+        "router's (0: off)",
+    )
 
 
 def lexicon_of(args: argparse.Namespace) -> Lexicon | None:
@@ -172,6 +182,14 @@ def lexicon_of(args: argparse.Namespace) -> Lexicon | None:
     return load_lexicon(path)
 
 
+def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
+    """``train``'s arguments from the training flags router train and router eval share,
+    checked before any work."""
+    check_recipe(args)
+    return {"word_dropout": args.word_dropout, "lexicon": lexicon_of(args), "dim": args.dim,
+            "hashed_dropout": args.hashed_dropout, "fuse": args.fuse}  # fmt: skip
+
+
 def check_recipe(args: argparse.Namespace) -> None:
     """The training flags router train and router eval share, checked before any work."""
     if not 0 <= args.word_dropout < 1:
@@ -182,6 +200,13 @@ def check_recipe(args: argparse.Namespace) -> None:
         raise ConfigError("--hashed_dropout needs --lexicon (the features left to route from)")
     if not 1 <= args.dim <= 1024:
         raise ConfigError(f"--dim must be in [1, 1024], got {args.dim}")
+    if not 0 <= args.fuse < math.inf:
+        raise ConfigError(f"--fuse must be a number >= 0, got {args.fuse}")
+    if args.fuse and not args.lexicon:
+        raise ConfigError("--fuse needs --lexicon (the regression's word vectors)")
+    if args.fuse and args.hashed_dropout:
+        raise ConfigError("--fuse and --hashed_dropout exclude each other: a fused lexicon "
+                          "is not learned with the hashed features")  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -327,7 +352,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"corpus: {args.out}")
         return 0
     if args.cmd == "train":
-        check_recipe(args)
+        recipe = recipe_of(args)
         rows = read_corpus(Path(args.data))
         distilled = 0
         if args.distill:
@@ -337,15 +362,14 @@ def _run(args: argparse.Namespace) -> int:
             extra = Teacher().pseudo_rows([r for r in rows if r["split"] == "train"], pool)
             rows, distilled = rows + extra, len(extra)
             print(f"distilled: {distilled} of {len(pool)} pool prompts labelled by MiniLM + LR")
-        sizes = {"buckets": args.buckets, "dim": args.dim, "patience": args.patience,
-                 "word_dropout": args.word_dropout, "lexicon": lexicon_of(args),
-                 "hashed_dropout": args.hashed_dropout}  # fmt: skip
+        sizes = {"buckets": args.buckets, "patience": args.patience, **recipe}
         cal = calibration(args.calibrate, rows, epochs=args.epochs, **sizes)
         model = train(rows, epochs=args.epochs, calibrate=cal, **sizes)
         model.meta.update(
             calibration=args.calibrate,
             word_dropout=args.word_dropout,
             hashed_dropout=args.hashed_dropout,
+            fuse=args.fuse,
         )
         model.meta["distilled_rows"] = distilled
         out = Path(args.out)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.tools.router import check_recipe, lexicon_of, routing_router
+from harness.tools.router import recipe_of, routing_router
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import read_corpus
 from llmlib.router.evaluation import baseline_fitter, confusion_table, cross_source, router_fitter
@@ -21,15 +21,13 @@ def by_source_eval(args: argparse.Namespace) -> None:
     recall, per-source accuracy and the router's calibration."""
     if args.folds < 2:
         raise ConfigError(f"--folds must be >= 2, got {args.folds}")
-    check_recipe(args)
+    recipe = recipe_of(args)
     rows = read_corpus(Path(args.data))
     template = routing_router(args.routing_config, args.router)
     experts = template.experts
     k = args.folds
     cal = args.calibrate
     pre = tuple(int(x) for x in args.prefixes.split(",") if x)
-    recipe = {"word_dropout": args.word_dropout, "lexicon": lexicon_of(args), "dim": args.dim,
-              "hashed_dropout": args.hashed_dropout}  # fmt: skip
     fitter = router_fitter(template, prefixes=pre, calibrate=cal, **recipe)
     res = {"router": cross_source(rows, *fitter, experts, k)}
     teacher = None

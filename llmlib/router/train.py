@@ -28,6 +28,7 @@ def train(
     word_dropout: float = 0.0,
     lexicon: Lexicon | None = None,
     hashed_dropout: float = 0.0,
+    fuse: float = 0.0,
 ) -> RouterModel:
     """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer).
 
@@ -45,21 +46,21 @@ def train(
     the table's own. ``hashed_dropout`` (with a lexicon) leaves out the hashed features'
     mean of that share of the rows in each batch, so the MLP learns to route from the
     lexicon alone too (measured: it otherwise leans on the hashed features, which fit the
-    training sources' wording and carry less to new ones); 1 reads the lexicon alone."""
+    training sources' wording and carry less to new ones); 1 reads the lexicon alone.
+    ``fuse`` (with a lexicon, instead of learning it jointly): a logistic regression on the
+    lexicon's mean vector, its logits added ``fuse`` times to those of the hashed router
+    trained without the lexicon (``llmlib.router.fusion``), then calibrated as above."""
     try:
         import torch
     except ImportError:
         raise ConfigError("router training needs torch: pip install -e .[model]") from None
-    seen = {r["label"] for r in rows}
-    experts = [e for e in EXPERTS if e in seen] + sorted(seen - set(EXPERTS))
-    train_rows = [r for r in rows if r["split"] == "train"]
-    if not train_rows:
-        raise ConfigError("corpus has no training rows")
-    val_rows = [r for r in train_rows if validation(r["text"])]
-    if len(val_rows) < len(train_rows):
-        train_rows = [r for r in train_rows if not validation(r["text"])]
-    else:  # a corpus too small to spare any: no validation, every epoch runs
-        val_rows = []
+    if lexicon is not None and fuse > 0:
+        from llmlib.router.fusion import train_fused
+
+        args = {"buckets": buckets, "dim": dim, "hidden": hidden, "epochs": epochs,
+                "seed": seed, "patience": patience, "word_dropout": word_dropout}  # fmt: skip
+        return train_fused(rows, lexicon, fuse, calibrate, log=log, **args)
+    experts, train_rows, val_rows = split_rows(rows)
     torch.manual_seed(seed)
     feats = [row_ids(r["text"], buckets, lexicon) for r in train_rows]
     labels = torch.tensor([experts.index(r["label"]) for r in train_rows])
@@ -164,12 +165,10 @@ def train(
     if val_rows and calibrate is not False:  # temperature scaling, folded into the last layer
         with torch.no_grad():
             vl = bag(val_feats, list(range(len(val_rows))))
-            t, before, after = temperature(vl.numpy(), val_labels.numpy())
-            if not isinstance(calibrate, bool):
-                t, after = float(calibrate), ece(vl.numpy(), val_labels.numpy(), calibrate)
-            lin2.weight.mul_(1.0 / t)
-            lin2.bias.mul_(1.0 / t)
-        meta.update({"temperature": t, "validation_ece": after, "validation_ece_at_t1": before})
+            cal = calibrated(vl.numpy(), val_labels.numpy(), calibrate)
+            lin2.weight.mul_(1.0 / cal["temperature"])
+            lin2.bias.mul_(1.0 / cal["temperature"])
+        meta.update(cal)
     meta.update({"epochs_run": ran, "train_rows": n, "validation_rows": len(val_rows)})
     if best is not None:
         meta["validation_accuracy"] = best[0]
@@ -190,6 +189,25 @@ def train(
         {**meta, "seed": seed},
         lex_keys=None if lexicon is None else lexicon.keys,
     )
+
+
+def split_rows(
+    rows: list[dict[str, Any]],
+) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The experts (``EXPERTS``' order, then others sorted), the rows trained on and the
+    validation tenth (by a crc32 of the text; none where that would leave no training
+    rows)."""
+    seen = {r["label"] for r in rows}
+    experts = [e for e in EXPERTS if e in seen] + sorted(seen - set(EXPERTS))
+    train_rows = [r for r in rows if r["split"] == "train"]
+    if not train_rows:
+        raise ConfigError("corpus has no training rows")
+    val_rows = [r for r in train_rows if validation(r["text"])]
+    if len(val_rows) < len(train_rows):
+        train_rows = [r for r in train_rows if not validation(r["text"])]
+    else:  # a corpus too small to spare any: no validation, every epoch runs
+        val_rows = []
+    return experts, train_rows, val_rows
 
 
 def row_ids(text: str, buckets: int, lexicon: Lexicon | None = None) -> np.ndarray:
@@ -242,6 +260,15 @@ def source_temperature(
     t, before, after = temperature(np.stack(zs), np.array(ys))
     log(f"temperature {t:.3f} on unseen sources: ECE {before:.3f} at T=1, {after:.3f} at T")
     return t
+
+
+def calibrated(logits: Any, labels: Any, calibrate: bool | float) -> dict[str, float]:
+    """The temperature for ``train``'s ``calibrate`` (True: fitted on these rows; a number:
+    that one) and the expected calibration error on the rows before and after it."""
+    t, before, after = temperature(logits, labels)
+    if not isinstance(calibrate, bool):
+        t, after = float(calibrate), ece(logits, labels, calibrate)
+    return {"temperature": t, "validation_ece": after, "validation_ece_at_t1": before}
 
 
 def temperature(logits: Any, labels: Any) -> tuple[float, float, float]:

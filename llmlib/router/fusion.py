@@ -1,0 +1,172 @@
+"""The lexicon fused late with the hashed router: a logistic regression on a prompt's mean
+lexicon vector, its logits added to the hashed MLP's, all inside the one MLP the router
+already runs.
+
+Measured held out by source (BENCHMARKS.md), the regression on the lexicon's 384-dim mean
+carries to new sources better than the MLP does when it learns from the same vectors
+jointly with the hashed features (which fit the training sources' wording); the hashed
+router, in turn, knows the shapes a word list has no vector for (code, symbols, numbers).
+Adding the two (the regression's logits weighted ``weight`` times the calibrated hashed
+router's) beats either alone.
+
+It needs no new inference code. The regression's coefficients become the lexicon's rows of
+the table (each word's vector times the coefficients: ``k`` columns, one per expert), so
+the lexicon half of the MLP's input is the regression's logits less its intercept; two
+hidden units per expert pass each logit through the ReLU (``relu(z) - relu(-z) = z``) to
+the output, beside the hashed MLP's own hidden units, which read only the hashed half.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llmlib.errors import ConfigError
+from llmlib.router.features import prepare
+from llmlib.router.lexicon import Lexicon
+from llmlib.router.weights import RouterModel
+
+
+def lexicon_means(texts: list[str], lexicon: Lexicon) -> np.ndarray:
+    """Each text's mean lexicon vector over the words the lexicon holds, repeats counted,
+    as the router sees them (``prepare``: its first words, cut long); zeros for a text
+    with none."""
+    out = np.zeros((len(texts), lexicon.vectors.shape[1]), dtype=np.float32)
+    for i, text in enumerate(texts):
+        at = lexicon.index(prepare(text))
+        at = at[at >= 0]
+        if len(at):
+            out[i] = lexicon.vectors[at].mean(axis=0)
+    return out
+
+
+def fit_regression(
+    x: np.ndarray, y: np.ndarray, k: int, c: float = 1.0, max_iter: int = 1000
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Multinomial logistic regression with classes weighed equally and an L2 penalty on
+    the coefficients (not the intercept): scikit-learn's ``LogisticRegression(C=c,
+    class_weight="balanced")`` objective, ``0.5 |W|^2 + c * sum_i w_i CE_i``, minimized by
+    torch's L-BFGS in float64 (torch trains the rest of the router; scikit-learn is not
+    needed). Returns coefficients (d, k), intercept (k,) and how the fit went."""
+    import torch
+
+    if not (np.isfinite(c) and c > 0):
+        raise ConfigError(f"the regression's C must be a positive number, not {c}")
+    counts = np.bincount(y, minlength=k)
+    weights = len(y) / (k * np.maximum(counts, 1))
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    sw = torch.from_numpy(weights[y])
+    w = torch.zeros(x.shape[1], k, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    n = len(y)
+
+    def objective() -> Any:  # divided by n: the same minimum, gradients of a sane size
+        ce = torch.nn.functional.cross_entropy(xt @ w + b, yt, reduction="none")
+        return (c * (sw * ce).sum() + 0.5 * (w * w).sum()) / n
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    opt.zero_grad()
+    loss = objective()
+    loss.backward()
+    assert w.grad is not None and b.grad is not None
+    grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
+    info = {"objective": float(loss.detach()), "max_gradient": grad, "c": c}
+    return w.detach().numpy().copy(), b.detach().numpy().copy(), info
+
+
+def compose(
+    base: RouterModel,
+    lexicon: Lexicon,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    weight: float,
+) -> RouterModel:
+    """One model whose logits are ``base``'s plus ``weight`` times the regression's: the
+    lexicon's rows are its vectors times ``coef`` (in the first ``k`` of ``base.dim``
+    columns), read as the second half of the MLP's input; 2k hidden units added."""
+    if base.lex_keys is not None or base.w1.shape[0] != base.dim:
+        raise ConfigError("fusing a lexicon needs a hashed router without one")
+    k, dim, hidden = len(base.experts), base.dim, base.w1.shape[1]
+    if k > dim:
+        raise ConfigError(f"fusing a lexicon needs --dim of at least the experts' count ({k})")
+    rows = np.zeros((len(lexicon), dim), dtype=np.float32)
+    rows[:, :k] = lexicon.vectors @ coef.astype(np.float32)
+    # the lexicon's columns scaled to the hashed ones' range (the unscaling goes into w1),
+    # so that the int8 table's shared per-column scales serve both
+    reach = np.abs(base.emb[:, :k]).max(axis=0)
+    mine = np.abs(rows[:, :k]).max(axis=0)
+    s = np.where((reach > 0) & (mine > 0), reach / np.where(mine > 0, mine, 1.0), 1.0)
+    rows[:, :k] *= s
+    w1 = np.zeros((2 * dim, hidden + 2 * k), dtype=np.float32)
+    w1[:dim, :hidden] = base.w1
+    w2 = np.zeros((hidden + 2 * k, k), dtype=np.float32)
+    w2[:hidden] = base.w2
+    for j in range(k):
+        w1[dim + j, hidden + j] = 1.0 / s[j]
+        w1[dim + j, hidden + k + j] = -1.0 / s[j]
+        w2[hidden + j, j] = weight
+        w2[hidden + k + j, j] = -weight
+    b1 = np.concatenate([base.b1, np.zeros(2 * k)]).astype(np.float32)
+    b2 = (base.b2 + weight * intercept).astype(np.float32)
+    table = np.concatenate([base.emb, rows]).astype(np.float32)
+    meta = {**base.meta, "hidden": hidden + 2 * k}
+    return RouterModel(
+        base.experts, base.buckets, table, w1, b1, w2, b2, meta, lex_keys=lexicon.keys
+    )
+
+
+def train_fused(
+    rows: list[dict[str, Any]],
+    lexicon: Lexicon,
+    weight: float,
+    calibrate: bool | float = True,
+    c: float = 1.0,
+    log: Any = print,
+    **train_args: Any,
+) -> RouterModel:
+    """``train`` with ``fuse``: the hashed router trained without the lexicon (its
+    temperature fitted on the validation tenth, so that ``weight`` weighs calibrated
+    logits), the regression fitted on the same training rows, the two composed, and the
+    sum calibrated (``calibrate`` as in ``train``) on the validation tenth."""
+    from llmlib.router.model import Router
+    from llmlib.router.train import calibrated, split_rows, train
+
+    if not (np.isfinite(weight) and weight > 0):
+        raise ConfigError(f"--fuse must be a positive number, not {weight}")
+    base = train(rows, log=log, calibrate=True, **train_args)
+    experts, train_rows, val_rows = split_rows(rows)
+    x = lexicon_means([r["text"] for r in train_rows], lexicon)
+    y = np.array([experts.index(r["label"]) for r in train_rows])
+    coef, intercept, info = fit_regression(x, y, len(experts), c)
+    log(f"regression on the lexicon's mean: objective {info['objective']:.4f}, "
+        f"largest gradient {info['max_gradient']:.1e}")  # fmt: skip
+    model = compose(base, lexicon, coef, intercept, weight)
+    model.meta["fusion"] = {"weight": weight, "base_temperature": base.meta.get("temperature")}
+    model.meta["fusion"].update(info)
+    model.meta["lexicon"] = {**lexicon.meta, "rows": len(lexicon)}
+    for key in ("temperature", "validation_ece", "validation_ece_at_t1"):
+        model.meta.pop(key, None)
+    if val_rows and calibrate is not False:
+        router = Router(model, native=False)
+        z = np.stack([router.logits(router.embed(prepare(r["text"]) or [""])) for r in val_rows])
+        cal = calibrated(z, np.array([experts.index(r["label"]) for r in val_rows]), calibrate)
+        model.w2 /= cal["temperature"]
+        model.b2 /= cal["temperature"]
+        model.meta.update(cal)
+    return model
