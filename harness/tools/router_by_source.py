@@ -30,6 +30,7 @@ def by_source_eval(args: argparse.Namespace) -> None:
     pre = tuple(int(x) for x in args.prefixes.split(",") if x)
     fitter = router_fitter(template, prefixes=pre, calibrate=cal, **recipe)
     res = {"router": cross_source(rows, *fitter, experts, k)}
+    res["router"]["recipe"] = {**recipe, "lexicon": args.lexicon or None, "calibrate": cal}
     teacher = None
     if args.distill:
         from llmlib.router.distill import Teacher, unlabeled_pool

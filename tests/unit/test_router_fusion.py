@@ -134,6 +134,15 @@ def test_router_train_and_eval_flags_for_a_fused_lexicon(tmp_path):
     assert p.returncode == 0, p.stderr
     _, header = load_model(out)
     assert header["fuse"] == 2.0 and header["fusion"]["weight"] == 2.0
+    # by source: two sources per label, each held out once; the recipe is in the report
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(json.dumps(dict(r, source=f"{r['label']}{k % 2}")) + "\n"
+                           for k, r in enumerate(lexicon_rows(10))))  # fmt: skip
+    p = run_cli("eval", "--data", str(two), "--split", "source", "--lexicon", str(lex_path),
+                "--dim", "8", "--fuse", "2")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout[: p.stdout.index("\n}\n") + 3])["router"]
+    assert report["recipe"]["fuse"] == 2.0 and report["held_out"] > 0
     lexflag = ["--lexicon", str(lex_path)]
     for extra, says in (
         (["--fuse", "2"], "--fuse needs --lexicon"),
