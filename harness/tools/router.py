@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 from collections import Counter
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.tools.router_recipe import lexicon_flags, recipe_of
 from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import (
@@ -27,7 +27,8 @@ from llmlib.router.corpus import (
 )
 from llmlib.router.evaluation import agreement, baseline, bench, confusion_table, evaluate
 from llmlib.router.features import FEATURE_VERSION, MAX_WORDS
-from llmlib.router.lexicon import DEFAULT_LEXICON, Lexicon, build_lexicon, load_lexicon
+from llmlib.router.fusion import fusion_weight
+from llmlib.router.lexicon import DEFAULT_LEXICON, build_lexicon
 from llmlib.router.model import Router, load_router
 from llmlib.router.train import CALIBRATIONS, calibration, train
 from llmlib.router.weights import load_model
@@ -146,69 +147,6 @@ def _corpus_and_router(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routing_config", default="", help="gate and threshold from this YAML")
 
 
-def _lexicon_arg(p: argparse.ArgumentParser, when: str = "") -> None:
-    p.add_argument(
-        "--lexicon",
-        default="",
-        metavar="PATH",
-        help=f"word vectors (router lexicon) the router maps into its table{when}: words no "
-        "training row held then route by meaning; '' for none",
-    )
-    p.add_argument(
-        "--hashed_dropout",
-        type=float,
-        default=0.0,
-        help=f"with --lexicon{when}: share of training rows whose hashed features are left "
-        "out, so the MLP learns to route from the lexicon alone too (1: the lexicon only)",
-    )
-    p.add_argument(
-        "--fuse",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help=f"with --lexicon{when}: instead of learning it with the hashed features, fit a "
-        "regression on the lexicon's mean vector and add its logits W times to the hashed "
-        "router's (0: off)",
-    )
-
-
-def lexicon_of(args: argparse.Namespace) -> Lexicon | None:
-    """The lexicon ``--lexicon`` names (a ConfigError saying how to build a missing one)."""
-    if not args.lexicon:
-        return None
-    path = Path(args.lexicon)
-    if not path.is_file():
-        raise ConfigError(f"lexicon not found: {path} (python -m harness router lexicon)")
-    return load_lexicon(path)
-
-
-def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
-    """``train``'s arguments from the training flags router train and router eval share,
-    checked before any work."""
-    check_recipe(args)
-    return {"word_dropout": args.word_dropout, "lexicon": lexicon_of(args), "dim": args.dim,
-            "hashed_dropout": args.hashed_dropout, "fuse": args.fuse}  # fmt: skip
-
-
-def check_recipe(args: argparse.Namespace) -> None:
-    """The training flags router train and router eval share, checked before any work."""
-    if not 0 <= args.word_dropout < 1:
-        raise ConfigError(f"--word_dropout must be in [0, 1), got {args.word_dropout}")
-    if not 0 <= args.hashed_dropout <= 1:
-        raise ConfigError(f"--hashed_dropout must be in [0, 1], got {args.hashed_dropout}")
-    if args.hashed_dropout and not args.lexicon:
-        raise ConfigError("--hashed_dropout needs --lexicon (the features left to route from)")
-    if not 1 <= args.dim <= 1024:
-        raise ConfigError(f"--dim must be in [1, 1024], got {args.dim}")
-    if not 0 <= args.fuse < math.inf:
-        raise ConfigError(f"--fuse must be a number >= 0, got {args.fuse}")
-    if args.fuse and not args.lexicon:
-        raise ConfigError("--fuse needs --lexicon (the regression's word vectors)")
-    if args.fuse and args.hashed_dropout:
-        raise ConfigError("--fuse and --hashed_dropout exclude each other: a fused lexicon "
-                          "is not learned with the hashed features")  # fmt: skip
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness router")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -265,7 +203,7 @@ def main(argv: list[str]) -> int:
         "out in 5 groups (5 more trainings: confidence that holds on new kinds of prompts), "
         "or none",
     )
-    _lexicon_arg(t)
+    lexicon_flags(t)
     t.add_argument(
         "--keep_float",
         action="store_true",
@@ -304,7 +242,7 @@ def main(argv: list[str]) -> int:
         choices=CALIBRATIONS,
         help="with --split source: how each fold's router is calibrated (as router train)",
     )
-    _lexicon_arg(e, " (with --split source)")
+    lexicon_flags(e, " (with --split source)")
     e.add_argument(
         "--folds",
         type=int,
@@ -363,13 +301,16 @@ def _run(args: argparse.Namespace) -> int:
             rows, distilled = rows + extra, len(extra)
             print(f"distilled: {distilled} of {len(pool)} pool prompts labelled by MiniLM + LR")
         sizes = {"buckets": args.buckets, "patience": args.patience, **recipe}
+        if sizes["fuse"] == "auto":
+            sizes["fuse"] = fusion_weight(rows, epochs=args.epochs, **sizes)
         cal = calibration(args.calibrate, rows, epochs=args.epochs, **sizes)
         model = train(rows, epochs=args.epochs, calibrate=cal, **sizes)
         model.meta.update(
             calibration=args.calibrate,
             word_dropout=args.word_dropout,
             hashed_dropout=args.hashed_dropout,
-            fuse=args.fuse,
+            fuse=sizes["fuse"],
+            fuse_flag=str(args.fuse),
         )
         model.meta["distilled_rows"] = distilled
         out = Path(args.out)

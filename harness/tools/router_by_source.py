@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.tools.router import recipe_of, routing_router
+from harness.tools.router import routing_router
+from harness.tools.router_recipe import recipe_of
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import read_corpus
 from llmlib.router.evaluation import baseline_fitter, confusion_table, cross_source, router_fitter

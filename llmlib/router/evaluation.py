@@ -297,7 +297,8 @@ def router_fitter(
     ``template``'s gate and thresholds where given (the routing config's), else the MLP
     alone; with ``prefixes``, also deciding on each prompt's first N words. ``calibrate``:
     validation, source (the temperature fitted on the fold's own sources held out in
-    groups, never on the fold's test rows) or none."""
+    groups, never on the fold's test rows) or none. ``fuse`` "auto" picks the fusion weight
+    on the fold's training sources alone (``fusion.fusion_weight``)."""
     from llmlib.router.train import calibration, train
 
     def fit(rows: list[dict[str, Any]]) -> Router:
@@ -305,8 +306,13 @@ def router_fitter(
         if teacher is not None and pool and any(r.get("source") == pool_source for r in rows):
             rows += teacher.pseudo_rows(rows, pool)
         quiet = lambda _: None  # noqa: E731
-        cal = calibration(calibrate, rows, log=quiet, **train_args)
-        model = train(rows, log=quiet, calibrate=cal, **train_args)
+        args = dict(train_args)
+        if args.get("fuse") == "auto":  # picked on this fold's training sources alone
+            from llmlib.router.fusion import fusion_weight
+
+            args["fuse"] = fusion_weight(rows, log=quiet, **args)
+        cal = calibration(calibrate, rows, log=quiet, **args)
+        model = train(rows, log=quiet, calibrate=cal, **args)
         if template is None:
             return Router(model)
         return Router(model, template.gate, template.default, template.threshold,

@@ -131,6 +131,68 @@ def compose(
     )
 
 
+# the weights ``fusion_weight`` chooses from
+FUSE_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+def fit_parts(
+    rows: list[dict[str, Any]], lexicon: Lexicon, c: float = 1.0, log: Any = print,
+    **train_args: Any,
+) -> tuple[RouterModel, np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """The two parts ``train_fused`` composes: the hashed router trained without the
+    lexicon (its temperature fitted on the validation tenth, so that the weight weighs
+    calibrated logits) and the regression (coefficients, intercept, how the fit went),
+    fitted on the same training rows. ``train_args`` as ``train`` takes them (its lexicon
+    arguments left out)."""
+    from llmlib.router.train import split_rows, train
+
+    hashed = {k: v for k, v in train_args.items() if k not in ("lexicon", "fuse", "hashed_dropout")}
+    base = train(rows, log=log, calibrate=True, **hashed)
+    experts, train_rows, _ = split_rows(rows)
+    x = lexicon_means([r["text"] for r in train_rows], lexicon)
+    y = np.array([experts.index(r["label"]) for r in train_rows])
+    coef, intercept, info = fit_regression(x, y, len(experts), c)
+    log(f"regression on the lexicon's mean: objective {info['objective']:.4f}, "
+        f"largest gradient {info['max_gradient']:.1e}")  # fmt: skip
+    return base, coef, intercept, info
+
+
+def fusion_weight(
+    rows: list[dict[str, Any]], lexicon: Lexicon, k: int = 5, log: Any = print,
+    **train_args: Any,
+) -> float:  # fmt: skip
+    """The weight (of ``FUSE_WEIGHTS``) that routes rows of sources the parts never saw
+    best: the training rows' sources held out in ``k`` groups (``source_folds``), both parts
+    fitted on the rest score each group, and the weight whose sum is right most often over
+    all groups wins (ties: the smaller). ``k`` extra trainings; measured (BENCHMARKS.md),
+    the weight so picked held up on sources held out of the whole choice."""
+    from llmlib.router.evaluation import source_folds
+    from llmlib.router.model import Router
+
+    folds, _ = source_folds([r for r in rows if r["split"] == "train"], k)
+    if len(folds) < 2:
+        raise ConfigError("--fuse auto needs at least two sources to hold out; give a weight")
+    quiet = lambda _: None  # noqa: E731
+    right = np.zeros(len(FUSE_WEIGHTS))
+    total = 0
+    for name, train_rows, test_rows in folds:
+        base, coef, intercept, _ = fit_parts(train_rows, lexicon, log=quiet, **train_args)
+        held = [r for r in test_rows if r["label"] in base.experts]
+        router = Router(base, native=False)
+        zb = np.stack([router.logits(router.embed(prepare(r["text"]) or [""])) for r in held])
+        zl = lexicon_means([r["text"] for r in held], lexicon) @ coef + intercept
+        y = np.array([base.experts.index(r["label"]) for r in held])
+        for i, w in enumerate(FUSE_WEIGHTS):
+            right[i] += int(((zb + w * zl).argmax(axis=1) == y).sum())
+        total += len(held)
+        log(f"fusion weight fold {name[:60]}: {len(held)} rows")
+    best = FUSE_WEIGHTS[int(np.argmax(right))]  # argmax: the first (smallest) of a tie
+    log("fusion weight on unseen sources: " + ", ".join(
+        f"{w:g} {r / max(total, 1):.4f}" for w, r in zip(FUSE_WEIGHTS, right, strict=True)
+    ) + f"; picked {best:g}")  # fmt: skip
+    return best
+
+
 def train_fused(
     rows: list[dict[str, Any]],
     lexicon: Lexicon,
@@ -140,22 +202,15 @@ def train_fused(
     log: Any = print,
     **train_args: Any,
 ) -> RouterModel:
-    """``train`` with ``fuse``: the hashed router trained without the lexicon (its
-    temperature fitted on the validation tenth, so that ``weight`` weighs calibrated
-    logits), the regression fitted on the same training rows, the two composed, and the
-    sum calibrated (``calibrate`` as in ``train``) on the validation tenth."""
+    """``train`` with ``fuse``: the parts (``fit_parts``) composed, and the sum calibrated
+    (``calibrate`` as in ``train``) on the validation tenth."""
     from llmlib.router.model import Router
-    from llmlib.router.train import calibrated, split_rows, train
+    from llmlib.router.train import calibrated, split_rows
 
     if not (np.isfinite(weight) and weight > 0):
         raise ConfigError(f"--fuse must be a positive number, not {weight}")
-    base = train(rows, log=log, calibrate=True, **train_args)
-    experts, train_rows, val_rows = split_rows(rows)
-    x = lexicon_means([r["text"] for r in train_rows], lexicon)
-    y = np.array([experts.index(r["label"]) for r in train_rows])
-    coef, intercept, info = fit_regression(x, y, len(experts), c)
-    log(f"regression on the lexicon's mean: objective {info['objective']:.4f}, "
-        f"largest gradient {info['max_gradient']:.1e}")  # fmt: skip
+    base, coef, intercept, info = fit_parts(rows, lexicon, c, log, **train_args)
+    experts, _, val_rows = split_rows(rows)
     model = compose(base, lexicon, coef, intercept, weight)
     model.meta["fusion"] = {"weight": weight, "base_temperature": base.meta.get("temperature")}
     model.meta["fusion"].update(info)

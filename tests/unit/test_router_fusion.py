@@ -11,13 +11,13 @@ import pytest
 
 from llmlib.errors import ConfigError
 from llmlib.router.features import prepare
-from llmlib.router.fusion import compose, fit_regression, lexicon_means
+from llmlib.router.fusion import FUSE_WEIGHTS, compose, fit_regression, fusion_weight, lexicon_means
 from llmlib.router.lexicon import save_lexicon
 from llmlib.router.model import Router
 from llmlib.router.train import train
 from llmlib.router.weights import load_model
 from tests.unit.test_router import TEXTS, TRICKY, corpus, native_router
-from tests.unit.test_router_lexicon import lexicon, lexicon_rows
+from tests.unit.test_router_lexicon import CODE_WORDS, MATH_WORDS, lexicon, lexicon_rows
 
 quiet = {"log": lambda _: None}
 
@@ -155,3 +155,60 @@ def test_router_train_and_eval_flags_for_a_fused_lexicon(tmp_path):
             p = run_cli(*cmd, *extra)
             assert p.returncode == 2 and says in p.stderr, (cmd[0], extra, p.stderr)
             assert len(p.stderr.strip().splitlines()) == 1
+
+
+def rows_where(trust):
+    """Two sources per label. ``trust`` "lexicon": the words' meanings hold across sources
+    and a marker word swaps labels; "hashed": the marker holds and the meanings swap."""
+    rows = []
+    for k in range(40):
+        h = k % 2
+        for label, words, mark in (("code", CODE_WORDS, "zebra"), ("reasoning", MATH_WORDS, "yak")):
+            if trust == "lexicon" and h:
+                mark = {"zebra": "yak", "yak": "zebra"}[mark]
+            if trust == "hashed" and h:
+                words = MATH_WORDS if words is CODE_WORDS else CODE_WORDS
+            text = f"{words[k % 8]} {words[(k + 3) % 8]} {mark} {mark}"
+            rows.append({"text": text, "label": label, "source": f"{label}{h}"})
+        rows.append(
+            {"text": f"tell me about cats {k}", "label": "general", "source": f"general{h}"}
+        )
+    return [dict(r, split="train") for r in rows]
+
+
+def test_the_fusion_weight_is_the_one_that_routes_unseen_sources_best():
+    lex = lexicon()
+    lex.vectors = lex.vectors * 0.03  # weak vectors: the regression's logits stay small
+    size = {"buckets": 512, "dim": 8, "hidden": 8, "epochs": 5}
+    said = []
+    trusted = fusion_weight(rows_where("lexicon"), lex, log=said.append, **size)
+    assert trusted >= 3 and trusted in FUSE_WEIGHTS
+    assert said[-1].startswith("fusion weight on unseen sources: 0.5 0.3333")
+    # where the words mislead on new sources and the hashed marker does not: the least
+    assert fusion_weight(rows_where("hashed"), lex, **size, **quiet) == FUSE_WEIGHTS[0]
+    one = [dict(r, source=r["label"]) for r in rows_where("lexicon")]
+    with pytest.raises(ConfigError, match="at least two sources"):
+        fusion_weight(one, lex, **size, **quiet)
+
+
+def test_router_train_and_eval_with_fuse_auto(tmp_path):
+    from tests.unit.test_router import run_cli
+
+    lex_path = tmp_path / "lex.npz"
+    save_lexicon(lexicon(), lex_path)
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows_where("lexicon")))
+    out = tmp_path / "r.npz"
+    recipe = ["--lexicon", str(lex_path), "--dim", "8", "--fuse", "auto"]
+    p = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "2", *recipe)
+    assert p.returncode == 0, p.stderr
+    assert "fusion weight on unseen sources" in p.stdout
+    _, header = load_model(out)
+    assert header["fuse"] in FUSE_WEIGHTS and header["fuse_flag"] == "auto"
+    assert header["fusion"]["weight"] == header["fuse"]
+    p = run_cli("eval", "--data", str(data), "--split", "source", *recipe)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout[: p.stdout.index("\n}\n") + 3])["router"]
+    assert report["recipe"]["fuse"] == "auto" and report["held_out"] > 0
+    p = run_cli("train", "--data", str(data), "--out", str(out), *recipe[:-1], "often")
+    assert p.returncode == 2 and "--fuse must be a number >= 0 or auto, got often" in p.stderr
