@@ -178,8 +178,7 @@ def fusion_weight(
     for name, train_rows, test_rows in folds:
         base, coef, intercept, _ = fit_parts(train_rows, lexicon, log=quiet, **train_args)
         held = [r for r in test_rows if r["label"] in base.experts]
-        router = Router(base, native=False)
-        zb = np.stack([router.logits(router.embed(prepare(r["text"]) or [""])) for r in held])
+        zb = Router(base, native=False).text_logits([r["text"] for r in held])
         zl = lexicon_means([r["text"] for r in held], lexicon) @ coef + intercept
         y = np.array([base.experts.index(r["label"]) for r in held])
         for i, w in enumerate(FUSE_WEIGHTS):
@@ -218,8 +217,7 @@ def train_fused(
     for key in ("temperature", "validation_ece", "validation_ece_at_t1"):
         model.meta.pop(key, None)
     if val_rows and calibrate is not False:
-        router = Router(model, native=False)
-        z = np.stack([router.logits(router.embed(prepare(r["text"]) or [""])) for r in val_rows])
+        z = Router(model, native=False).text_logits([r["text"] for r in val_rows])
         cal = calibrated(z, np.array([experts.index(r["label"]) for r in val_rows]), calibrate)
         model.w2 /= cal["temperature"]
         model.b2 /= cal["temperature"]

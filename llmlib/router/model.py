@@ -212,6 +212,12 @@ class Router:
         z += self._b2
         return z
 
+    def text_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The MLP's logits for each text (numpy path, no gate): (len(texts), experts)."""
+        if not texts:
+            return np.zeros((0, len(self.experts)), dtype=np.float32)
+        return np.stack([self.logits(self.embed(prepare(t) or [""])) for t in texts])
+
     def word_probs(self, words: list[str]) -> tuple[tuple[float, ...], float]:
         """The experts' probabilities for ``words`` (at least one) and their entropy: in C
         where built, else numpy."""

@@ -242,7 +242,6 @@ def source_temperature(
     a temperature fitted on the validation tenth (rows like the training rows) does not
     (measured in BENCHMARKS.md)."""
     from llmlib.router.evaluation import source_folds
-    from llmlib.router.features import prepare
     from llmlib.router.model import Router
 
     folds, _ = source_folds([r for r in rows if r["split"] == "train"], k)
@@ -251,13 +250,11 @@ def source_temperature(
     zs, ys = [], []
     for name, train_rows, test_rows in folds:
         model = train(train_rows, log=lambda _: None, calibrate=False, **train_args)
-        router = Router(model, native=False)
-        for r in test_rows:
-            if r["label"] in model.experts:
-                zs.append(np.asarray(router.logits(router.embed(prepare(r["text"]) or [""]))))
-                ys.append(model.experts.index(r["label"]))
+        held = [r for r in test_rows if r["label"] in model.experts]
+        zs.append(Router(model, native=False).text_logits([r["text"] for r in held]))
+        ys += [model.experts.index(r["label"]) for r in held]
         log(f"calibration fold {name[:60]}: {len(test_rows)} rows")
-    t, before, after = temperature(np.stack(zs), np.array(ys))
+    t, before, after = temperature(np.concatenate(zs), np.array(ys))
     log(f"temperature {t:.3f} on unseen sources: ECE {before:.3f} at T=1, {after:.3f} at T")
     return t
 

@@ -12,12 +12,17 @@ import pytest
 from llmlib.errors import ConfigError
 from llmlib.router.features import prepare
 from llmlib.router.fusion import FUSE_WEIGHTS, compose, fit_regression, fusion_weight, lexicon_means
-from llmlib.router.lexicon import save_lexicon
 from llmlib.router.model import Router
 from llmlib.router.train import train
 from llmlib.router.weights import load_model
 from tests.unit.test_router import TEXTS, TRICKY, corpus, native_router
-from tests.unit.test_router_lexicon import CODE_WORDS, MATH_WORDS, lexicon, lexicon_rows
+from tests.unit.test_router_lexicon import (
+    CODE_WORDS,
+    MATH_WORDS,
+    cli_files,
+    lexicon,
+    lexicon_rows,
+)
 
 quiet = {"log": lambda _: None}
 
@@ -124,11 +129,7 @@ def test_a_fused_router_trains_saves_and_decides_alike_in_c_and_numpy(tmp_path):
 def test_router_train_and_eval_flags_for_a_fused_lexicon(tmp_path):
     from tests.unit.test_router import run_cli
 
-    lex_path = tmp_path / "lex.npz"
-    save_lexicon(lexicon(), lex_path)
-    data = tmp_path / "corpus.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in lexicon_rows(10)))
-    out = tmp_path / "r.npz"
+    lex_path, data, out = cli_files(tmp_path, lexicon_rows(10))
     base = ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--buckets", "512"]
     p = run_cli(*base, "--lexicon", str(lex_path), "--dim", "8", "--fuse", "2")
     assert p.returncode == 0, p.stderr
@@ -194,11 +195,7 @@ def test_the_fusion_weight_is_the_one_that_routes_unseen_sources_best():
 def test_router_train_and_eval_with_fuse_auto(tmp_path):
     from tests.unit.test_router import run_cli
 
-    lex_path = tmp_path / "lex.npz"
-    save_lexicon(lexicon(), lex_path)
-    data = tmp_path / "corpus.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows_where("lexicon")))
-    out = tmp_path / "r.npz"
+    lex_path, data, out = cli_files(tmp_path, rows_where("lexicon"))
     recipe = ["--lexicon", str(lex_path), "--dim", "8", "--fuse", "auto"]
     p = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "2", *recipe)
     assert p.returncode == 0, p.stderr

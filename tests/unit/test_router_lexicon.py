@@ -138,14 +138,19 @@ def test_bad_lexicons_and_artifacts_are_refused(tmp_path):
             features._C.make_model(q, s, *f32, lex.keys.astype(np.int64))
 
 
+def cli_files(tmp_path, rows):
+    """For router CLI runs: lexicon() saved, a corpus file of ``rows``, and where the
+    artifact goes."""
+    lex_path, data = tmp_path / "lex.npz", tmp_path / "corpus.jsonl"
+    save_lexicon(lexicon(), lex_path)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return lex_path, data, tmp_path / "r.npz"
+
+
 def test_router_train_with_a_lexicon_and_its_flag_errors(tmp_path):
     from tests.unit.test_router import run_cli
 
-    lex_path = tmp_path / "lex.npz"
-    save_lexicon(lexicon(), lex_path)
-    data = tmp_path / "corpus.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in lexicon_rows(10)))
-    out = tmp_path / "r.npz"
+    lex_path, data, out = cli_files(tmp_path, lexicon_rows(10))
     base = ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--buckets", "512"]
     p = run_cli(*base, "--lexicon", str(lex_path), "--dim", "8", "--hashed_dropout", "0.5")
     assert p.returncode == 0, p.stderr
