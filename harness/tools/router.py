@@ -162,7 +162,14 @@ def main(argv: list[str]) -> int:
     c.add_argument(
         "--no_registry",
         action="store_true",
-        help="leave out the written sources (BIG-bench, CHAMP, GSM8K, TruthfulQA)",
+        help="leave out the written sources (llmlib.router.sources and .packaged)",
+    )
+    c.add_argument(
+        "--bigbench",
+        default="",
+        metavar="PATH",
+        help="BIG-bench's sdist (bigbench-1.0.0.tar.gz, which the index no longer serves) or "
+        "a checkout of its repository: its tasks become written sources too",
     )
     c.add_argument("--cap", type=int, default=500, help="rows a written source gives at most")
     c.add_argument(
@@ -282,9 +289,16 @@ def _run(args: argparse.Namespace) -> int:
         if args.cap < 1 or args.problems < 0 or args.general_max < 0:
             raise ConfigError("--cap must be >= 1, --problems and --general_max >= 0")
         registry = None if args.no_registry else Path(args.registry_dir)
+        bigbench = Path(args.bigbench) if args.bigbench else None
+        if bigbench is not None and (registry is None or not bigbench.exists()):
+            raise ConfigError(
+                f"--bigbench {bigbench}: no such file or folder"
+                if registry is not None
+                else "--bigbench and --no_registry: BIG-bench is a written source, drop one"
+            )
         summary = build_corpus(
             Path(args.out), args.general_max, args.problems, added=added,
-            registry_dir=registry, cap=args.cap,
+            registry_dir=registry, cap=args.cap, bigbench=bigbench,
         )  # fmt: skip
         print(json.dumps(summary, indent=1))
         print(f"corpus: {args.out}")

