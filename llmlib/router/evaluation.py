@@ -151,8 +151,11 @@ def source_folds(
     """Sources held out in groups: (the group's name, the rows of every other source to
     train on, the group's rows to test on). With ``k`` sources or fewer each source is its
     own group (leave one out); with more, the sources are dealt into ``k`` groups, largest
-    first, each to the group with the fewest rows (deterministic), so every source is held
-    out exactly once and training runs ``k`` times. A source cannot be held out when it is
+    first, each to the group where every label's share stays most even (the sum over
+    labels of the squared share of that label's rows the group would hold; then the
+    fewest rows; deterministic), as scikit-learn's StratifiedGroupKFold deals: a label
+    with few sources is not held out nearly whole in one fold. Every source is held out
+    exactly once and training runs ``k`` times. A source cannot be held out when it is
     the only source of one of its labels (the model would never have seen that label);
     those stay in training and are returned apart with the reason. Every row's old
     ``split`` is ignored."""
@@ -169,11 +172,21 @@ def source_folds(
     if len(movable) <= k:
         groups = [[s] for s in sorted(movable)]
     else:
-        groups = [[] for _ in range(k)]
+        counts = {s: Counter(r["label"] for r in by_src[s]) for s in movable}
+        total = sum((counts[s] for s in movable), Counter())
+        groups: list[list[str]] = [[] for _ in range(k)]
+        held = [Counter() for _ in range(k)]
+
+        def cost(g: int, s: str) -> tuple[float, int]:
+            shares = sum(((held[g][a] + counts[s][a]) / total[a]) ** 2 for a in total)
+            return shares, sum(held[g].values())
+
         for s in movable:
             # a group that would then hold every source of a label is passed over
-            fits = [g for g in groups if _leaves_labels(by_src, g + [s])] or groups
-            min(fits, key=lambda g: sum(len(by_src[x]) for x in g)).append(s)
+            fits = [g for g in range(k) if _leaves_labels(by_src, groups[g] + [s])]
+            g = min(fits or range(k), key=lambda g: cost(g, s))
+            groups[g].append(s)
+            held[g] += counts[s]
     folds = []
     for g in groups:
         if not g:

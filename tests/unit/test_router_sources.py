@@ -242,7 +242,23 @@ def test_many_sources_are_held_out_in_k_groups_each_once():
         assert {r["label"] for r in test_rows} <= {r["label"] for r in train_rows}
         assert name == "+".join(sorted({r["source"] for r in test_rows}))
     sizes = [len(t) for _, _, t in folds]
-    assert max(sizes) - min(sizes) <= 12  # dealt largest first to the smallest group
+    assert max(sizes) - min(sizes) <= 12  # dealt largest first, the groups stay even
+
+
+def test_a_label_with_few_sources_is_spread_over_the_groups():
+    """Dealt by size alone, two of the three small reasoning sources below would share the
+    smallest group, and that fold would test reasoning with one reasoning source left to
+    train on; dealt by each label's share, each group holds one of them."""
+    rows = []
+    for k, n in enumerate((100, 100, 60)):  # general: big sources, one group left smaller
+        rows += [{"text": f"g{k} {j}", "label": "general", "source": f"g{k}"} for j in range(n)]
+    for k in range(3):
+        rows += [{"text": f"r{k} {j}", "label": "reasoning", "source": f"r{k}"} for j in range(5)]
+    folds, kept = source_folds(rows, k=3)
+    assert not kept
+    for _, _, test_rows in folds:
+        assert len({r["source"] for r in test_rows if r["label"] == "reasoning"}) == 1
+        assert len({r["source"] for r in test_rows if r["label"] == "general"}) == 1
 
 
 # --- the word-shape feature ------------------------------------------------------------------
