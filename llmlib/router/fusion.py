@@ -163,8 +163,10 @@ def fusion_weight(
 ) -> float:  # fmt: skip
     """The weight (of ``FUSE_WEIGHTS``) that routes rows of sources the parts never saw
     best: the training rows' sources held out in ``k`` groups (``source_folds``), both parts
-    fitted on the rest score each group, and the weight whose sum is right most often over
-    all groups wins (ties: the smaller). ``k`` extra trainings; measured (BENCHMARKS.md),
+    fitted on the rest score each group, and the weight with the best mean recall over the
+    experts, pooled over all groups, wins (ties: the smaller). Mean recall, not accuracy:
+    both parts weigh experts equally, and on a corpus where one expert has most rows,
+    accuracy would let that expert pick (BENCHMARKS.md). ``k`` extra trainings; measured,
     the weight so picked held up on sources held out of the whole choice."""
     from llmlib.router.evaluation import source_folds
     from llmlib.router.model import Router
@@ -173,23 +175,35 @@ def fusion_weight(
     if len(folds) < 2:
         raise ConfigError("--fuse auto needs at least two sources to hold out; give a weight")
     quiet = lambda _: None  # noqa: E731
-    right = np.zeros(len(FUSE_WEIGHTS))
-    total = 0
+    names = sorted({r["label"] for _, _, test in folds for r in test})
+    right = np.zeros((len(FUSE_WEIGHTS), len(names)))
+    total = np.zeros(len(names))
     for name, train_rows, test_rows in folds:
         base, coef, intercept, _ = fit_parts(train_rows, lexicon, log=quiet, **train_args)
         held = [r for r in test_rows if r["label"] in base.experts]
         zb = Router(base, native=False).text_logits([r["text"] for r in held])
         zl = lexicon_means([r["text"] for r in held], lexicon) @ coef + intercept
-        y = np.array([base.experts.index(r["label"]) for r in held])
+        y = np.array([base.experts.index(r["label"]) for r in held], dtype=np.int64)
+        g = np.array([names.index(r["label"]) for r in held], dtype=np.int64)
+        total += np.bincount(g, minlength=len(names))
         for i, w in enumerate(FUSE_WEIGHTS):
-            right[i] += int(((zb + w * zl).argmax(axis=1) == y).sum())
-        total += len(held)
+            hit = (zb + w * zl).argmax(axis=1) == y
+            right[i] += np.bincount(g[hit], minlength=len(names))
         log(f"fusion weight fold {name[:60]}: {len(held)} rows")
-    best = FUSE_WEIGHTS[int(np.argmax(right))]  # argmax: the first (smallest) of a tie
-    log("fusion weight on unseen sources: " + ", ".join(
-        f"{w:g} {r / max(total, 1):.4f}" for w, r in zip(FUSE_WEIGHTS, right, strict=True)
+    best, score = best_weight(right, total)
+    log("fusion weight on unseen sources (mean recall): " + ", ".join(
+        f"{w:g} {r:.4f}" for w, r in zip(FUSE_WEIGHTS, score, strict=True)
     ) + f"; picked {best:g}")  # fmt: skip
     return best
+
+
+def best_weight(right: np.ndarray, total: np.ndarray) -> tuple[float, np.ndarray]:
+    """The weight of ``FUSE_WEIGHTS`` with the best mean recall (``right[w, expert]`` rows
+    of each expert routed right, of ``total[expert]``; experts with no rows left out), the
+    smaller on a tie, and every weight's mean recall."""
+    seen = total > 0
+    score = (right[:, seen] / total[seen]).mean(axis=1)
+    return FUSE_WEIGHTS[int(np.argmax(score))], score
 
 
 def train_fused(

@@ -11,7 +11,14 @@ import pytest
 
 from llmlib.errors import ConfigError
 from llmlib.router.features import prepare
-from llmlib.router.fusion import FUSE_WEIGHTS, compose, fit_regression, fusion_weight, lexicon_means
+from llmlib.router.fusion import (
+    FUSE_WEIGHTS,
+    best_weight,
+    compose,
+    fit_regression,
+    fusion_weight,
+    lexicon_means,
+)
 from llmlib.router.model import Router
 from llmlib.router.train import train
 from llmlib.router.weights import load_model
@@ -184,7 +191,7 @@ def test_the_fusion_weight_is_the_one_that_routes_unseen_sources_best():
     said = []
     trusted = fusion_weight(rows_where("lexicon"), lex, log=said.append, **size)
     assert trusted >= 3 and trusted in FUSE_WEIGHTS
-    assert said[-1].startswith("fusion weight on unseen sources: 0.5 0.3333")
+    assert said[-1].startswith("fusion weight on unseen sources (mean recall): 0.5 0.3333")
     # where the words mislead on new sources and the hashed marker does not: the least
     assert fusion_weight(rows_where("hashed"), lex, **size, **quiet) == FUSE_WEIGHTS[0]
     one = [dict(r, source=r["label"]) for r in rows_where("lexicon")]
@@ -209,3 +216,16 @@ def test_router_train_and_eval_with_fuse_auto(tmp_path):
     assert report["recipe"]["fuse"] == "auto" and report["held_out"] > 0
     p = run_cli("train", "--data", str(data), "--out", str(out), *recipe[:-1], "often")
     assert p.returncode == 2 and "--fuse must be a number >= 0 or auto, got often" in p.stderr
+
+
+def test_the_weight_is_picked_by_mean_recall_not_by_the_biggest_experts_accuracy():
+    """900 general rows and 100 reasoning rows: the first weight gets 890 + 20 right
+    (accuracy 0.91, mean recall 0.54), the second 800 + 90 (accuracy 0.89, mean recall
+    0.89); the second wins. An expert no held-out row had does not count; ties go to the
+    smaller weight."""
+    right = np.zeros((len(FUSE_WEIGHTS), 3))
+    right[0], right[1] = [890, 20, 0], [800, 90, 0]
+    w, score = best_weight(right, np.array([900.0, 100.0, 0.0]))
+    assert w == FUSE_WEIGHTS[1] and score[1] == pytest.approx((800 / 900 + 0.9) / 2)
+    right[2] = right[1]
+    assert best_weight(right, np.array([900.0, 100.0, 0.0]))[0] == FUSE_WEIGHTS[1]
