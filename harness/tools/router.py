@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shutil
 import sys
 from collections import Counter
@@ -370,7 +372,9 @@ def _run(args: argparse.Namespace) -> int:
         rows = read_corpus(Path(args.data))
         texts = [r["text"] for r in rows if r["split"] == "held_out"]
         router = routing_router(args.routing_config, args.router)
-        print(json.dumps(bench(router, texts), indent=1))
+        timing: dict[str, Any] = dict(bench(router, texts))
+        timing["machine"] = bench_machine(router.native)
+        print(json.dumps(timing, indent=1))
         return 0
     if args.cmd == "baseline":
         res = baseline(read_corpus(Path(args.data)))
@@ -422,3 +426,22 @@ def artifact_of(config: str, artifact: str) -> Path:
     from llmlib.router.config import load_routing_config
 
     return load_routing_config(config).router_path
+
+
+def bench_machine(native: bool) -> dict[str, Any]:
+    """What a latency figure was measured on: the CPU, how many this process may use, the
+    load when it started (a busy machine's figures are not its own), Python, and whether
+    the C path decided."""
+    from llmlib.deploy.topology import cpu_model
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return {
+        "cpu_model": cpu_model(),
+        "cpus": cpus,
+        "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "native": native,
+    }

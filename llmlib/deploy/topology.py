@@ -65,6 +65,17 @@ def numa_nodes(root: Path = SYS_NODES) -> list[dict[str, Any]]:
     return nodes
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (the first ``model name`` of ``cpuinfo``, else what
+    ``platform.processor`` says, else "unknown"): benchmarks print it, so absolute times
+    from different machines are not compared as if they were one."""
+    for line in (_read(cpuinfo) or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return " ".join(value.split())
+    return platform.processor() or "unknown"
+
+
 def _pci_dir(bus_id: str, root: Path) -> Path:
     """nvidia-smi prints ``00000000:1B:00.0``; sysfs names it ``0000:1b:00.0``."""
     domain, _, rest = bus_id.strip().partition(":")
@@ -140,6 +151,7 @@ def probe(nvidia_smi: str | None = None) -> dict[str, Any]:
     return {
         "host": platform.node(),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         "affinity": affinity,
         "numa_nodes": nodes,

@@ -169,32 +169,36 @@ def source_folds(
         if alone:
             kept[src] = f"the only source of {', '.join(alone)}"
     movable = sorted((s for s in by_src if s not in kept), key=lambda s: (-len(by_src[s]), s))
-    if len(movable) <= k:
-        groups = [[s] for s in sorted(movable)]
-    else:
-        counts = {s: Counter(r["label"] for r in by_src[s]) for s in movable}
-        total = sum((counts[s] for s in movable), Counter())
-        groups: list[list[str]] = [[] for _ in range(k)]
-        held = [Counter() for _ in range(k)]
-
-        def cost(g: int, s: str) -> tuple[float, int]:
-            shares = sum(((held[g][a] + counts[s][a]) / total[a]) ** 2 for a in total)
-            return shares, sum(held[g].values())
-
-        for s in movable:
-            # a group that would then hold every source of a label is passed over
-            fits = [g for g in range(k) if _leaves_labels(by_src, groups[g] + [s])]
-            g = min(fits or range(k), key=lambda g: cost(g, s))
-            groups[g].append(s)
-            held[g] += counts[s]
+    groups = [[s] for s in sorted(movable)] if len(movable) <= k else _deal(by_src, movable, k)
     folds = []
-    for g in groups:
-        if not g:
+    for group in groups:
+        if not group:
             continue
-        test = [r for s in g for r in by_src[s]]
-        train = [r for s, rs in by_src.items() if s not in g for r in rs]
-        folds.append(("+".join(sorted(g)), train, test))
+        test = [r for s in group for r in by_src[s]]
+        train = [r for s, rs in by_src.items() if s not in group for r in rs]
+        folds.append(("+".join(sorted(group)), train, test))
     return folds, kept
+
+
+def _deal(by_src: dict[str, list[dict[str, Any]]], movable: list[str], k: int) -> list[list[str]]:
+    """``movable`` (largest first) dealt into ``k`` groups, each to the group where every
+    label's share stays most even (see ``source_folds``)."""
+    counts = {s: Counter(str(r["label"]) for r in by_src[s]) for s in movable}
+    total: Counter[str] = sum((counts[s] for s in movable), Counter())
+    groups: list[list[str]] = [[] for _ in range(k)]
+    held: list[Counter[str]] = [Counter() for _ in range(k)]
+
+    def cost(g: int, s: str) -> tuple[float, int]:
+        shares = sum(((held[g][a] + counts[s][a]) / total[a]) ** 2 for a in total)
+        return shares, sum(held[g].values())
+
+    for s in movable:
+        # a group that would then hold every source of a label is passed over
+        fits = [g for g in range(k) if _leaves_labels(by_src, groups[g] + [s])]
+        best = min(fits or range(k), key=lambda g: cost(g, s))
+        groups[best].append(s)
+        held[best] += counts[s]
+    return groups
 
 
 def _leaves_labels(by_src: dict[str, list[dict[str, Any]]], group: list[str]) -> bool:

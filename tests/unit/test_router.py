@@ -422,6 +422,18 @@ def test_router_cli_routes_a_prompt_and_reports_bad_input(artifact, tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def test_router_bench_says_what_machine_its_figures_come_from(artifact, tmp_path):
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in corpus(n=3)))
+    p = run_cli("bench", "--data", str(data), "--router", str(artifact))
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["prompts"] == 60 and d["p50_us"] > 0 and d["batched_per_s"] > 0
+    m = d["machine"]
+    assert m["cpu_model"] and m["cpus"] >= 1 and m["python"].count(".") == 2
+    assert isinstance(m["native"], bool) and (m["load_1min"] is None or m["load_1min"] >= 0)
+
+
 def test_training_keeps_the_epoch_that_validates_best_and_stops_after_patience():
     rows = corpus()
     val = [r for r in rows if r["split"] == "train" and validation(r["text"])]

@@ -3,6 +3,7 @@ nvidia-smi's query rows, the CPU-only answer on this machine, and the CLI."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -68,3 +69,14 @@ def test_topology_cli_writes_json_and_refuses_unknown_arguments(tmp_path):
         [sys.executable, "-m", "harness", "topology", "--gpus"], capture_output=True, text=True
     )
     assert p.returncode == 2 and "usage" in p.stderr
+
+
+def test_the_cpu_model_comes_from_cpuinfo_or_says_what_python_knows(tmp_path):
+    from llmlib.deploy.topology import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Fast   CPU @ 3.0GHz\n\n")
+    assert cpu_model(info) == "Fast CPU @ 3.0GHz"
+    info.write_text("processor\t: 0\nmodel name\t:  \n")
+    assert cpu_model(info) == (platform.processor() or "unknown")
+    assert cpu_model(tmp_path / "missing") == (platform.processor() or "unknown")
