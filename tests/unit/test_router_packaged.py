@@ -13,7 +13,7 @@ import pytest
 
 from llmlib.errors import ConfigError
 from llmlib.router import packaged, sources
-from llmlib.router.packaged import Member, capped_by_source, read_members
+from llmlib.router.packaged import Member, _swe_lancer, capped_by_source, read_members
 
 
 def wheel(path: Path, files: dict[str, str]) -> Path:
@@ -70,7 +70,7 @@ def test_csv_and_json_lists_and_swe_lancers_notice(tmp_path):
         },
     )
     members = (
-        Member("swe-lancer", "code", ("s/tasks.csv",), ("title", "description")),
+        Member("swe-lancer", "code", ("s/tasks.csv",), ("title", "description"), _swe_lancer),
         Member("os", "code", ("a/os.json",), ("description",)),
     )
     texts = [r["text"] for r in read_members(w, members)]
@@ -94,6 +94,9 @@ def test_a_wheel_that_is_not_what_it_should_be_says_so_in_one_line(tmp_path, fil
     with pytest.raises(ConfigError, match=why) as e:
         read_members(w, (Member("x", "general", ("d/x.jsonl",), ("question",)),))
     assert "\n" not in str(e.value)
+    (tmp_path / "zero.whl").write_bytes(b"not a zip")  # a folder member lists the wheel
+    with pytest.raises(ConfigError, match="zero.whl: cannot read"):
+        read_members(tmp_path / "zero.whl", (Member("x", "general", ("d/",), ("question",)),))
     bad = tmp_path / "j.whl"
     wheel(bad, {"d/x.json": json.dumps({"not": "a list"})})
     with pytest.raises(ConfigError, match="not a list of records"):
@@ -129,6 +132,9 @@ def test_bigbench_from_a_checkout_reads_as_from_its_sdist(tmp_path):
     with pytest.raises(ConfigError, match="auto_debugging/task.json: not JSON"):
         sources.read_bigbench(tmp_path)
     (root / "auto_debugging" / "task.json").unlink()
+    with pytest.raises(ConfigError, match="none of the BIG-bench tasks"):
+        (tmp_path / "empty").mkdir()  # a folder that is no checkout
+        sources.read_bigbench(tmp_path / "empty")
     rows = sources.read_bigbench(tmp_path)
     assert rows == [
         {"text": "Take 3 steps north.", "label": "reasoning", "source": "bigbench/navigate"}
