@@ -15,7 +15,7 @@ Advanced papers behind ``jee-math``).
 Many evals are written from one template with numbers swapped, so each is capped at ``CAP``
 rows: templated sets stay a minority of their class, and the reasoning class gains logic,
 spatial and sequence puzzles, competition and exam math, and prompts in Romanian, Polish,
-Italian, Russian and Chinese next to English.
+Italian, Russian, Chinese and Persian next to English.
 """
 
 from __future__ import annotations

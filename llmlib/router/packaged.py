@@ -128,8 +128,9 @@ def read_members(path: Path, members: tuple[Member, ...]) -> list[dict[str, Any]
     """Every row of ``members`` in the wheel at ``path``, in their order; a ConfigError in
     one line when a file is missing, malformed or gives no row."""
     rows: list[dict[str, Any]] = []
+    listed = _listed(path) if any(f.endswith("/") for m in members for f in m.files) else []
     for m in members:
-        texts = [_text(rec, m) for name in _names(path, m) for rec in _records(path, name)]
+        texts = [_text(rec, m) for name in _names(m, listed) for rec in _records(path, name)]
         got = [{"text": t, "label": m.label, "source": m.source} for t in texts if t]
         if not got:
             raise ConfigError(f"{path}: {m.files[0]} gives no {'/'.join(m.fields)} text")
@@ -137,17 +138,20 @@ def read_members(path: Path, members: tuple[Member, ...]) -> list[dict[str, Any]
     return rows
 
 
-def _names(path: Path, m: Member) -> list[str]:
-    folders = [f for f in m.files if f.endswith("/")]
-    if not folders:
-        return list(m.files)
+def _listed(path: Path) -> list[str]:
+    """The wheel's .jsonl files, sorted (listed once for all its folder members)."""
     try:
         with zipfile.ZipFile(path) as z:
-            inside = sorted(n for n in z.namelist() if n.endswith(".jsonl"))
+            return sorted(n for n in z.namelist() if n.endswith(".jsonl"))
     except (OSError, zipfile.BadZipFile) as e:
         raise ConfigError(f"{path}: cannot read ({e})") from None
+
+
+def _names(m: Member, listed: list[str]) -> list[str]:
+    """``m``'s files, a folder standing for every .jsonl of ``listed`` under it."""
+    folders = [f for f in m.files if f.endswith("/")]
     return [f for f in m.files if f not in folders] + [
-        n for f in folders for n in inside if n.startswith(f)
+        n for f in folders for n in listed if n.startswith(f)
     ]
 
 
