@@ -38,6 +38,7 @@ SECTIONS: list[str] = [
     "cores.routing:RoutingSettings",
     "cores.triton.core:TritonSettings",
     "cores.vllm:VLLMSettings",
+    "cores.tiny_llama:TinyLlamaSettings",
 ]
 CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}  # former core type names
 

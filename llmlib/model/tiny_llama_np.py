@@ -1,6 +1,7 @@
-"""The project's tiny Llama (``make tiny-model``) in numpy alone, for greedy generation where
-torch is not at hand: Triton's Python backend here runs a stub whose Python has numpy < 2
-and nothing else of ours (``llmlib.deploy.triton.repo`` copies this file next to its model.py).
+"""The project's tiny Llama (``make tiny-model``) in numpy alone, for generation (greedy or
+sampled) and for scoring a continuation's log-probability where torch is not at hand:
+Triton's Python backend here runs a stub whose Python has numpy < 2 and nothing else of ours
+(``llmlib.deploy.triton.repo`` copies this file next to its model.py).
 
 It reads ``config.json`` and ``model.safetensors`` (bf16, f16 or f32 tensors, parsed by
 hand: an 8-byte header length, a JSON header, raw little-endian data) and computes in float32:
@@ -97,8 +98,11 @@ class TinyLlama:
         rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
         return x * cos + rot * sin
 
-    def _forward(self, ids: np.ndarray, cache: list[list[np.ndarray]]) -> np.ndarray:
-        """Logits of the last token; ``cache`` (per layer [k, v]) grows by ``ids``."""
+    def _forward(
+        self, ids: np.ndarray, cache: list[list[np.ndarray]], every: bool = False
+    ) -> np.ndarray:
+        """Logits of the last token (``every``: of every token of ``ids``, one row each);
+        ``cache`` (per layer [k, v]) grows by ``ids``."""
         past = cache[0][0].shape[1] if cache[0] else 0
         pos = np.arange(past, past + len(ids))
         x = self.embed[ids]
@@ -124,17 +128,62 @@ class TinyLlama:
             h = self._rms(x, w["post_attention_layernorm"])
             g = h @ w["mlp.gate_proj"].T
             x = x + ((g / (1.0 + np.exp(-g))) * (h @ w["mlp.up_proj"].T)) @ w["mlp.down_proj"].T
-        return self._rms(x[-1], self.norm) @ self.lm_head.T
+        return self._rms(x if every else x[-1], self.norm) @ self.lm_head.T
 
-    def generate(self, prompt: Any, max_new_tokens: int, end_id: int | None = None) -> Any:
-        """Yield greedy tokens one by one (stops after ``end_id``, included, or the cap)."""
+    def _bos(self) -> np.ndarray:
+        return np.array([int(self.cfg.get("bos_token_id", 1))])
+
+    def loglikelihood(self, context: Any, continuation: Any) -> float:
+        """The sum of ``continuation``'s token log-probabilities after ``context`` (the BOS
+        token where the context is empty), in one forward pass over both."""
+        ctx = np.asarray(context, dtype=np.int64)
+        cont = np.asarray(continuation, dtype=np.int64)
+        if len(cont) == 0:
+            raise ValueError("a continuation holds at least one token")
+        if len(ctx) == 0:
+            ctx = self._bos()
+        ids = np.concatenate([ctx, cont])
+        logits = self._forward(ids, [[] for _ in range(self.layers)], every=True)
+        rows = logits[len(ctx) - 1 : len(ids) - 1].astype(np.float64)
+        top = rows.max(axis=1, keepdims=True)
+        logz = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
+        return float((rows[np.arange(len(cont)), cont] - logz).sum())
+
+    def generate(
+        self,
+        prompt: Any,
+        max_new_tokens: int,
+        end_id: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Any:
+        """Yield tokens one by one (stops after ``end_id``, included, or the cap): greedy at
+        temperature 0, else sampled from the softmax of the logits over ``temperature``,
+        kept to the smallest set of tokens whose probability reaches ``top_p`` (nucleus),
+        with a generator seeded by ``seed`` (the same seed, the same tokens)."""
         cache: list[list[np.ndarray]] = [[] for _ in range(self.layers)]
         ids = np.asarray(prompt, dtype=np.int64)
         if len(ids) == 0:
-            ids = np.array([int(self.cfg.get("bos_token_id", 1))])
+            ids = self._bos()
+        rng = np.random.default_rng(seed)
         for _ in range(max_new_tokens):
-            token = int(np.argmax(self._forward(ids, cache)))
+            logits = self._forward(ids, cache)
+            if temperature <= 0:
+                token = int(np.argmax(logits))
+            else:
+                token = _sample(logits, temperature, top_p, rng)
             yield token
             if end_id is not None and token == end_id:
                 return
             ids = np.array([token])
+
+
+def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: Any) -> int:
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1  # reaches top_p
+    kept = order[:keep]
+    return int(kept[rng.choice(len(kept), p=p[kept] / p[kept].sum())])

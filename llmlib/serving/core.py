@@ -207,6 +207,14 @@ class LLMCore(ABC):
         """Lines for the run's report (what the backend did that a reader should know)."""
         return []
 
+    def loglikelihood(
+        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """For each pair, the sum of the continuation's token log-probabilities after its
+        context (blocking; a caller on an event loop runs it in a thread). Only a core whose
+        capabilities say ``loglikelihood`` implements it."""
+        raise NotImplementedError(f"core type {self.name} cannot score text")
+
     def reasoning_records(self) -> list[tuple[int, int, int, int, int]]:
         """For reasoning models, per finished request: (request id, sample index, reasoning
         tokens, answer tokens, ns from issue to the first answer token, -1 if unknown).

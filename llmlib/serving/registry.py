@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from llmlib.config.settings import CORE_ALIASES
-from llmlib.errors import ConfigError, MissingDependencyError, UnknownNameError
+from llmlib.errors import ConfigError, LLMLibError, MissingDependencyError, UnknownNameError
 from llmlib.serving.core import LLMCore
 
 CORE_TABLE: dict[str, str] = {
@@ -25,6 +25,7 @@ CORE_TABLE: dict[str, str] = {
     "openai": "cores.openai.core:EndpointCore",
     "triton_grpc": "cores.triton.core:TritonGrpcCore",
     "vllm": "cores.vllm:VLLMCore",
+    "tiny_llama": "cores.tiny_llama:TinyLlamaCore",
 }
 
 _loaded: dict[str, type[LLMCore]] = {}
@@ -61,6 +62,20 @@ def register_core(name: str, target: str | None = None) -> Callable[[C], C]:
 
 def core_names() -> list[str]:
     return sorted(CORE_TABLE)
+
+
+def cores_that_can(capability: str) -> list[str]:
+    """The core types whose capabilities say ``capability`` (``loglikelihood``, say): those
+    whose module imports here (a core whose package is missing is not listed)."""
+    out = []
+    for name in core_names():
+        try:
+            cls = get_core_class(name)
+        except (ImportError, LLMLibError):
+            continue
+        if getattr(cls.capabilities, capability):
+            out.append(name)
+    return out
 
 
 def get_core_class(name: str) -> type[LLMCore]:

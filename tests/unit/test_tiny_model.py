@@ -78,3 +78,37 @@ def test_triton_model_repositories(tmp_path, tiny_model):
         generate_triton_config(tmp_path / "x", "tensorrtllm")
     with pytest.raises(ConfigError, match="python, counting or tensorrtllm"):
         generate_triton_config(tmp_path / "x", "onnx")
+
+
+def test_the_numpy_tiny_llama_scores_as_transformers_does(tiny_model):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llmlib.model.tiny_llama_np import TinyLlama
+
+    ref = LlamaForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    mine = TinyLlama(tiny_model)
+    for ctx, cont in (([1, 5, 9], [200, 33, 7]), (list(range(3, 60)), [4]), ([1], [1, 1, 1])):
+        with torch.no_grad():
+            logp = torch.log_softmax(ref(torch.tensor([ctx + cont])).logits[0], dim=-1)
+        want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+        assert mine.loglikelihood(ctx, cont) == pytest.approx(want, abs=1e-3), (ctx, cont)
+        assert want < 0
+    with torch.no_grad():  # an empty context is scored after the BOS token
+        logp = torch.log_softmax(ref(torch.tensor([[mine.cfg["bos_token_id"], 8]])).logits[0], -1)
+    assert mine.loglikelihood([], [8]) == pytest.approx(float(logp[0, 8]), abs=1e-3)
+    with pytest.raises(ValueError, match="at least one token"):
+        mine.loglikelihood([1], [])
+
+
+def test_the_numpy_tiny_llama_samples_reproducibly(tiny_model):
+    from llmlib.model.tiny_llama_np import TinyLlama
+
+    m = TinyLlama(tiny_model)
+    greedy = list(m.generate([1, 5, 9], 12))
+    a = list(m.generate([1, 5, 9], 12, temperature=1.5, seed=3))
+    assert a == list(m.generate([1, 5, 9], 12, temperature=1.5, seed=3))
+    others = [list(m.generate([1, 5, 9], 12, temperature=1.5, seed=s)) for s in range(4, 8)]
+    assert any(o != a for o in others) and a != greedy  # a random model: sampling differs
+    # a nucleus too small for a second token is greedy, whatever the temperature
+    assert list(m.generate([1, 5, 9], 12, temperature=2.0, top_p=1e-9, seed=5)) == greedy
