@@ -11,9 +11,15 @@ when no heavier server is wanted, and a stand-in server for trying a client setu
   choice, as vLLM does (``--no_token_ids``: ignored, as a text-only server would).
 - ``POST /v1/chat/completions``: ``messages`` rendered as ``role: content`` lines and
   tokenized (needs a tokenizer); the same options; ``delta.content`` chunks.
-- ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus text:
-  ``llmlib:time_to_first_token_seconds`` histogram measured from the request's arrival to
-  its first token written, and request counters).
+- ``POST /generate`` and ``POST /loglikelihood``: the batch API (``harness.serve.batch``),
+  its schemas in pydantic (``harness.serve.schemas``), published at ``GET /openapi.json``.
+- ``GET /health``, ``/healthz`` (up), ``/readyz`` (model loaded, not draining),
+  ``GET /v1/models``, ``GET /metrics`` (prometheus-client: TTFT and TPOT histograms
+  measured from the request's arrival, request counters by outcome, refusals by reason,
+  requests in flight).
+- Keys, rate limits, admission, body limits, timeouts and draining on SIGTERM:
+  ``harness.serve.guard``; settings by flags over ``$LLMLIB_SERVE_*`` over ``--config``
+  YAML (``harness.serve.options``).
 
 A chunk carries every token the core produced since the last one (the dummy core gives the
 first token, then the rest at the end): clients must not count one token per chunk. Without a
@@ -28,7 +34,6 @@ split in two at the boundary.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -40,55 +45,22 @@ from typing import Any
 
 import numpy as np
 
+from llmlib.errors import LLMLibError, MissingDependencyError
+
+try:  # the http extra: one line, not a traceback, where it is missing
+    from harness.serve import batch, options
+    from harness.serve.guard import Guard, Limits, load_keys
+    from harness.serve.metrics import FrontMetrics
+    from harness.serve.schemas import openapi
+except ImportError as _exc:
+    raise MissingDependencyError(
+        f"the serving front needs {_exc.name}: pip install -e .[http]"
+    ) from None
 from llmlib.config.settings import Config, resolve
 from llmlib.data.tokenizer import Tokenizer, load_tokenizer
-from llmlib.errors import LLMLibError
 from llmlib.serving.core import LLMCore
 from llmlib.serving.registry import get_core_class
 from llmlib.serving.request import LLMRequest, LLMResponse, ResponseBatch
-
-TTFT_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-)
-TTFT_BUCKETS += (7.5, 10.0, 20.0, 40.0, 80.0)
-
-
-class Histogram:
-    """A Prometheus histogram (cumulative buckets, sum, count)."""
-
-    def __init__(self, name: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.buckets = name, buckets
-        self.counts = [0] * len(buckets)
-        self.sum, self.count = 0.0, 0
-
-    def observe(self, v: float) -> None:
-        for i, b in enumerate(self.buckets):
-            if v <= b:
-                self.counts[i] += 1
-        self.sum += v
-        self.count += 1
-
-    def render(self, labels: str) -> list[str]:
-        lines = [f"# TYPE {self.name} histogram"]
-        for b, c in zip(self.buckets, self.counts, strict=True):
-            lines.append(f'{self.name}_bucket{{{labels},le="{b}"}} {c}')
-        lines.append(f'{self.name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum{{{labels}}} {self.sum}")
-        lines.append(f"{self.name}_count{{{labels}}} {self.count}")
-        return lines
 
 
 class BadRequest(Exception):
@@ -105,8 +77,13 @@ class ServingFront:
         model: str,
         token_ids: bool = True,
         reasoning_tokens: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         self.cfg, self.tok, self.model = cfg, tokenizer, model
+        self.limits = limits or Limits()
+        self.drain_s = 30.0
+        self.metrics = FrontMetrics(model)
+        self.guard = Guard(self.limits, reject=lambda why: self.metrics.rejected[why].inc())
         self.token_ids = token_ids  # honour return_token_ids (off: a text-only server)
         self.reasoning_tokens = reasoning_tokens  # leading output tokens that are reasoning
         cls = get_core_class(cfg.core_type)
@@ -114,8 +91,8 @@ class ServingFront:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queues: dict[int, asyncio.Queue[LLMResponse]] = {}
         self.ids = itertools.count(1)
-        self.ttft = Histogram("llmlib:time_to_first_token_seconds", TTFT_BUCKETS)
-        self.counts = {"success": 0, "failed": 0, "aborted": 0}
+        self.ttft, self.counts = self.metrics.ttft, self.metrics.outcome
+        self.vocab = tokenizer.vocab_size if tokenizer else int(getattr(self.core, "vocab", 0))
 
     # --- core -> requests waiting in handlers ---------------------------------------------
     def _on_responses(self, responses: list[LLMResponse] | ResponseBatch) -> None:
@@ -130,15 +107,27 @@ class ServingFront:
             if q is not None:
                 q.put_nowait(r)
 
-    def _submit(self, prompt_ids: list[int], max_tokens: int) -> tuple[int, asyncio.Queue]:
+    def _submit(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        extra: dict[str, Any] | None = None,
+        stream: bool = True,
+    ) -> tuple[int, asyncio.Queue]:
         rid = next(self.ids)
         q: asyncio.Queue[LLMResponse] = asyncio.Queue()
         self.queues[rid] = q
         arr = np.asarray(prompt_ids, dtype=np.uint32)
         sample = zlib.crc32(arr.tobytes()) % 4096  # same prompt, same answer (bounded cache)
-        req = LLMRequest(rid, sample, arr, max_tokens, True, None, None, time.perf_counter_ns())
+        now = time.perf_counter_ns()
+        req = LLMRequest(rid, sample, arr, max_tokens, stream, None, None, now, extra)
         self.core.enqueue([req])
         return rid, q
+
+    async def _final(self, q: asyncio.Queue[LLMResponse]) -> LLMResponse:
+        while not (r := await q.get()).is_final:
+            pass
+        return r
 
     # --- request parsing ------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -161,14 +150,20 @@ class ServingFront:
         p = body.get("prompt")
         if isinstance(p, str):
             return self._encode(p)
-        if isinstance(p, list) and p and all(isinstance(t, int) for t in p):
+        if isinstance(p, list) and p and all(type(t) is int and t >= 0 for t in p):
+            if self.vocab and max(p) >= self.vocab:
+                raise BadRequest(f"token id {max(p)} is not below the vocabulary's {self.vocab}")
             return p
         raise BadRequest("'prompt' must be a string or a non-empty list of token ids")
 
     def _max_tokens(self, body: dict[str, Any]) -> int:
         n = body.get("max_completion_tokens", body.get("max_tokens", 16))
-        if not isinstance(n, int) or n < 1:
+        if type(n) is not int or n < 1:
             raise BadRequest(f"'max_tokens' must be a positive integer, got {n!r}")
+        if n > self.limits.max_tokens:
+            raise BadRequest(
+                f"'max_tokens' {n} is over this server's cap of {self.limits.max_tokens}"
+            )
         return n
 
     # --- handlers -------------------------------------------------------------------------
@@ -187,7 +182,13 @@ class ServingFront:
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")
             prompt, max_tokens = self._prompt(body, chat), self._max_tokens(body)
+            if len(prompt) > self.limits.max_prompt_tokens:
+                msg = f"the prompt is {len(prompt)} tokens, over the limit of "
+                raise batch.ApiError(413, msg + str(self.limits.max_prompt_tokens), "too_large")
+        except batch.ApiError as exc:
+            return batch._error(self, exc)
         except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.metrics.rejected["invalid"].inc()
             return web.json_response({"error": {"message": str(exc), "code": 400}}, status=400)
         rid, q = self._submit(prompt, max_tokens)
         try:
@@ -195,7 +196,7 @@ class ServingFront:
                 return await self._stream(request, body, chat, rid, q, len(prompt), arrived)
             return await self._whole(body, chat, rid, q, len(prompt), arrived)
         except (ConnectionResetError, asyncio.CancelledError):
-            self.counts["aborted"] += 1
+            self.counts["aborted"].inc()
             raise
         finally:
             self.queues.pop(rid, None)
@@ -205,16 +206,19 @@ class ServingFront:
     ) -> Any:
         from aiohttp import web
 
+        first = None
         while True:
             r = await q.get()
             if not r.is_final:
-                self.ttft.observe(time.perf_counter() - arrived)
+                first = time.perf_counter()
+                self.ttft.observe(first - arrived)
                 continue
             if r.error is not None:
-                self.counts["failed"] += 1
+                self.counts["failed"].inc()
                 return web.json_response({"error": {"message": r.error, "code": 500}}, status=500)
-            self.counts["success"] += 1
+            self.counts["success"].inc()
             toks = np.asarray(r.output_tokens)
+            self._observe_end(first, len(toks))
             choice = self._choice(chat, toks, body, "length", whole=True)
             n = self.reasoning_tokens
             if n and chat:
@@ -238,11 +242,11 @@ class ServingFront:
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        sent = 0
+        sent, first = 0, None
         while True:
             r = await q.get()
             if r.error is not None:
-                self.counts["failed"] += 1
+                self.counts["failed"].inc()
                 await _sse(resp, {"error": {"message": r.error, "code": 500}})
                 break
             toks = np.asarray(r.output_tokens)
@@ -258,10 +262,12 @@ class ServingFront:
                         )
                         await _sse(resp, self._envelope(rid, chat, [choice]))
                 if sent == 0:
-                    self.ttft.observe(time.perf_counter() - arrived)
+                    first = time.perf_counter()
+                    self.ttft.observe(first - arrived)
                 sent = len(toks)
             if r.is_final:
-                self.counts["success"] += 1
+                self.counts["success"].inc()
+                self._observe_end(first, sent)
                 end = self._choice(chat, toks[:0], body, "length")
                 await _sse(resp, self._envelope(rid, chat, [end]))
                 if (body.get("stream_options") or {}).get("include_usage"):
@@ -270,6 +276,11 @@ class ServingFront:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    def _observe_end(self, first: float | None, n: int) -> None:
+        self.metrics.generated.inc(n)
+        if first is not None and n > 1:
+            self.metrics.tpot.observe((time.perf_counter() - first) / (n - 1))
 
     def _choice(
         self,
@@ -337,25 +348,33 @@ class ServingFront:
             }
         )
 
-    async def metrics(self, request: Any) -> Any:
+    async def metrics_page(self, request: Any) -> Any:
         from aiohttp import web
 
-        labels = f'model_name="{self.model}"'
-        lines = self.ttft.render(labels)
-        lines.append("# TYPE llmlib:requests_total counter")
-        for k, v in self.counts.items():
-            lines.append(f'llmlib:requests_total{{{labels},outcome="{k}"}} {v}')
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        self.metrics.in_flight.set(self.guard.in_flight)
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+    async def openapi_page(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response(openapi("llmlib serving front", "1"))
 
     def app(self) -> Any:
         from aiohttp import web
 
-        app = web.Application(client_max_size=64 << 20)
+        app = web.Application(
+            client_max_size=self.limits.max_body_bytes, middlewares=[self.guard.middleware()]
+        )
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/generate", lambda r: batch.generate(self, r))
+        app.router.add_post("/loglikelihood", lambda r: batch.loglikelihood(self, r))
         app.router.add_get("/health", self.health)
+        app.router.add_get("/healthz", lambda r: batch.healthz(self, r))
+        app.router.add_get("/readyz", lambda r: batch.readyz(self, r))
         app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/openapi.json", self.openapi_page)
         return app
 
 
@@ -377,58 +396,51 @@ async def serve(front: ServingFront, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         front.loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # drain: nothing new is admitted (503), what is in flight gets up to drain_s to finish
+    left = await front.guard.drain(front.drain_s)
+    if left:
+        print(
+            f"llmlib serving front: {left} requests still in flight after "
+            f"{front.drain_s:g} s of draining; they are cut",
+            file=sys.stderr,
+            flush=True,
+        )
     await runner.cleanup()
     front.core.close()
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m harness serve",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
-    ap.add_argument("--core_type", default="dummy")
-    ap.add_argument("--engine_profile", default="cpu-tiny", help="the dummy core's profile")
-    ap.add_argument("--tokenizer_path", default="", help="tokenizer.json directory (text I/O)")
-    ap.add_argument("--model", default="llmlib-dummy", help="the model name served")
-    ap.add_argument("--dummy_fail_after", type=int, default=-1)
-    ap.add_argument(
-        "--reasoning_tokens",
-        type=int,
-        default=0,
-        help="answer as a reasoning model: the first N output tokens are reasoning "
-        "(chat: reasoning_content deltas; completions: text ending in </think>)",
-    )
-    ap.add_argument(
-        "--no_token_ids",
-        action="store_true",
-        help="ignore return_token_ids (behave as a server that sends text only)",
-    )
-    args = ap.parse_args(argv)
-    if args.reasoning_tokens < 0:
-        ap.error(f"--reasoning_tokens must be 0 or more, got {args.reasoning_tokens}")
-    try:
-        from aiohttp import web  # noqa: F401
-    except ImportError:
-        print("error: the serving front needs aiohttp: pip install -e .[http]", file=sys.stderr)
-        return 2
+    args = options.parse(__doc__ or "", argv)
     tok = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
     explicit: dict[str, Any] = {
         "core_type": args.core_type,
         "engine_profile": args.engine_profile,
         "dummy_fail_after": args.dummy_fail_after,
+        "tiny_llama_model": args.tiny_llama_model,
     }
     if tok is not None:
         explicit["vocab_size"] = tok.vocab_size
     cfg = resolve({}, benchmark="tiny", scenario="server", explicit=explicit)
+    get_core_class(cfg.core_type).validate_config(cfg)
+    limits = Limits(
+        api_keys=load_keys(args.api_keys_file),
+        rate=args.rate_limit,
+        burst=args.rate_burst,
+        max_body_bytes=args.max_body_bytes,
+        max_in_flight=args.max_in_flight,
+        timeout_s=args.request_timeout_s,
+        max_batch=args.max_batch,
+        max_tokens=args.max_tokens_cap,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
     front = ServingFront(
         cfg,
         tok,
         args.model,
         token_ids=not args.no_token_ids,
         reasoning_tokens=args.reasoning_tokens,
+        limits=limits,
     )
+    front.drain_s = args.drain_s
     asyncio.run(serve(front, args.host, args.port))
     return 0
