@@ -4,9 +4,11 @@ Each query is decided on before it is enqueued (``llmlib.router.model``: the key
 the quantized MLP; low confidence goes to the default expert; near-equal experts go to the
 less loaded pool) and handed to that expert's pool, an ``LLMServer`` over cores of any
 registered type (``--routing_config``, ``configs/routing/*.yaml``). A query a pool fails is
-given once to the pool's declared ``fallback`` (as an FP8 endpoint first, BF16 on failure),
+given to the pool's declared ``fallback``, and on to that pool's fallback if it fails there
+too (a chain: an FP8 endpoint first, BF16 on failure, then a general pool; no pool twice),
 unless its first token already reached LoadGen (a second answer would break the
-first-token/final contract); such failures, and those with no fallback, complete as failed.
+first-token/final contract); such failures, and those with no fallback left, complete as
+failed. A pool that only serves as a fallback needs no expert of its own.
 
 The router reads text: prompts are decoded with ``--tokenizer_path`` once per sample
 (LoadGen draws the same samples again and again; the decision itself is made per query).
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,12 +120,15 @@ class RoutingCore(LLMCore):
             self.pools[name] = pool
         self._loads = _Loads(self.pools) if self.rc.tie_margin > 0 else None
         self._texts: dict[int, tuple[Any, str | None]] = {}
-        # request id -> (pool it is in, whether its fallback was used, the request or the
+        # request id -> (pool it is in, the pools that failed it before, the request or the
         # batch it came in, its sample index): what a fallback needs to issue it again
-        self._routes: dict[int, tuple[str, bool, LLMRequest | RequestBatch, int]] = {}
+        self._routes: dict[int, tuple[str, tuple[str, ...], LLMRequest | RequestBatch, int]] = {}
         self._first_sent: set[int] = set()
         self._lock = threading.Lock()  # the books of responses from several pools' threads
         self._closing = False
+        # told (request id, expert) as each request is routed and again on a fallback: the
+        # serving front's response headers; None in a harness run (nothing to pay)
+        self.route_hook: Callable[[int, str], None] | None = None
         self.stats: dict[str, Any] = {"fallbacks": Counter(), "failed_no_fallback": 0}
         k = len(self.router.experts)
         self._per_expert = np.zeros(k, dtype=np.int64)
@@ -166,18 +171,24 @@ class RoutingCore(LLMCore):
             mlp = d.sources <= 1
             self._dists.append((d.confidence[mlp], d.margin[mlp], d.entropy[mlp]))
         chosen = d.experts.tolist()
+        hook = self.route_hook
+        if hook is not None:
+            batch = type(requests) is RequestBatch
+            ids = requests.request_ids if batch else [r.request_id for r in requests]  # type: ignore[attr-defined]
+            for rid, e in zip(ids, chosen, strict=True):
+                hook(rid, names[e])
         routes = self._routes
         positions: dict[int, list[int]] = {}
         if type(requests) is RequestBatch:
             for pos, (rid, e) in enumerate(zip(requests.request_ids, chosen, strict=True)):
-                routes[rid] = (names[e], False, requests, indices[pos])
+                routes[rid] = (names[e], (), requests, indices[pos])
                 positions.setdefault(e, []).append(pos)
             for e, pos_list in positions.items():
                 self.pools[names[e]].issue(requests.subset(pos_list))
             return
         groups: dict[int, list[LLMRequest]] = {}
         for req, e in zip(requests, chosen, strict=True):
-            routes[req.request_id] = (names[e], False, req, req.sample_index)
+            routes[req.request_id] = (names[e], (), req, req.sample_index)
             groups.setdefault(e, []).append(req)
         for e, reqs in groups.items():
             self.pools[names[e]].issue(reqs)
@@ -205,17 +216,19 @@ class RoutingCore(LLMCore):
                     self._first_sent.add(rid)
                     forward.append(r)
                     continue
-                pool, used, came, index = route
+                pool, failed_in, came, index = route
                 fallback = self.rc.pools[pool].fallback
                 if (
                     r.error is not None
                     and fallback
-                    and not used
+                    and fallback not in failed_in
                     and not self._closing
                     and rid not in self._first_sent
                 ):
-                    self._routes[rid] = (fallback, True, came, index)
+                    self._routes[rid] = (fallback, (*failed_in, pool), came, index)
                     self.stats["fallbacks"][f"{pool}->{fallback}"] += 1
+                    if self.route_hook is not None:
+                        self.route_hook(rid, fallback)
                     req = (
                         came
                         if type(came) is not RequestBatch

@@ -83,13 +83,15 @@ class RoutingConfig:
         for name in chosen:
             if name not in self.pools:
                 raise _unknown(str(self.path), "expert", str(name), list(self.pools))
+        backups = {p.fallback for p in self.pools.values()}
         idle = [e for e in self.pools if e not in model.experts and e not in chosen]
+        idle = [e for e in idle if e not in backups]  # a fallback's pool is no idle pool
         if idle:
             raise ConfigError(
                 f"{self.path}: pools for {', '.join(idle)}, which the router "
-                f"({self.router_path.name}: {', '.join(model.experts)}) never chooses and no "
-                "gate rule names: retrain the router with those labels (router corpus --add, "
-                "router train) or remove the pools"
+                f"({self.router_path.name}: {', '.join(model.experts)}) never chooses, no "
+                "gate rule names and no pool falls back to: retrain the router with those "
+                "labels (router corpus --add, router train) or remove the pools"
             )
         return Router(
             model,

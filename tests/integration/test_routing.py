@@ -131,6 +131,37 @@ def test_a_failing_pool_hands_its_queries_to_its_fallback(tmp_path, tiny_tokeniz
     assert "routing fallbacks: code->general" in "\n".join(core.report_notes())
 
 
+def test_fallbacks_chain_through_pools_that_serve_only_as_fallbacks(
+    tmp_path, tiny_tokenizer, prompts
+):
+    # code at "FP8" fails, then code_bf16 fails too, then general answers
+    pools = zero_pools(code={"flags": {"dummy_fail_after": 0}, "fallback": "code_bf16"})
+    pools["code_bf16"] = {
+        "core_type": "dummy",
+        "num_cores": 1,
+        "fallback": "general",
+        "flags": {"engine_profile": "zero", "dummy_fail_after": 0},
+    }
+    core, seen = run_core(tmp_path, tiny_tokenizer, prompts, pools)
+    finals = seen.finals()
+    assert len(finals) == len(PROMPTS) and all(r.ok for r in finals.values())
+    to_code = core.routing_stats()["per_expert"]["code"]
+    assert to_code >= 2
+    assert core.stats["fallbacks"] == {"code->code_bf16": to_code, "code_bf16->general": to_code}
+
+
+def test_a_fallback_cycle_ends_in_failure_not_a_loop(tmp_path, tiny_tokenizer, prompts):
+    pools = zero_pools(
+        code={"flags": {"dummy_fail_after": 0}, "fallback": "general"},
+        general={"flags": {"dummy_fail_after": 0}, "fallback": "code"},
+    )
+    core, seen = run_core(tmp_path, tiny_tokenizer, prompts, pools)
+    finals = seen.finals()
+    assert len(finals) == len(PROMPTS) and core.pending == 0
+    failed = [r for r in finals.values() if not r.ok]
+    assert len(failed) == core.stats["failed_no_fallback"] >= 2  # code's and general's queries
+
+
 def test_a_failing_pool_with_no_fallback_fails_its_queries(tmp_path, tiny_tokenizer, prompts):
     pools = zero_pools(code={"flags": {"dummy_fail_after": 0}})
     core, seen = run_core(tmp_path, tiny_tokenizer, prompts, pools, stream=True)
