@@ -20,10 +20,12 @@ venv: $(STAMP)
 run_harness: $(STAMP)
 	$(PY) -m harness $(RUN_ARGS)
 
-# start an OpenAI-compatible server and keep it up (Ctrl-C stops it), e.g.
+# llmlib's serving front (python -m harness serve) over any core, kept up until Ctrl-C/SIGTERM:
+# make run_llm_server RUN_ARGS="--core_type=routing --tokenizer_path=build/tiny-model --port=8000"
+# with --launch_server, another server instead (python -m harness launch), e.g.
 # make run_llm_server RUN_ARGS="--launch_server=vllm --server_model=build/tiny-model --server_port=8000"
 run_llm_server: $(STAMP)
-	$(PY) -m harness launch $(RUN_ARGS)
+	$(PY) -m harness $(if $(findstring --launch_server,$(RUN_ARGS)),launch,serve) $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -166,7 +166,7 @@ def plan(flags: dict[str, str], env: dict[str, str] | None = None) -> list[Confi
 # function takes the remaining arguments and returns an exit status; LLMLibError from any of
 # them is one line and status 2 (``one_line``).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("harness.serve.front:main", "llmlib's OpenAI-compatible serving front"),
+    "serve": ("harness.serve.run:main", "llmlib's OpenAI-compatible serving front"),
     "launch": ("harness.cli:launch_main", "start a server and keep it up until Ctrl-C"),
     "benchmarks": ("harness.tools.benchmarks:main", "the benchmarks, their limits and targets"),
     "compare": ("harness.report.compare:main", "runs side by side"),
@@ -179,6 +179,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "triton-setup": ("llmlib.deploy.triton.setup:main", "make Triton runnable (make triton)"),
     "bench": ("harness.bench.bench:main", "the harness's overhead, fidelity, path cost"),
     "bench-endpoint": ("harness.bench.endpoint:main", "the HTTP core as a client"),
+    "bench-front": ("harness.bench.front:main", "the serving front: /route, capacity, overload"),
     "bench-triton": ("harness.bench.triton:main", "the Triton core against a real Triton"),
     "soak": ("harness.bench.soak:main", "a long Server run against failing fronts"),
 }

@@ -125,7 +125,9 @@ async def generate(front: ServingFront, request: Any) -> Any:
     if failed:
         front.metrics.outcome["failed"].inc(len(prompts))
         msg = f"{len(failed)} of {len(prompts)} prompts failed: {failed[0]}"
-        return web.json_response({"error": {"message": msg, "code": 500}}, status=500)
+        headers = front.routes.headers([rid for rid, _ in subs])
+        body_err = {"error": {"message": msg, "code": 500}}
+        return web.json_response(body_err, status=500, headers=headers)
     front.metrics.outcome["success"].inc(len(prompts))
     stops = body.stops()
     done = [_cut(front, np.asarray(r.output_tokens), stops) for r in finals]
@@ -134,7 +136,10 @@ async def generate(front: ServingFront, request: Any) -> Any:
     n_in = sum(map(len, prompts))
     usage = Usage(prompt_tokens=n_in, completion_tokens=n_out, total_tokens=n_in + n_out)
     out = GenerateResponse(completions=done, usage=usage)
-    return web.Response(body=out.model_dump_json(), content_type="application/json")
+    headers = front.routes.headers([rid for rid, _ in subs])
+    return web.Response(
+        body=out.model_dump_json(), content_type="application/json", headers=headers
+    )
 
 
 async def loglikelihood(front: ServingFront, request: Any) -> Any:

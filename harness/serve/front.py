@@ -37,8 +37,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import signal
-import sys
 import time
 import zlib
 from typing import Any
@@ -48,16 +46,17 @@ import numpy as np
 from llmlib.errors import LLMLibError, MissingDependencyError
 
 try:  # the http extra: one line, not a traceback, where it is missing
-    from harness.serve import batch, options
-    from harness.serve.guard import Guard, Limits, load_keys
+    from harness.serve import batch, routes
+    from harness.serve.guard import Guard, Limits
     from harness.serve.metrics import FrontMetrics
+    from harness.serve.routes import Routes
     from harness.serve.schemas import openapi
 except ImportError as _exc:
     raise MissingDependencyError(
         f"the serving front needs {_exc.name}: pip install -e .[http]"
     ) from None
-from llmlib.config.settings import Config, resolve
-from llmlib.data.tokenizer import Tokenizer, load_tokenizer
+from llmlib.config.settings import Config
+from llmlib.data.tokenizer import Tokenizer
 from llmlib.serving.core import LLMCore
 from llmlib.serving.registry import get_core_class
 from llmlib.serving.request import LLMRequest, LLMResponse, ResponseBatch
@@ -86,12 +85,14 @@ class ServingFront:
         self.guard = Guard(self.limits, reject=lambda why: self.metrics.rejected[why].inc())
         self.token_ids = token_ids  # honour return_token_ids (off: a text-only server)
         self.reasoning_tokens = reasoning_tokens  # leading output tokens that are reasoning
+        self.per_token = False  # stream one SSE event a token (else one a core answer)
         cls = get_core_class(cfg.core_type)
         self.core: LLMCore = cls(0, cls.config_for_core(0, cfg), self._on_responses)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queues: dict[int, asyncio.Queue[LLMResponse]] = {}
         self.ids = itertools.count(1)
         self.ttft, self.counts = self.metrics.ttft, self.metrics.outcome
+        self.routes = Routes(self)
         self.vocab = tokenizer.vocab_size if tokenizer else int(getattr(self.core, "vocab", 0))
 
     # --- core -> requests waiting in handlers ---------------------------------------------
@@ -215,7 +216,8 @@ class ServingFront:
                 continue
             if r.error is not None:
                 self.counts["failed"].inc()
-                return web.json_response({"error": {"message": r.error, "code": 500}}, status=500)
+                err = {"error": {"message": r.error, "code": 500}}
+                return web.json_response(err, status=500, headers=self.routes.headers([rid]))
             self.counts["success"].inc()
             toks = np.asarray(r.output_tokens)
             self._observe_end(first, len(toks))
@@ -226,7 +228,8 @@ class ServingFront:
                 choice["message"]["content"] = self._text(toks[n:]) if len(toks) > n else ""
             elif n:
                 choice["text"] = self._text(toks[:n]) + "</think>" + self._text(toks[n:])
-            return web.json_response(self._envelope(rid, chat, [choice], n_in, len(toks)))
+            out = self._envelope(rid, chat, [choice], n_in, len(toks))
+            return web.json_response(out, headers=self.routes.headers([rid]))
 
     async def _stream(
         self,
@@ -240,11 +243,15 @@ class ServingFront:
     ) -> Any:
         from aiohttp import web
 
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        r = await q.get()  # headers go with the first answer: by then any fallback is known
+        headers = {"Content-Type": "text/event-stream", **self.routes.headers([rid])}
+        resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
-        sent, first = 0, None
+        sent, first, got = 0, None, True
         while True:
-            r = await q.get()
+            if not got:
+                r = await q.get()
+            got = False
             if r.error is not None:
                 self.counts["failed"].inc()
                 await _sse(resp, {"error": {"message": r.error, "code": 500}})
@@ -253,6 +260,8 @@ class ServingFront:
             if len(toks) > sent:
                 n = self.reasoning_tokens
                 cuts = [sent, min(max(n, sent), len(toks)), len(toks)] if n else [sent, len(toks)]
+                if self.per_token:  # one event a token, as engines stream
+                    cuts = sorted(set(cuts) | set(range(sent, len(toks))))
                 for a, b in itertools.pairwise(cuts):
                     if b > a:
                         kind = "reasoning" if a < n else "answer"
@@ -375,72 +384,10 @@ class ServingFront:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/openapi.json", self.openapi_page)
+        app.router.add_post("/route", lambda r: routes.route(self, r))
+        app.router.add_get("/experts", lambda r: routes.experts(self, r))
         return app
 
 
 async def _sse(resp: Any, obj: dict[str, Any]) -> None:
     await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
-
-
-async def serve(front: ServingFront, host: str, port: int) -> None:
-    from aiohttp import web
-
-    front.loop = asyncio.get_running_loop()
-    runner = web.AppRunner(front.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"llmlib serving front: http://{host}:{bound} (core {front.cfg.core_type})", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        front.loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # drain: nothing new is admitted (503), what is in flight gets up to drain_s to finish
-    left = await front.guard.drain(front.drain_s)
-    if left:
-        print(
-            f"llmlib serving front: {left} requests still in flight after "
-            f"{front.drain_s:g} s of draining; they are cut",
-            file=sys.stderr,
-            flush=True,
-        )
-    await runner.cleanup()
-    front.core.close()
-
-
-def main(argv: list[str]) -> int:
-    args = options.parse(__doc__ or "", argv)
-    tok = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
-    explicit: dict[str, Any] = {
-        "core_type": args.core_type,
-        "engine_profile": args.engine_profile,
-        "dummy_fail_after": args.dummy_fail_after,
-        "tiny_llama_model": args.tiny_llama_model,
-    }
-    if tok is not None:
-        explicit["vocab_size"] = tok.vocab_size
-    cfg = resolve({}, benchmark="tiny", scenario="server", explicit=explicit)
-    get_core_class(cfg.core_type).validate_config(cfg)
-    limits = Limits(
-        api_keys=load_keys(args.api_keys_file),
-        rate=args.rate_limit,
-        burst=args.rate_burst,
-        max_body_bytes=args.max_body_bytes,
-        max_in_flight=args.max_in_flight,
-        timeout_s=args.request_timeout_s,
-        max_batch=args.max_batch,
-        max_tokens=args.max_tokens_cap,
-        max_prompt_tokens=args.max_prompt_tokens,
-    )
-    front = ServingFront(
-        cfg,
-        tok,
-        args.model,
-        token_ids=not args.no_token_ids,
-        reasoning_tokens=args.reasoning_tokens,
-        limits=limits,
-    )
-    front.drain_s = args.drain_s
-    asyncio.run(serve(front, args.host, args.port))
-    return 0

@@ -63,6 +63,11 @@ def parser(doc: str) -> argparse.ArgumentParser:
         default="build/tiny-model",
         help="the model directory of core_type tiny_llama",
     )
+    ap.add_argument(
+        "--routing_config",
+        default="",
+        help="core_type routing: its YAML (default configs/routing/default.yaml)",
+    )
     ap.add_argument("--model", default="llmlib-dummy", help="the model name served")
     ap.add_argument("--dummy_fail_after", type=_number(int, -1), default=-1)
     ap.add_argument(
@@ -76,6 +81,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
         "--no_token_ids",
         action="store_true",
         help="ignore return_token_ids (behave as a server that sends text only)",
+    )
+    ap.add_argument(
+        "--stream_events",
+        choices=("chunk", "token"),
+        default="chunk",
+        help="chunk: one SSE event for each answer the core gives (first token, then the "
+        "rest); token: one event a token, as engines stream",
     )
     g = ap.add_argument_group("limits (harness.serve.guard)")
     g.add_argument(

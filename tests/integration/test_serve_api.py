@@ -320,3 +320,109 @@ def test_the_tiny_llama_core_through_loadgen_gives_the_model_s_tokens(tmp_path, 
         assert tokens.tolist() == list(
             model.generate(ds.input_tokens(i), spec.max_new_tokens, model.eos_id)
         ), i
+
+
+@pytest.fixture(scope="module")
+def routed_front(tmp_path_factory, tiny_tokenizer):
+    from tests.integration.test_routing import write_config, zero_pools
+
+    pools = zero_pools(reasoning={"flags": {"dummy_fail_after": 0}, "fallback": "reasoning_bf16"})
+    pools["reasoning_bf16"] = {
+        "core_type": "dummy",
+        "fallback": "general",
+        "flags": {"engine_profile": "zero", "dummy_fail_after": 0},
+    }
+    yaml_path = write_config(tmp_path_factory.mktemp("routing") / "r.yaml", pools, threshold=0.5)
+    f = Front(
+        "--core_type=routing", f"--routing_config={yaml_path}", f"--tokenizer_path={tiny_tokenizer}"
+    )
+    yield f
+    f.stop()
+
+
+def test_route_experts_and_the_fallback_chain_in_headers_and_metrics(routed_front):
+    from tests.integration.test_routing import PROMPTS
+
+    status, out, _ = call(routed_front, "/route", {"prompts": PROMPTS})
+    assert status == 200, out
+    d = out["decisions"]
+    assert d[0]["expert"] == "code" and d[0]["source"] == "gate"  # #include
+    assert "reasoning" in (d[4]["expert"], d[5]["expert"])
+    for one in d[1:]:
+        assert one["source"] in ("mlp", "default") and len(one["top"]) == 2
+        assert one["top"][0]["p"] >= one["top"][1]["p"]
+        if one["source"] == "mlp":
+            assert one["expert"] == one["top"][0]["expert"] and one["confidence"] >= 0.5
+    short = call(routed_front, "/route", {"prompts": [PROMPTS[1]], "max_words": 1})[1]
+    assert short["decisions"][0]["top"] != d[1]["top"]  # decided on one word, not all
+    status, out, _ = call(routed_front, "/experts")
+    pools = {e["expert"]: e for e in out["experts"]}
+    assert set(pools) == {"general", "code", "reasoning", "reasoning_bf16"}
+    assert pools["reasoning"]["fallback"] == "reasoning_bf16" and pools["general"]["healthy"]
+    for i, one in enumerate(d):
+        body = {"prompt": PROMPTS[i], "max_tokens": 3}
+        status, _, headers = call(routed_front, "/v1/completions", body)
+        assert status == 200
+        if one["expert"] == "reasoning":
+            assert headers["X-LLMLib-Expert"] == "general"
+            assert headers["X-LLMLib-Fallback"] == "reasoning->reasoning_bf16->general"
+        else:
+            assert (
+                headers["X-LLMLib-Expert"] == one["expert"] and "X-LLMLib-Fallback" not in headers
+            )
+    k = [one["expert"] for one in d].index("reasoning")  # streamed: headers at the first token
+    req = urllib.request.Request(
+        routed_front.url + "/v1/completions",
+        json.dumps({"prompt": PROMPTS[k], "max_tokens": 3, "stream": True}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["X-LLMLib-Fallback"] == "reasoning->reasoning_bf16->general"
+        assert r.read().decode().rstrip().endswith("data: [DONE]")
+    metrics = routed_front.get("/metrics")
+    n = sum(one["expert"] == "reasoning" for one in d) + 1
+    assert (
+        'llmlib:router_fallbacks_total{from_expert="reasoning",model_name="llmlib-dummy",'
+        f'to_expert="reasoning_bf16"}} {float(n)}' in metrics
+    ), metrics
+    assert 'llmlib:router_decision_seconds_count{model_name="llmlib-dummy"} 7.0' in metrics
+    assert 'llmlib:routed_requests_total{expert="code",model_name="llmlib-dummy"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"prompts": []}, "at least 1"),
+        ({"prompts": [3]}, "prompts.0"),
+        ({"prompts": ["a"], "max_words": 0}, "max_words"),
+        ({"prompt": "a"}, "prompts"),
+    ],
+)
+def test_route_refuses_bad_input(routed_front, body, says):
+    status, out, _ = call(routed_front, "/route", body)
+    assert status == 400 and says in out["error"]["message"], out
+
+
+def test_route_and_experts_need_the_routing_core(dummy_front):
+    for path, body in (("/route", {"prompts": ["x"]}), ("/experts", None)):
+        status, out, _ = call(dummy_front, path, body)
+        assert status == 501 and "--core_type routing" in out["error"]["message"]
+
+
+def test_stream_events_token_sends_one_event_a_token():
+    f = Front("--engine_profile=zero", "--stream_events=token")
+    try:
+        body = {"prompt": [1, 2, 3], "max_tokens": 6, "stream": True, "return_token_ids": True}
+        req = urllib.request.Request(
+            f.url + "/v1/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            lines = [ln for ln in r.read().decode().splitlines() if ln.startswith("data: {")]
+        chunks = [json.loads(ln[6:])["choices"][0] for ln in lines]
+        with_tokens = [c for c in chunks if c["token_ids"]]
+        assert [len(c["token_ids"]) for c in with_tokens] == [1] * 6
+        assert chunks[-1]["finish_reason"] == "length"
+    finally:
+        f.stop()
