@@ -17,12 +17,13 @@ engine down. The GPU layout is written to vLLM's documented behaviour and has no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,8 +65,9 @@ def _gpu_count() -> int:
 
 @register_core("vllm")
 class VLLMCore(AsyncLoopCore):
-    capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
+    capabilities = CoreCapabilities(streaming=True, token_ids_out=True, loglikelihood=True)
     SETUP_TIMEOUT_S = 900.0
+    SCORE_TIMEOUT_S = 600.0
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -163,6 +165,35 @@ class VLLMCore(AsyncLoopCore):
                 self._deliver([LLMResponse(req.request_id, first, False, _now(), self.core_id)])
         final = np.asarray(out, dtype=np.uint32)
         self._deliver([LLMResponse(req.request_id, final, True, _now(), self.core_id)])
+
+    def loglikelihood(
+        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """vLLM's prompt log-probabilities (``prompt_logprobs=0``: each prompt token's own)
+        over context + continuation, summed over the continuation's positions; the pairs
+        go to the engine together, as it batches them."""
+        pairs = list(zip(contexts, continuations, strict=True))
+        for ctx, cont in pairs:
+            if len(ctx) == 0 or len(cont) == 0:
+                raise ValueError("vLLM scores a continuation after at least one context token")
+        return list(self._call(self._score(pairs), self.SCORE_TIMEOUT_S))
+
+    async def _score(self, pairs: list[tuple[Sequence[int], Sequence[int]]]) -> list[float]:
+        _, _, tokens_prompt, sampling_params, _ = self._api
+        params = sampling_params(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
+
+        async def one(ctx: Sequence[int], cont: Sequence[int]) -> float:
+            ids = [int(t) for t in ctx] + [int(t) for t in cont]
+            final = None
+            prompt = tokens_prompt(prompt_token_ids=ids)
+            async for o in self.engine.generate(prompt, params, request_id=f"ll-{next(_ids)}"):
+                final = o
+            if final is None or final.prompt_logprobs is None:
+                raise BackendError("vLLM returned no prompt log-probabilities")
+            lps = final.prompt_logprobs
+            return float(sum(lps[i][ids[i]].logprob for i in range(len(ctx), len(ids))))
+
+        return list(await asyncio.gather(*(one(c, x) for c, x in pairs)))
 
     async def _health(self) -> None:
         if self.engine is None:

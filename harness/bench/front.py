@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,16 @@ class Front:
             cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self.err, text=True
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        if not m:
-            self.err.seek(0)
-            self.stop()
-            raise ConfigError(f"bench-front: the front did not start: {line.strip()}")
-        self.url = m.group(1)
+        for line in iter(self.proc.stdout.readline, ""):  # a backend may log before it
+            m = re.search(r"llmlib serving front: (http://127\.0\.0\.1:\d+)", line)
+            if m:
+                self.url = m.group(1)
+                out = self.proc.stdout  # drained, so a backend that logs never blocks on it
+                self._drain = threading.Thread(target=out.read, daemon=True)
+                self._drain.start()
+                return
+        self.stop()
+        raise ConfigError("bench-front: the front did not start (run its command to see why)")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -78,6 +82,9 @@ class Front:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        drain = getattr(self, "_drain", None)
+        if drain is not None:
+            drain.join(10)  # the process is gone: its stdout ends
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.err.close()

@@ -19,7 +19,8 @@ when no heavier server is wanted, and a stand-in server for trying a client setu
   requests in flight).
 - Keys, rate limits, admission, body limits, timeouts and draining on SIGTERM:
   ``harness.serve.guard``; settings by flags over ``$LLMLIB_SERVE_*`` over ``--config``
-  YAML (``harness.serve.options``).
+  YAML (``harness.serve.options``). Harness flags for the core go after ``--`` (``python -m
+  harness serve --core_type vllm -- --vllm_engine_flags=model:build/tiny-model``).
 
 A chunk carries every token the core produced since the last one (the dummy core gives the
 first token, then the rest at the end): clients must not count one token per chunk. Without a

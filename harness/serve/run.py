@@ -45,9 +45,12 @@ async def serve(front: ServingFront, host: str, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from harness.cli import parse_flags
     from harness.serve import front as front_module
 
-    args = options.parse(front_module.__doc__ or "", argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = options.parse(front_module.__doc__ or "", argv[:cut])
+    core_flags, _ = parse_flags(argv[cut + 1 :])  # the core's own harness flags, checked
     tok = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
     explicit: dict[str, Any] = {
         "core_type": args.core_type,
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> int:
         explicit["tokenizer_path"] = args.tokenizer_path
     if tok is not None:
         explicit["vocab_size"] = tok.vocab_size
-    cfg = resolve({}, benchmark="tiny", scenario="server", explicit=explicit)
+    cfg = resolve(core_flags, benchmark="tiny", scenario="server", explicit=explicit)
     get_core_class(cfg.core_type).validate_config(cfg)
     limits = Limits(
         api_keys=load_keys(args.api_keys_file),

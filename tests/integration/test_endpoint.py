@@ -36,13 +36,20 @@ class Front:
             stderr=self.err,
             text=True,
         )
-        line = self.proc.stdout.readline()  # the one line it prints: where it listens
-        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        if not m:
-            self.stop()
-            self.err.seek(0)
-            raise RuntimeError(f"serving front did not start: {line}{self.err.read()!r}")
-        self.url = m.group(1)
+        seen = []  # the line it prints: where it listens (a backend may log before it)
+        for line in iter(self.proc.stdout.readline, ""):
+            seen.append(line)
+            m = re.search(r"llmlib serving front: (http://127\.0\.0\.1:\d+)", line)
+            if m:
+                self.url = m.group(1)
+                out = self.proc.stdout  # drained, so a backend that logs never blocks on it
+                self._drain = threading.Thread(target=out.read, daemon=True)
+                self._drain.start()
+                return
+        self.err.seek(0)
+        err = self.err.read()
+        self.stop()
+        raise RuntimeError(f"serving front did not start: {''.join(seen)[-2000:]}{err!r}")
 
     def post(self, path, body):
         req = urllib.request.Request(
@@ -63,6 +70,9 @@ class Front:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        drain = getattr(self, "_drain", None)
+        if drain is not None:
+            drain.join(10)  # the process is gone: its stdout ends
         self.proc.stdout.close()
         self.err.close()
 

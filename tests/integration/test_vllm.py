@@ -142,3 +142,59 @@ def test_vllm_core_in_process_offline_and_server(tmp_path, vllm_server, tiny_mod
 def test_vllm_core_without_a_model_is_a_config_error(tmp_path):
     p, _ = run_harness(tmp_path, "--core_type=vllm", "--scenarios=offline")
     assert p.returncode == 2 and "--vllm_engine_flags=model:PATH" in p.stderr
+
+
+def test_loglikelihood_through_the_front_on_the_vllm_core_is_the_model_s(tiny_model):
+    from llmlib.model.tiny_llama_np import TinyLlama
+    from tests.integration.test_endpoint import Front
+    from tests.integration.test_serve_api import call
+
+    f = Front(
+        "--core_type=vllm",
+        f"--tokenizer_path={tiny_model}",
+        "--",
+        f"--vllm_engine_flags=model:{tiny_model},{ENGINE}",
+    )
+    try:
+        pairs = [([1, 5, 9], [200, 33, 7]), (list(range(3, 40)), [4])]
+        body = {"prompts": [c for c, _ in pairs], "continuations": [x for _, x in pairs]}
+        status, out, _ = call(f, "/loglikelihood", body, timeout=120)
+        assert status == 200, out
+        model = TinyLlama(tiny_model)  # the same weights in numpy, float32 as vLLM here
+        want = [model.loglikelihood(c, x) for c, x in pairs]
+        assert out["ll"] == pytest.approx(want, abs=2e-3)
+        status, out, _ = call(f, "/loglikelihood", {"prompts": [[]], "continuations": [[5]]})
+        assert status == 500 and "at least one context token" in out["error"]["message"]
+    finally:
+        f.stop()
+
+
+def test_vllm_bench_serve_runs_against_the_front_unchanged(tmp_path, tiny_model):
+    """vLLM's own benchmark client, with an API key and one SSE event a token."""
+    from harness.bench.endpoint import run_peer
+    from tests.integration.test_endpoint import Front
+
+    keys = tmp_path / "keys"
+    keys.write_text("secret\n")
+    f = Front(
+        "--engine_profile=zero",
+        "--stream_events=token",
+        f"--api_keys_file={keys}",
+        f"--tokenizer_path={tiny_model}",
+        "--model=tiny",
+    )
+    try:
+        import os
+
+        os.environ["OPENAI_API_KEY"] = "secret"  # what vllm bench serve sends as Bearer
+        try:
+            r = run_peer(
+                f.url, "tiny", tiny_model, tmp_path, 40, "--max-concurrency=8", "--ignore-eos"
+            )
+        finally:
+            del os.environ["OPENAI_API_KEY"]
+        assert r["completed"] == 40 and r["failed"] == 0, r
+        assert r["total_output_tokens"] == 40 * 128
+        assert 'outcome="success"} 40.0' in f.get("/metrics")
+    finally:
+        f.stop()
