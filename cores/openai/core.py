@@ -125,12 +125,20 @@ class EndpointCore(AsyncLoopCore):
         cls.validate_config(cfg)
         return len(EndpointSettings.of(cfg).server_urls)
 
+    @classmethod
+    def config_for_core(cls, index: int, cfg: Config) -> Any:
+        """Core ``index`` talks to the ``index``-th URL: its config names that one alone (a
+        routing core numbers its pools' cores globally, so the id is no index)."""
+        urls = EndpointSettings.of(cfg).server_urls
+        return cfg.replace(server_urls=[urls[index]]) if len(urls) > 1 else cfg
+
     def __init__(self, core_id: int, cfg: Config, callback: Any = None) -> None:
         self.validate_config(cfg)
         s = EndpointSettings.of(cfg)
         limit = s.endpoint_concurrency
+        urls = s.server_urls
         self.settings = {
-            "url": s.server_urls[core_id].rstrip("/"),
+            "url": (urls[0] if len(urls) == 1 else urls[core_id]).rstrip("/"),
             "api": s.endpoint_api,
             "model": s.endpoint_model,
             "timeout_s": s.endpoint_timeout_s,

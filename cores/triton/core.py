@@ -122,13 +122,21 @@ class TritonGrpcCore(LLMCore):
         cls.validate_config(cfg)
         return len(TritonSettings.of(cfg).triton_server_urls)
 
+    @classmethod
+    def config_for_core(cls, index: int, cfg: Config) -> Any:
+        """Core ``index`` talks to the ``index``-th server: its config names that one alone
+        (a routing core numbers its pools' cores globally, so the id is no index)."""
+        urls = TritonSettings.of(cfg).triton_server_urls
+        return cfg.replace(triton_server_urls=[urls[index]]) if len(urls) > 1 else cfg
+
     def __init__(
         self, core_id: int, cfg: Config, callback: CompletionCallback | None = None
     ) -> None:
         self.validate_config(cfg)
         super().__init__(core_id, cfg, callback)
         s = TritonSettings.of(cfg)
-        self.url = s.triton_server_urls[core_id].removeprefix("grpc://")
+        urls = s.triton_server_urls  # one, from config_for_core; else indexed by the id
+        self.url = (urls[0] if len(urls) == 1 else urls[core_id]).removeprefix("grpc://")
         name, n_models = s.triton_model_name, s.triton_num_models_per_server
         self.models = [name] if n_models == 1 else [f"{name}_{i}" for i in range(n_models)]
         self.end_id = end_id_for(cfg)

@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
     }
     if args.routing_config:
         explicit["routing_config"] = args.routing_config
+    if "routing_stats_file" not in core_flags:  # the front's /metrics has them, not a file
+        explicit["routing_stats_file"] = ""
     if args.tokenizer_path:
         explicit["tokenizer_path"] = args.tokenizer_path
     if tok is not None:

@@ -3,6 +3,7 @@ harness serve`` started here (the dummy core, or the tiny Llama in numpy), every
 with good and bad input, keys, rates, admission, timeouts and draining."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -426,3 +427,55 @@ def test_stream_events_token_sends_one_event_a_token():
         assert chunks[-1]["finish_reason"] == "length"
     finally:
         f.stop()
+
+
+def test_routing_pools_of_openai_cores_reach_their_own_servers(tmp_path, tiny_tokenizer):
+    """Pools of endpoint cores behind the routing front, one pool with two servers: each
+    core talks to its own URL (the routing core numbers cores across pools)."""
+    from tests.integration.test_routing import PROMPTS, write_config
+
+    servers = [
+        Front("--engine_profile=zero", f"--tokenizer_path={tiny_tokenizer}") for _ in range(3)
+    ]
+    routed = None
+    try:
+        pools = {
+            "general": {"core_type": "openai", "flags": {"server_urls": servers[0].url}},
+            "code": {
+                "core_type": "openai",
+                "flags": {"server_urls": f"{servers[1].url},{servers[2].url}"},
+            },
+            "reasoning": {"core_type": "openai", "flags": {"server_urls": servers[0].url}},
+        }
+        yaml_path = write_config(tmp_path / "fleet.yaml", pools)
+        routed = Front(
+            "--core_type=routing",
+            f"--routing_config={yaml_path}",
+            f"--tokenizer_path={tiny_tokenizer}",
+        )
+        experts = call(routed, "/experts")[1]["experts"]
+        assert {e["expert"]: e["cores"] for e in experts} == {
+            "general": 1,
+            "code": 2,
+            "reasoning": 1,
+        }
+        code = [p for p in PROMPTS[:2] for _ in range(6)]  # the gate and the MLP: code
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(prompt):  # at once, so the pool's least-pending policy spreads them
+            return call(routed, "/v1/completions", {"prompt": prompt, "max_tokens": 20})
+
+        with ThreadPoolExecutor(len(code)) as ex:
+            answers = list(ex.map(one, code))
+        for status, _, headers in answers:
+            assert status == 200 and headers["X-LLMLib-Expert"] == "code"
+        served = [
+            float(re.search(r'outcome="success"\} (\S+)', s.get("/metrics")).group(1))
+            for s in servers
+        ]
+        assert served[0] == 0 and served[1] > 0 and served[2] > 0 and sum(served) == len(code)
+    finally:
+        for s in servers:
+            s.stop()
+        if routed is not None:
+            routed.stop()

@@ -198,3 +198,74 @@ def test_vllm_bench_serve_runs_against_the_front_unchanged(tmp_path, tiny_model)
         assert 'outcome="success"} 40.0' in f.get("/metrics")
     finally:
         f.stop()
+
+
+def test_loadgen_through_the_routing_front_to_vllm_and_another_front(
+    tmp_path, vllm_server, tiny_model
+):
+    """A routed fleet in one command: LoadGen -> the openai core -> llmlib's front with the
+    routing core -> expert pools of real servers: code and reasoning on vLLM (CPU), general on
+    a second llmlib front. Every query completes, both servers serve, the front counts them."""
+    import re
+    import urllib.request
+
+    from tests.integration.test_endpoint import Front
+    from tests.integration.test_routing import PROMPTS, write_config
+
+    general = Front("--engine_profile=zero", f"--tokenizer_path={tiny_model}")
+    routed = None
+    try:
+        pools = {
+            "general": {"core_type": "openai", "flags": {"server_urls": general.url}},
+            "code": {"core_type": "openai", "flags": {"server_urls": vllm_server.url}},
+            "reasoning": {
+                "core_type": "openai",
+                "flags": {"server_urls": vllm_server.url},
+                "fallback": "general",
+            },
+        }
+        yaml_path = write_config(tmp_path / "fleet.yaml", pools)
+        routed = Front(
+            "--core_type=routing", f"--routing_config={yaml_path}", f"--tokenizer_path={tiny_model}"
+        )
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"text": p}) + "\n" for p in PROMPTS))
+
+        def vllm_done():
+            with urllib.request.urlopen(vllm_server.url + "/metrics", timeout=30) as r:
+                text = r.read().decode()
+            return sum(
+                float(v) for v in re.findall(r"vllm:request_success_total\{[^}]*\} (\S+)", text)
+            )
+
+        before = vllm_done()
+        p, runs = run_harness(
+            tmp_path,
+            "--core_type=openai",
+            f"--server_urls={routed.url}",
+            f"--tokenizer_path={tiny_model}",
+            f"--dataset_path={prompts}",
+            "--scenarios=offline",
+            "--min_query_count=60",
+            "--offline_expected_qps=20",
+            "--min_duration=100",
+            timeout=600,
+        )
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        s, _ = runs[("offline", "performance")]
+        assert s["validity"] == "VALID" and s["harness"]["failed"] == 0
+        done = s["harness"]["completed"]
+        metrics = routed.get("/metrics")
+        routed_n = {
+            e: float(n)
+            for e, n in re.findall(r'routed_requests_total\{expert="(\w+)"[^}]*\} (\S+)', metrics)
+        }
+        assert sum(routed_n.values()) >= done and routed_n["general"] > 0
+        assert routed_n["code"] + routed_n["reasoning"] > 0
+        assert vllm_done() - before >= routed_n["code"] + routed_n["reasoning"]
+        served = re.search(r'outcome="success"\} (\S+)', general.get("/metrics")).group(1)
+        assert float(served) >= routed_n["general"]
+    finally:
+        general.stop()
+        if routed is not None:
+            routed.stop()

@@ -68,3 +68,24 @@ def test_every_shipped_core_registers_itself_under_its_table_name():
         cls = getattr(mod, cls_name)
         assert cls.name == name, (name, target)
         assert f'@register_core("{name}")' in inspect.getsource(mod), name
+
+
+@pytest.mark.parametrize(
+    ("core_type", "field", "urls"),
+    [
+        ("openai", "server_urls", ["http://127.0.0.1:1", "http://127.0.0.1:2"]),
+        ("triton_grpc", "triton_server_urls", ["127.0.0.1:1", "127.0.0.1:2"]),
+    ],
+)
+def test_a_core_s_config_names_its_own_server(core_type, field, urls):
+    """A routing core numbers its pools' cores globally, so a core's id is no index into its
+    pool's URLs: config_for_core hands each core its own."""
+    if core_type == "triton_grpc":
+        pytest.importorskip("tritonclient.grpc")
+    from tests.conftest import make_cfg
+
+    cls = get_core_class(core_type)
+    cfg = make_cfg(core_type=core_type, **{field: urls})
+    assert [getattr(cls.config_for_core(i, cfg), field) for i in range(2)] == [[u] for u in urls]
+    one = make_cfg(core_type=core_type, **{field: urls[:1]})
+    assert getattr(cls.config_for_core(0, one), field) == urls[:1]
