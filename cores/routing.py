@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ class RoutingCore(LLMCore):
         # told (request id, expert) as each request is routed and again on a fallback: the
         # serving front's response headers; None in a harness run (nothing to pay)
         self.route_hook: Callable[[int, str], None] | None = None
+        # told (seconds, queries) for each call's decisions, likewise for the front's metrics
+        self.decision_hook: Callable[[float, int], None] | None = None
         self.stats: dict[str, Any] = {"fallbacks": Counter(), "failed_no_fallback": 0}
         k = len(self.router.experts)
         self._per_expert = np.zeros(k, dtype=np.int64)
@@ -163,7 +166,11 @@ class RoutingCore(LLMCore):
         else:
             indices = [r.sample_index for r in requests]
             texts = [text(r.sample_index, r.input_tokens) for r in requests]
+        timed = self.decision_hook
+        t0 = time.perf_counter() if timed is not None else 0.0
         d = self.router.decide_columns(texts, self._loads, self.rc.max_words)  # type: ignore[arg-type]
+        if timed is not None:
+            timed(time.perf_counter() - t0, len(texts))
         names = self.router.experts
         if not self._warmup:
             self._per_expert += np.bincount(d.experts, minlength=len(names))

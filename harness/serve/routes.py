@@ -7,15 +7,17 @@ and the router's figures in ``/metrics``.
   "source", "confidence", "top": [{"expert", "p"}]}]}``: the gate, then the MLP; below the
   confidence threshold the default expert (``source`` says which decided). ``max_words``
   decides on the prompt's first N words (the routing config's by default).
-- ``GET /experts``: per expert its pool's core type, model (``model`` or ``server_model`` in
+- ``GET /experts``: per expert its pool's domain (the config's ``domain``, else its name),
+  core type, model (``model`` or ``server_model`` in
   the pool's flags, else the core type), cores up out of cores, pending requests, queries
   routed there, and its fallback.
 - Every answer of ``/v1/*`` and ``/generate`` carries ``X-LLMLib-Expert`` (the pool that
   answered) and, where the first pool failed before any token and its ``fallback`` took the
   request over, ``X-LLMLib-Fallback`` with the pools in order (``reasoning->reasoning_bf16``).
-- ``/metrics`` adds ``llmlib:router_decision_seconds`` (``/route``'s decisions),
-  ``llmlib:routed_requests_total{expert}``, ``llmlib:router_fallbacks_total{from_expert,
-  to_expert}`` and ``llmlib:expert_pending_requests{expert}``.
+- ``/metrics`` adds ``llmlib:router_decision_seconds`` (kind ``route``: ``/route``'s;
+  ``served``: each served request's), ``llmlib:routed_requests_total{expert}``,
+  ``llmlib:router_fallbacks_total{from_expert, to_expert}`` and
+  ``llmlib:expert_pending_requests{expert}``.
 """
 
 from __future__ import annotations
@@ -75,20 +77,26 @@ class RouterCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         core = self.core
-        routed = CounterMetricFamily("llmlib:routed_requests", "queries routed, by expert",
-                                     labels=["model_name", "expert"])  # fmt: skip
+        routed = CounterMetricFamily(
+            "llmlib:routed_requests", "queries routed, by expert", labels=["model_name", "expert"]
+        )
         for name, n in zip(core.router.experts, core._per_expert.tolist(), strict=True):
             routed.add_metric([self.model, name], n)
         yield routed
-        fb = CounterMetricFamily("llmlib:router_fallbacks", "requests a pool failed that its "
-                                 "fallback took over", labels=["model_name", "from_expert",
-                                                               "to_expert"])  # fmt: skip
+        fb = CounterMetricFamily(
+            "llmlib:router_fallbacks",
+            "requests a pool failed that its fallback took over",
+            labels=["model_name", "from_expert", "to_expert"],
+        )
         for pair, n in core.stats["fallbacks"].items():
             a, _, b = pair.partition("->")
             fb.add_metric([self.model, a, b], n)
         yield fb
-        pending = GaugeMetricFamily("llmlib:expert_pending_requests", "requests in each pool",
-                                    labels=["model_name", "expert"])  # fmt: skip
+        pending = GaugeMetricFamily(
+            "llmlib:expert_pending_requests",
+            "requests in each pool",
+            labels=["model_name", "expert"],
+        )
         for name, pool in core.pools.items():
             pending.add_metric([self.model, name], pool.pending)
         yield pending
@@ -100,13 +108,24 @@ class Routes:
     def __init__(self, front: ServingFront) -> None:
         self.front = front
         self.core = routing_core(front)
-        self.decision = Histogram("llmlib:router_decision_seconds", "one /route decision",
-                                  ["model_name"], buckets=DECISION_BUCKETS,
-                                  registry=front.metrics.registry).labels(front.model)  # fmt: skip
+        decisions = Histogram(
+            "llmlib:router_decision_seconds",
+            "one decision: on /route, or a served request's (its share of its batch's call)",
+            ["model_name", "kind"],
+            buckets=DECISION_BUCKETS,
+            registry=front.metrics.registry,
+        )
+        self.decision = decisions.labels(front.model, "route")
+        self.served = decisions.labels(front.model, "served")
         self.taken: dict[int, list[str]] = {}  # request id -> experts in order (fallbacks)
         if self.core is not None:
             front.metrics.registry.register(RouterCollector(self.core, front.model))
             self.core.route_hook = self._hook
+            self.core.decision_hook = self._timed
+
+    def _timed(self, seconds: float, n: int) -> None:  # served requests' decisions
+        for _ in range(n):
+            self.served.observe(seconds / n)
 
     def _hook(self, request_id: int, expert: str) -> None:  # from the core's threads
         self.taken.setdefault(request_id, []).append(expert)
@@ -129,8 +148,10 @@ class Routes:
 def _not_routing(front: ServingFront) -> Any:
     from aiohttp import web
 
-    msg = (f"core type {front.cfg.core_type} has no router: start the front with "
-           "--core_type routing (and --routing_config)")  # fmt: skip
+    msg = (
+        f"core type {front.cfg.core_type} has no router: start the front with "
+        "--core_type routing (and --routing_config)"
+    )
     return web.json_response({"error": {"message": msg, "code": 501}}, status=501)
 
 
@@ -155,8 +176,9 @@ async def route(front: ServingFront, request: Any) -> Any:
         d = core.router.decide(text, None, words)
         front.routes.decision.observe(clock() - t0)
         top = [Choice(expert=e, p=float(p)) for e, p in d.top]
-        out.append(RouteDecision(expert=d.expert, source=d.source,
-                                 confidence=float(d.confidence), top=top))  # fmt: skip
+        out.append(
+            RouteDecision(expert=d.expert, source=d.source, confidence=float(d.confidence), top=top)
+        )
     resp = RouteResponse(decisions=out)
     return web.Response(body=resp.model_dump_json(), content_type="application/json")
 
@@ -173,9 +195,18 @@ async def experts(front: ServingFront, request: Any) -> Any:
         spec = core.rc.pools[name]
         model = spec.flags.get("model") or spec.flags.get("server_model") or spec.core_type
         up = sum(1 for c in pool.cores if c.alive)
-        out.append({
-            "expert": name, "core_type": spec.core_type, "model": str(model),
-            "cores": len(pool.cores), "cores_up": up, "healthy": up > 0,
-            "pending": pool.pending, "routed": routed.get(name, 0), "fallback": spec.fallback,
-        })  # fmt: skip
+        out.append(
+            {
+                "expert": name,
+                "domain": spec.domain or name,
+                "core_type": spec.core_type,
+                "model": str(model),
+                "cores": len(pool.cores),
+                "cores_up": up,
+                "healthy": up > 0,
+                "pending": pool.pending,
+                "routed": routed.get(name, 0),
+                "fallback": spec.fallback,
+            }
+        )
     return web.json_response({"default_expert": core.rc.default_expert, "experts": out})

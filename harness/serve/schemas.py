@@ -140,7 +140,10 @@ def openapi(title: str, version: str) -> dict[str, Any]:
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
     err = ref(ErrorResponse)
-    for path, (method, req, resp) in ROUTES.items():
+    from harness.serve.routes import RouteRequest, RouteResponse
+
+    routes = {**ROUTES, "/route": ("post", RouteRequest, RouteResponse)}
+    for path, (method, req, resp) in routes.items():
         op: dict[str, Any] = {
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {"schema": ref(resp)}}}

@@ -46,7 +46,7 @@ _TOP_KEYS = {
     "gate",
     "pools",
 }
-_POOL_KEYS = {"core_type", "num_cores", "flags", "fallback"}
+_POOL_KEYS = {"core_type", "num_cores", "flags", "fallback", "domain"}
 
 
 @dataclass
@@ -56,6 +56,7 @@ class PoolSpec:
     num_cores: int = 0  # 0: what the core type chooses for the workload
     flags: dict[str, Any] = field(default_factory=dict)
     fallback: str | None = None
+    domain: str = ""  # what the pool is for, in words (the serving front's /experts)
 
 
 @dataclass
@@ -158,6 +159,7 @@ def load_routing_config(path: str | Path) -> RoutingConfig:
             _num(spec, "num_cores", int, 0, where),
             dict(flags),
             None if spec.get("fallback") is None else str(spec["fallback"]),
+            str(spec.get("domain") or ""),
         )
     for pool in pools.values():
         if pool.fallback is not None:

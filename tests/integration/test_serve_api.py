@@ -360,6 +360,7 @@ def test_route_experts_and_the_fallback_chain_in_headers_and_metrics(routed_fron
     pools = {e["expert"]: e for e in out["experts"]}
     assert set(pools) == {"general", "code", "reasoning", "reasoning_bf16"}
     assert pools["reasoning"]["fallback"] == "reasoning_bf16" and pools["general"]["healthy"]
+    assert pools["code"]["domain"] == "code" and pools["code"]["core_type"] == "dummy"
     for i, one in enumerate(d):
         body = {"prompt": PROMPTS[i], "max_tokens": 3}
         status, _, headers = call(routed_front, "/v1/completions", body)
@@ -386,7 +387,9 @@ def test_route_experts_and_the_fallback_chain_in_headers_and_metrics(routed_fron
         'llmlib:router_fallbacks_total{from_expert="reasoning",model_name="llmlib-dummy",'
         f'to_expert="reasoning_bf16"}} {float(n)}' in metrics
     ), metrics
-    assert 'llmlib:router_decision_seconds_count{model_name="llmlib-dummy"} 7.0' in metrics
+    assert 'router_decision_seconds_count{kind="route",model_name="llmlib-dummy"} 7.0' in metrics
+    served = re.search(r'router_decision_seconds_count\{kind="served"[^}]*\} (\S+)', metrics)
+    assert float(served.group(1)) == len(d) + 1  # each completion's decision, and the stream's
     assert 'llmlib:routed_requests_total{expert="code",model_name="llmlib-dummy"}' in metrics
 
 
