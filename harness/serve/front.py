@@ -47,11 +47,18 @@ import numpy as np
 from llmlib.errors import LLMLibError, MissingDependencyError
 
 try:  # the http extra: one line, not a traceback, where it is missing
+    from pydantic import ValidationError
+
     from harness.serve import batch, routes
     from harness.serve.guard import Guard, Limits
     from harness.serve.metrics import FrontMetrics
     from harness.serve.routes import Routes
-    from harness.serve.schemas import openapi
+    from harness.serve.schemas import (
+        ChatCompletionRequest,
+        CompletionRequest,
+        first_error,
+        openapi,
+    )
 except ImportError as _exc:
     raise MissingDependencyError(
         f"the serving front needs {_exc.name}: pip install -e .[http]"
@@ -142,31 +149,17 @@ class ServingFront:
             return "".join(f"<{int(t)}>" for t in ids)
         return self.tok.decode(ids)
 
-    def _prompt(self, body: dict[str, Any], chat: bool) -> list[int]:
-        if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                raise BadRequest("'messages' must be a non-empty list")
-            lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in msgs]
+    def _prompt(self, req: CompletionRequest | ChatCompletionRequest) -> list[int]:
+        if isinstance(req, ChatCompletionRequest):
+            lines = [f"{m.role}: {m.content or ''}" for m in req.messages]
             return self._encode("\n".join(lines) + "\nassistant:")
-        p = body.get("prompt")
-        if isinstance(p, str):
-            return self._encode(p)
-        if isinstance(p, list) and p and all(type(t) is int and t >= 0 for t in p):
-            if self.vocab and max(p) >= self.vocab:
-                raise BadRequest(f"token id {max(p)} is not below the vocabulary's {self.vocab}")
-            return p
-        raise BadRequest("'prompt' must be a string or a non-empty list of token ids")
-
-    def _max_tokens(self, body: dict[str, Any]) -> int:
-        n = body.get("max_completion_tokens", body.get("max_tokens", 16))
-        if type(n) is not int or n < 1:
-            raise BadRequest(f"'max_tokens' must be a positive integer, got {n!r}")
-        if n > self.limits.max_tokens:
+        if isinstance(req.prompt, str):
+            return self._encode(req.prompt)
+        if self.vocab and max(req.prompt) >= self.vocab:
             raise BadRequest(
-                f"'max_tokens' {n} is over this server's cap of {self.limits.max_tokens}"
+                f"prompt: token id {max(req.prompt)} is not below the vocabulary's {self.vocab}"
             )
-        return n
+        return req.prompt
 
     # --- handlers -------------------------------------------------------------------------
     async def completions(self, request: Any) -> Any:
@@ -180,21 +173,27 @@ class ServingFront:
 
         arrived = time.perf_counter()
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
-            prompt, max_tokens = self._prompt(body, chat), self._max_tokens(body)
+            kind = ChatCompletionRequest if chat else CompletionRequest
+            try:
+                req = kind.model_validate_json(await request.read())
+            except ValidationError as exc:
+                raise BadRequest(first_error(exc)) from None
+            body = req.model_dump()
+            prompt, max_tokens = self._prompt(req), req.tokens()
+            if max_tokens > self.limits.max_tokens:
+                cap = self.limits.max_tokens
+                raise BadRequest(f"max_tokens: {max_tokens}, over this server's cap of {cap}")
             if len(prompt) > self.limits.max_prompt_tokens:
                 msg = f"the prompt is {len(prompt)} tokens, over the limit of "
                 raise batch.ApiError(413, msg + str(self.limits.max_prompt_tokens), "too_large")
         except batch.ApiError as exc:
             return batch._error(self, exc)
-        except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except BadRequest as exc:
             self.metrics.rejected["invalid"].inc()
             return web.json_response({"error": {"message": str(exc), "code": 400}}, status=400)
-        rid, q = self._submit(prompt, max_tokens)
+        rid, q = self._submit(prompt, max_tokens, req.sampling())
         try:
-            if body.get("stream"):
+            if req.stream:
                 return await self._stream(request, body, chat, rid, q, len(prompt), arrived)
             return await self._whole(body, chat, rid, q, len(prompt), arrived)
         except (ConnectionResetError, asyncio.CancelledError):

@@ -20,6 +20,17 @@ Prompt = Annotated[
 ]
 
 
+def _floats(data: Any) -> Any:
+    """Whole numbers given for float fields as floats (strict mode refuses 1 for a float,
+    and a JSON writer may send 1 for 1.0); booleans are left for the type check."""
+    if isinstance(data, dict):
+        for key in ("temperature", "top_p"):
+            v = data.get(key)
+            if isinstance(v, int) and not isinstance(v, bool):
+                data = {**data, key: float(v)}
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -41,13 +52,8 @@ class GenerateRequest(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _numbers(cls, data: Any) -> Any:  # strict mode refuses 1 for a float; JSON has no 1.0
-        if isinstance(data, dict):
-            for key in ("temperature", "top_p"):
-                v = data.get(key)
-                if isinstance(v, int) and not isinstance(v, bool):
-                    data = {**data, key: float(v)}
-        return data
+    def _numbers(cls, data: Any) -> Any:
+        return _floats(data)
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -93,6 +99,55 @@ class LoglikelihoodResponse(BaseModel):
     ll: list[float] = Field(description="each continuation's summed token log-probability")
 
 
+class _OpenAI(BaseModel):
+    """What the front reads of an OpenAI request, checked strictly; every other field an
+    OpenAI client sends (``model``, ``n``, ``user``, ``logprobs``, ...) is allowed and kept."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="wins over max_tokens")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    return_token_ids: bool = Field(False, description="token_ids in each choice (vLLM's)")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0)
+    ignore_eos: bool = Field(False, description="decode to max_tokens (vLLM's extension)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return _floats(data)
+
+    def tokens(self, default: int = 16) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+    def sampling(self) -> dict[str, Any]:
+        """The options a core that samples reads from ``LLMRequest.extra``."""
+        out: dict[str, Any] = {"ignore_eos": self.ignore_eos}
+        for key in ("temperature", "top_p", "seed"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class CompletionRequest(_OpenAI):
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    ) = Field(description="text (needs the server's tokenizer) or token ids")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: str
+    content: str | None = None
+
+
+class ChatCompletionRequest(_OpenAI):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
 class ErrorBody(BaseModel):
     message: str
     code: int
@@ -112,7 +167,7 @@ def first_error(exc: ValidationError) -> str:
     return f"{where or 'body'}: {msg}"
 
 
-ROUTES: dict[str, tuple[str, type[BaseModel] | None, type[BaseModel]]] = {
+ROUTES: dict[str, tuple[str, type[BaseModel] | None, type[BaseModel] | None]] = {
     "/generate": ("post", GenerateRequest, GenerateResponse),
     "/loglikelihood": ("post", LoglikelihoodRequest, LoglikelihoodResponse),
 }
@@ -142,13 +197,16 @@ def openapi(title: str, version: str) -> dict[str, Any]:
     err = ref(ErrorResponse)
     from harness.serve.routes import RouteRequest, RouteResponse
 
-    routes = {**ROUTES, "/route": ("post", RouteRequest, RouteResponse)}
+    routes = {
+        **ROUTES,
+        "/route": ("post", RouteRequest, RouteResponse),
+        "/v1/completions": ("post", CompletionRequest, None),
+        "/v1/chat/completions": ("post", ChatCompletionRequest, None),
+    }
     for path, (method, req, resp) in routes.items():
-        op: dict[str, Any] = {
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": ref(resp)}}}
-            },
-        }
+        ok = "OpenAI's response, or its SSE stream" if resp is None else "OK"
+        body = {} if resp is None else {"content": {"application/json": {"schema": ref(resp)}}}
+        op: dict[str, Any] = {"responses": {"200": {"description": ok, **body}}}
         for code, why in ERRORS.items():
             op["responses"][code] = {
                 "description": why,

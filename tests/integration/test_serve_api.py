@@ -482,3 +482,69 @@ def test_routing_pools_of_openai_cores_reach_their_own_servers(tmp_path, tiny_to
             s.stop()
         if routed is not None:
             routed.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "says"),
+    [
+        ("/v1/completions", {"prompt": 5}, "prompt"),
+        ("/v1/completions", {"prompt": []}, "prompt"),
+        ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": [1], "max_tokens": "5"}, "max_tokens"),
+        ("/v1/completions", {"prompt": [1], "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {"prompt": [1], "stream": "yes"}, "stream"),
+        ("/v1/completions", {"prompt": [1], "temperature": 3.0}, "temperature"),
+        ("/v1/completions", {"prompt": [1], "top_p": 1.5}, "top_p"),
+        ("/v1/completions", {"max_tokens": 2}, "prompt"),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"content": "hi"}]}, "role"),
+        ("/v1/chat/completions", {"messages": "hi"}, "messages"),
+    ],
+)
+def test_openai_endpoints_refuse_bad_input_with_one_message(dummy_front, path, body, says):
+    status, out, _ = call(dummy_front, path, body)
+    assert status == 400 and says in out["error"]["message"], out
+
+
+def test_openai_endpoints_keep_fields_they_do_not_read(dummy_front):
+    body = {"prompt": [1, 2], "max_tokens": 3, "model": "x", "n": 1, "user": "u", "echo": False}
+    status, out, _ = call(dummy_front, "/v1/completions", body)
+    assert status == 200 and out["usage"]["completion_tokens"] == 3
+    status, _, _ = call(dummy_front, "/v1/completions", raw=b'{"prompt": [1], "temperature": NaN}')
+    assert status == 400
+
+
+def test_every_api_endpoint_needs_the_key(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("k\n")
+    f = Front("--engine_profile=zero", f"--api_keys_file={keys}")
+    try:
+        for path, body in (
+            ("/generate", {"prompts": [[1]]}),
+            ("/loglikelihood", {"prompts": [[1]], "continuations": [[2]]}),
+            ("/route", {"prompts": ["x"]}),
+            ("/v1/completions", {"prompt": [1]}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+            ("/experts", None),
+            ("/v1/models", None),
+        ):
+            status, out, headers = call(f, path, body)
+            assert status == 401 and headers["WWW-Authenticate"] == "Bearer", (path, out)
+            assert call(f, path, body, key="k")[0] != 401, path
+    finally:
+        f.stop()
+
+
+def test_openai_sampling_reaches_the_tiny_llama(tiny_front, tiny_model):
+    from llmlib.model.tiny_llama_np import TinyLlama
+
+    body = {
+        "prompt": [1, 5, 9],
+        "max_tokens": 6,
+        "temperature": 1.2,
+        "seed": 4,
+        "return_token_ids": True,
+        "ignore_eos": True,
+    }
+    got = call(tiny_front, "/v1/completions", body)[1]["choices"][0]["token_ids"]
+    assert got == list(TinyLlama(tiny_model).generate([1, 5, 9], 6, None, 1.2, 1.0, 4))
