@@ -34,6 +34,7 @@ from llmlib.config.fields import REPO_ROOT, Section, setting
 from llmlib.config.settings import Config
 from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.router.config import RoutingConfig, load_routing_config
+from llmlib.router.features import MAX_CHARS
 from llmlib.router.model import SOURCES
 from llmlib.serving.core import CoreCapabilities, LLMCore
 from llmlib.serving.health import describe_events
@@ -140,15 +141,24 @@ class RoutingCore(LLMCore):
 
     # --- text -----------------------------------------------------------------------------
     def _text(self, index: int, tokens: Any) -> str | None:
-        """The prompt of sample ``index`` as text (decoded once per sample; ``tokens`` is
-        the cache's guard); None when it cannot be decoded (the default expert then)."""
+        """The head of sample ``index``'s prompt as text: what the router reads (its first
+        ``MAX_CHARS`` characters), decoded once per sample (``tokens`` is the cache's
+        guard); None when it cannot be decoded (the default expert then).
+
+        Only the first ``MAX_CHARS`` + 64 tokens are decoded when they give the router all
+        it reads (a token is at least one character, special ones aside; a margin covers a
+        character cut at the end), so a long prompt is routed on its first words without
+        decoding the rest; where they do not, the whole prompt is."""
         hit = self._texts.get(index)
         if hit is not None and hit[0] is tokens:
             return hit[1]
         if self._tok is None:
             raise ConfigError("the routing core needs --tokenizer_path")
         try:
-            text: str | None = self._tok.decode([int(t) for t in tokens])
+            head = MAX_CHARS + 64  # tokens: the special ones at the start decode to nothing
+            text: str | None = self._tok.decode([int(t) for t in tokens[:head]])
+            if len(tokens) > head and len(text or "") < MAX_CHARS + 8:
+                text = self._tok.decode([int(t) for t in tokens])  # short tokens: all of it
         except Exception:
             text = None
         self._texts[index] = (tokens, text)

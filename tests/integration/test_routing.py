@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cores.routing import RoutingCore
@@ -289,3 +290,28 @@ def test_a_prompt_that_cannot_be_read_goes_to_the_default_expert(
     assert pool_of(core, finals[1]) == "general"  # the default expert
     assert core.routing_stats()["sources"]["error"] == 1
     assert not (tmp_path / "routing.json").exists()  # routing_stats_file '' writes nothing
+
+
+def test_a_long_prompt_is_routed_on_its_head_decoded_alone(tmp_path, tiny_tokenizer):
+    from llmlib.router.features import MAX_CHARS, prepare
+
+    cfg = make_cfg(
+        core_type="routing",
+        routing_config=str(write_config(tmp_path / "r.yaml", zero_pools())),
+        tokenizer_path=str(tiny_tokenizer),
+        routing_stats_file="",
+    )
+    core = RoutingCore(0, cfg)
+    try:
+        tok = load_tokenizer(tiny_tokenizer)
+        for prompt in (PROMPTS[4] + " ") * 400, PROMPTS[1] * 300, "x" * 9000:
+            ids = np.asarray(tok.encode(prompt), dtype=np.uint32)
+            full = tok.decode(ids.tolist())
+            head = core._text(0, ids)
+            assert len(head) < len(full)  # the rest was not decoded
+            assert head[:MAX_CHARS] == full[:MAX_CHARS] and prepare(head) == prepare(full)
+            assert core.router.decide(head) == core.router.decide(full)
+        short = np.asarray(tok.encode(PROMPTS[0]), dtype=np.uint32)
+        assert core._text(1, short) == tok.decode(short.tolist())
+    finally:
+        core.close()
