@@ -548,3 +548,18 @@ def test_openai_sampling_reaches_the_tiny_llama(tiny_front, tiny_model):
     }
     got = call(tiny_front, "/v1/completions", body)[1]["choices"][0]["token_ids"]
     assert got == list(TinyLlama(tiny_model).generate([1, 5, 9], 6, None, 1.2, 1.0, 4))
+
+
+def test_a_core_that_dies_answers_500_and_readyz_says_so():
+    f = Front("--engine_profile=zero", "--dummy_fail_after=0")
+    try:
+        status, out, _ = call(f, "/generate", {"prompts": [[1], [2]], "max_tokens": 2})
+        assert status == 500 and "2 of 2 prompts failed" in out["error"]["message"], out
+        status, out, _ = call(f, "/v1/completions", {"prompt": [1], "max_tokens": 2})
+        assert status == 500 and out["error"]["message"], out
+        status, out, _ = call(f, "/readyz")
+        assert status == 503 and "down" in out["status"]
+        assert call(f, "/healthz")[0] == 200  # the process is still up
+        assert 'outcome="failed"} 3.0' in f.get("/metrics")
+    finally:
+        f.stop()
