@@ -39,6 +39,7 @@ SECTIONS: list[str] = [
     "cores.triton.core:TritonSettings",
     "cores.vllm:VLLMSettings",
     "cores.tiny_llama:TinyLlamaSettings",
+    "cores.hf:TransformersSettings",
 ]
 CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}  # former core type names
 

@@ -26,6 +26,7 @@ CORE_TABLE: dict[str, str] = {
     "triton_grpc": "cores.triton.core:TritonGrpcCore",
     "vllm": "cores.vllm:VLLMCore",
     "tiny_llama": "cores.tiny_llama:TinyLlamaCore",
+    "transformers": "cores.hf:TransformersCore",
 }
 
 _loaded: dict[str, type[LLMCore]] = {}
@@ -37,6 +38,7 @@ _EXTRAS = {
     "tritonclient": "triton",
     "tensorrt_llm": "trtllm",
     "torch": "torch",
+    "transformers": "model",
 }
 
 C = TypeVar("C", bound=type[LLMCore])
