@@ -52,6 +52,18 @@ class TransformersSettings(Section):
     )
 
 
+def _cache(blocks: int | None) -> dict[str, Any]:
+    """The manager's KV-cache size as a ContinuousBatchingConfig; nothing when unset or where
+    this transformers has no such config (the manager then sizes the cache itself)."""
+    if blocks is None:
+        return {}
+    try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    except ImportError:
+        return {}
+    return {"continuous_batching_config": ContinuousBatchingConfig(num_blocks=blocks)}
+
+
 @register_core("transformers")
 class TransformersCore(LLMCore):
     capabilities = CoreCapabilities(streaming=True, token_ids_out=True)
@@ -76,7 +88,6 @@ class TransformersCore(LLMCore):
         try:
             import torch
             from transformers import AutoModelForCausalLM, GenerationConfig
-            from transformers.generation.configuration_utils import ContinuousBatchingConfig
         except ImportError as exc:
             raise MissingDependencyError(
                 f"core_type transformers needs torch and transformers ({exc.name}): "
@@ -99,10 +110,7 @@ class TransformersCore(LLMCore):
         self.eos = -1 if eos is None else eos
         gen = GenerationConfig(do_sample=False, eos_token_id=self.eos, pad_token_id=0)
         blocks = s.transformers_cache_blocks or (self.CPU_BLOCKS if device == "cpu" else None)
-        cb = ContinuousBatchingConfig(num_blocks=blocks)
-        self.manager = self.model.init_continuous_batching(
-            generation_config=gen, continuous_batching_config=cb
-        )
+        self.manager = self.model.init_continuous_batching(generation_config=gen, **_cache(blocks))
         self.manager.start()
         self._ids: dict[str, LLMRequest] = {}
         self._sent_first: set[str] = set()
