@@ -45,6 +45,7 @@ class RunSummary(TypedDict, total=False):
     notes: list[str]
     memory_growth: list[dict[str, Any]] | None
     reasoning: dict[str, Any]  # a reasoning model's split of its output (reasoning.csv)
+    gpu: dict[str, Any] | None  # NVML's facts and samples over the test (gpu.csv)
     config: dict[str, Any]
     config_sources: dict[str, str]
     plots: list[str]

@@ -42,6 +42,7 @@ from harness.run.prepare import (
 from harness.run.progress import Progress
 from harness.run.sut import HarnessSUT, LoadGenSink
 from llmlib.config.settings import Config
+from llmlib.deploy.gpu_monitor import GpuMonitor
 from llmlib.errors import ConfigError, LLMLibError
 from llmlib.eval.compliance import audit_thresholds, check_test06, check_test07, check_test09
 from llmlib.eval.rules import (
@@ -130,6 +131,7 @@ class Executed:
     t0_ns: int
     duration_ns: int
     memory_growth: list[dict[str, Any]] | None = None
+    gpu: GpuMonitor | None = None
 
 
 class MemoryTrace:
@@ -199,6 +201,7 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
                      cfg.progress),
             SweepAfterFailures(server.cores),
             MemoryTrace(cfg.trace_memory) as trace,
+            GpuMonitor(cfg.gpu_sample_interval_s, run_dir / "gpu.csv") as gpu,
         ):  # fmt: skip
             test = lambda: lg.StartTestWithLogSettings(lg_sut, qsl, ts, settings, audit_arg)  # noqa: E731
             if CHILD_SIGNALS is not None:  # on a thread: signals are handled meanwhile
@@ -210,7 +213,7 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
         gc.enable()
     lg.DestroyQSL(qsl)
     lg.DestroySUT(lg_sut)
-    return Executed(rlog, t0, duration, trace.growth)
+    return Executed(rlog, t0, duration, trace.growth, gpu)
 
 
 def report(plan: TestPlan, done: Executed) -> RunSummary:
@@ -273,6 +276,9 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
         "config_sources": cfg.sources,
     }
     summary.update(pool_summary(server, done.t0_ns))
+    if done.gpu is not None and (gpu_note := done.gpu.note()):
+        notes.append(gpu_note)
+        summary["gpu"] = done.gpu.summary()
     records = [r for c in cores for r in c.reasoning_records() if r[0] >= 0]  # (not warmup)
     if records:
         summary["reasoning"] = reasoning_summary(records, run_dir)

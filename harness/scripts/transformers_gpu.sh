@@ -7,9 +7,9 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 MODEL=/tmp/llama31-8b-random
-python3 -c "import mlperf_loadgen, pyarrow" 2>/dev/null || {
+python3 -c "import mlperf_loadgen, pyarrow, pynvml" 2>/dev/null || {
     python3 -m pip install -q --no-index --find-links .devcarry/gpuwheels --target /tmp/site \
-        mlcommons-loadgen pyarrow
+        mlcommons-loadgen pyarrow nvidia-ml-py
     export PYTHONPATH=/tmp/site
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
@@ -33,8 +33,9 @@ print(f"random 8B written in {time.time() - t:.0f} s")
 PY
 echo "set-up: $(( $(date +%s) - t0 )) s"
 python3 -m harness --core_type=transformers --transformers_model="$MODEL" --benchmarks=tiny \
-    --vocab_size=128256 --scenarios=offline --sample_count=256 --min_query_count=1024 \
+    --vocab_size=128256 --scenarios=offline --sample_count=256 --min_query_count="${QUERIES:-1024}" \
     --offline_expected_qps=40 --min_duration=10000 --warmup_queries=8 --progress=false \
     --log_dir="$OUT/logs" 2>&1 | grep -v ContinuousBatchingLogger | tail -12
 find "$OUT/logs" -name summary.json -exec cp {} "$OUT/summary.json" \;
+find "$OUT/logs" -name gpu.csv -exec cp {} "$OUT/gpu.csv" \;
 echo "total: $(( $(date +%s) - t0 )) s"

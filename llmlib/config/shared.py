@@ -314,6 +314,16 @@ SHARED_FIELDS = [
     _f("progress_interval_s", float, 0.5, "progress refresh period", "report", minimum=0.05),
     _f("show_steady_state_progress", bool, False, "show tokens/s over the last 10 s", "report"),
     _f(
+        "gpu_sample_interval_s",
+        float,
+        0.5,
+        "where NVML answers (nvidia-ml-py, a GPU): the GPUs' facts in the report and their "
+        "utilisation, memory, clock and power sampled this often on a side thread during the "
+        "test (gpu.csv); 0: off",
+        "report",
+        minimum=0.0,
+    ),
+    _f(
         "trace_memory",
         bool,
         False,
