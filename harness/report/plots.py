@@ -109,9 +109,15 @@ def plot_run(run_dir: Path, summary: RunSummary) -> list[str]:
         width = np.diff(edges)
         tok_s = np.histogram(t_end, bins=edges, weights=toks)[0] / width
         smp_s = np.histogram(t_end, bins=edges)[0] / width
-        fig, ax = plt.subplots(figsize=(11, 3.5))
+        gpu = _gpu_samples(run_dir / "gpu.csv")
+        if gpu is None:
+            fig, ax = plt.subplots(figsize=(11, 3.5))
+        else:  # the GPUs as NVML saw them, on the same time axis
+            fig, (ax, gax) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+            _gpu_panel(gax, gpu)
         (h1,) = ax.step(edges[:-1], tok_s, where="post", label="tokens/s")
-        ax.set_xlabel("seconds since the test started")
+        if gpu is None:
+            ax.set_xlabel("seconds since the test started")
         ax.set_ylabel("output tokens/s (1 s bins)")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
@@ -128,6 +134,38 @@ def plot_run(run_dir: Path, summary: RunSummary) -> list[str]:
         plt.close(fig)
         written.append(THROUGHPUT_PNG)
     return written
+
+
+def _gpu_samples(path: Path) -> np.ndarray | None:
+    """gpu.csv's rows (t_s, gpu, util %, memory util %, memory MiB, SM clock, power), or
+    None where the run has none."""
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text(errors="replace").splitlines()[1:]:
+        try:
+            rows.append([float(x) for x in line.split(",")[:5]])
+        except ValueError:
+            return None  # not the monitor's file
+    a = np.array([r for r in rows if len(r) == 5], dtype=np.float64)
+    return a if len(a) else None
+
+
+def _gpu_panel(ax: Any, rows: np.ndarray) -> None:
+    ax2 = ax.twinx()
+    for g in np.unique(rows[:, 1]).astype(int):
+        r = rows[rows[:, 1] == g]
+        ax.plot(r[:, 0], r[:, 2], label=f"GPU {g} utilisation %")
+        ax2.plot(r[:, 0], r[:, 4] / 1024, linestyle="--", alpha=0.6, label=f"GPU {g} memory GiB")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("utilisation %")
+    ax2.set_ylabel("memory used (GiB)")
+    ax2.set_ylim(bottom=0)
+    ax.set_xlabel("seconds since the test started")
+    ax.grid(True, alpha=0.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
 
 
 def plot_compare(rows: list[dict[str, Any]], out: Path) -> bool:

@@ -105,5 +105,25 @@ def test_plot_run_draws_latency_cdf_and_throughput(tmp_path, scenario, streamed)
         assert (tmp_path / f).read_bytes()[:8] == PNG
 
 
+def _png_height(path):
+    return int.from_bytes(path.read_bytes()[20:24], "big")
+
+
+def test_throughput_plot_gets_the_gpu_panel_where_the_run_has_gpu_samples(tmp_path):
+    write_requests(tmp_path, True)
+    plot_run(tmp_path, summary())
+    alone = _png_height(tmp_path / "throughput.png")
+    rows = [f"{t * 0.5},{g},{50 + g},5,{70000 + t},1980,500" for t in range(8) for g in (0, 1)]
+    (tmp_path / "gpu.csv").write_text(
+        "t_s,gpu,util_pct,mem_util_pct,mem_used_mib,c,p\n" + "\n".join(rows) + "\n"
+    )
+    plot_run(tmp_path, summary())
+    assert _png_height(tmp_path / "throughput.png") > 1.5 * alone  # a second panel
+    for bad in ("t_s,gpu\n", "t_s,gpu,util\nnot,numbers,here,at,all\n"):
+        (tmp_path / "gpu.csv").write_text(bad)
+        assert plot_run(tmp_path, summary()) == ["latency_cdf.png", "throughput.png"]
+        assert _png_height(tmp_path / "throughput.png") == alone
+
+
 def test_no_requests_csv_no_plots(tmp_path):
     assert plot_run(tmp_path, summary()) == []
