@@ -27,67 +27,17 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.serve.process import FrontProcess
 from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
 
 STREAM_BODY = {"prompt": list(range(1, 33)), "max_tokens": 64, "stream": True}
-
-
-class Front:
-    """``python -m harness serve`` started for a measurement; stopped with SIGTERM."""
-
-    def __init__(self, args: list[str], cpus: str = "") -> None:
-        cmd = [sys.executable, "-m", "harness", "serve", "--port=0", *args]
-        if cpus:
-            cmd = ["taskset", "-c", cpus, *cmd]
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self.err, text=True
-        )
-        assert self.proc.stdout is not None
-        for line in iter(self.proc.stdout.readline, ""):  # a backend may log before it
-            m = re.search(r"llmlib serving front: (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                self.url = m.group(1)
-                out = self.proc.stdout  # drained, so a backend that logs never blocks on it
-                self._drain = threading.Thread(target=out.read, daemon=True)
-                self._drain.start()
-                return
-        self.stop()
-        raise ConfigError("bench-front: the front did not start (run its command to see why)")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        drain = getattr(self, "_drain", None)
-        if drain is not None:
-            drain.join(10)  # the process is gone: its stdout ends
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.err.close()
 
 
 # --- the client: one process's share -----------------------------------------------------
@@ -286,7 +236,7 @@ def route(args: argparse.Namespace) -> dict[str, Any]:
     texts = _prompts(Path(args.prompts), args.max_prompts)
     rc = load_routing_config(args.routing_config)
     inproc = bench(rc.router(), texts)
-    front = Front(
+    front = FrontProcess(
         [
             "--core_type=routing",
             f"--routing_config={args.routing_config}",
@@ -326,7 +276,7 @@ def capacity(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     out: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for _ in range(args.repeats):
         for name, flags in (("off", base), ("on", guarded)):
-            front = Front(flags, args.server_cpus)
+            front = FrontProcess(flags, args.server_cpus)
             try:
                 hdr = {"Authorization": "Bearer bench-key"} if name == "on" else {}
                 closed_loop(front.url, "/v1/completions", body, conc, 1.0, args.clients, hdr)
@@ -343,7 +293,7 @@ def capacity(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def overload(args: argparse.Namespace) -> dict[str, Any]:
     bound = args.overload_in_flight
     body = json.dumps({"prompt": list(range(1, 33)), "max_tokens": 64}).encode()
-    front = Front(["--engine_profile=fixed", f"--max_in_flight={bound}"], args.server_cpus)
+    front = FrontProcess(["--engine_profile=fixed", f"--max_in_flight={bound}"], args.server_cpus)
     try:
         rss0 = front.rss_mb()
         cap = closed_loop(front.url, "/v1/completions", [body], bound, args.seconds, args.clients)

@@ -5,9 +5,6 @@ import csv
 import json
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -15,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from llmlib.config.settings import REPO_ROOT
+from harness.serve.process import FrontProcess
 from tests.conftest import run_harness
 
 pytestmark = pytest.mark.slow
@@ -24,32 +21,12 @@ pytestmark = pytest.mark.slow
 FAST = ("--engine_profile=fixed",)  # 20 ms TTFT, 5 ms TPOT, no batch limit
 
 
-class Front:
-    """``python -m harness serve`` on a free port; ``url`` once it listens."""
+class Front(FrontProcess):
+    """``python -m harness serve`` on a free port (``FAST`` by default); ``url`` once it
+    listens; JSON in and out."""
 
     def __init__(self, *args):
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", "serve", "--port=0", *(args or FAST)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            text=True,
-        )
-        seen = []  # the line it prints: where it listens (a backend may log before it)
-        for line in iter(self.proc.stdout.readline, ""):
-            seen.append(line)
-            m = re.search(r"llmlib serving front: (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                self.url = m.group(1)
-                out = self.proc.stdout  # drained, so a backend that logs never blocks on it
-                self._drain = threading.Thread(target=out.read, daemon=True)
-                self._drain.start()
-                return
-        self.err.seek(0)
-        err = self.err.read()
-        self.stop()
-        raise RuntimeError(f"serving front did not start: {''.join(seen)[-2000:]}{err!r}")
+        super().__init__(list(args or FAST), grace_s=10)
 
     def post(self, path, body):
         req = urllib.request.Request(
@@ -61,20 +38,6 @@ class Front:
     def get(self, path):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return r.read().decode()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        drain = getattr(self, "_drain", None)
-        if drain is not None:
-            drain.join(10)  # the process is gone: its stdout ends
-        self.proc.stdout.close()
-        self.err.close()
 
 
 @pytest.fixture
