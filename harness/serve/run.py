@@ -21,7 +21,8 @@ async def serve(front: ServingFront, host: str, port: int) -> None:
     from aiohttp import web
 
     front.loop = asyncio.get_running_loop()
-    runner = web.AppRunner(front.app(), access_log=None)
+    # the drain below is the grace: cleanup then cancels what is left, not waits 60 s more
+    runner = web.AppRunner(front.app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -208,6 +208,29 @@ def test_sigterm_drains_what_is_in_flight_then_exits():
     f.stop()
 
 
+def test_sigterm_cuts_what_outlives_the_drain_bound_and_exits():
+    f = Front("--engine_profile=fixed", "--max_tokens_cap=2000", "--drain_s=0.3")
+    results = []
+
+    def slow():  # about 5 s of decoding: longer than the drain bound
+        try:
+            results.append(call(f, "/generate", {"prompts": [[1]], "max_tokens": 1000})[0])
+        except OSError as exc:  # the connection cut when the front exits
+            results.append(type(exc).__name__)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.4)
+    t0 = time.monotonic()
+    f.proc.send_signal(signal.SIGTERM)
+    assert f.proc.wait(10) == 0 and time.monotonic() - t0 < 3  # within the bound, not ~5 s
+    t.join(10)
+    assert results and results[0] != 200, results
+    f.err.seek(0)
+    assert b"still in flight after 0.3 s of draining" in f.err.read()
+    f.stop()
+
+
 def serve_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "harness", "serve", *args],
@@ -230,6 +253,8 @@ def serve_cli(*args, env=None):
         (["--config=/nonexistent.yaml"], "--config"),
         (["--core_type=tiny_llama", "--tiny_llama_model=/nonexistent"], "make tiny-model"),
         (["--core_type=nope"], "core type"),
+        (["--", "--bogus_flag=1"], "Unknown flag '--bogus_flag'"),
+        (["--", "not-a-flag"], "unexpected argument"),
     ],
 )
 def test_bad_settings_are_one_line_and_status_2(args, says):

@@ -2,6 +2,9 @@
 on the CPU: through LoadGen, every token is the model's greedy output, Offline and Server
 are VALID, and bad settings are one line."""
 
+import time
+
+import numpy as np
 import pytest
 
 from llmlib.config.settings import REPO_ROOT
@@ -84,3 +87,32 @@ def test_transformers_core_through_loadgen_gives_the_model_s_greedy_tokens(tmp_p
 def test_transformers_core_settings_are_checked_before_any_test(tmp_path, args, says):
     p, runs = run_harness(tmp_path, "--core_type=transformers", "--scenarios=offline", *args)
     assert p.returncode == 2 and says in p.stderr and not runs, p.stderr
+
+
+def test_a_manager_that_stops_fails_every_pending_request_and_the_core(tiny_model):
+    from cores.hf import TransformersCore
+    from llmlib.serving.request import LLMRequest
+    from tests.conftest import Collector, make_cfg
+
+    cfg = make_cfg(
+        core_type="transformers",
+        transformers_model=str(tiny_model),
+        transformers_dtype="float32",
+        vocab_size=2048,
+    )
+    core, seen = TransformersCore(0, cfg), Collector()
+    core.callback = seen
+    try:
+        reqs = [
+            LLMRequest(i, i, np.array([1, 5, 9 + i], dtype=np.uint32), 100_000, True)
+            for i in range(4)
+        ]
+        core.enqueue(reqs)
+        time.sleep(0.5)
+        core.manager.stop(block=True, timeout=30, hard_stop=True)  # its thread is gone
+        assert core.flush(30)
+        finals = seen.finals()
+        assert sorted(finals) == [0, 1, 2, 3] and not any(r.ok for r in finals.values())
+        assert not core.alive and "generation thread stopped" in core.down_reason
+    finally:
+        core.close()

@@ -61,3 +61,21 @@ def test_api_keys_from_a_file_and_the_environment(tmp_path):
         load_keys(str(tmp_path / "missing"), {})
     with pytest.raises(ConfigError, match="whitespace"):
         load_keys("", {"LLMLIB_API_KEYS": "a\tb"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["route", "--concurrency=1,x"], "comma list"),
+        (["speed"], "unknown measurement"),
+        (["route", "--seconds=nan"], "--seconds"),
+        (["route", "--clients=0"], ">= 1"),
+        (["route", "--prompts=/nonexistent.jsonl"], "no prompts"),
+    ],
+)
+def test_bench_front_refuses_bad_arguments_before_starting_anything(tmp_path, argv, says):
+    from harness.bench.front import main
+
+    with pytest.raises(ConfigError, match=None) as err:
+        main([*argv, f"--out={tmp_path}"])
+    assert says in str(err.value)
