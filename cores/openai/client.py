@@ -27,17 +27,28 @@ KEEPALIVE_S = 2.0
 ANSWER_MARKERS = ("</think>", "<|channel|>final<|message|>")
 
 
+CLOSE = {"Connection": "close"}
+# the path of each API (llamacpp: llama.cpp's native one)
+PATHS = {
+    "completions": "/v1/completions",
+    "chat": "/v1/chat/completions",
+    "llamacpp": "/completion",
+}
+
+
 class Completion(NamedTuple):
     """One finished request: every generated token id (reasoning included: what LoadGen
     counts), where they came from, and the reasoning/answer split of those tokens with the
     time (perf_counter_ns) the first answer token arrived (the first token's time when the
-    stream had no reasoning)."""
+    stream had no reasoning). ``withheld``: ids the server generated but did not stream
+    (llama.cpp's native stream; see ``_Stream.feed_native``)."""
 
     ids: np.ndarray
     source: str  # "server" or "retokenized"
     reasoning_tokens: int
     answer_tokens: int
     first_answer_ns: int
+    withheld: int = 0
 
 
 class EndpointClient:
@@ -50,6 +61,7 @@ class EndpointClient:
         limit: int,
         tokenizer_path: str = "",
         stall_s: float = 0.0,
+        llamacpp: bool = False,
     ) -> None:
         try:
             import aiohttp
@@ -59,10 +71,14 @@ class EndpointClient:
             ) from None
         self.aiohttp = aiohttp
         self.url, self.api, self.model = url.rstrip("/"), api, model
-        self.path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+        self.path = PATHS.get(api, "/v1/completions")  # auto: settled by health()
         self.timeout_s, self.limit, self.stall_s = timeout_s, limit, stall_s
         self.tok: Tokenizer | None = load_tokenizer(tokenizer_path) if tokenizer_path else None
         self.session: Any = None
+        # a llama.cpp server (health() asks): its streams go on connections of their own,
+        # since it closes a connection after a stream while saying keep-alive (a request that
+        # reuses one fails: "Can not write request body", ~2.5% of streams at concurrency 8)
+        self.llamacpp = llamacpp
         self._open: set[_Stream] = set()  # requests in flight (the stall watch reads them)
         self._last_byte = 0.0  # time.monotonic() of the last line any stream read
         self._watch: asyncio.Task[None] | None = None
@@ -126,14 +142,36 @@ class EndpointClient:
                     raise HealthCheckError(f"{self.url}/health: HTTP {resp.status}")
         except self.aiohttp.ClientError as exc:
             raise HealthCheckError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-        if not self.model:
+        try:
             async with self.session.get(self.url + "/v1/models") as resp:
-                data = (await resp.json()).get("data") or []
-                if not data:
-                    raise HealthCheckError(f"{self.url}/v1/models lists no model")
-                self.model = str(data[0]["id"])
+                data = (await resp.json(content_type=None)).get("data") if resp.ok else None
+        except (self.aiohttp.ClientError, ValueError, AttributeError):
+            data = None
+        if not data and not self.model:
+            raise HealthCheckError(f"{self.url}/v1/models lists no model: give --endpoint_model")
+        # llama.cpp's server says so in /v1/models
+        owners = {m.get("owned_by") for m in data or () if isinstance(m, dict)}
+        self.llamacpp = "llamacpp" in owners
+        if self.api == "llamacpp" and not self.llamacpp:
+            raise HealthCheckError(
+                f"--endpoint_api=llamacpp: {self.url} is not llama.cpp's server (its "
+                "/v1/models does not say owned_by llamacpp); use --endpoint_api=auto"
+            )
+        if self.api == "auto":
+            self.api = "llamacpp" if self.llamacpp else "completions"
+            self.path = PATHS[self.api]
+        if not self.model:
+            self.model = str(data[0]["id"])  # type: ignore[index]
 
-    def body(self, prompt: np.ndarray, max_new_tokens: int) -> dict[str, Any]:
+    def body(self, prompt: np.ndarray, max_new_tokens: int, stream: bool = True) -> dict[str, Any]:
+        if self.api == "llamacpp":  # token ids in and out (return_tokens), greedy
+            return {
+                "prompt": prompt.tolist(),
+                "n_predict": int(max_new_tokens),
+                "temperature": 0.0,
+                "stream": stream,
+                "return_tokens": True,
+            }
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": int(max_new_tokens),
@@ -157,12 +195,17 @@ class EndpointClient:
     ) -> Completion:
         """Stream one completion; ``on_first(ids)`` at the first output (reasoning counts:
         MLPerf's first token is the first generated one). Returns the ``Completion``; raises
-        for any failure."""
+        for any failure. llama.cpp's native API is asked unstreamed when no first token is
+        wanted: its answer then holds every id (its stream can withhold some)."""
+        if self.api == "llamacpp" and on_first is None:
+            return await self._whole(prompt, max_new_tokens)
         s = _Stream(time.monotonic(), asyncio.current_task())
         self._open.add(s)
         try:
             async with self.session.post(
-                self.url + self.path, json=self.body(prompt, max_new_tokens)
+                self.url + self.path,
+                json=self.body(prompt, max_new_tokens),
+                headers=CLOSE if self.llamacpp else None,
             ) as resp:
                 if resp.status != 200:
                     text = (await resp.text())[:300]
@@ -172,7 +215,7 @@ class EndpointClient:
                     if s.feed(raw) and on_first is not None and s.first_ids is None:
                         on_first(self._first_ids(s))
             if not s.done:
-                raise RequestFailed("the stream ended without [DONE] (server closed it)")
+                raise RequestFailed("the stream ended before its last event (server closed it)")
         except asyncio.CancelledError:
             if s.stalled is None:
                 raise
@@ -192,7 +235,42 @@ class EndpointClient:
         if not s.ids and not "".join(s.texts):
             raise RequestFailed("empty stream: no tokens")
         ids, source = self._final_ids(s)
-        return Completion(ids, source, *self._split(s, len(ids)))
+        withheld = 0
+        if s.predicted is not None:  # llama.cpp's final event counts what it generated
+            withheld = s.predicted - len(ids)
+            if withheld < 0:
+                raise RequestFailed(
+                    f"{self.url} streamed {len(ids)} token ids but says it generated {s.predicted}"
+                )
+        return Completion(ids, source, *self._split(s, len(ids)), withheld)
+
+    async def _whole(self, prompt: np.ndarray, max_new_tokens: int) -> Completion:
+        """One unstreamed request to llama.cpp's native ``/completion``: every generated id
+        comes back in ``tokens``."""
+        s = _Stream(time.monotonic(), asyncio.current_task())  # (for the stall watch)
+        self._open.add(s)
+        try:
+            body = self.body(prompt, max_new_tokens, stream=False)
+            async with self.session.post(self.url + self.path, json=body) as resp:
+                self._last_byte = s.last = time.monotonic()
+                if resp.status != 200:
+                    text = (await resp.text())[:300]
+                    raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
+                raw = await resp.read()
+            t = time.perf_counter_ns()
+        except asyncio.CancelledError:
+            if s.stalled is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise RequestFailed(s.stalled) from None
+        finally:
+            self._open.discard(s)
+        ids = _native_ids(raw, self.url)
+        if not len(ids):
+            raise RequestFailed("empty answer: no tokens")
+        return Completion(ids, "server", 0, len(ids), t)
 
     def _split(self, s: _Stream, total: int) -> tuple[int, int, int]:
         """(reasoning tokens, answer tokens, first answer time) of a finished stream. Chunks
@@ -243,12 +321,32 @@ class EndpointClient:
         return self.tok.encode(text, add_bos=False)
 
 
+def _native_ids(raw: bytes, url: str) -> np.ndarray:
+    """The token ids of llama.cpp's unstreamed ``/completion`` answer, checked: a JSON
+    object that says it stopped, with as many ``tokens`` as ``tokens_predicted``."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        raise RequestFailed(f"not JSON from {url}: {raw[:100]!r}") from None
+    if not isinstance(obj, dict):
+        raise RequestFailed(f"not a JSON object from {url}: {raw[:100]!r}")
+    if obj.get("error"):
+        raise RequestFailed(f"server error: {obj['error']}")
+    ids, n = obj.get("tokens"), obj.get("tokens_predicted")
+    if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+        raise RequestFailed(f"{url} sent no token ids (a llama.cpp server answers 'tokens')")
+    if n is not None and n != len(ids):
+        raise RequestFailed(f"{url} sent {len(ids)} token ids but says it generated {n}")
+    return np.asarray(ids, dtype=np.uint32)
+
+
 class _Stream:
     """What one SSE stream has said so far, and when (for the stall watch)."""
 
     __slots__ = (
         "ids", "texts", "server_ids", "done", "first_ids", "first_text_len",
         "started", "last", "task", "stalled", "times", "chunk_ids", "reasoning_chunks",
+        "predicted",
     )  # fmt: skip
 
     def __init__(self, started: float = 0.0, task: asyncio.Task[Any] | None = None) -> None:
@@ -265,6 +363,7 @@ class _Stream:
         self.times: list[int] = []
         self.chunk_ids: list[int] = []
         self.reasoning_chunks = 0  # chunks the server marked as reasoning (leading ones)
+        self.predicted: int | None = None  # llama.cpp's count of generated tokens, at the end
 
     def answer_start(self) -> int | None:
         """Index of the first answer chunk: after the chunks the server marked as reasoning,
@@ -302,8 +401,12 @@ class _Stream:
             obj = json.loads(data)
         except json.JSONDecodeError:
             raise RequestFailed(f"not JSON in the stream: {data[:100]!r}") from None
+        if not isinstance(obj, dict):
+            raise RequestFailed(f"not a JSON object in the stream: {data[:100]!r}")
         if obj.get("error"):
             raise RequestFailed(f"server error: {obj['error']}")
+        if "choices" not in obj and "stop" in obj:
+            return self.feed_native(obj)
         got = False
         for c in obj.get("choices") or ():
             ids = c.get("token_ids")
@@ -325,3 +428,25 @@ class _Stream:
             self.times.append(time.perf_counter_ns())
             got = True
         return got
+
+    def feed_native(self, obj: dict[str, Any]) -> bool:
+        """One event of llama.cpp's native stream: ``tokens`` and ``content`` per event, the
+        last with ``stop`` true and the count of generated tokens (no ``[DONE]``). llama.cpp
+        streams no event for a token that leaves the text inside a UTF-8 character (its id
+        is lost to the stream; the next event's text holds its bytes): ``predicted`` minus
+        the ids streamed counts those."""
+        ids = obj.get("tokens") or []
+        if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+            raise RequestFailed(f"bad token ids in the stream: {str(ids)[:100]}")
+        if obj.get("stop") is True:
+            self.done = True
+            n = obj.get("tokens_predicted")
+            self.predicted = n if type(n) is int else None
+        if not ids:
+            return False
+        self.server_ids = True
+        self.ids.extend(ids)
+        self.texts.append(str(obj.get("content") or ""))
+        self.chunk_ids.append(len(ids))
+        self.times.append(time.perf_counter_ns())
+        return True

@@ -7,7 +7,13 @@ trtllm-serve, ``vllm serve``, llama.cpp's server and ``python -m harness serve``
 aiohttp session; at most ``endpoint_concurrency`` requests are in flight, the rest wait.
 
 Tokens in: the completions API gets the prompt as token ids (no re-tokenization); the chat
-API needs text, so the prompt is decoded with ``--tokenizer_path``.
+API needs text, so the prompt is decoded with ``--tokenizer_path``. llama.cpp's server is
+spoken to through its native ``/completion`` (``endpoint_api`` llamacpp; ``auto``, the
+default, picks it where the launch op started llama.cpp or ``/v1/models`` says
+``owned_by: llamacpp``): token ids in, and out (``return_tokens``), asked unstreamed when
+LoadGen wants no first token (Offline: every id comes back); streamed otherwise, where
+llama.cpp sends no event for a token that ends inside a UTF-8 character, so its id is lost:
+the final event's count shows how many, and the report says so.
 Tokens out: every request asks for ``return_token_ids`` (vLLM's option; our serving front
 honours it too) and the ids the server sends are used as they are. A server that sends only
 text is re-tokenized with ``--tokenizer_path``: the first chunk's text gives the first-token
@@ -71,9 +77,11 @@ class EndpointSettings(Section):
         aliases=("trtllm_server_urls",),
     )
     endpoint_api: str = setting(
-        "completions",
-        "which API: completions (token ids in) or chat (text in)",
-        choices=("completions", "chat"),
+        "auto",
+        "which API: completions (token ids in), chat (text in), llamacpp (llama.cpp's native "
+        "/completion: token ids in and out), auto (llamacpp where the server is llama.cpp: "
+        "launched as one, or so its /v1/models says; else completions)",
+        choices=("auto", "completions", "chat", "llamacpp"),
     )
     endpoint_model: str = setting("", "model name sent (empty: the server's first)")
     workers_per_core: int = setting(
@@ -149,6 +157,7 @@ class EndpointCore(AsyncLoopCore):
         self.client = EndpointClient(**self.settings)
         self.url, self.path = self.client.url, self.client.path
         self.token_source: Counter[str] = Counter()
+        self.withheld = [0, 0]  # llama.cpp streams that withheld ids: requests, ids
         # (request id, sample, reasoning tokens, answer tokens, ns from issue to the first
         # answer token), flat, 40 bytes per finished request once any had reasoning
         self.splits = array("q")
@@ -172,7 +181,10 @@ class EndpointCore(AsyncLoopCore):
 
     async def _health(self) -> None:
         await self.client.health()
-        self.settings["model"] = self.client.model  # workers use what /v1/models named
+        # workers use what /v1/models named, and the API it settled
+        self.settings["model"], self.settings["api"] = self.client.model, self.client.api
+        self.settings["llamacpp"] = self.client.llamacpp
+        self.path = self.client.path
 
     def _health_check_impl(self) -> None:
         super()._health_check_impl()
@@ -189,10 +201,16 @@ class EndpointCore(AsyncLoopCore):
         done = await self.client.request(
             np.asarray(req.input_tokens), req.max_new_tokens, first if req.stream else None
         )
-        self.token_source[done.source] += 1
+        self._count(done.source, done.withheld)
         self._note_split(rid, req.sample_index, req.issue_ns, done.reasoning_tokens,
                          done.answer_tokens, done.first_answer_ns)  # fmt: skip
         self._deliver([LLMResponse(rid, done.ids, True, time.perf_counter_ns(), cid)])
+
+    def _count(self, source: str, withheld: int) -> None:
+        self.token_source[source] += 1
+        if withheld:
+            self.withheld[0] += 1
+            self.withheld[1] += withheld
 
     def _note_split(
         self, rid: int, sample: int, issue_ns: int, reasoning: int, answer: int, first_ns: int
@@ -252,8 +270,8 @@ class EndpointCore(AsyncLoopCore):
                 out.append(LLMResponse(rid, ids, True, t, cid, err))
                 continue
             if final:
-                self.token_source[source] += 1
-                self._note_split(rid, sample, issue, *split)
+                self._count(source, split[3])
+                self._note_split(rid, sample, issue, *split[:3])
             out.append(LLMResponse(rid, ids, final, t, cid))
         self._deliver(out)
 
@@ -266,7 +284,15 @@ class EndpointCore(AsyncLoopCore):
         src = ", ".join(f"{n} {k}" for k, n in sorted(self.token_source.items()))
         api = f"{self.url}{self.path}, model {self.model or '?'}"
         procs = f"; {self.n_workers} worker processes" if self.n_workers else ""
-        return [f"core {self.core_id}: {api}{procs}; output token ids: {src or 'none completed'}"]
+        notes = [f"core {self.core_id}: {api}{procs}; output token ids: {src or 'none completed'}"]
+        if self.withheld[0]:
+            n, ids = self.withheld
+            notes.append(
+                f"core {self.core_id}: llama.cpp's stream withheld {ids} token ids from {n} "
+                "requests (it streams no event for a token that ends inside a UTF-8 character); "
+                "LoadGen got the ids streamed (Offline asks unstreamed and gets every id)"
+            )
+        return notes
 
 
 # --- the worker process ----------------------------------------------------------------------
@@ -309,7 +335,8 @@ async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
                 data = b"" if got is None else np.asarray(got, dtype=np.uint32).tobytes()
                 emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), "", None))
                 return
-            split = (done.reasoning_tokens, done.answer_tokens, done.first_answer_ns)
+            split = (done.reasoning_tokens, done.answer_tokens, done.first_answer_ns,
+                     done.withheld)  # fmt: skip
             emit((rid, done.ids.tobytes(), True, time.perf_counter_ns(), None, done.source, split))
 
     def start(batch: list[tuple[Any, ...]] | None) -> None:

@@ -94,9 +94,12 @@ def results_root(cfg: Config) -> Path:
 
 
 def served_by(cfg: Config, server: LaunchedServer) -> Config:
-    """``cfg`` pointed at the launched server."""
+    """``cfg`` pointed at the launched server (llama.cpp's through its native API, token
+    ids in and out, unless ``--endpoint_api`` says otherwise)."""
     if server.spec.kind == "triton":
         return cfg.replace(triton_server_urls=[f"{server.spec.host}:{server.spec.grpc_port}"])
+    if server.spec.kind == "llamacpp" and cfg.endpoint_api == "auto":
+        return cfg.replace(server_urls=[server.url], endpoint_api="llamacpp")
     return cfg.replace(server_urls=[server.url])
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.text_sources import read_sharegpt
@@ -75,18 +76,30 @@ def build_llama(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     return out
 
 
-def build_gguf(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
-    """A tiny random Llama as GGUF for llama.cpp's server (``tiny.gguf`` in ``out``): the
-    shapes of ``build_llama``, float32, and a SentencePiece-style vocabulary (``<unk>``,
-    ``<s>``, ``</s>``, the 256 byte tokens, then word pieces) of ``vocab_size`` entries, so
-    the same token ids are valid for both models. Needs the ``gguf`` package."""
+def build_gguf(
+    out: Path, vocab_size: int = 2048, seed: int = 0, model_dir: Path | None = None
+) -> Path:
+    """A tiny Llama as GGUF for llama.cpp's server (``tiny.gguf`` in ``out``), float32, with a
+    SentencePiece-style vocabulary (``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens, then
+    word pieces) of ``vocab_size`` entries. With ``model_dir`` (``build_llama``'s), its
+    weights and shape, so llama.cpp and the numpy/transformers model compute the same
+    thing (greedy tokens can be compared); else random weights of ``build_llama``'s shape.
+    Needs the ``gguf`` package."""
     try:
         import gguf
     except ImportError:
         raise MissingDependencyError("the GGUF model needs 'gguf': pip install gguf") from None
     import numpy as np
 
-    hidden, ffn, layers, heads, head_dim = 64, 128, 2, 2, 32
+    if model_dir is not None:
+        cfg, weights = _hf_llama(Path(model_dir))
+    else:
+        cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+        cfg |= {"num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32}
+        cfg |= {"vocab_size": vocab_size, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+        weights = _random_llama(cfg, seed)
+    vocab_size, layers = int(cfg["vocab_size"]), int(cfg["num_hidden_layers"])
+    heads, kv_heads = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"])
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     tokens += [f"\u2581w{i}" for i in range(vocab_size - len(tokens))]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
@@ -94,13 +107,14 @@ def build_gguf(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     path = out / "tiny.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(4096)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(ffn)
+    w.add_embedding_length(int(cfg["hidden_size"]))
+    w.add_feed_forward_length(int(cfg["intermediate_size"]))
     w.add_block_count(layers)
     w.add_head_count(heads)
-    w.add_head_count_kv(heads)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(int(cfg["head_dim"]))
+    w.add_rope_freq_base(float(cfg["rope_theta"]))
+    w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -109,27 +123,74 @@ def build_gguf(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     w.add_unk_token_id(0)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    rng = np.random.default_rng(seed)
+    w.add_add_bos_token(True)
 
-    def t(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+    def put(name: str, hf: str, rope_heads: int = 0) -> None:
+        t = np.ascontiguousarray(weights[hf], dtype=np.float32)
+        if rope_heads:  # transformers rotates halves; llama.cpp's Llama adjacent pairs
+            t = t.reshape(rope_heads, 2, -1, t.shape[-1]).swapaxes(1, 2).reshape(t.shape)
+        w.add_tensor(name, np.ascontiguousarray(t))
 
-    t("token_embd.weight", vocab_size, hidden)
-    w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
-    t("output.weight", vocab_size, hidden)
+    put("token_embd.weight", "model.embed_tokens.weight")
+    put("output_norm.weight", "model.norm.weight")
+    put("output.weight", "lm_head.weight")
     for i in range(layers):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            t(f"blk.{i}.{name}.weight", hidden, hidden)
-        t(f"blk.{i}.ffn_gate.weight", ffn, hidden)
-        t(f"blk.{i}.ffn_up.weight", ffn, hidden)
-        t(f"blk.{i}.ffn_down.weight", hidden, ffn)
+        hf = f"model.layers.{i}."
+        put(f"blk.{i}.attn_norm.weight", hf + "input_layernorm.weight")
+        put(f"blk.{i}.ffn_norm.weight", hf + "post_attention_layernorm.weight")
+        put(f"blk.{i}.attn_q.weight", hf + "self_attn.q_proj.weight", heads)
+        put(f"blk.{i}.attn_k.weight", hf + "self_attn.k_proj.weight", kv_heads)
+        put(f"blk.{i}.attn_v.weight", hf + "self_attn.v_proj.weight")
+        put(f"blk.{i}.attn_output.weight", hf + "self_attn.o_proj.weight")
+        put(f"blk.{i}.ffn_gate.weight", hf + "mlp.gate_proj.weight")
+        put(f"blk.{i}.ffn_up.weight", hf + "mlp.up_proj.weight")
+        put(f"blk.{i}.ffn_down.weight", hf + "mlp.down_proj.weight")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _hf_llama(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A saved LlamaForCausalLM's config (the fields GGUF needs) and weights (float32)."""
+    import json
+
+    from llmlib.model.tiny_llama_np import load_safetensors
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    rope = cfg.get("rope_parameters") or {}
+    cfg["rope_theta"] = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    cfg.setdefault("rms_norm_eps", 1e-6)
+    return cfg, load_safetensors(model_dir / "model.safetensors")
+
+
+def _random_llama(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Random weights (normal, 0.05) under transformers' names, norms at 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hidden, ffn, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    out: dict[str, Any] = {}
+
+    def t(name: str, *shape: int) -> None:
+        out[name] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    t("model.embed_tokens.weight", vocab, hidden)
+    out["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
+    t("lm_head.weight", vocab, hidden)
+    for i in range(cfg["num_hidden_layers"]):
+        hf = f"model.layers.{i}."
+        out[hf + "input_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
+        out[hf + "post_attention_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t(hf + f"self_attn.{name}.weight", hidden, hidden)
+        t(hf + "mlp.gate_proj.weight", ffn, hidden)
+        t(hf + "mlp.up_proj.weight", ffn, hidden)
+        t(hf + "mlp.down_proj.weight", hidden, ffn)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"model: {out / 'model.safetensors'} (tiny random Llama, bf16)")
     try:
-        print(f"GGUF: {build_gguf(out, tok.vocab_size)} (the same shapes, for llama.cpp)")
+        gguf = build_gguf(out, tok.vocab_size, model_dir=out)
+        print(f"GGUF: {gguf} (the same weights, float32, for llama.cpp)")
     except MissingDependencyError as exc:
         print(f"GGUF not built: {exc}")
     return 0

@@ -225,6 +225,14 @@ def test_no_server_listening_is_a_clear_error(tmp_path):
     assert "http://127.0.0.1:9" in p.stderr
 
 
+def test_llama_cpp_api_against_another_server_is_a_clear_error(tmp_path, front):
+    p, runs = run_harness(
+        tmp_path, *endpoint_args(front.url, "--endpoint_api=llamacpp"), "--scenarios=offline"
+    )
+    assert p.returncode != 0 and not runs
+    assert "is not llama.cpp's server" in p.stderr and front.url in p.stderr, p.stderr[-2000:]
+
+
 def test_missing_urls_and_a_bad_url_are_config_errors(tmp_path):
     p, _ = run_harness(tmp_path, "--core_type=openai", "--scenarios=offline")
     assert p.returncode == 2 and "--server_urls" in p.stderr

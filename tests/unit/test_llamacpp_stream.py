@@ -1,0 +1,75 @@
+"""The endpoint client's reading of llama.cpp's native ``/completion``: a stream's events
+(token ids per event, the last with ``stop`` and the count of generated tokens) and an
+unstreamed answer, and what is refused as garbage."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cores.openai.client import EndpointClient, _native_ids, _Stream
+from llmlib.serving.async_core import RequestFailed
+
+URL = "http://127.0.0.1:1"
+
+
+def event(**fields):
+    return b"data: " + json.dumps(fields).encode()
+
+
+def test_native_events_give_ids_in_order_and_the_generated_count():
+    s = _Stream()
+    assert not s.feed(event(content="", tokens=[], stop=False))  # a begin event: no output
+    assert s.feed(event(content=" a", tokens=[7], stop=False, tokens_predicted=1))
+    assert s.feed(event(content="\u00e9", tokens=[9], stop=False, tokens_predicted=3))
+    assert not s.feed(event(content="", tokens=[], stop=True, tokens_predicted=3))
+    assert s.done and s.ids == [7, 9] and s.predicted == 3  # one id was not streamed
+    assert s.texts == [" a", "\u00e9"] and s.chunk_ids == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (event(tokens=["7"], stop=False), "bad token ids"),
+        (event(tokens=[-1], stop=False), "bad token ids"),
+        (event(tokens=7, stop=False), "bad token ids"),
+        (b"data: [1, 2]", "not a JSON object"),
+        (event(error={"code": 500, "message": "boom"}), "server error"),
+    ],
+)
+def test_native_stream_garbage_fails_the_request(line, says):
+    with pytest.raises(RequestFailed, match=says):
+        _Stream().feed(line)
+
+
+def test_unstreamed_answer_gives_every_id():
+    raw = json.dumps({"content": "x", "tokens": [5, 6, 7], "stop": True, "tokens_predicted": 3})
+    assert _native_ids(raw.encode(), URL).tolist() == [5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"<html>oops</html>", "not JSON"),
+        (b"[5, 6]", "not a JSON object"),
+        (b'{"content": "x", "stop": true}', "no token ids"),
+        (b'{"tokens": [5, "6"], "stop": true}', "no token ids"),
+        (b'{"tokens": [5, 6], "tokens_predicted": 3}', "says it generated 3"),
+        (b'{"error": {"message": "context full"}}', "server error"),
+    ],
+)
+def test_unstreamed_garbage_fails_the_request(raw, says):
+    with pytest.raises(RequestFailed, match=says):
+        _native_ids(raw, URL)
+
+
+def test_native_body_sends_ids_and_asks_for_ids_back():
+    client = EndpointClient(URL, "llamacpp", "", 5.0, 1)
+    assert client.path == "/completion"
+    body = client.body(np.array([1, 2, 3], dtype=np.uint32), 16, stream=False)
+    assert body == {
+        "prompt": [1, 2, 3], "n_predict": 16, "temperature": 0.0, "stream": False,
+        "return_tokens": True,
+    }  # fmt: skip
+    auto = EndpointClient(URL, "auto", "", 5.0, 1)
+    assert auto.path == "/v1/completions" and "prompt" in auto.body(np.array([1]), 4)
