@@ -179,6 +179,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "triton-setup": ("llmlib.deploy.triton.setup:main", "make Triton runnable (make triton)"),
     "bench": ("harness.bench.bench:main", "the harness's overhead, fidelity, path cost"),
     "bench-endpoint": ("harness.bench.endpoint:main", "the HTTP core as a client"),
+    "bench-closed-loop": ("harness.bench.closed_loop:main", "the simplest client, for engines"),
     "bench-front": ("harness.bench.front:main", "the serving front: /route, capacity, overload"),
     "bench-triton": ("harness.bench.triton:main", "the Triton core against a real Triton"),
     "soak": ("harness.bench.soak:main", "a long Server run against failing fronts"),

@@ -85,12 +85,6 @@ def build_gguf(
     weights and shape, so llama.cpp and the numpy/transformers model compute the same
     thing (greedy tokens can be compared); else random weights of ``build_llama``'s shape.
     Needs the ``gguf`` package."""
-    try:
-        import gguf
-    except ImportError:
-        raise MissingDependencyError("the GGUF model needs 'gguf': pip install gguf") from None
-    import numpy as np
-
     if model_dir is not None:
         cfg, weights = _hf_llama(Path(model_dir))
     else:
@@ -98,13 +92,44 @@ def build_gguf(
         cfg |= {"num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32}
         cfg |= {"vocab_size": vocab_size, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
         weights = _random_llama(cfg, seed)
+    return write_llama_gguf(out / "tiny.gguf", cfg, weights)
+
+
+# Llama-3.1-8B's shape (the v6.0 llama3.1-8b benchmark's model), for random GPU models;
+# its rope scaling (llama3, factor 8) is left out: it matters past 8k tokens only
+LLAMA31_8B = {
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+    "vocab_size": 128256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+}  # fmt: skip
+
+
+def build_random_gguf(path: Path, cfg: dict[str, Any] = LLAMA31_8B, seed: int = 0) -> Path:
+    """A Llama of ``cfg``'s shape with random float16 weights as GGUF (Llama-3.1-8B's: 16 GB;
+    drawn on the GPU where torch has one, which takes seconds) and the word-piece vocabulary
+    of ``build_gguf``: for speed measurements only, its text means nothing."""
+    return write_llama_gguf(Path(path), cfg, _random_llama(cfg, seed), f16=True)
+
+
+def write_llama_gguf(
+    path: Path, cfg: dict[str, Any], weights: dict[str, Any], f16: bool = False
+) -> Path:
+    """Write a Llama (transformers' tensor names, ``cfg`` its config fields) as GGUF:
+    matrices float16 with ``f16`` else float32, norms float32; q/k rows permuted for
+    llama.cpp's rope; a SentencePiece-style vocabulary (``<unk>``, ``<s>``, ``</s>``, the
+    256 byte tokens, then word pieces ``\u2581w<i>``). Needs the ``gguf`` package."""
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependencyError("the GGUF model needs 'gguf': pip install gguf") from None
+    import numpy as np
+
     vocab_size, layers = int(cfg["vocab_size"]), int(cfg["num_hidden_layers"])
     heads, kv_heads = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"])
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     tokens += [f"\u2581w{i}" for i in range(vocab_size - len(tokens))]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * (vocab_size - 259)
-    path = out / "tiny.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(4096)
     w.add_embedding_length(int(cfg["hidden_size"]))
@@ -115,7 +140,7 @@ def build_gguf(
     w.add_rope_dimension_count(int(cfg["head_dim"]))
     w.add_rope_freq_base(float(cfg["rope_theta"]))
     w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores([0.0] * 259 + [-float(i) for i in range(vocab_size - 259)])
@@ -126,7 +151,8 @@ def build_gguf(
     w.add_add_bos_token(True)
 
     def put(name: str, hf: str, rope_heads: int = 0) -> None:
-        t = np.ascontiguousarray(weights[hf], dtype=np.float32)
+        t = weights.pop(hf)
+        t = t.astype(np.float16 if f16 and t.ndim == 2 else np.float32, copy=False)
         if rope_heads:  # transformers rotates halves; llama.cpp's Llama adjacent pairs
             t = t.reshape(rope_heads, 2, -1, t.shape[-1]).swapaxes(1, 2).reshape(t.shape)
         w.add_tensor(name, np.ascontiguousarray(t))
@@ -168,29 +194,54 @@ def _hf_llama(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _random_llama(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Random weights (normal, 0.05) under transformers' names, norms at 1."""
+    """Random weights (normal, std 0.05) under transformers' names, norms at 1: numpy
+    float32, or float16 drawn on the GPU where torch has one (Llama-3.1-8B's 8 billion
+    numbers take minutes in numpy)."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
     hidden, ffn, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    q_rows = cfg["num_attention_heads"] * cfg.get("head_dim", hidden // cfg["num_attention_heads"])
+    kv_rows = cfg["num_key_value_heads"] * (q_rows // cfg["num_attention_heads"])
+    rng = np.random.default_rng(seed)
+
+    def cpu_normal(shape: tuple[int, ...]) -> Any:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    normal = _gpu_normal(seed) or cpu_normal
     out: dict[str, Any] = {}
-
-    def t(name: str, *shape: int) -> None:
-        out[name] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-    t("model.embed_tokens.weight", vocab, hidden)
+    out["model.embed_tokens.weight"] = normal((vocab, hidden))
     out["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
-    t("lm_head.weight", vocab, hidden)
+    out["lm_head.weight"] = normal((vocab, hidden))
     for i in range(cfg["num_hidden_layers"]):
         hf = f"model.layers.{i}."
         out[hf + "input_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
         out[hf + "post_attention_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            t(hf + f"self_attn.{name}.weight", hidden, hidden)
-        t(hf + "mlp.gate_proj.weight", ffn, hidden)
-        t(hf + "mlp.up_proj.weight", ffn, hidden)
-        t(hf + "mlp.down_proj.weight", hidden, ffn)
+        out[hf + "self_attn.q_proj.weight"] = normal((q_rows, hidden))
+        out[hf + "self_attn.k_proj.weight"] = normal((kv_rows, hidden))
+        out[hf + "self_attn.v_proj.weight"] = normal((kv_rows, hidden))
+        out[hf + "self_attn.o_proj.weight"] = normal((hidden, q_rows))
+        out[hf + "mlp.gate_proj.weight"] = normal((ffn, hidden))
+        out[hf + "mlp.up_proj.weight"] = normal((ffn, hidden))
+        out[hf + "mlp.down_proj.weight"] = normal((hidden, ffn))
     return out
+
+
+def _gpu_normal(seed: int) -> Any:
+    """A float16 normal(0, 0.05) sampler on the GPU (numpy arrays back), or None without
+    one."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def normal(shape: tuple[int, ...]) -> Any:
+        t = torch.randn(shape, generator=gen, device="cuda", dtype=torch.float16) * 0.05
+        return t.cpu().numpy()
+
+    return normal
 
 
 def main(argv: list[str] | None = None) -> int:
