@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_benchmark(Path(args.config_dir), args.benchmark)
     ds = SyntheticDataset(spec, args.seed, args.vocab_size, args.sample_count)
     prompts = [ds.input_tokens(i).tolist() for i in range(len(ds))]
-    result = asyncio.run(drive(args, prompts, spec.max_new_tokens))
+    try:
+        result = asyncio.run(drive(args, prompts, spec.max_new_tokens))
+    except (TimeoutError, OSError, KeyError, ValueError, TypeError) as exc:
+        # (aiohttp's connection errors are OSErrors; a body without the count is garbage)
+        raise BackendError(f"{args.url}: {type(exc).__name__}: {exc}") from None
     result["input_tokens_mean"] = round(float(np.mean([len(p) for p in prompts])), 1)
     line = json.dumps(result)
     print(line)

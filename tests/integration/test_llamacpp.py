@@ -183,3 +183,35 @@ def test_native_stream_counts_the_ids_llama_cpp_withholds(tmp_path, tiny_model):
     it = iter(want)
     assert all(t in it for t in got)  # what was streamed is the answer, less what was held
     assert len(firsts) == 1 and firsts[0].tolist() == got[:1]
+
+
+def test_closed_loop_client_counts_what_llama_cpp_generated(tmp_path, tiny_model):
+    """bench-closed-loop (the engine-alone figure's client) against a real llama-server: every
+    request answered, its token count the server's; bad arguments are one line, exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    from harness.tools.tiny_model import build_gguf
+    from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+
+    gguf = build_gguf(tmp_path, model_dir=tiny_model)
+    spec = ServerSpec("llamacpp", str(gguf), port=free_port(), args=SERVER_ARGS.split())
+    cmd = [sys.executable, "-m", "harness", "bench-closed-loop", "--url", spec.url]
+    cmd += ["--benchmark", "tiny", "--vocab_size", "2048", "--sample_count", "16"]
+    out = tmp_path / "closed.json"
+    with LaunchedServer(spec, tmp_path / "server.log"):
+        p = subprocess.run(
+            [*cmd, "--requests", "40", "--concurrency", "4", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["requests"] == 40 and r["concurrency"] == 4 and r["max_new_tokens"] == 128
+    assert 40 <= r["output_tokens"] <= 40 * 128 and r["tokens_per_s"] > 0
+    assert r["url"].endswith("/completion")
+    bad = subprocess.run([*cmd, "--concurrency", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --concurrency must be at least 1"
+    gone = subprocess.run([*cmd, "--requests", "2"], capture_output=True, text=True)  # stopped
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+    assert gone.stderr.startswith(f"error: {spec.url}: ClientConnectorError")
