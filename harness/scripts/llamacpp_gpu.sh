@@ -88,6 +88,18 @@ closed_loop() { python3 -m harness bench-closed-loop --url $URL --config_dir $CF
 for phase in "$@"; do
 case $phase in
 offline)
+    python3 - > "$OUT/bandwidth.json" <<'PY'  # the floor's denominator: a device-to-device copy
+import json, torch
+a = torch.empty(2 << 30, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
+for _ in range(3): b.copy_(a)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(10): b.copy_(a)
+e.record(); torch.cuda.synchronize()
+ms = s.elapsed_time(e) / 10
+print(json.dumps({"copy_bytes": 2 << 30, "ms": ms, "tb_s_read_plus_write": 2 * (2 << 30) / ms / 1e9}))
+PY
+    cat "$OUT/bandwidth.json"
     $BIN/llama-batched-bench -m $MODEL -ngl 99 -fa on -c $((BATCH * 640 + 640)) -b 2048 -ub 512 \
         -npp 512 -ntg 128 -npl "1,$BATCH" --output-format jsonl 2>/dev/null \
         | grep '^{' | tee "$OUT/batched_bench.jsonl"
