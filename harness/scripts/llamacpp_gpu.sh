@@ -125,7 +125,8 @@ server)
                 dir=/tmp/runs/server-$bench-$qps
                 harness --benchmarks="$bench" --scenarios=server --server_target_qps="$qps" \
                     --sample_count=2048 --min_duration="${SERVER_MS:-30000}" \
-                    --min_query_count=$(( qps * ${SERVER_MS:-30000} / 1000 )) \
+                    --min_query_count=$(( qps * ${SERVER_MS:-30000} / 1000 > 500 ? \
+                        qps * ${SERVER_MS:-30000} / 1000 : 500 )) \
                     --log_dir=$dir | tail -2 || true
                 python3 - "$dir" "$bench" "$qps" >> "$OUT/server.jsonl" <<'PY'
 import json, pathlib, sys
