@@ -105,7 +105,10 @@ class EndpointClient:
         """Fail what a stalled server holds: every open request when no byte came on any of
         them for ``stall_s`` (and the oldest has waited that long: a SIGSTOPped or hung
         server), or one request whose stream began and then stopped for ``stall_s``.
-        Waiting for a first byte alone is not a stall (a server may queue a request)."""
+        Waiting for a first byte alone is not a stall (a server may queue a request), and
+        neither is a quiet spell while the server still answers ``/health``: a deep queue of
+        unstreamed requests (llama.cpp's native API in Offline) sends no byte until each one
+        is done (one H100 run had none for 44 s, and a 20 s limit failed all 512 queries)."""
         period = min(1.0, self.stall_s / 4)
         while True:
             await asyncio.sleep(period)
@@ -114,7 +117,9 @@ class EndpointClient:
             now = time.monotonic()
             oldest = min(s.started for s in self._open)
             quiet = now - max(self._last_byte, oldest)
-            if quiet > self.stall_s:
+            if quiet > self.stall_s and await self._alive():
+                self._last_byte = time.monotonic()  # busy, not stalled: wait another spell
+            elif quiet > self.stall_s:
                 why = (  # (no measured numbers: the report groups failures by reason)
                     f"no byte from {self.url} for over {self.stall_s:g} s on any open request: "
                     "the server is stalled or stopped (--stall_timeout_s)"
@@ -128,6 +133,18 @@ class EndpointClient:
                         f"the stream from {self.url} stopped for over {self.stall_s:g} s after "
                         "it began (--stall_timeout_s)"
                     )
+
+    async def _alive(self) -> bool:
+        """Whether the server answers ``/health`` with 200 within a few seconds."""
+        wait = self.aiohttp.ClientTimeout(total=min(5.0, self.stall_s / 2))
+        try:  # (a session of its own: every connection of the main one may be held)
+            async with (
+                self.aiohttp.ClientSession(timeout=wait) as probe,
+                probe.get(self.url + "/health") as resp,
+            ):
+                return bool(resp.status == 200)
+        except (self.aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
     def describe(self, exc: BaseException) -> str:
         """A failed request's reason."""

@@ -72,7 +72,8 @@ async def drive(args: argparse.Namespace, prompts: list[list[int]], max_new: int
             k = next_index
             next_index += 1
             t = time.perf_counter()
-            tokens += await one(session, prompts[k % len(prompts)])
+            n = await one(session, prompts[k % len(prompts)])
+            tokens += n  # (after the await: `tokens += await ...` reads tokens before it)
             latencies.append(time.perf_counter() - t)
 
     conn = aiohttp.TCPConnector(limit=args.concurrency)

@@ -73,3 +73,66 @@ def test_native_body_sends_ids_and_asks_for_ids_back():
     }  # fmt: skip
     auto = EndpointClient(URL, "auto", "", 5.0, 1)
     assert auto.path == "/v1/completions" and "prompt" in auto.body(np.array([1]), 4)
+
+
+def slow_llama(delay_s, state):
+    """A llama.cpp look-alike: ``/completion`` answers (unstreamed) after ``delay_s``;
+    ``/health`` answers 200 while ``state["healthy"]``, else never."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def completion(request):
+        n = (await request.json())["n_predict"]
+        await asyncio.sleep(delay_s)
+        return web.json_response({"tokens": list(range(5, 5 + n)), "tokens_predicted": n})
+
+    async def health(request):
+        if not state["healthy"]:
+            await asyncio.sleep(3600)
+        return web.json_response({"status": "ok"})
+
+    async def models(request):
+        return web.json_response({"data": [{"id": "m", "owned_by": "llamacpp"}]})
+
+    app = web.Application()
+    app.add_routes([web.post("/completion", completion), web.get("/health", health),
+                    web.get("/v1/models", models)])  # fmt: skip
+    return app
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_a_quiet_spell_is_a_stall_only_when_the_server_does_not_answer_health(healthy):
+    """Unstreamed requests send no byte until done: 3 s of quiet against a 1 s stall limit
+    fails them only where ``/health`` does not answer either (a stopped server)."""
+    import asyncio
+
+    from aiohttp import web
+
+    state = {"healthy": True}
+
+    async def go():
+        runner = web.AppRunner(slow_llama(3.0, state), shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        client = EndpointClient(f"http://127.0.0.1:{port}", "auto", "", 30.0, 2, stall_s=1.0)
+        await client.open()
+        try:
+            await client.health()
+            state["healthy"] = healthy
+            prompt = np.array([1, 2], dtype=np.uint32)
+            return client, await asyncio.gather(
+                *(client.request(prompt, 4, None) for _ in range(2)), return_exceptions=True
+            )
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    client, done = asyncio.run(go())
+    assert client.api == "llamacpp"
+    if healthy:
+        assert [d.ids.tolist() for d in done] == [[5, 6, 7, 8]] * 2
+    else:
+        assert all(isinstance(d, RequestFailed) and "stalled or stopped" in str(d) for d in done)
