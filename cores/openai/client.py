@@ -105,10 +105,12 @@ class EndpointClient:
         """Fail what a stalled server holds: every open request when no byte came on any of
         them for ``stall_s`` (and the oldest has waited that long: a SIGSTOPped or hung
         server), or one request whose stream began and then stopped for ``stall_s``.
-        Waiting for a first byte alone is not a stall (a server may queue a request), and
-        neither is a quiet spell while the server still answers ``/health``: a deep queue of
-        unstreamed requests (llama.cpp's native API in Offline) sends no byte until each one
-        is done (one H100 run had none for 44 s, and a 20 s limit failed all 512 queries)."""
+        Waiting for a first byte alone is not a stall (a server may queue a request). Where
+        every open request is unstreamed (llama.cpp's native API in Offline), a quiet spell
+        is a stall only if ``/health`` does not answer either: such requests send no byte
+        until each one is done (one H100 run had none for 44 s, and a 20 s limit failed all
+        512 queries); an engine that hangs while its HTTP answers then holds them until
+        ``timeout_s``. Streams keep the stricter rule (a silent server fails them)."""
         period = min(1.0, self.stall_s / 4)
         while True:
             await asyncio.sleep(period)
@@ -117,7 +119,8 @@ class EndpointClient:
             now = time.monotonic()
             oldest = min(s.started for s in self._open)
             quiet = now - max(self._last_byte, oldest)
-            if quiet > self.stall_s and await self._alive():
+            whole = all(s.whole for s in self._open)
+            if quiet > self.stall_s and whole and await self._alive():
                 self._last_byte = time.monotonic()  # busy, not stalled: wait another spell
             elif quiet > self.stall_s:
                 why = (  # (no measured numbers: the report groups failures by reason)
@@ -265,6 +268,7 @@ class EndpointClient:
         """One unstreamed request to llama.cpp's native ``/completion``: every generated id
         comes back in ``tokens``."""
         s = _Stream(time.monotonic(), asyncio.current_task())  # (for the stall watch)
+        s.whole = True
         self._open.add(s)
         try:
             body = self.body(prompt, max_new_tokens, stream=False)
@@ -363,7 +367,7 @@ class _Stream:
     __slots__ = (
         "ids", "texts", "server_ids", "done", "first_ids", "first_text_len",
         "started", "last", "task", "stalled", "times", "chunk_ids", "reasoning_chunks",
-        "predicted",
+        "predicted", "whole",
     )  # fmt: skip
 
     def __init__(self, started: float = 0.0, task: asyncio.Task[Any] | None = None) -> None:
@@ -381,6 +385,7 @@ class _Stream:
         self.chunk_ids: list[int] = []
         self.reasoning_chunks = 0  # chunks the server marked as reasoning (leading ones)
         self.predicted: int | None = None  # llama.cpp's count of generated tokens, at the end
+        self.whole = False  # an unstreamed request (no byte until it is done)
 
     def answer_start(self) -> int | None:
         """Index of the first answer chunk: after the chunks the server marked as reasoning,
