@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cores.openai.llamacpp import native_body, native_ids, token_ids
 from llmlib.data.tokenizer import Tokenizer, load_tokenizer
 from llmlib.errors import HealthCheckError, MissingDependencyError
 from llmlib.serving.async_core import RequestFailed, describe_failure
@@ -184,14 +185,8 @@ class EndpointClient:
             self.model = str(data[0]["id"])  # type: ignore[index]
 
     def body(self, prompt: np.ndarray, max_new_tokens: int, stream: bool = True) -> dict[str, Any]:
-        if self.api == "llamacpp":  # token ids in and out (return_tokens), greedy
-            return {
-                "prompt": prompt.tolist(),
-                "n_predict": int(max_new_tokens),
-                "temperature": 0.0,
-                "stream": stream,
-                "return_tokens": True,
-            }
+        if self.api == "llamacpp":
+            return native_body(prompt, max_new_tokens, stream)
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": int(max_new_tokens),
@@ -288,7 +283,7 @@ class EndpointClient:
             raise RequestFailed(s.stalled) from None
         finally:
             self._open.discard(s)
-        ids = _native_ids(raw, self.url)
+        ids = native_ids(raw, self.url)
         if not len(ids):
             raise RequestFailed("empty answer: no tokens")
         return Completion(ids, "server", 0, len(ids), t)
@@ -340,25 +335,6 @@ class EndpointClient:
                 f"{self.url} sent text without token ids: give --tokenizer_path to re-tokenize"
             )
         return self.tok.encode(text, add_bos=False)
-
-
-def _native_ids(raw: bytes, url: str) -> np.ndarray:
-    """The token ids of llama.cpp's unstreamed ``/completion`` answer, checked: a JSON
-    object that says it stopped, with as many ``tokens`` as ``tokens_predicted``."""
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        raise RequestFailed(f"not JSON from {url}: {raw[:100]!r}") from None
-    if not isinstance(obj, dict):
-        raise RequestFailed(f"not a JSON object from {url}: {raw[:100]!r}")
-    if obj.get("error"):
-        raise RequestFailed(f"server error: {obj['error']}")
-    ids, n = obj.get("tokens"), obj.get("tokens_predicted")
-    if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
-        raise RequestFailed(f"{url} sent no token ids (a llama.cpp server answers 'tokens')")
-    if n is not None and n != len(ids):
-        raise RequestFailed(f"{url} sent {len(ids)} token ids but says it generated {n}")
-    return np.asarray(ids, dtype=np.uint32)
 
 
 class _Stream:
@@ -458,7 +434,7 @@ class _Stream:
         is lost to the stream; the next event's text holds its bytes): ``predicted`` minus
         the ids streamed counts those."""
         ids = obj.get("tokens") or []
-        if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+        if not token_ids(ids):
             raise RequestFailed(f"bad token ids in the stream: {str(ids)[:100]}")
         if obj.get("stop") is True:
             self.done = True

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cores.openai.client import EndpointClient, _native_ids, _Stream
+from cores.openai.client import EndpointClient, _Stream
+from cores.openai.llamacpp import native_ids
 from llmlib.serving.async_core import RequestFailed
 
 URL = "http://127.0.0.1:1"
@@ -44,7 +45,7 @@ def test_native_stream_garbage_fails_the_request(line, says):
 
 def test_unstreamed_answer_gives_every_id():
     raw = json.dumps({"content": "x", "tokens": [5, 6, 7], "stop": True, "tokens_predicted": 3})
-    assert _native_ids(raw.encode(), URL).tolist() == [5, 6, 7]
+    assert native_ids(raw.encode(), URL).tolist() == [5, 6, 7]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_unstreamed_answer_gives_every_id():
 )
 def test_unstreamed_garbage_fails_the_request(raw, says):
     with pytest.raises(RequestFailed, match=says):
-        _native_ids(raw, URL)
+        native_ids(raw, URL)
 
 
 def test_native_body_sends_ids_and_asks_for_ids_back():
