@@ -137,3 +137,46 @@ def test_a_quiet_spell_is_a_stall_only_when_the_server_does_not_answer_health(he
         assert [d.ids.tolist() for d in done] == [[5, 6, 7, 8]] * 2
     else:
         assert all(isinstance(d, RequestFailed) and "stalled or stopped" in str(d) for d in done)
+
+
+@pytest.mark.parametrize(
+    ("events", "says"),
+    [
+        # the server closes the stream before its stop event
+        ([{"tokens": [7], "stop": False}], "ended before its last event"),
+        # the stop event counts fewer tokens than were streamed: garbage
+        ([{"tokens": [7], "stop": False}, {"tokens": [8], "stop": False},
+          {"tokens": [], "stop": True, "tokens_predicted": 1}], "says it generated 1"),
+    ],
+)  # fmt: skip
+def test_a_native_stream_cut_short_or_miscounted_fails_the_request(events, says):
+    import asyncio
+
+    from aiohttp import web
+
+    async def completion(request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for e in events:
+            await resp.write(b"data: " + json.dumps(e).encode() + b"\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def go():
+        app = web.Application()
+        app.add_routes([web.post("/completion", completion)])
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        client = EndpointClient(f"http://127.0.0.1:{port}", "llamacpp", "m", 30.0, 2)
+        await client.open()
+        try:
+            return await client.request(np.array([1, 2], dtype=np.uint32), 4, lambda ids: None)
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    with pytest.raises(RequestFailed, match=says):
+        asyncio.run(go())
