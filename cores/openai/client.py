@@ -232,13 +232,10 @@ class EndpointClient:
             if not s.done:
                 raise RequestFailed("the stream ended before its last event (server closed it)")
         except asyncio.CancelledError:
-            if s.stalled is None:
+            failed = s.stall_failure(self._partial_ids(s) if s.ids or s.texts else None)
+            if failed is None:
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # the stall watch cancelled it: a failure, not a shutdown
-            partial = self._partial_ids(s) if s.ids or s.texts else None
-            raise RequestFailed(s.stalled, partial) from None
+            raise failed from None
         except Exception as exc:
             if s.first_ids is None and not s.ids:
                 raise
@@ -275,12 +272,10 @@ class EndpointClient:
                 raw = await resp.read()
             t = time.perf_counter_ns()
         except asyncio.CancelledError:
-            if s.stalled is None:
+            failed = s.stall_failure()
+            if failed is None:
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            raise RequestFailed(s.stalled) from None
+            raise failed from None
         finally:
             self._open.discard(s)
         ids = native_ids(raw, self.url)
@@ -385,6 +380,16 @@ class _Stream:
         if self.stalled is None and self.task is not None:
             self.stalled = why
             self.task.cancel()
+
+    def stall_failure(self, partial: np.ndarray | None = None) -> RequestFailed | None:
+        """In the request's task, cancelled: the failure to raise where the stall watch
+        cancelled it (the task's cancellation is undone), None for a real cancellation."""
+        if self.stalled is None:
+            return None
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the stall watch cancelled it: a failure, not a shutdown
+        return RequestFailed(self.stalled, partial)
 
     def feed(self, raw: bytes) -> bool:
         """Take one SSE line; True when it brought output (token ids or text)."""
