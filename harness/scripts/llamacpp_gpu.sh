@@ -92,7 +92,11 @@ scenarios:
   offline: {offline_expected_qps: 30}
   server: {server_target_qps: 10}
 YAML
+# the run directories' system name: the GPU's, not the default system's (cpu-dummy)
+SYSTEM=${SYSTEM:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
+    | tr ' ' '-' | tr -cd 'A-Za-z0-9-')-llamacpp}
 harness() { timeout "$STEP_S" python3 -m harness --config_dir=$CFG --core_type=openai --server_urls=$URL \
+    --system_name="$SYSTEM" \
     --vocab_size=128256 --progress=false --warmup_queries=0 "$@"; }
 closed_loop() { timeout "$STEP_S" python3 -m harness bench-closed-loop --url $URL --config_dir $CFG \
     --benchmark fixed-512x128 --sample_count "$REQUESTS" --requests "$REQUESTS" \
@@ -100,6 +104,17 @@ closed_loop() { timeout "$STEP_S" python3 -m harness bench-closed-loop --url $UR
 
 for phase in "$@"; do
 case $phase in
+variants)  # the closed-loop client against one server per flag set of $VARIANTS (";" apart)
+    IFS=';' read -ra sets <<< "${VARIANTS:-"-bs -cram 0;-cram 0;-bs"}"
+    keep=$LLAMA_ARGS
+    for flags in "${sets[@]}"; do
+        LLAMA_ARGS=$flags; start_server "$BATCH" || continue
+        echo "{\"flags\": \"$LLAMA_ARGS\"}" | tee -a "$OUT/closed_loop.jsonl"
+        closed_loop || say "closed loop with '$flags' failed or ran out of time"
+        stop_server; server_pid=""; say "variant '$flags' done"
+    done
+    LLAMA_ARGS=$keep
+    ;;
 offline)
     python3 - > "$OUT/bandwidth.json" <<'PY' || true  # the floor's denominator: a D2D copy
 import json, torch
