@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.argparser import ArgParser
 from harness.report.report import loadgen_result, parse_detail_log
 from llmlib.config.settings import REPO_ROOT
 
@@ -239,7 +240,7 @@ MEASURES = ("overhead", "fidelity", "path")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness bench")
+    ap = ArgParser(prog="python -m harness bench")
     # choices checked below: argparse (3.11) checks an empty or default list against
     # ``choices`` as a whole and refuses it
     ap.add_argument("what", nargs="*", help=f"any of {', '.join(MEASURES)} (default: all)")

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
 from llmlib.errors import BackendError, ConfigError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness bench-closed-loop", description=__doc__)
+    ap = ArgParser(prog="python -m harness bench-closed-loop", description=__doc__)
     ap.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
     ap.add_argument("--api", choices=("llamacpp", "completions"), default="llamacpp")
     ap.add_argument("--benchmark", default="llama3.1-8b")

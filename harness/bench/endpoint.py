@@ -20,7 +20,6 @@ build/bench/<stamp>/endpoint.json; a markdown table is printed for BENCHMARKS.md
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
 
@@ -327,7 +327,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness bench-endpoint", description=__doc__)
+    ap = ArgParser(prog="python -m harness bench-endpoint", description=__doc__)
     ap.add_argument("what", nargs="*", default=[], help="client, ttft (default: both)")
     ap.add_argument("--model", default=str(REPO_ROOT / "build" / "tiny-model"))
     ap.add_argument("--requests", type=int, default=4000)

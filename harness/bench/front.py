@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.argparser import ArgParser
 from harness.serve.process import FrontProcess
 from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
@@ -370,7 +371,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgParser(
         prog="python -m harness bench-front",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,7 +11,6 @@ and descriptors at the start and the end. BENCHMARKS.md records a run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
 
 
@@ -81,7 +81,7 @@ def started(out: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness soak", description=__doc__.splitlines()[0])
+    ap = ArgParser(prog="python -m harness soak", description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--qps", type=float, default=30)
     ap.add_argument("--kill_every_s", type=float, default=240)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT, resolve
 from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
 from llmlib.deploy.triton.repo import generate_triton_config
@@ -159,7 +160,7 @@ def core(url: str, ps: list[np.ndarray], out_len: int, conc: int, seconds: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness bench-triton", description=__doc__,
+    ap = ArgParser(prog="python -m harness bench-triton", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--concurrency", type=int, default=16)

@@ -8,12 +8,12 @@ percentiles (LoadGen's), validity and failures, with throughput relative to the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from harness.argparser import ArgParser
 from harness.report.plots import plot_compare
 from llmlib.errors import ConfigError
 
@@ -129,7 +129,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness compare", description=__doc__)
+    ap = ArgParser(prog="python -m harness compare", description=__doc__)
     ap.add_argument("runs", nargs="+", help="run directories (or directories above them)")
     ap.add_argument("--plot", default="compare.png", help="PNG to write ('' for none)")
     ap.add_argument("--json", default="", help="also write the rows as JSON here")

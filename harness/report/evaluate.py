@@ -8,12 +8,12 @@ goes to the console and to ``accuracy.json`` / ``accuracy.txt`` in the run direc
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
 from typing import Any
 
+from harness.argparser import ArgParser
 from harness.report.report import parse_detail_log
 from harness.run.prepare import build_dataset
 from llmlib.config.settings import Config
@@ -123,7 +123,7 @@ def evaluate_run(
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness evaluate", description=__doc__)
+    ap = ArgParser(prog="python -m harness evaluate", description=__doc__)
     ap.add_argument("runs", nargs="+", help="accuracy run directories (or directories above)")
     ap.add_argument(
         "--workers",

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.argparser import ArgParser
 from llmlib.errors import ConfigError
 
 
@@ -175,7 +176,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness scorecard", description=__doc__,
+    ap = ArgParser(prog="python -m harness scorecard", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("runs", nargs="+", help="sim-<policy>.json files or run directories")
     ap.add_argument("--baseline", default="", help="a run's name or index (default: the first)")

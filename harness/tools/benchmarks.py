@@ -6,11 +6,11 @@ runs, and the accuracy targets from the submission checker. README's table is th
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
 
+from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import load_benchmark
 from llmlib.eval.rules import official_settings
@@ -69,7 +69,7 @@ def table(config_dir: str | Path = REPO_ROOT / "configs") -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness benchmarks", description=__doc__)
+    ap = ArgParser(prog="python -m harness benchmarks", description=__doc__)
     ap.add_argument("--config_dir", default=str(REPO_ROOT / "configs"))
     args = ap.parse_args(argv)
     print(table(args.config_dir))

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.argparser import ArgParser
 from harness.run.prepare import build_dataset
 from llmlib.config.flags import KV_TRANSFER_FLAGS, parse_flag_string
 from llmlib.config.settings import REPO_ROOT, Config
@@ -165,7 +166,7 @@ def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgParser(
         prog="python -m harness simulate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

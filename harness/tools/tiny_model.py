@@ -15,11 +15,11 @@ Everything goes to ``build/tiny-model``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.text_sources import read_sharegpt
 from llmlib.data.tokenizer import load_tokenizer, train_tiny_tokenizer
@@ -245,7 +245,7 @@ def _gpu_normal(seed: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness tiny-model", description=__doc__)
+    ap = ArgParser(prog="python -m harness tiny-model", description=__doc__)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--vocab_size", type=int, default=2048)
     ap.add_argument("--conversations", type=int, default=3000)

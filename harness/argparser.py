@@ -1,0 +1,18 @@
+"""The harness's sub-commands' argument parser: argparse whose errors (an unknown flag, a
+number that is not one, a missing argument) are llmlib's bad input, one line and exit
+status 2 (``harness.cli.one_line`` says it), not argparse's usage block."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from llmlib.errors import ConfigError
+
+
+class ArgParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` raising ``ConfigError`` where it would print its usage
+    and exit; sub-parsers (``add_subparsers``) are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} ({self.prog} --help)")
