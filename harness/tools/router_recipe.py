@@ -39,6 +39,18 @@ def lexicon_flags(p: argparse.ArgumentParser, when: str = "") -> None:
     )
 
 
+def balance_flag(p: argparse.ArgumentParser, when: str = "") -> None:
+    p.add_argument(
+        "--source_balance",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help=f"weigh each training row by its source's row count to the power -A within its "
+        f"expert{when} (0: rows alike; 1: sources alike), so that large sources do not "
+        "teach an expert alone",
+    )
+
+
 def lexicon_of(args: argparse.Namespace) -> Lexicon | None:
     """The lexicon ``--lexicon`` names (a ConfigError saying how to build a missing one)."""
     if not args.lexicon:
@@ -54,7 +66,8 @@ def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
     checked before any work."""
     fuse = check_recipe(args)
     return {"word_dropout": args.word_dropout, "lexicon": lexicon_of(args), "dim": args.dim,
-            "hashed_dropout": args.hashed_dropout, "fuse": fuse}  # fmt: skip
+            "hashed_dropout": args.hashed_dropout, "fuse": fuse,
+            "source_balance": args.source_balance}  # fmt: skip
 
 
 def check_recipe(args: argparse.Namespace) -> float | str:
@@ -66,6 +79,8 @@ def check_recipe(args: argparse.Namespace) -> float | str:
         raise ConfigError(f"--hashed_dropout must be in [0, 1], got {args.hashed_dropout}")
     if args.hashed_dropout and not args.lexicon:
         raise ConfigError("--hashed_dropout needs --lexicon (the features left to route from)")
+    if not 0 <= args.source_balance <= 1:
+        raise ConfigError(f"--source_balance must be in [0, 1], got {args.source_balance}")
     if not 1 <= args.dim <= 1024:
         raise ConfigError(f"--dim must be in [1, 1024], got {args.dim}")
     fuse: float | str = str(args.fuse).strip().lower()

@@ -42,22 +42,29 @@ def lexicon_means(texts: list[str], lexicon: Lexicon) -> np.ndarray:
 
 
 def fit_regression(
-    x: np.ndarray, y: np.ndarray, k: int, c: float = 1.0, max_iter: int = 1000
+    x: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    c: float = 1.0,
+    max_iter: int = 1000,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Multinomial logistic regression with classes weighed equally and an L2 penalty on
     the coefficients (not the intercept): scikit-learn's ``LogisticRegression(C=c,
     class_weight="balanced")`` objective, ``0.5 |W|^2 + c * sum_i w_i CE_i``, minimized by
     torch's L-BFGS in float64 (torch trains the rest of the router; scikit-learn is not
-    needed). Returns coefficients (d, k), intercept (k,) and how the fit went."""
+    needed); ``sample_weight`` (``row_weights``) replaces the balanced class weights.
+    Returns coefficients (d, k), intercept (k,) and how the fit went."""
     import torch
 
     if not (np.isfinite(c) and c > 0):
         raise ConfigError(f"the regression's C must be a positive number, not {c}")
     counts = np.bincount(y, minlength=k)
     weights = len(y) / (k * np.maximum(counts, 1))
+    sw_np = weights[y] if sample_weight is None else np.asarray(sample_weight, np.float64)
     xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    sw = torch.from_numpy(weights[y])
+    sw = torch.from_numpy(sw_np)
     w = torch.zeros(x.shape[1], k, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
@@ -144,14 +151,16 @@ def fit_parts(
     calibrated logits) and the regression (coefficients, intercept, how the fit went),
     fitted on the same training rows. ``train_args`` as ``train`` takes them (its lexicon
     arguments left out)."""
-    from llmlib.router.train import split_rows, train
+    from llmlib.router.train import row_weights, split_rows, train
 
     hashed = {k: v for k, v in train_args.items() if k not in ("lexicon", "fuse", "hashed_dropout")}
     base = train(rows, log=log, calibrate=True, **hashed)
     experts, train_rows, _ = split_rows(rows)
     x = lexicon_means([r["text"] for r in train_rows], lexicon)
     y = np.array([experts.index(r["label"]) for r in train_rows])
-    coef, intercept, info = fit_regression(x, y, len(experts), c)
+    alpha = float(train_args.get("source_balance", 0.0))
+    sw = row_weights(train_rows, experts, alpha) if alpha > 0 else None
+    coef, intercept, info = fit_regression(x, y, len(experts), c, sample_weight=sw)
     log(f"regression on the lexicon's mean: objective {info['objective']:.4f}, "
         f"largest gradient {info['max_gradient']:.1e}")  # fmt: skip
     return base, coef, intercept, info

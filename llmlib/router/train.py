@@ -29,6 +29,7 @@ def train(
     lexicon: Lexicon | None = None,
     hashed_dropout: float = 0.0,
     fuse: float = 0.0,
+    source_balance: float = 0.0,
 ) -> RouterModel:
     """Train the bag-of-features MLP with torch (mean EmbeddingBag, one hidden layer).
 
@@ -49,7 +50,10 @@ def train(
     training sources' wording and carry less to new ones); 1 reads the lexicon alone.
     ``fuse`` (with a lexicon, instead of learning it jointly): a logistic regression on the
     lexicon's mean vector, its logits added ``fuse`` times to those of the hashed router
-    trained without the lexicon (``llmlib.router.fusion``), then calibrated as above."""
+    trained without the lexicon (``llmlib.router.fusion``), then calibrated as above.
+    ``source_balance`` weighs each training row by its source's row count to the power
+    ``-source_balance`` within its expert (``row_weights``; 0: every row alike, 1: every
+    source alike), so that a few large sources do not teach an expert alone."""
     try:
         import torch
     except ImportError:
@@ -58,7 +62,8 @@ def train(
         from llmlib.router.fusion import train_fused
 
         args = {"buckets": buckets, "dim": dim, "hidden": hidden, "epochs": epochs,
-                "seed": seed, "patience": patience, "word_dropout": word_dropout}  # fmt: skip
+                "seed": seed, "patience": patience, "word_dropout": word_dropout,
+                "source_balance": source_balance}  # fmt: skip
         return train_fused(rows, lexicon, fuse, calibrate, log=log, **args)
     experts, train_rows, val_rows = split_rows(rows)
     torch.manual_seed(seed)
@@ -83,6 +88,28 @@ def train(
         params += list(lex_map.parameters())
     opt = torch.optim.Adam(params, lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    if source_balance > 0:  # each row its own weight (experts still weighed equally)
+        row_w = torch.from_numpy(row_weights(train_rows, experts, source_balance)).float()
+        val_w = torch.from_numpy(row_weights(val_rows, experts, source_balance)).float()
+        per_row = torch.nn.CrossEntropyLoss(reduction="none")
+
+        def train_loss(logits: Any, idx: list[int]) -> Any:
+            w = row_w[idx]
+            return (per_row(logits, labels[idx]) * w).sum() / w.sum()
+
+        def val_score(logits: Any) -> tuple[float, float]:  # weighed as training weighs
+            hit = (logits.argmax(1) == val_labels).float()
+            loss = (per_row(logits, val_labels) * val_w).sum() / val_w.sum()
+            return float((hit * val_w).sum() / val_w.sum()), -float(loss)
+    else:
+
+        def train_loss(logits: Any, idx: list[int]) -> Any:
+            return loss_fn(logits, labels[idx])
+
+        def val_score(logits: Any) -> tuple[float, float]:
+            acc = (logits.argmax(1) == val_labels).float().mean()
+            return float(acc), -float(loss_fn(logits, val_labels))
+
     n = len(feats)
     drop_rng = np.random.default_rng(seed)
     flat_all = np.concatenate(feats)
@@ -132,7 +159,7 @@ def train(
         ep_feats = dropped(feats)
         for lo in range(0, n, 128):
             idx = perm[lo : lo + 128]
-            loss = loss_fn(bag(ep_feats, idx), labels[idx])
+            loss = train_loss(bag(ep_feats, idx), idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -142,11 +169,7 @@ def train(
             log(f"epoch {ran}/{epochs}: loss {total / n:.4f}")
             continue
         with torch.no_grad():
-            vl = bag(val_feats, list(range(len(val_rows))))
-            score = (
-                float((vl.argmax(1) == val_labels).float().mean()),
-                -float(loss_fn(vl, val_labels)),
-            )
+            score = val_score(bag(val_feats, list(range(len(val_rows)))))
         log(f"epoch {ran}/{epochs}: loss {total / n:.4f}, validation accuracy {score[0]:.4f}")
         if best is None or score > best:
             best, best_epoch = score, ran
@@ -208,6 +231,26 @@ def split_rows(
     else:  # a corpus too small to spare any: no validation, every epoch runs
         val_rows = []
     return experts, train_rows, val_rows
+
+
+def row_weights(rows: list[dict[str, Any]], experts: list[str], alpha: float) -> np.ndarray:
+    """Each row's weight in the loss: each row ``n_source ** -alpha`` (``n_source``: the
+    rows of its expert from its source), then scaled so that every expert's rows weigh
+    ``len(rows) / len(experts)`` in all. ``alpha`` 0: the classes weighed equally, rows
+    alike within one; 1: every source of an expert weighs the same."""
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"--source_balance must be in [0, 1], got {alpha}")
+    labels = np.array([experts.index(r["label"]) for r in rows], dtype=np.int64)
+    keys = [(int(y), str(r.get("source", ""))) for y, r in zip(labels, rows, strict=True)]
+    count: dict[tuple[int, str], int] = {}
+    for key in keys:
+        count[key] = count.get(key, 0) + 1
+    w = np.array([count[key] ** -alpha for key in keys], dtype=np.float64)
+    for j in range(len(experts)):
+        mine = labels == j
+        if mine.any():
+            w[mine] *= len(rows) / len(experts) / w[mine].sum()
+    return w
 
 
 def row_ids(text: str, buckets: int, lexicon: Lexicon | None = None) -> np.ndarray:
