@@ -10,6 +10,8 @@
 #            with $BATCH slots: the closed-loop client, the harness's openai core through
 #            LoadGen Offline at the same lengths and concurrency, the closed-loop client again
 #   server   LoadGen Server runs at each QPS of $SERVER_QPS ("benchmark:q1,q2 ...")
+#   variants the closed-loop client against one server per llama-server flag set of $VARIANTS
+#            (";" apart), to find what holds the server below the engine
 # Results to $OUT: bench.log, batched_bench.jsonl, closed_loop.jsonl, offline.json,
 # server.jsonl (one line per Server run), gpu.csv (the Offline run's NVML samples).
 set -euo pipefail
@@ -19,9 +21,11 @@ W=/tmp/llamacpp; MODEL=/tmp/llama31-8b-random-f16.gguf; BIN=$W/build/bin
 BATCH=${BATCH:-128}; REQUESTS=${REQUESTS:-1024}; PORT=8080; URL=http://127.0.0.1:$PORT
 SERVER_QPS=${SERVER_QPS:-"llama3.1-8b:12,16,20 llama3.1-8b-interactive:4,8"}
 CTX=${CTX:-262144}  # one KV cache shared by every slot (-kvu): 34 GB at f16 for this shape
-# more llama-server flags: -bs samples on the GPU (without it the server samples each slot's
-# 128,256 logits on one CPU thread, which held an H100 at 16% busy and 420 tokens/s)
-LLAMA_ARGS=${LLAMA_ARGS:-"-bs"}
+# more llama-server flags. -cram 0: no prompt cache (on by default, it saves each finished
+# sequence to host memory on the server's one loop, range by range of a unified KV cache: 405 ms
+# per hand-over at 128 slots on an H100, which held the server to ~250-420 tokens/s; the
+# variants phase measures it). -bs: sampling on the GPU (alone it did not help).
+LLAMA_ARGS=${LLAMA_ARGS:-"-cram 0 -bs"}
 STEP_S=${STEP_S:-300}  # a limit for each measured step (a slow server must not eat the call)
 SKIP_BB=${SKIP_BB:-0}  # 1: no llama-batched-bench (its figures taken already)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -105,7 +109,7 @@ closed_loop() { timeout "$STEP_S" python3 -m harness bench-closed-loop --url $UR
 for phase in "$@"; do
 case $phase in
 variants)  # the closed-loop client against one server per flag set of $VARIANTS (";" apart)
-    IFS=';' read -ra sets <<< "${VARIANTS:-"-bs -cram 0;-cram 0;-bs"}"
+    IFS=';' read -ra sets <<< "${VARIANTS:-"-bs -cram 0;-cram 0;-bs -cram 0 -no-kvu;-bs"}"
     keep=$LLAMA_ARGS
     for flags in "${sets[@]}"; do
         LLAMA_ARGS=$flags; start_server "$BATCH" || continue
