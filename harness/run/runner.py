@@ -23,6 +23,8 @@ from typing import Any
 from harness.report.plots import plot_run
 from harness.report.report import (
     RunSummary,
+    delivery,
+    goodput,
     harness_result,
     loadgen_result,
     overall_validity,
@@ -272,6 +274,8 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
         "harness": h_res,
         "notes": notes,
         "memory_growth": done.memory_growth,
+        "delivery": delivery(lg_res, cfg.delivery_tolerance),
+        "goodput": goodput(rlog, done.duration_ns, lg_res),
         "config": cfg.values,
         "config_sources": cfg.sources,
     }

@@ -43,6 +43,7 @@ class Field:
     # exists; otherwise they are names, such as a model id, and left alone)
     path: bool = False
     path_keys: tuple[str, ...] = ()
+    maximum: float | None = None
 
 
 def setting(

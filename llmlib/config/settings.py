@@ -119,6 +119,8 @@ def coerce_field(field: Field, value: Any, where: str) -> Any:
         raise UnknownNameError(field.name, str(out), field.choices)
     if field.minimum is not None and out < field.minimum:
         raise ConfigError(f"{what}: {out} is below the minimum {field.minimum:g}")
+    if field.maximum is not None and out > field.maximum:
+        raise ConfigError(f"{what}: {out} is above the maximum {field.maximum:g}")
     return out
 
 

@@ -332,6 +332,16 @@ SHARED_FIELDS = [
         "report",
     ),
     _f(
+        "delivery_tolerance",
+        float,
+        0.02,
+        "Server: a run whose completed rate trails the scheduled QPS by more than this share "
+        "is flagged UNDER-DELIVERED in its report, even where LoadGen calls it VALID",
+        "run",
+        minimum=0,
+        maximum=0.5,
+    ),
+    _f(
         "stall_timeout_s",
         float,
         0.0,

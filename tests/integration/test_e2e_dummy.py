@@ -51,9 +51,46 @@ def test_offline_and_server_runs_are_valid_with_reports(tmp_path):
     assert "| offline/performance |" in cmp.stdout and "| server/performance |" in cmp.stdout
     server = runs[("server", "performance")][0]
     assert server["loadgen"]["ttft_ns"]["p99"] > 0 and server["harness"]["tpot_ns"]["p99"] > 0
+    # delivery and goodput: Server only; a system with room to spare keeps the schedule
+    d, g = server["delivery"], server["goodput"]
+    assert d["scheduled_qps"] > 0 and d["ratio"] > 0.9 and d["tolerance"] == 0.02
+    assert g["issued"] == server["harness"]["issued"] and g["share"] > 0.99
+    offline = runs[("offline", "performance")][0]
+    assert offline["delivery"] is None and offline["goodput"] is None
     assert "report: " in p.stdout and "results: " in p.stdout
     assert "note: 2 run(s) would not meet MLPerf's run rules" in p.stdout  # one line, not more
     assert "MLPerf run rules" not in p.stderr
+
+
+def test_a_server_run_that_trails_its_schedule_is_flagged_though_loadgen_says_valid(tmp_path):
+    """Two dummy cores of 4 sequences each (about 114 QPS of tiny's answers) scheduled at 120
+    QPS: the backlog grows slowly, TTFT stays under tiny's 2 s limit and LoadGen calls the
+    run VALID, while it completes ~10% fewer queries per second than it scheduled."""
+    p, runs = run_harness(
+        tmp_path, "--scenarios=server", "--server_target_qps=120", "--min_query_count=1024",
+        "--min_duration=5000", "--engine_flags=max_batch_size:4",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    s, run_dir = runs[("server", "performance")]
+    assert s["validity"] == "VALID" and s["loadgen"]["validity"] == "VALID", s["reasons"]
+    d = s["delivery"]
+    assert d["under_delivered"] and d["ratio"] < 0.95, d
+    assert d["completed_qps"] == pytest.approx(s["loadgen"]["samples_per_second"])
+    assert "VALID UNDER-DELIVERED" in p.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "**UNDER-DELIVERED**: completed" in report and "goodput: " in report
+    # a tolerance wide enough lets it pass; out of range is one line, exit 2, no run
+    p, runs = run_harness(
+        tmp_path / "wide", "--scenarios=server", "--server_target_qps=120",
+        "--min_query_count=1024", "--min_duration=5000", "--engine_flags=max_batch_size:4",
+        "--delivery_tolerance=0.3",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert not runs[("server", "performance")][0]["delivery"]["under_delivered"]
+    for bad in ("0.6", "-0.1", "nan"):
+        p, runs = run_harness(tmp_path / "bad", f"--delivery_tolerance={bad}")
+        assert p.returncode == 2 and not runs, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and "delivery_tolerance" in p.stderr
 
 
 def test_a_core_dying_mid_run_ends_the_run_with_every_query_counted(tmp_path):
