@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.report.delivery import delivery, goodput
 from harness.report.plots import plot_run
 from harness.report.report import (
     RunSummary,
-    delivery,
-    goodput,
     harness_result,
     loadgen_result,
     overall_validity,

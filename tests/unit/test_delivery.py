@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.report.report import delivery, delivery_lines, goodput
+from harness.report.delivery import delivery, delivery_lines, goodput
 from llmlib.serving.request import failed_response
 from llmlib.serving.request_log import RequestLog
 from tests.unit.test_request_log import answer, req
