@@ -38,6 +38,7 @@ def find_summaries(paths: list[str]) -> list[Path]:
 def row(summary: dict[str, Any], label: str) -> dict[str, Any]:
     lg, h = summary.get("loadgen", {}), summary.get("harness", {})
     comp = summary.get("compliance")
+    delivered = summary.get("delivery") or {}  # (Server; absent from older runs)
 
     def ms(key: str, p: str) -> float | None:
         v = (lg.get(key) or {}).get(p)
@@ -50,6 +51,9 @@ def row(summary: dict[str, Any], label: str) -> dict[str, Any]:
         "mode": summary.get("mode"),
         "core": f"{summary.get('core_type')} x{summary.get('num_cores')}",
         "validity": f"{comp['test']} {comp['result']}" if comp else summary.get("validity"),
+        "under_delivered": bool(delivered.get("under_delivered")),
+        "delivered": delivered.get("ratio"),
+        "goodput": (summary.get("goodput") or {}).get("share"),
         "samples_per_second": lg.get("samples_per_second"),
         "tokens_per_second": lg.get("tokens_per_second"),
         "ttft_p50_ms": ms("ttft_ns", "p50"),
@@ -81,7 +85,8 @@ def _f(v: Any, fmt: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown; throughput also as a ratio to the first run of the same benchmark,
-    scenario and mode."""
+    scenario and mode; for Server runs the completed share of the scheduled rate and the
+    goodput."""
     bases: dict[tuple[Any, ...], float | None] = {}
     for r in rows:
         bases.setdefault((r["benchmark"], r["scenario"], r["mode"]), r.get("tokens_per_second"))
@@ -101,6 +106,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         "TPOT p50",
         "TPOT p99",
         "failed",
+        "delivered",
+        "goodput",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n, r in enumerate(rows, 1):
@@ -114,7 +121,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             str(r["scenario"]),
             str(r["mode"]),
             r["core"],
-            str(r["validity"]),
+            str(r["validity"]) + (" UNDER-DELIVERED" if r.get("under_delivered") else ""),
             _f(r["samples_per_second"], ",.1f"),
             _f(tps, ",.1f"),
             ratio,
@@ -123,6 +130,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             _f(r["tpot_p50_ms"], ".2f"),
             _f(r["tpot_p99_ms"], ".2f"),
             str(r["failed"]),
+            _f(r.get("delivered"), ".1%"),
+            _f(r.get("goodput"), ".1%"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

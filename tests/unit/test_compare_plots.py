@@ -54,6 +54,18 @@ def test_compare_table_ratios_within_a_kind(tmp_path):
     assert "| 1 | a/server |" in lines[2] and "1.00x" in lines[2]
     assert "b/offline" in lines[3] and "1.00x" in lines[3]  # first of its kind
     assert "0.50x" in lines[4] and "INVALID" in lines[4] and "| 9.00 |" in lines[4]
+    assert lines[4].endswith("| 0 | - | - |")  # a run from before delivery was reported
+
+
+def test_compare_shows_delivery_and_goodput_of_server_runs(tmp_path):
+    short = {"ratio": 0.88, "under_delivered": True, "scheduled_qps": 120.0}
+    run_dir(tmp_path, "a", summary(delivery=short, goodput={"share": 0.995}))
+    run_dir(tmp_path, "b", summary(delivery={"ratio": 0.999, "under_delivered": False}))
+    rows = compare([str(tmp_path)])
+    lines = table(rows).splitlines()
+    assert "| delivered | goodput |" in lines[0]
+    assert "| VALID UNDER-DELIVERED |" in lines[2] and lines[2].endswith("| 88.0% | 99.5% |")
+    assert "UNDER-DELIVERED" not in lines[3] and lines[3].endswith("| 99.9% | - |")
 
 
 def test_compare_errors(tmp_path):
