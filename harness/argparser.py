@@ -14,5 +14,5 @@ class ArgParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` raising ``ConfigError`` where it would print its usage
     and exit; sub-parsers (``add_subparsers``) are of this class too."""
 
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message} ({self.prog} --help)")
+    def error(self, message: str) -> NoReturn:  # "serve: ... (python -m harness serve --help)"
+        raise ConfigError(f"{self.prog.split()[-1]}: {message} ({self.prog} --help)")

@@ -1,6 +1,6 @@
 """llama.cpp's native ``/completion`` for the endpoint client: the request body (token ids
 in, ``return_tokens`` for ids out, greedy) and the checks of what comes back. The stream's
-events are read by ``cores.openai.client._Stream.feed_native``."""
+events are read by ``cores.openai.stream.Stream.feed_native``."""
 
 from __future__ import annotations
 

@@ -13,18 +13,14 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
+from harness.argparser import ArgParser
 from llmlib.errors import ConfigError
 
 ENV_PREFIX = "LLMLIB_SERVE_"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, through one_line (status 2)
-        raise ConfigError(f"serve: {message} (python -m harness serve --help)")
 
 
 def _number(kind: type, low: float, high: float = math.inf, low_open: bool = False) -> Any:
@@ -45,7 +41,7 @@ def _number(kind: type, low: float, high: float = math.inf, low_open: bool = Fal
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = ArgParser(
         prog="python -m harness serve",
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
