@@ -17,6 +17,12 @@ def native_body(prompt: np.ndarray, max_new_tokens: int, stream: bool) -> dict[s
         "prompt": prompt.tolist(),
         "n_predict": int(max_new_tokens),
         "temperature": 0.0,
+        # greedy as one top-k of 1: llama.cpp's default chain (penalties, DRY, top-k 40,
+        # top-p, min-p, ...) runs on the server's one CPU loop for every slot, every step, over
+        # the whole vocabulary; with 128 slots of a 128k vocabulary it held an H200 to 1300
+        # tokens/s where this asks 3500 (docs/gpu-runs/2026-12-06-h200-llamacpp-sampling)
+        "samplers": ["top_k"],
+        "top_k": 1,
         "stream": stream,
         "return_tokens": True,
     }

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cores.openai.llamacpp import native_body
 from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
@@ -56,7 +57,8 @@ async def drive(args: argparse.Namespace, prompts: list[list[int]], max_new: int
 
     async def one(session: Any, prompt: list[int]) -> int:
         if args.api == "llamacpp":
-            body: dict[str, Any] = {"prompt": prompt, "n_predict": max_new, "temperature": 0.0}
+            # (the harness's own body: the same greedy sampler chain, so the figures compare)
+            body: dict[str, Any] = native_body(np.asarray(prompt), max_new, stream=False)
         else:
             body = {"prompt": prompt, "max_tokens": max_new, "temperature": 0.0, "model": ""}
         async with session.post(args.url + path, json=body) as resp:

@@ -70,7 +70,7 @@ def test_native_body_sends_ids_and_asks_for_ids_back():
     body = client.body(np.array([1, 2, 3], dtype=np.uint32), 16, stream=False)
     assert body == {
         "prompt": [1, 2, 3], "n_predict": 16, "temperature": 0.0, "stream": False,
-        "return_tokens": True,
+        "return_tokens": True, "samplers": ["top_k"], "top_k": 1,  # greedy, and nothing else
     }  # fmt: skip
     auto = EndpointClient(URL, "auto", "", 5.0, 1)
     assert auto.path == "/v1/completions" and "prompt" in auto.body(np.array([1]), 4)
