@@ -273,7 +273,7 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
         "harness": h_res,
         "notes": notes,
         "memory_growth": done.memory_growth,
-        "delivery": delivery(lg_res, cfg.delivery_tolerance),
+        "delivery": delivery(lg_res, cfg.delivery_tolerance, rlog),
         "goodput": goodput(rlog, done.duration_ns, lg_res),
         "config": cfg.values,
         "config_sources": cfg.sources,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.report.delivery import delivery, delivery_lines, goodput
+from harness.report.delivery import delivery, delivery_lines, goodput, window_ratio
 from llmlib.serving.request import failed_response
 from llmlib.serving.request_log import RequestLog
 from tests.unit.test_request_log import answer, req
@@ -49,3 +49,30 @@ def test_goodput_counts_requests_within_both_limits():
     assert g["share"] == pytest.approx(0.4) and g["per_second"] == pytest.approx(1.0)
     assert goodput(log, 1, {"ttft_limit_ns": None, "tpot_limit_ns": 2 * MS}) is None
     assert goodput(RequestLog(), 1, lg) is None
+
+
+def queue_log(n, gap_ms, service_ms):
+    """``n`` requests issued every ``gap_ms``, served one at a time in ``service_ms`` each."""
+    log, free = RequestLog(), 0
+    log.on_issue([req(q, issue_ns=q * gap_ms * MS) for q in range(n)])
+    for q in range(n):
+        start = max(free, q * gap_ms * MS)
+        free = start + service_ms * MS
+        log.on_responses(answer(q, start + MS, free))
+    return log
+
+
+def test_the_verdict_comes_from_the_steady_window_not_the_tail():
+    """A server that keeps up (5 ms of work every 10 ms) has everything done one latency
+    after the last issue: its ratio is 1, though LoadGen's rate (to the last completion)
+    trails on a short run; one that needs 12 ms per 10 ms is left with its backlog."""
+    lg = server(95.0, 100.0)  # LoadGen's ratio 95%: the tail of a short run
+    keeps_up = delivery(lg, 0.02, queue_log(400, 10, 5))
+    assert keeps_up["window_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert keeps_up["loadgen_ratio"] == pytest.approx(0.95) and not keeps_up["under_delivered"]
+    behind = delivery(lg, 0.02, queue_log(400, 10, 12))
+    # 10/12 of the load served, plus what the early latency (~0.2 s of backlog) lets finish
+    assert behind["window_ratio"] == pytest.approx(0.87, abs=0.02) and behind["under_delivered"]
+    assert f"{behind['window_ratio']:.1%} done within" in delivery_lines({"delivery": behind})[0]
+    assert window_ratio(queue_log(20, 10, 5)) is None  # too few issues to judge
+    assert delivery(lg, 0.02, RequestLog())["ratio"] == pytest.approx(0.95)  # LoadGen's then
