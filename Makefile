@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: triton run_triton_server bench-triton bench-router router-corpus router-lexicon router-artifact bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
+.PHONY: search triton run_triton_server bench-triton bench-router router-corpus router-lexicon router-artifact bench-endpoint vllm-cpu llama-cpp run_harness run_llm_server test test-fast bench lint format venv clean tiny-model evaluate mbxp-toolchains
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ venv: $(STAMP)
 
 run_harness: $(STAMP)
 	$(PY) -m harness $(RUN_ARGS)
+
+# the highest Server QPS that holds the limits (python -m harness search --help), e.g.
+# make search RUN_ARGS="--benchmarks=tiny --search_probe_ms=3000"
+search: $(STAMP)
+	$(PY) -m harness search $(RUN_ARGS)
 
 # llmlib's serving front (python -m harness serve) over any core, kept up until Ctrl-C/SIGTERM:
 # make run_llm_server RUN_ARGS="--core_type=routing --tokenizer_path=build/tiny-model --port=8000"

@@ -169,6 +169,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("harness.serve.run:main", "llmlib's OpenAI-compatible serving front"),
     "launch": ("harness.cli:launch_main", "start a server and keep it up until Ctrl-C"),
     "benchmarks": ("harness.tools.benchmarks:main", "the benchmarks, their limits and targets"),
+    "search": ("harness.run.search:main", "the highest Server QPS that holds the limits"),
     "compare": ("harness.report.compare:main", "runs side by side"),
     "evaluate": ("harness.report.evaluate:main", "score accuracy runs"),
     "scorecard": ("harness.report.scorecard:main", "ship or no-ship against a baseline"),

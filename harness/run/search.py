@@ -1,0 +1,271 @@
+"""``python -m harness search [harness flags] [search flags]``: the highest Server QPS that
+holds, found with few short probes and confirmed at full length.
+
+A QPS *holds* when its Server run is VALID (LoadGen's verdict and the harness's: latency
+limits, early stopping), no request failed, and the completed rate is within
+``--delivery_tolerance`` of the schedule (LoadGen can call a run VALID while it falls
+behind; ``harness.report.delivery``). The search:
+
+1. bounds the peak from above: a short Offline run's completed rate (a Server run cannot
+   complete more than the system does with every query at once), or ``--search_max``;
+2. bisects between 0 and that bound with short Server probes (``--search_probe_ms`` long,
+   as many samples as queries: LoadGen runs whole permutations of the sample set for the
+   LLM benchmarks), the first at ``--search_start`` (default 90% of the bound), until the
+   held and the broken QPS are ``--search_resolution`` apart;
+3. confirms the highest held QPS with a run of the configured length (``--min_duration``,
+   ``--min_query_count``); if that breaks, steps down by 5% and confirms again (twice).
+
+Every probe keeps its run directory under ``<log_dir>/search-<time>/``, beside
+``search.json`` (every probe), ``search.md`` (the table), ``search.png`` (QPS against p99
+TTFT, p99 TPOT and the completed share, the chosen point marked) and ``user.conf``
+(``<model>.Server.target_qps``, to submit with). Exit status 0 with a confirmed QPS, 1
+without one, 2 for bad input (before any run).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.cli import parse_flags, plan
+from harness.run.driver import DRIVER, results_root, run_child
+from harness.run.interrupt import Interrupted, exit_status
+from harness.run.prepare import check_datasets
+from llmlib.config.settings import Config, resolve
+from llmlib.errors import ConfigError
+
+# the search's own flags: name -> (default, help)
+SEARCH_FLAGS: dict[str, tuple[str, str]] = {
+    "search_max": ("", "upper bound on the peak in QPS (default: a short Offline run's rate)"),
+    "search_start": ("", "the first probe's QPS (default: 90% of the upper bound)"),
+    "search_resolution": ("0.1", "stop when held and broken QPS are this close"),
+    "search_probe_ms": ("10000", "each probe's length in ms (min_duration of a probe)"),
+    "search_probe_queries": (
+        "600",
+        "each probe's fewest queries (LoadGen's early stopping needs some hundreds to judge a p99)",
+    ),
+    "search_confirm": ("true", "confirm the found QPS with a run of the configured length"),
+}
+
+
+@dataclass
+class Probe:
+    """One run of the search and what it showed."""
+
+    kind: str  # bound (Offline), probe or confirm (Server)
+    qps: float  # the target (Server) or the completed rate (Offline)
+    holds: bool
+    validity: str
+    failed: int
+    completed_qps: float
+    delivered: float  # completed / scheduled (Server)
+    ttft_p99_ms: float
+    tpot_p99_ms: float
+    wall_s: float
+    run_dir: str
+    why: str  # what broke, or ""
+
+
+def number(name: str, raw: str, low: float = 0.0) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"--{name}={raw}: not a number") from None
+    if not math.isfinite(v) or v <= low:
+        raise ConfigError(f"--{name}={raw}: must be a finite number above {low:g}")
+    return v
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The harness's flags, and the search's own (checked; defaults filled in)."""
+    rest, own = [], {k: d for k, (d, _) in SEARCH_FLAGS.items()}
+    for a in argv:
+        key, eq, val = a.removeprefix("--").partition("=")
+        if a.startswith("--search_"):
+            if key not in SEARCH_FLAGS:
+                known = ", ".join(f"--{k}" for k in SEARCH_FLAGS)
+                raise ConfigError(f"unknown search flag --{key} (known: {known})")
+            if not eq:
+                raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
+            own[key] = val
+        else:
+            rest.append(a)
+    for k in ("search_max", "search_start"):
+        if own[k]:
+            number(k, own[k])
+    number("search_resolution", own["search_resolution"])
+    if number("search_probe_ms", own["search_probe_ms"]) < 500:
+        raise ConfigError("--search_probe_ms must be at least 500 (a probe needs queries)")
+    if number("search_probe_queries", own["search_probe_queries"]) != int(
+        float(own["search_probe_queries"])
+    ):
+        raise ConfigError("--search_probe_queries must be a whole number")
+    if own["search_confirm"] not in ("true", "false"):
+        raise ConfigError(f"--search_confirm={own['search_confirm']}: true or false")
+    start, top = own["search_start"], own["search_max"]
+    if start and top and float(start) >= float(top):
+        raise ConfigError("--search_start must be below --search_max")
+    return rest, own
+
+
+def search_plan(argv: list[str]) -> tuple[Config, dict[str, str], dict[str, str]]:
+    """The Server config the search runs (one benchmark), the flags it came from, and the
+    search's own flags. Every bad input raises here, before any run."""
+    rest, own = split_flags(argv)
+    flags, actions = parse_flags(rest)
+    if actions:
+        raise ConfigError(f"search takes no {', '.join(sorted(actions))}")
+    scen = flags.get("scenarios", "server")
+    if scen not in ("server", "Server"):
+        raise ConfigError(f"search finds a Server QPS: --scenarios={scen} is not server")
+    flags["scenarios"] = "server"
+    configs = plan(flags)
+    if len(configs) != 1:
+        raise ConfigError("search takes one benchmark at a time: --benchmarks=NAME")
+    if configs[0].test_mode != "PerformanceOnly":
+        raise ConfigError("search runs performance tests: drop --test_mode")
+    res = float(own["search_resolution"])
+    if own["search_max"] and float(own["search_max"]) <= res:
+        raise ConfigError("--search_max must be above --search_resolution")
+    check_datasets(configs)
+    return configs[0], flags, own
+
+
+def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir: Path,
+              probe_ms: float | None, min_queries: int = 600) -> Probe:  # fmt: skip
+    """One run; ``probe_ms`` None: the configured length (the confirmation)."""
+    explicit: dict[str, Any] = {"warmup_queries": 0} if kind != "confirm" else {}
+    scenario = "offline" if kind == "bound" else "server"
+    if probe_ms is not None:
+        n = max(min_queries, math.ceil(qps * probe_ms / 1000)) if kind != "bound" else 0
+        explicit.update(min_duration=int(probe_ms))
+        if n:
+            explicit.update(min_query_count=n, performance_sample_count=n)
+    if kind != "bound":
+        explicit["server_target_qps"] = qps
+    one = resolve(flags, benchmark=cfg.benchmark, scenario=scenario, explicit=explicit)
+    t0 = time.monotonic()
+    s = run_child(one, "PerformanceOnly", run_dir)
+    wall = time.monotonic() - t0
+    if s is None:
+        return Probe(kind, qps, False, "ERROR", -1, 0.0, 0.0, 0.0, 0.0, wall, str(run_dir),
+                     f"the run did not finish (see {run_dir / 'harness.log'})")  # fmt: skip
+    lg, h = s.get("loadgen") or {}, s.get("harness") or {}
+    d = s.get("delivery") or {}
+    done = float(lg.get("samples_per_second") or 0.0)
+    p99 = lambda src, k: float(((src.get(k) or {}).get("p99") or 0) / 1e6)  # noqa: E731
+    why = []
+    if s["validity"] != "VALID":
+        why.append("; ".join(s.get("reasons") or [s["validity"]]))
+    if int(h.get("failed") or 0):
+        why.append(f"{h['failed']} requests failed")
+    if d.get("under_delivered"):
+        why.append(f"under-delivered ({d['ratio']:.1%} of the schedule)")
+    return Probe(
+        kind, done if kind == "bound" else qps, not why, s["validity"],
+        int(h.get("failed") or 0), done, float(d.get("ratio") or 0.0),
+        p99(lg, "ttft_ns"), p99(lg, "tpot_ns") or p99(h, "tpot_ns"), wall, str(run_dir),
+        " / ".join(why),
+    )  # fmt: skip
+
+
+def down(q: float, res: float) -> float:
+    """``q`` rounded down to a multiple of the resolution (kept exact in decimal)."""
+    digits = max(0, -math.floor(math.log10(res)) + 1)
+    return round(math.floor(q / res + 1e-9) * res, digits)
+
+
+def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
+           say: Any) -> tuple[list[Probe], float]:  # fmt: skip
+    """The bound and the probes; the highest QPS that held (0.0 if none)."""
+    res, probe_ms = float(own["search_resolution"]), float(own["search_probe_ms"])
+    probes: list[Probe] = []
+    if own["search_max"]:
+        hi = float(own["search_max"])
+    else:
+        b = run_probe(flags, cfg, "bound", 0.0, root / "00-offline-bound", probe_ms)
+        probes.append(b)
+        say(b)
+        if b.completed_qps <= 0:
+            raise ConfigError(f"the Offline bound run gave no rate: {b.why or b.validity}")
+        hi = b.completed_qps
+    lo = 0.0
+    q = float(own["search_start"]) if own["search_start"] else 0.9 * hi
+    if q >= hi:
+        print(f"note: --search_start={q:g} is not below the bound {hi:.2f}; starting at 90% of it")
+        q = 0.9 * hi
+    while True:
+        q = down(q, res)
+        if q <= lo:
+            q = round(lo + res, 9)
+        if q >= hi or hi - lo <= res + 1e-9:
+            break
+        p = run_probe(flags, cfg, "probe", q, root / f"{len(probes):02d}-server-{q:g}", probe_ms,
+                      int(float(own["search_probe_queries"])))  # fmt: skip
+        probes.append(p)
+        say(p)
+        lo, hi = (q, hi) if p.holds else (lo, q)
+        q = (lo + hi) / 2
+    return probes, lo
+
+
+def confirm(flags: dict[str, str], cfg: Config, root: Path, q: float, res: float,
+            say: Any) -> tuple[list[Probe], float]:  # fmt: skip
+    """Full-length runs from ``q`` down (5% a step, three at most): the first that holds."""
+    runs: list[Probe] = []
+    for _ in range(3):
+        p = run_probe(flags, cfg, "confirm", q, root / f"confirm-{q:g}", None)
+        runs.append(p)
+        say(p)
+        if p.holds:
+            return runs, q
+        q = down(q * 0.95, res)
+        if q <= 0:
+            break
+    return runs, 0.0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        for k, (d, h) in SEARCH_FLAGS.items():
+            print(f"  --{k}={d or 'VALUE'}  {h}")
+        return 0
+    cfg, flags, own = search_plan(argv)
+    root = results_root(cfg) / f"search-{time.strftime('%Y.%m.%d-%H.%M.%S')}"
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+
+    def say(p: Probe) -> None:
+        verdict = "holds" if p.holds else f"breaks: {p.why}"
+        if p.kind == "bound":
+            print(f"offline bound: {p.completed_qps:.2f} samples/s ({p.wall_s:.0f} s)", flush=True)
+            return
+        print(f"{p.kind} {p.qps:g} QPS: completed {p.completed_qps:.2f}/s ({p.delivered:.1%}), "
+              f"p99 TTFT {p.ttft_p99_ms:.0f} ms, TPOT {p.tpot_p99_ms:.1f} ms, "
+              f"{p.wall_s:.0f} s: {verdict}", flush=True)  # fmt: skip
+
+    from harness.run.search_report import write_results
+
+    DRIVER.install()
+    try:
+        probes, peak = bisect(flags, cfg, own, root, say)
+        chosen = peak
+        if peak > 0 and own["search_confirm"] == "true":
+            runs, chosen = confirm(flags, cfg, root, peak, float(own["search_resolution"]), say)
+            probes += runs
+    except Interrupted as exc:
+        return exit_status(exc.signum)
+    finally:
+        DRIVER.uninstall()
+    wall = time.monotonic() - t0
+    out = write_results(root, cfg, [asdict(p) for p in probes], peak, chosen, wall)
+    if chosen > 0:
+        print(f"peak: {chosen:g} QPS holds ({len(probes)} runs, {wall:.0f} s); "
+              f"user.conf: {out / 'user.conf'}")  # fmt: skip
+        return 0
+    print(f"no QPS held ({len(probes)} runs, {wall:.0f} s); see {out / 'search.md'}")
+    return 1

@@ -1,0 +1,107 @@
+"""``python -m harness search`` against a known answer: two dummy cores of 4 sequences, 16
+tokens out at 5 ms a step, so each serves 4 / 80 ms = 50 requests/s and the system 100. The
+search must find the peak within one resolution step (5) of 100, from the Offline bound or
+from a start point above the peak, and must not be fooled by a probe LoadGen calls VALID
+while it trails its schedule. (Within a step either way: a probe's 512 Poisson arrivals,
+LoadGen's default seed, come 3.5% slower than the target, so a 105 QPS probe asks ~101/s.)"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmlib.config.settings import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+BENCH = """benchmark:
+  mlperf_model: llama2-70b
+  description: fixed lengths, for the capacity search's known answer
+  max_new_tokens: 16
+  eos_id: 2
+  synthetic:
+    samples: 256
+    input_len: {mean: 16, sigma: 0, min: 16, max: 16}
+    output_len: {mean: 16, sigma: 0, min: 16, max: 16}
+settings:
+  engine_profile: cpu-tiny
+  vocab_size: 2048
+scenarios:
+  offline: {offline_expected_qps: 100}
+  server: {server_target_qps: 50}
+"""
+ARGS = [
+    "--benchmarks=fixed16", "--progress=false", "--min_duration=3000", "--min_query_count=300",
+    "--engine_flags=max_batch_size:4,step_base_us:5000,step_per_seq_us:0,prefill_per_token_us:0",
+    "--search_probe_ms=3000", "--search_probe_queries=300", "--search_resolution=5",
+]  # fmt: skip
+
+
+def search(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path | None]:
+    cfg = tmp_path / "configs"
+    if not cfg.exists():
+        shutil.copytree(REPO_ROOT / "configs", cfg)
+        (cfg / "benchmarks" / "fixed16.yaml").write_text(BENCH)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", "search", f"--config_dir={cfg}",
+         f"--log_dir={tmp_path / 'logs'}", *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    found = sorted((tmp_path / "logs").rglob("search.json"))
+    return p, (found[-1].parent if found else None)
+
+
+def test_search_finds_the_known_peak_from_the_offline_bound(tmp_path):
+    p, root = search(tmp_path, *ARGS)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads((root / "search.json").read_text())
+    bound = doc["probes"][0]
+    assert bound["kind"] == "bound" and bound["qps"] == pytest.approx(100, rel=0.03)
+    assert 90 <= doc["chosen_qps"] <= 105 and doc["probes"][-1]["kind"] == "confirm"
+    assert doc["probes"][-1]["holds"] and doc["probes"][-1]["qps"] == doc["chosen_qps"]
+    for probe in doc["probes"]:  # every run's directory kept, with LoadGen's logs
+        assert (Path(probe["run_dir"]) / "mlperf_log_summary.txt").is_file()
+    conf = (root / "user.conf").read_text()
+    assert f"llama2-70b.Server.target_qps = {doc['chosen_qps']:g}\n" in conf
+    assert (root / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| confirm |" in (root / "search.md").read_text()
+    assert f"peak: {doc['chosen_qps']:g} QPS holds" in p.stdout
+
+
+def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp_path):
+    """At 120 QPS the backlog grows by 20/s: TTFT stays under the 2 s limit over a short
+    probe and LoadGen says VALID, but it completes ~100/s: the search calls it broken."""
+    p, root = search(tmp_path, *ARGS, "--search_max=200", "--search_start=120")
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads((root / "search.json").read_text())
+    first = doc["probes"][0]
+    assert first["kind"] == "probe" and first["qps"] == 120  # no Offline run with a max given
+    assert first["validity"] == "VALID" and not first["holds"], first
+    assert "under-delivered" in first["why"] and first["delivered"] < 0.95
+    assert 90 <= doc["chosen_qps"] <= 105, doc
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (["--search_resolution=nan"], "--search_resolution=nan: must be a finite number"),
+        (["--search_probe_ms=100"], "--search_probe_ms must be at least 500"),
+        (["--search_max=100", "--search_start=150"], "--search_start must be below"),
+        (["--search_bogus=1"], "unknown search flag --search_bogus"),
+        (["--search_max"], "--search_max needs a value"),
+        (["--search_confirm=maybe"], "--search_confirm=maybe: true or false"),
+        (["--search_probe_queries=2.5"], "--search_probe_queries must be a whole number"),
+        (["--scenarios=offline"], "search finds a Server QPS"),
+        (["--benchmarks=tiny,fixed16"], "one benchmark at a time"),
+        (["--server_target_qps=inf"], "server_target_qps"),
+    ],
+)
+def test_bad_search_input_is_one_line_and_no_run(tmp_path, bad, says):
+    p, root = search(tmp_path, *ARGS, *bad)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], p.stderr
+    assert root is None and not list((tmp_path / "logs").rglob("summary.json"))
