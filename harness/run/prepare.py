@@ -32,7 +32,11 @@ from llmlib.serving.registry import get_core_class
 from llmlib.serving.request import LLMRequest
 
 LG_SCENARIO = {"offline": "Offline", "server": "Server", "singlestream": "SingleStream"}
-MODE_DIR = {"PerformanceOnly": "performance", "AccuracyOnly": "accuracy"}
+MODE_DIR = {
+    "PerformanceOnly": "performance",
+    "AccuracyOnly": "accuracy",
+    "FindPeakPerformance": "findpeak",
+}  # (the last: harness search --search_algorithm)
 
 
 @dataclass

@@ -13,7 +13,8 @@ behind; ``harness.report.delivery``). The search:
    LLM benchmarks), the first at ``--search_start`` (default 90% of the bound), until the
    held and the broken QPS are ``--search_resolution`` apart;
 3. confirms the highest held QPS with a run of the configured length (``--min_duration``,
-   ``--min_query_count``); if that breaks, steps down by 5% and confirms again (twice).
+   ``--min_query_count``); if that breaks, steps down (1% or one resolution step, whichever
+   is more) and confirms again (twice).
 
 Every probe keeps its run directory under ``<log_dir>/search-<time>/``, beside
 ``search.json`` (every probe), ``search.md`` (the table), ``search.png`` (QPS against p99
@@ -25,6 +26,7 @@ without one, 2 for bad input (before any run).
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +50,12 @@ SEARCH_FLAGS: dict[str, tuple[str, str]] = {
         "each probe's fewest queries (LoadGen's early stopping needs some hundreds to judge a p99)",
     ),
     "search_confirm": ("true", "confirm the found QPS with a run of the configured length"),
+    "search_algorithm": (
+        "llmlib",
+        "llmlib (bound, probes, confirmation) or loadgen: LoadGen's "
+        "own FindPeakPerformance from the start (or the configured QPS), "
+        "each of its probes as long as ours, for comparison",
+    ),
 }
 
 
@@ -67,6 +75,7 @@ class Probe:
     wall_s: float
     run_dir: str
     why: str  # what broke, or ""
+    runs: int = 1  # LoadGen runs inside it (FindPeakPerformance makes many in one test)
 
 
 def number(name: str, raw: str, low: float = 0.0) -> float:
@@ -103,6 +112,8 @@ def split_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         float(own["search_probe_queries"])
     ):
         raise ConfigError("--search_probe_queries must be a whole number")
+    if own["search_algorithm"] not in ("llmlib", "loadgen"):
+        raise ConfigError(f"--search_algorithm={own['search_algorithm']}: llmlib or loadgen")
     if own["search_confirm"] not in ("true", "false"):
         raise ConfigError(f"--search_confirm={own['search_confirm']}: true or false")
     start, top = own["search_start"], own["search_max"]
@@ -140,10 +151,10 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
     explicit: dict[str, Any] = {"warmup_queries": 0} if kind != "confirm" else {}
     scenario = "offline" if kind == "bound" else "server"
     if probe_ms is not None:
-        n = max(min_queries, math.ceil(qps * probe_ms / 1000)) if kind != "bound" else 0
-        explicit.update(min_duration=int(probe_ms))
-        if n:
-            explicit.update(min_query_count=n, performance_sample_count=n)
+        # as many samples as queries (LoadGen runs whole permutations of the performance
+        # sample set: mlperf.conf's 24,576 for llama2-70b would make every probe that long)
+        n = max(min_queries, math.ceil(qps * probe_ms / 1000))
+        explicit.update(min_duration=int(probe_ms), min_query_count=n, performance_sample_count=n)
     if kind != "bound":
         explicit["server_target_qps"] = qps
     one = resolve(flags, benchmark=cfg.benchmark, scenario=scenario, explicit=explicit)
@@ -172,6 +183,27 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
     )  # fmt: skip
 
 
+def steady_rate(run_dir: Path) -> float:
+    """An Offline run's completions per second while the system was full: between its 10th
+    and 60th percentile completion. LoadGen's rate counts to the last completion, and the
+    longest answers finish alone at the end (a long tail of output lengths can halve it)."""
+    import csv
+
+    path = run_dir / "requests.csv"
+    if not path.is_file():
+        return 0.0
+    with path.open() as f:
+        done = sorted(
+            float(r["issue_ms"]) + float(r["latency_ms"])
+            for r in csv.DictReader(f)
+            if r["latency_ms"] and not r["error"]
+        )
+    if len(done) < 20:
+        return 0.0
+    a, b = done[len(done) // 10], done[6 * len(done) // 10]
+    return (6 * len(done) // 10 - len(done) // 10) / ((b - a) / 1000) if b > a else 0.0
+
+
 def down(q: float, res: float) -> float:
     """``q`` rounded down to a multiple of the resolution (kept exact in decimal)."""
     digits = max(0, -math.floor(math.log10(res)) + 1)
@@ -186,12 +218,13 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
     if own["search_max"]:
         hi = float(own["search_max"])
     else:
-        b = run_probe(flags, cfg, "bound", 0.0, root / "00-offline-bound", probe_ms)
+        b = run_probe(flags, cfg, "bound", 0.0, root / "00-offline-bound", probe_ms,
+                      int(float(own["search_probe_queries"])))  # fmt: skip
         probes.append(b)
+        hi = b.qps = max(b.completed_qps, steady_rate(Path(b.run_dir)))
         say(b)
-        if b.completed_qps <= 0:
+        if hi <= 0:
             raise ConfigError(f"the Offline bound run gave no rate: {b.why or b.validity}")
-        hi = b.completed_qps
     lo = 0.0
     q = float(own["search_start"]) if own["search_start"] else 0.9 * hi
     if q >= hi:
@@ -212,9 +245,39 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
     return probes, lo
 
 
+def loadgen_peak(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
+                 say: Any) -> tuple[list[Probe], float]:  # fmt: skip
+    """LoadGen's FindPeakPerformance (from the start: double until a run fails, then bisect,
+    every probe a whole run judged by LoadGen alone) in one child test; its answer."""
+    start = float(own["search_start"] or cfg.server_target_qps)
+    n = int(float(own["search_probe_queries"]))
+    ms = int(float(own["search_probe_ms"]))
+    explicit = {"server_target_qps": start, "min_duration": ms, "min_query_count": n,
+                "performance_sample_count": n, "warmup_queries": 0}  # fmt: skip
+    one = resolve(flags, benchmark=cfg.benchmark, scenario="server", explicit=explicit)
+    run_dir = root / "loadgen-findpeak"
+    t0 = time.monotonic()
+    s = run_child(one, "FindPeakPerformance", run_dir)
+    wall = time.monotonic() - t0
+    detail = run_dir / "mlperf_log_detail.txt"
+    text = detail.read_text() if detail.is_file() else ""
+    found = re.search(r"Found peak performance field: ([0-9.]+)", text)
+    runs = 1 + len(re.findall(r"FindBoundaries: Checking|BinarySearch: Testing", text))
+    peak = float(found.group(1)) if found else 0.0
+    lg, h = (s or {}).get("loadgen") or {}, (s or {}).get("harness") or {}
+    why = "" if found else f"LoadGen found no peak (the start {start:g} QPS must hold first)"
+    p = Probe("loadgen", peak, bool(found), (s or {}).get("validity", "ERROR"),
+              int(h.get("failed") or 0), float(lg.get("samples_per_second") or 0.0), 0.0,
+              0.0, 0.0, wall, str(run_dir), why, runs)  # fmt: skip
+    print(f"LoadGen FindPeakPerformance from {start:g} QPS: {peak:g} QPS after {runs} runs "
+          f"({wall:.0f} s){'; ' + why if why else ''}", flush=True)  # fmt: skip
+    return [p], peak
+
+
 def confirm(flags: dict[str, str], cfg: Config, root: Path, q: float, res: float,
             say: Any) -> tuple[list[Probe], float]:  # fmt: skip
-    """Full-length runs from ``q`` down (5% a step, three at most): the first that holds."""
+    """Full-length runs from ``q`` down (1% or one resolution step a time, whichever is
+    more; three at most): the first that holds."""
     runs: list[Probe] = []
     for _ in range(3):
         p = run_probe(flags, cfg, "confirm", q, root / f"confirm-{q:g}", None)
@@ -222,7 +285,7 @@ def confirm(flags: dict[str, str], cfg: Config, root: Path, q: float, res: float
         say(p)
         if p.holds:
             return runs, q
-        q = down(q * 0.95, res)
+        q = down(q - max(res, 0.01 * q), res)
         if q <= 0:
             break
     return runs, 0.0
@@ -242,7 +305,8 @@ def main(argv: list[str]) -> int:
     def say(p: Probe) -> None:
         verdict = "holds" if p.holds else f"breaks: {p.why}"
         if p.kind == "bound":
-            print(f"offline bound: {p.completed_qps:.2f} samples/s ({p.wall_s:.0f} s)", flush=True)
+            print(f"offline bound: {p.qps:.2f} samples/s while full ({p.completed_qps:.2f} to "
+                  f"the last completion; {p.wall_s:.0f} s)", flush=True)  # fmt: skip
             return
         print(f"{p.kind} {p.qps:g} QPS: completed {p.completed_qps:.2f}/s ({p.delivered:.1%}), "
               f"p99 TTFT {p.ttft_p99_ms:.0f} ms, TPOT {p.tpot_p99_ms:.1f} ms, "
@@ -252,7 +316,8 @@ def main(argv: list[str]) -> int:
 
     DRIVER.install()
     try:
-        probes, peak = bisect(flags, cfg, own, root, say)
+        find = loadgen_peak if own["search_algorithm"] == "loadgen" else bisect
+        probes, peak = find(flags, cfg, own, root, say)
         chosen = peak
         if peak > 0 and own["search_confirm"] == "true":
             runs, chosen = confirm(flags, cfg, root, peak, float(own["search_resolution"]), say)

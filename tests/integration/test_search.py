@@ -84,6 +84,25 @@ def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp
     assert 90 <= doc["chosen_qps"] <= 105, doc
 
 
+def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tmp_path):
+    """--search_algorithm=loadgen: LoadGen's FindPeakPerformance in one child test. From a
+    start above the peak its first check fails and it finds nothing: one run, exit 1, said.
+    (Its full search on this system answers 133 QPS for a 100 QPS system: BENCHMARKS.md.)"""
+    p, root = search(tmp_path, *ARGS, "--search_algorithm=loadgen", "--search_start=300",
+                     "--search_confirm=false", "--search_probe_queries=300")  # fmt: skip
+    assert p.returncode == 1, p.stdout + p.stderr
+    doc = json.loads((root / "search.json").read_text())
+    (only,) = doc["probes"]
+    assert only["kind"] == "loadgen" and only["runs"] == 1 and not only["holds"]
+    assert "the start 300 QPS must hold first" in only["why"]
+    assert (Path(only["run_dir"]) / "mlperf_log_detail.txt").is_file()
+    assert (
+        "Mode     : FindPeakPerformance"
+        in (Path(only["run_dir"]) / "mlperf_log_summary.txt").read_text()
+    )
+    assert "no QPS held (1 runs" in p.stdout and not (root / "user.conf").exists()
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [
@@ -93,6 +112,7 @@ def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp
         (["--search_bogus=1"], "unknown search flag --search_bogus"),
         (["--search_max"], "--search_max needs a value"),
         (["--search_confirm=maybe"], "--search_confirm=maybe: true or false"),
+        (["--search_algorithm=fast"], "--search_algorithm=fast: llmlib or loadgen"),
         (["--search_probe_queries=2.5"], "--search_probe_queries must be a whole number"),
         (["--scenarios=offline"], "search finds a Server QPS"),
         (["--benchmarks=tiny,fixed16"], "one benchmark at a time"),
