@@ -225,7 +225,7 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
         say(b)
         if hi <= 0:
             raise ConfigError(f"the Offline bound run gave no rate: {b.why or b.validity}")
-    lo = 0.0
+    lo, broke, grown = 0.0, False, 0
     q = float(own["search_start"]) if own["search_start"] else 0.9 * hi
     if q >= hi:
         print(f"note: --search_start={q:g} is not below the bound {hi:.2f}; starting at 90% of it")
@@ -235,12 +235,25 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
         if q <= lo:
             q = round(lo + res, 9)
         if q >= hi or hi - lo <= res + 1e-9:
-            break
+            if broke:
+                break
+            # nothing broke below the bound: the bound itself is probed, and where it holds
+            # (an Offline run can undercount, e.g. when long answers finish alone) the search
+            # looks 1.5x above it, five times at most
+            if grown == 5:
+                print(f"note: every probe held, up to {lo:g} QPS; no limit found above it")
+                break
+            q, grown = max(down(hi, res), round(lo + res, 9)), grown + 1
         p = run_probe(flags, cfg, "probe", q, root / f"{len(probes):02d}-server-{q:g}", probe_ms,
                       int(float(own["search_probe_queries"])))  # fmt: skip
         probes.append(p)
         say(p)
-        lo, hi = (q, hi) if p.holds else (lo, q)
+        if p.holds:
+            lo = q
+            if q >= hi:
+                hi = q * 1.5
+        else:
+            hi, broke = q, True
         q = (lo + hi) / 2
     return probes, lo
 

@@ -84,6 +84,19 @@ def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp
     assert 90 <= doc["chosen_qps"] <= 105, doc
 
 
+def test_a_bound_below_the_peak_is_probed_and_the_search_looks_above_it(tmp_path):
+    """An upper bound that undercounts (an Offline run whose longest answers finished alone
+    can): every probe below it holds, so the bound itself is probed and the search grows
+    past it until a probe breaks."""
+    p, root = search(tmp_path, *ARGS, "--search_max=60", "--search_resolution=10",
+                     "--search_confirm=false")  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads((root / "search.json").read_text())
+    qps = [x["qps"] for x in doc["probes"]]
+    assert 60 in qps and max(qps) > 100 and any(not x["holds"] for x in doc["probes"]), qps
+    assert 80 <= doc["chosen_qps"] <= 105, qps
+
+
 def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tmp_path):
     """--search_algorithm=loadgen: LoadGen's FindPeakPerformance in one child test. From a
     start above the peak its first check fails and it finds nothing: one run, exit 1, said.
