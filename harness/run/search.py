@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import parse_flags, plan
-from harness.run.driver import DRIVER, results_root, run_child
+from harness.run.driver import DRIVER, launched_server, results_root, run_child, served_by
 from harness.run.interrupt import Interrupted, exit_status
 from harness.run.prepare import check_datasets
 from llmlib.config.settings import Config, resolve
@@ -237,9 +237,9 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
         if q >= hi or hi - lo <= res + 1e-9:
             if broke:
                 break
-            # nothing broke below the bound: the bound itself is probed, and where it holds
-            # (an Offline run can undercount, e.g. when long answers finish alone) the search
-            # looks 1.5x above it, five times at most
+            # nothing broke below the bound: the bound itself is probed, and while it holds
+            # (an Offline run can undercount, e.g. when long answers finish alone) 1.5x it,
+            # five times at most, then the search bisects below the first that broke
             if grown == 5:
                 print(f"note: every probe held, up to {lo:g} QPS; no limit found above it")
                 break
@@ -248,13 +248,12 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
                       int(float(own["search_probe_queries"])))  # fmt: skip
         probes.append(p)
         say(p)
+        grow = p.holds and q >= hi  # the bound held: the next probe is 1.5x it, at once
         if p.holds:
-            lo = q
-            if q >= hi:
-                hi = q * 1.5
+            lo, hi = q, (q * 1.5 if grow else hi)
         else:
             hi, broke = q, True
-        q = (lo + hi) / 2
+        q = hi if grow else (lo + hi) / 2
     return probes, lo
 
 
@@ -327,6 +326,15 @@ def main(argv: list[str]) -> int:
 
     from harness.run.search_report import write_results
 
+    server = None
+    if cfg.launch_server:  # one server for every run, as python -m harness has
+        server = launched_server(cfg, root / "server.log")
+        print(f"server: {server.spec.kind} at {server.url} (log {server.log_path})", flush=True)
+        served = served_by(cfg, server)
+        for key in ("server_urls", "triton_server_urls", "endpoint_api"):
+            v = getattr(served, key)
+            if v:
+                flags[key] = ",".join(v) if isinstance(v, list) else str(v)
     DRIVER.install()
     try:
         find = loadgen_peak if own["search_algorithm"] == "loadgen" else bisect
@@ -339,6 +347,8 @@ def main(argv: list[str]) -> int:
         return exit_status(exc.signum)
     finally:
         DRIVER.uninstall()
+        if server is not None:
+            server.stop(grace_s=15.0 if DRIVER.signum is None else 3.0)
     wall = time.monotonic() - t0
     out = write_results(root, cfg, [asdict(p) for p in probes], peak, chosen, wall)
     if chosen > 0:

@@ -6,7 +6,9 @@ while it trails its schedule. (Within a step either way: a probe's 512 Poisson a
 LoadGen's default seed, come 3.5% slower than the target, so a 105 QPS probe asks ~101/s.)"""
 
 import json
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +97,28 @@ def test_a_bound_below_the_peak_is_probed_and_the_search_looks_above_it(tmp_path
     qps = [x["qps"] for x in doc["probes"]]
     assert 60 in qps and max(qps) > 100 and any(not x["holds"] for x in doc["probes"]), qps
     assert 80 <= doc["chosen_qps"] <= 105, qps
+
+
+def test_search_keeps_one_launched_server_up_for_every_run_and_stops_it(tmp_path):
+    """--launch_server: one server (llmlib's front over a fixed-latency dummy) for every
+    probe, each probe pointed at it, and no server left running after."""
+    p, root = search(
+        tmp_path, "--benchmarks=tiny", "--core_type=openai", "--launch_server=llmlib",
+        "--server_args=--engine_profile=fixed", "--progress=false", "--search_max=400",
+        "--search_start=300", "--search_resolution=100", "--search_probe_ms=1000",
+        "--search_confirm=false",
+    )  # fmt: skip
+    assert p.returncode in (0, 1), p.stdout + p.stderr  # (what this machine sustains varies)
+    url = re.search(r"server: llmlib at (http://127.0.0.1:(\d+))", p.stdout)
+    assert url and (root / "server.log").is_file(), p.stdout
+    doc = json.loads((root / "search.json").read_text())
+    assert doc["probes"] and doc["probes"][0]["qps"] == 300
+    for probe in doc["probes"]:
+        cfg = (Path(probe["run_dir"]) / "config.txt").read_text()
+        assert url.group(1) in cfg  # each run spoke to the launched server
+        assert probe["failed"] == 0 or not probe["holds"]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(url.group(2))), timeout=2).close()
 
 
 def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tmp_path):
