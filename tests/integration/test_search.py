@@ -121,6 +121,18 @@ def test_search_keeps_one_launched_server_up_for_every_run_and_stops_it(tmp_path
         socket.create_connection(("127.0.0.1", int(url.group(2))), timeout=2).close()
 
 
+def test_a_backend_that_dies_in_every_probe_holds_no_qps(tmp_path):
+    """The dummy engine dies after 50 requests in each run: every probe's failed requests
+    break it, the search ends with no QPS, exit 1, and says why in its table."""
+    p, root = search(tmp_path, *ARGS, "--dummy_fail_after=50", "--search_max=200",
+                     "--search_resolution=50")  # fmt: skip
+    assert p.returncode == 1, p.stdout + p.stderr
+    doc = json.loads((root / "search.json").read_text())
+    assert doc["chosen_qps"] == 0 and len(doc["probes"]) >= 2
+    assert all(not x["holds"] and "failed" in x["why"] for x in doc["probes"]), doc["probes"]
+    assert "no QPS held" in p.stdout and "requests failed" in (root / "search.md").read_text()
+
+
 def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tmp_path):
     """--search_algorithm=loadgen: LoadGen's FindPeakPerformance in one child test. From a
     start above the peak its first check fails and it finds nothing: one run, exit 1, said.
