@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -314,7 +315,10 @@ def main(argv: list[str]) -> int:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
 
+    seen: list[Probe] = []  # every finished run, for what an interrupted search leaves
+
     def say(p: Probe) -> None:
+        seen.append(p)
         verdict = "holds" if p.holds else f"breaks: {p.why}"
         if p.kind == "bound":
             print(f"offline bound: {p.qps:.2f} samples/s while full ({p.completed_qps:.2f} to "
@@ -343,7 +347,11 @@ def main(argv: list[str]) -> int:
         if peak > 0 and own["search_confirm"] == "true":
             runs, chosen = confirm(flags, cfg, root, peak, float(own["search_resolution"]), say)
             probes += runs
-    except Interrupted as exc:
+    except Interrupted as exc:  # the runs so far, written down before the exit
+        out = write_results(root, cfg, [asdict(p) for p in seen], 0.0, 0.0,
+                            time.monotonic() - t0)  # fmt: skip
+        print(f"search interrupted: its {len(seen)} finished runs are in {out / 'search.md'}",
+              file=sys.stderr)  # fmt: skip
         return exit_status(exc.signum)
     finally:
         DRIVER.uninstall()

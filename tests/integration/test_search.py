@@ -8,9 +8,11 @@ LoadGen's default seed, come 3.5% slower than the target, so a 105 QPS probe ask
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,32 @@ def test_a_backend_that_dies_in_every_probe_holds_no_qps(tmp_path):
     assert doc["chosen_qps"] == 0 and len(doc["probes"]) >= 2
     assert all(not x["holds"] and "failed" in x["why"] for x in doc["probes"]), doc["probes"]
     assert "no QPS held" in p.stdout and "requests failed" in (root / "search.md").read_text()
+
+
+def test_an_interrupted_search_writes_down_the_runs_it_finished(tmp_path):
+    """SIGINT during the second probe: that probe stops as any run does (its directory says
+    INTERRUPTED), the search writes search.json/md with the runs before it, exits 130."""
+    cfg = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", cfg)
+    (cfg / "benchmarks" / "fixed16.yaml").write_text(BENCH)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "search", f"--config_dir={cfg}",
+         f"--log_dir={tmp_path / 'logs'}", *ARGS, "--search_max=200", "--search_start=60"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "logs").rglob("01-*/harness.log")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    (root,) = [p.parent for p in (tmp_path / "logs").rglob("search.json")]
+    doc = json.loads((root / "search.json").read_text())
+    assert [p["qps"] for p in doc["probes"]] == [60] and doc["chosen_qps"] == 0
+    assert "search interrupted: its 1 finished runs are in" in err
+    second = json.loads(next(root.glob("01-*/summary.json")).read_text())
+    assert second["validity"] == "INTERRUPTED"
 
 
 def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tmp_path):
