@@ -77,6 +77,8 @@ class Probe:
     run_dir: str
     why: str  # what broke, or ""
     runs: int = 1  # LoadGen runs inside it (FindPeakPerformance makes many in one test)
+    latency_p90_s: float = 0.0  # a request's life (Server), beside the issue window's length
+    window_s: float = 0.0
 
 
 def number(name: str, raw: str, low: float = 0.0) -> float:
@@ -176,11 +178,13 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
         why.append(f"{h['failed']} requests failed")
     if d.get("under_delivered"):
         why.append(f"under-delivered ({d['ratio']:.1%} of the schedule)")
+    sched = float(lg.get("scheduled_samples_per_second") or 0.0)
     return Probe(
         kind, done if kind == "bound" else qps, not why, s["validity"],
         int(h.get("failed") or 0), done, float(d.get("ratio") or 0.0),
         p99(lg, "ttft_ns"), p99(lg, "tpot_ns") or p99(h, "tpot_ns"), wall, str(run_dir),
-        " / ".join(why),
+        " / ".join(why), 1, float((lg.get("latency_ns") or {}).get("p90") or 0) / 1e9,
+        int(h.get("issued") or 0) / sched if sched else 0.0,
     )  # fmt: skip
 
 
@@ -316,9 +320,18 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
 
     seen: list[Probe] = []  # every finished run, for what an interrupted search leaves
+    warned: list[Probe] = []
 
     def say(p: Probe) -> None:
         seen.append(p)
+        # (a probe that held: one that broke has long latencies of its own making)
+        if p.kind == "probe" and p.holds and p.latency_p90_s > p.window_s / 4 and not warned:
+            warned.append(p)  # once: a backlog cannot show in a probe shorter than this
+            print(f"note: probes are short for this workload: a request lives "
+                  f"{p.latency_p90_s:.1f} s (p90) and a probe issues for {p.window_s:.1f} s, so "
+                  f"a growing backlog "
+                  f"barely shows; --search_probe_ms of at least "
+                  f"{math.ceil(8 * p.latency_p90_s) * 1000} is safer", flush=True)  # fmt: skip
         verdict = "holds" if p.holds else f"breaks: {p.why}"
         if p.kind == "bound":
             print(f"offline bound: {p.qps:.2f} samples/s while full ({p.completed_qps:.2f} to "

@@ -73,6 +73,24 @@ def test_search_finds_the_known_peak_from_the_offline_bound(tmp_path):
     assert (root / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| confirm |" in (root / "search.md").read_text()
     assert f"peak: {doc['chosen_qps']:g} QPS holds" in p.stdout
+    assert "probes are short" not in p.stdout  # 80 ms requests in 3 s probes
+
+
+def test_probes_shorter_than_a_request_s_life_are_called_out(tmp_path):
+    """150 ms steps: a request lives 2.4 s, a 600-query probe at 180 QPS issues for ~3 s
+    and holds. The search says its probes cannot show a backlog, and how long they should
+    be, once."""
+    p, root = search(
+        tmp_path, "--benchmarks=fixed16", "--progress=false", "--search_max=200",
+        "--engine_flags=max_batch_size:256,step_base_us:150000,step_per_seq_us:0,"
+        "prefill_per_token_us:0", "--search_probe_ms=1000", "--search_probe_queries=600",
+        "--search_resolution=20", "--search_confirm=false",
+    )  # fmt: skip
+    assert p.returncode in (0, 1), p.stdout + p.stderr
+    note = [x for x in p.stdout.splitlines() if x.startswith("note: probes are short")]
+    assert len(note) == 1 and "--search_probe_ms of at least" in note[0], p.stdout
+    probe = json.loads((root / "search.json").read_text())["probes"][0]
+    assert probe["holds"] and probe["latency_p90_s"] > probe["window_s"] / 4 > 0
 
 
 def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp_path):
