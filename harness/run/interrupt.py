@@ -56,6 +56,7 @@ class TestInProgress:
     rlog: Any = None  # llmlib.serving.request_log.RequestLog
     server: Any = None  # the pool (close() fails what it holds)
     t0_ns: int = 0
+    base: dict[str, Any] | None = None  # summary.json's identity (benchmark, scenario, mode)
 
 
 class ChildSignals:
@@ -99,41 +100,60 @@ class ChildSignals:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stopping:  # a second signal: leave now
             os._exit(exit_status(signum))
-        self._stopping = True
         name = signal.Signals(signum).name
         log.error("%s: stopping; writing what the test has", name)
+        self._leave(exit_status(signum), "INTERRUPTED", [f"interrupted by {name}"],
+                    {"interrupted_by": name})  # fmt: skip
+
+    def stop_settled(self, facts: dict[str, Any]) -> None:
+        """``--stop_when_invalid``: the verdict is settled INVALID (``harness.run.stop_early``):
+        the partial results written as that, the process ended with status 0."""
+        self._leave(0, "INVALID", [f"stopped early: {facts['reason']}"], {"stopped_early": facts})
+
+    def _leave(self, status: int, validity: str, reasons: list[str], extra: dict[str, Any]
+               ) -> None:  # fmt: skip
+        """What the test has written down, the pool closed (within ``CLOSE_S``), then out."""
+        if self._stopping:
+            return
+        self._stopping = True
         cur = self.current
         if cur is not None:
             try:
-                write_interrupted(cur, name)
+                write_partial(cur, validity, reasons, extra)
             except Exception:
-                log.exception("writing the interrupted test's results failed")
+                log.exception("writing the stopped test's results failed")
             if cur.server is not None:
                 closer = threading.Thread(target=cur.server.close, daemon=True)
                 closer.start()
                 closer.join(CLOSE_S)
         logging.shutdown()
-        os._exit(exit_status(signum))
+        os._exit(status)
 
 
-def write_interrupted(cur: TestInProgress, signame: str) -> None:
-    """requests.csv and a summary.json / report.md marked INTERRUPTED, from the request log."""
+def write_partial(cur: TestInProgress, validity: str, reasons: list[str],
+                  extra: dict[str, Any]) -> None:  # fmt: skip
+    """requests.csv and a summary.json / report.md marked ``validity`` (INTERRUPTED, or
+    INVALID when stopped early), from the request log."""
     counts: dict[str, Any] = {"issued": 0, "completed": 0, "failed": 0}
     if cur.rlog is not None:  # (LoadGen still issues meanwhile: one snapshot for all)
         cur.rlog.finish()  # (requests/ complete: what is still open, with no final time)
         counts = cur.rlog.write_csv(cur.run_dir / "requests.csv", cur.t0_ns)
     counts["open"] = counts["issued"] - counts["completed"] - counts["failed"]
     summary = {
-        "validity": "INTERRUPTED",
-        "interrupted_by": signame,
+        **(cur.base or {}),
+        "validity": validity,
+        **extra,
         "label": cur.label,
         "run_dir": str(cur.run_dir),
+        "loadgen": {},
         "harness": counts,
-        "reasons": [f"interrupted by {signame}"],
+        "reasons": reasons,
     }
     (cur.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (cur.run_dir / "report.md").write_text(
-        f"# {cur.label}: INTERRUPTED by {signame}\n\n"
+        f"# {cur.label}: {validity}"
+        + (f" by {extra['interrupted_by']}" if "interrupted_by" in extra else "")
+        + f"\n\n{'; '.join(reasons)}.\n\n"
         f"{counts['issued']} issued, {counts['completed']} completed, {counts['failed']} "
         f"failed, {counts['open']} still open when it stopped. LoadGen's logs here are "
         "partial; requests.csv has every issued request.\n"

@@ -8,6 +8,7 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -41,6 +42,7 @@ from harness.run.prepare import (
     warmup_requests,
 )
 from harness.run.progress import Progress
+from harness.run.stop_early import Limits, StopWhenInvalid
 from harness.run.sut import HarnessSUT, LoadGenSink
 from llmlib.config.settings import Config
 from llmlib.deploy.gpu_monitor import GpuMonitor
@@ -113,7 +115,10 @@ def run_one(cfg: Config, mode: str, run_dir: Path, compliance: str | None = None
     test name), the test runs under that test's audit.config and its checks are made on the
     logs afterwards."""
     plan = prepare(cfg, mode, run_dir, compliance)
-    progress = TestInProgress(run_dir, plan.label, server=plan.server)
+    progress = TestInProgress(run_dir, plan.label, server=plan.server, base={
+        "benchmark": cfg.benchmark, "scenario": cfg.scenario,
+        "mode": compliance or MODE_DIR[mode], "core_type": cfg.core_type,
+    })  # fmt: skip
     if CHILD_SIGNALS is not None:
         CHILD_SIGNALS.current = progress
     try:
@@ -203,6 +208,7 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
             SweepAfterFailures(server.cores),
             MemoryTrace(cfg.trace_memory) as trace,
             GpuMonitor(cfg.gpu_sample_interval_s, run_dir / "gpu.csv") as gpu,
+            stop_watch(plan, rlog, ts, t0),
         ):  # fmt: skip
             test = lambda: lg.StartTestWithLogSettings(lg_sut, qsl, ts, settings, audit_arg)  # noqa: E731
             if CHILD_SIGNALS is not None:  # on a thread: signals are handled meanwhile
@@ -215,6 +221,17 @@ def execute(plan: TestPlan, progress: TestInProgress) -> Executed:
     lg.DestroyQSL(qsl)
     lg.DestroySUT(lg_sut)
     return Executed(rlog, t0, duration, trace.growth, gpu)
+
+
+def stop_watch(plan: TestPlan, rlog: RequestLog, ts: Any, t0_ns: int
+               ) -> contextlib.AbstractContextManager[Any]:  # fmt: skip
+    """``--stop_when_invalid`` on a Server performance run in the driver's child: the watch
+    that stops the test once it is settled INVALID (``harness.run.stop_early``)."""
+    if not (plan.cfg.stop_when_invalid and plan.perf_run and not plan.compliance
+            and plan.cfg.scenario == "server"
+            and CHILD_SIGNALS is not None):  # fmt: skip
+        return contextlib.nullcontext()
+    return StopWhenInvalid(rlog, Limits.of(ts), t0_ns, CHILD_SIGNALS.stop_settled)
 
 
 def report(plan: TestPlan, done: Executed) -> RunSummary:
@@ -286,8 +303,8 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
     if records:
         summary["reasoning"] = reasoning_summary(records, run_dir)
     try:
-        summary["plots"] = plot_run(run_dir, summary)
-        if not summary["plots"]:
+        summary["plots"] = plot_run(run_dir, summary) if cfg.plots else []
+        if not summary["plots"] and cfg.plots:
             notes.append("no plots: matplotlib is not installed (pip install -e .[plots])")
     except Exception as exc:  # a plotting problem must not cost the run its report
         log.exception("plotting failed")

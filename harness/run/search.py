@@ -51,6 +51,13 @@ SEARCH_FLAGS: dict[str, tuple[str, str]] = {
         "each probe's fewest queries (LoadGen's early stopping needs some hundreds to judge a p99)",
     ),
     "search_confirm": ("true", "confirm the found QPS with a run of the configured length"),
+    "search_stop_early": (
+        "auto",
+        "stop a Server run once it is settled INVALID (--stop_when_invalid): true, false, or "
+        "auto: true where the engine lives in the run's process (dummy, transformers, "
+        "tiny_llama, vllm), false against servers (one that does not abort a request whose "
+        "connection closed would carry the stopped run's backlog into the next)",
+    ),
     "search_algorithm": (
         "llmlib",
         "llmlib (bound, probes, confirmation) or loadgen: LoadGen's "
@@ -79,6 +86,7 @@ class Probe:
     runs: int = 1  # LoadGen runs inside it (FindPeakPerformance makes many in one test)
     latency_p90_s: float = 0.0  # a request's life (Server), beside the issue window's length
     window_s: float = 0.0
+    stopped_s: float = 0.0  # stopped early, this long into the test (0: ran its length)
 
 
 def number(name: str, raw: str, low: float = 0.0) -> float:
@@ -119,6 +127,8 @@ def split_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         raise ConfigError(f"--search_algorithm={own['search_algorithm']}: llmlib or loadgen")
     if own["search_confirm"] not in ("true", "false"):
         raise ConfigError(f"--search_confirm={own['search_confirm']}: true or false")
+    if own["search_stop_early"] not in ("auto", "true", "false"):
+        raise ConfigError(f"--search_stop_early={own['search_stop_early']}: auto, true or false")
     start, top = own["search_start"], own["search_max"]
     if start and top and float(start) >= float(top):
         raise ConfigError("--search_start must be below --search_max")
@@ -148,10 +158,24 @@ def search_plan(argv: list[str]) -> tuple[Config, dict[str, str], dict[str, str]
     return configs[0], flags, own
 
 
+IN_PROCESS = ("dummy", "transformers", "tiny_llama", "vllm")  # the engine dies with the run
+
+
+def stops_early(cfg: Config, own: dict[str, str]) -> bool:
+    v = own["search_stop_early"]
+    return v == "true" or (v == "auto" and cfg.core_type in IN_PROCESS)
+
+
 def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir: Path,
-              probe_ms: float | None, min_queries: int = 600) -> Probe:  # fmt: skip
-    """One run; ``probe_ms`` None: the configured length (the confirmation)."""
+              probe_ms: float | None, min_queries: int = 600, stop: bool = False
+              ) -> Probe:  # fmt: skip
+    """One run; ``probe_ms`` None: the configured length (the confirmation). ``stop``: a
+    Server run ends once settled INVALID."""
     explicit: dict[str, Any] = {"warmup_queries": 0} if kind != "confirm" else {}
+    if kind != "confirm":  # (the search draws its own plot of the probes)
+        explicit["plots"] = False
+    if stop and kind != "bound":
+        explicit["stop_when_invalid"] = True
     scenario = "offline" if kind == "bound" else "server"
     if probe_ms is not None:
         # as many samples as queries (LoadGen runs whole permutations of the performance
@@ -179,6 +203,8 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
     if d.get("under_delivered"):
         why.append(f"under-delivered ({d['ratio']:.1%} of the schedule)")
     sched = float(lg.get("scheduled_samples_per_second") or 0.0)
+    if s.get("stopped_early"):  # no LoadGen figures: the request log's, to the stop
+        return stopped_probe(kind, qps, s, wall, run_dir)
     return Probe(
         kind, done if kind == "bound" else qps, not why, s["validity"],
         int(h.get("failed") or 0), done, float(d.get("ratio") or 0.0),
@@ -186,6 +212,27 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
         " / ".join(why), 1, float((lg.get("latency_ns") or {}).get("p90") or 0) / 1e9,
         int(h.get("issued") or 0) / sched if sched else 0.0,
     )  # fmt: skip
+
+
+def stopped_probe(kind: str, qps: float, s: dict[str, Any], wall: float, run_dir: Path
+                  ) -> Probe:  # fmt: skip
+    """A run stopped once settled INVALID: the completed rate and p99s of what finished
+    before the stop (from requests.csv), beside why it stopped."""
+    import csv
+
+    import numpy as np
+
+    f, h = s["stopped_early"], s.get("harness") or {}
+    with (run_dir / "requests.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["latency_ms"] and not r["error"]]
+    ttft = [float(r["ttft_ms"]) for r in rows if r.get("ttft_ms")]
+    tpot = [float(r["tpot_ms"]) for r in rows if r.get("tpot_ms")]
+    p99 = lambda v: float(np.percentile(v, 99)) if v else 0.0  # noqa: E731
+    after = float(f["after_s"])
+    done = len(rows) / after if after > 0 else 0.0
+    return Probe(kind, qps, False, "INVALID", int(h.get("failed") or 0), done,
+                 done / qps if qps else 0.0, p99(ttft), p99(tpot), wall, str(run_dir),
+                 "; ".join(s.get("reasons") or []), stopped_s=after)  # fmt: skip
 
 
 def steady_rate(run_dir: Path) -> float:
@@ -250,7 +297,7 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
                 break
             q, grown = max(down(hi, res), round(lo + res, 9)), grown + 1
         p = run_probe(flags, cfg, "probe", q, root / f"{len(probes):02d}-server-{q:g}", probe_ms,
-                      int(float(own["search_probe_queries"])))  # fmt: skip
+                      int(float(own["search_probe_queries"])), stops_early(cfg, own))  # fmt: skip
         probes.append(p)
         say(p)
         grow = p.holds and q >= hi  # the bound held: the next probe is 1.5x it, at once
@@ -292,12 +339,12 @@ def loadgen_peak(flags: dict[str, str], cfg: Config, own: dict[str, str], root: 
 
 
 def confirm(flags: dict[str, str], cfg: Config, root: Path, q: float, res: float,
-            say: Any) -> tuple[list[Probe], float]:  # fmt: skip
+            say: Any, stop: bool = False) -> tuple[list[Probe], float]:  # fmt: skip
     """Full-length runs from ``q`` down (1% or one resolution step a time, whichever is
     more; three at most): the first that holds."""
     runs: list[Probe] = []
     for _ in range(3):
-        p = run_probe(flags, cfg, "confirm", q, root / f"confirm-{q:g}", None)
+        p = run_probe(flags, cfg, "confirm", q, root / f"confirm-{q:g}", None, stop=stop)
         runs.append(p)
         say(p)
         if p.holds:
@@ -333,6 +380,8 @@ def main(argv: list[str]) -> int:
                   f"barely shows; --search_probe_ms of at least "
                   f"{math.ceil(8 * p.latency_p90_s) * 1000} is safer", flush=True)  # fmt: skip
         verdict = "holds" if p.holds else f"breaks: {p.why}"
+        if p.stopped_s:
+            verdict = f"breaks ({p.why}, after {p.stopped_s:.1f} s)"
         if p.kind == "bound":
             print(f"offline bound: {p.qps:.2f} samples/s while full ({p.completed_qps:.2f} to "
                   f"the last completion; {p.wall_s:.0f} s)", flush=True)  # fmt: skip
@@ -358,7 +407,8 @@ def main(argv: list[str]) -> int:
         probes, peak = find(flags, cfg, own, root, say)
         chosen = peak
         if peak > 0 and own["search_confirm"] == "true":
-            runs, chosen = confirm(flags, cfg, root, peak, float(own["search_resolution"]), say)
+            runs, chosen = confirm(flags, cfg, root, peak, float(own["search_resolution"]), say,
+                                   stops_early(cfg, own))  # fmt: skip
             probes += runs
     except Interrupted as exc:  # the runs so far, written down before the exit
         out = write_results(root, cfg, [asdict(p) for p in seen], 0.0, 0.0,

@@ -42,10 +42,13 @@ def write_results(root: Path, cfg: Config, probes: list[dict[str, Any]], peak: f
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in probes:
+        stopped = p.get("stopped_s") or 0.0  # (figures of what finished before the stop)
         lines.append(
             f"| {p['kind']} | {p['qps']:.2f} | {'yes' if p['holds'] else 'no'} | "
-            f"{p['completed_qps']:.2f} | {p['delivered']:.1%} | {p['ttft_p99_ms']:.0f} | "
-            f"{p['tpot_p99_ms']:.1f} | {p['wall_s']:.0f} | {p['why']} |"
+            f"{p['completed_qps']:.2f} | {'-' if stopped else format(p['delivered'], '.1%')} | "
+            f"{p['ttft_p99_ms']:.0f} | {p['tpot_p99_ms']:.1f} | {p['wall_s']:.0f} | {p['why']}"
+            + (f" (after {stopped:.1f} s)" if stopped else "")
+            + " |"
         )
     if plotted:
         lines += ["", "![QPS against p99 TTFT, p99 TPOT and the delivered share](search.png)"]
@@ -65,7 +68,12 @@ def plot_search(probes: list[dict[str, Any]], chosen: float, out: Path,
               ("delivered", "delivered (share done in time)"))  # fmt: skip
     for ax, (key, title) in zip(axes, panels, strict=True):
         for holds, colour in ((True, "tab:green"), (False, "tab:red")):
-            pts = [p for p in runs if p["holds"] == holds]
+            pts = [
+                p
+                for p in runs
+                if p["holds"] == holds  # (a stopped run's share: partial)
+                and not (key == "delivered" and p.get("stopped_s"))
+            ]
             ax.scatter([p["qps"] for p in pts], [p[key] for p in pts], c=colour,
                        label="holds" if holds else "breaks")  # fmt: skip
         if chosen > 0:

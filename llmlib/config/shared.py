@@ -342,6 +342,23 @@ SHARED_FIELDS = [
         maximum=0.5,
     ),
     _f(
+        "stop_when_invalid",
+        bool,
+        False,
+        "Server performance runs: stop the test as soon as its verdict is settled INVALID (a "
+        "failed request, or more requests past the TTFT/TPOT limit, counting those still "
+        "waiting past it, than the p99 allows over the run); the partial results are kept "
+        "(harness search's probes use it)",
+        "run",
+    ),
+    _f(
+        "plots",
+        bool,
+        True,
+        "PNG plots in each run's report (matplotlib; harness search's probes skip them)",
+        "report",
+    ),
+    _f(
         "stall_timeout_s",
         float,
         0.0,

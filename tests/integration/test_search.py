@@ -106,6 +106,46 @@ def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp
     assert 90 <= doc["chosen_qps"] <= 105, doc
 
 
+def test_probes_far_above_the_peak_stop_once_settled_invalid(tmp_path):
+    """10 s probes: at 300 QPS (3x the peak) requests wait past the 2 s TTFT limit within a
+    few seconds, and once more of them are late than a p99 over the probe allows, the probe
+    stops (its directory says why); 150 QPS likewise, later; 75 holds and runs its length."""
+    p, root = search(tmp_path, *ARGS, "--search_max=400", "--search_start=300",
+                     "--search_probe_ms=10000", "--search_resolution=25",
+                     "--search_confirm=false")  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    probes = json.loads((root / "search.json").read_text())["probes"]
+    assert [x["qps"] for x in probes][:3] == [300, 150, 75], probes
+    for x in probes[:2]:
+        assert not x["holds"] and 0 < x["stopped_s"] < 8, x
+        assert "stopped early" in x["why"] and "TTFT limit" in x["why"], x
+        s = json.loads((Path(x["run_dir"]) / "summary.json").read_text())
+        assert s["validity"] == "INVALID" and s["stopped_early"]["limit"] == "TTFT"
+        assert (Path(x["run_dir"]) / "requests.csv").is_file()
+    assert probes[0]["stopped_s"] < probes[1]["stopped_s"]  # further above: settled sooner
+    assert probes[2]["holds"] and probes[2]["stopped_s"] == 0
+    assert "breaks (stopped early" in p.stdout and " s) |" in (root / "search.md").read_text()
+
+
+def test_a_run_that_holds_is_not_stopped_by_the_watch(tmp_path):
+    """--stop_when_invalid on an ordinary Server run the system sustains: it runs its whole
+    length and LoadGen judges it, as without the flag."""
+    cfg = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", cfg)
+    (cfg / "benchmarks" / "fixed16.yaml").write_text(BENCH)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", f"--config_dir={cfg}", f"--log_dir={tmp_path}",
+         "--scenarios=Server", "--server_target_qps=50", "--stop_when_invalid=true",
+         *ARGS[:4], ARGS[4]],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    (summary,) = tmp_path.rglob("summary.json")
+    s = json.loads(summary.read_text())
+    assert s["validity"] == "VALID" and "stopped_early" not in s
+    assert s["harness"]["issued"] >= 300 and s["loadgen"]["samples_per_second"] > 0
+
+
 def test_a_bound_below_the_peak_is_probed_and_the_search_looks_above_it(tmp_path):
     """An upper bound that undercounts (an Offline run whose longest answers finished alone
     can): every probe below it holds, so the bound itself is probed and the search grows
@@ -150,6 +190,7 @@ def test_a_backend_that_dies_in_every_probe_holds_no_qps(tmp_path):
     doc = json.loads((root / "search.json").read_text())
     assert doc["chosen_qps"] == 0 and len(doc["probes"]) >= 2
     assert all(not x["holds"] and "failed" in x["why"] for x in doc["probes"]), doc["probes"]
+    assert all(x["stopped_s"] > 0 for x in doc["probes"])  # each stopped at its failures
     assert "no QPS held" in p.stdout and "requests failed" in (root / "search.md").read_text()
 
 
@@ -208,6 +249,7 @@ def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tm
         (["--search_max"], "--search_max needs a value"),
         (["--search_confirm=maybe"], "--search_confirm=maybe: true or false"),
         (["--search_algorithm=fast"], "--search_algorithm=fast: llmlib or loadgen"),
+        (["--search_stop_early=maybe"], "--search_stop_early=maybe: auto, true or false"),
         (["--search_probe_queries=2.5"], "--search_probe_queries must be a whole number"),
         (["--scenarios=offline"], "search finds a Server QPS"),
         (["--benchmarks=tiny,fixed16"], "one benchmark at a time"),
