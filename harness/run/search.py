@@ -11,7 +11,11 @@ behind; ``harness.report.delivery``). The search:
 2. bisects between 0 and that bound with short Server probes (``--search_probe_ms`` long,
    as many samples as queries: LoadGen runs whole permutations of the sample set for the
    LLM benchmarks), the first at ``--search_start`` (default 90% of the bound), until the
-   held and the broken QPS are ``--search_resolution`` apart;
+   held and the broken QPS are ``--search_resolution`` apart. Each next probe is aimed
+   where the runs' margin to their limits crosses zero between the highest that held and
+   the lowest that broke (``search_aim``), else at the midpoint (and always after an aimed
+   probe that did not halve the bracket). A probe stops once settled INVALID
+   (``--search_stop_early``);
 3. confirms the highest held QPS with a run of the configured length (``--min_duration``,
    ``--min_query_count``); if that breaks, steps down (1% or one resolution step, whichever
    is more) and confirms again (twice).
@@ -37,6 +41,7 @@ from harness.cli import parse_flags, plan
 from harness.run.driver import DRIVER, launched_server, results_root, run_child, served_by
 from harness.run.interrupt import Interrupted, exit_status
 from harness.run.prepare import check_datasets
+from harness.run.search_aim import aim, down, margin, steady_rate
 from llmlib.config.settings import Config, resolve
 from llmlib.errors import ConfigError
 
@@ -87,6 +92,7 @@ class Probe:
     latency_p90_s: float = 0.0  # a request's life (Server), beside the issue window's length
     window_s: float = 0.0
     stopped_s: float = 0.0  # stopped early, this long into the test (0: ran its length)
+    margin: float | None = None  # how far from breaking (search_aim.margin)
 
 
 def number(name: str, raw: str, low: float = 0.0) -> float:
@@ -211,6 +217,8 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
         p99(lg, "ttft_ns"), p99(lg, "tpot_ns") or p99(h, "tpot_ns"), wall, str(run_dir),
         " / ".join(why), 1, float((lg.get("latency_ns") or {}).get("p90") or 0) / 1e9,
         int(h.get("issued") or 0) / sched if sched else 0.0,
+        margin=None if kind == "bound" else margin(float(d.get("ratio") or 0.0),
+                                                   cfg.delivery_tolerance, lg),
     )  # fmt: skip
 
 
@@ -235,33 +243,6 @@ def stopped_probe(kind: str, qps: float, s: dict[str, Any], wall: float, run_dir
                  "; ".join(s.get("reasons") or []), stopped_s=after)  # fmt: skip
 
 
-def steady_rate(run_dir: Path) -> float:
-    """An Offline run's completions per second while the system was full: between its 10th
-    and 60th percentile completion. LoadGen's rate counts to the last completion, and the
-    longest answers finish alone at the end (a long tail of output lengths can halve it)."""
-    import csv
-
-    path = run_dir / "requests.csv"
-    if not path.is_file():
-        return 0.0
-    with path.open() as f:
-        done = sorted(
-            float(r["issue_ms"]) + float(r["latency_ms"])
-            for r in csv.DictReader(f)
-            if r["latency_ms"] and not r["error"]
-        )
-    if len(done) < 20:
-        return 0.0
-    a, b = done[len(done) // 10], done[6 * len(done) // 10]
-    return (6 * len(done) // 10 - len(done) // 10) / ((b - a) / 1000) if b > a else 0.0
-
-
-def down(q: float, res: float) -> float:
-    """``q`` rounded down to a multiple of the resolution (kept exact in decimal)."""
-    digits = max(0, -math.floor(math.log10(res)) + 1)
-    return round(math.floor(q / res + 1e-9) * res, digits)
-
-
 def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
            say: Any) -> tuple[list[Probe], float]:  # fmt: skip
     """The bound and the probes; the highest QPS that held (0.0 if none)."""
@@ -278,6 +259,9 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
         if hi <= 0:
             raise ConfigError(f"the Offline bound run gave no rate: {b.why or b.validity}")
     lo, broke, grown = 0.0, False, 0
+    m_lo: float | None = None  # the margins of the runs at lo and hi (search_aim.margin)
+    m_hi: float | None = None
+    aimed = False  # the last probe was aimed (then, if it did not halve the bracket, bisect)
     q = float(own["search_start"]) if own["search_start"] else 0.9 * hi
     if q >= hi:
         print(f"note: --search_start={q:g} is not below the bound {hi:.2f}; starting at 90% of it")
@@ -301,11 +285,19 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
         probes.append(p)
         say(p)
         grow = p.holds and q >= hi  # the bound held: the next probe is 1.5x it, at once
+        width = hi - lo
         if p.holds:
-            lo, hi = q, (q * 1.5 if grow else hi)
+            lo, hi, m_lo = q, (q * 1.5 if grow else hi), p.margin
+            m_hi = None if grow else m_hi
         else:
-            hi, broke = q, True
-        q = hi if grow else (lo + hi) / 2
+            hi, broke, m_hi = q, True, p.margin
+        if grow:
+            q, aimed = hi, False
+        elif aimed and hi - lo > width / 2:  # (a margin that misleads costs one step)
+            q, aimed = (lo + hi) / 2, False
+        else:
+            q = aim(lo, hi, m_lo, m_hi, res)
+            aimed = q != (lo + hi) / 2
     return probes, lo
 
 
