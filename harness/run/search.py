@@ -190,6 +190,8 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
         explicit.update(min_duration=int(probe_ms), min_query_count=n, performance_sample_count=n)
     if kind != "bound":
         explicit["server_target_qps"] = qps
+    elif probe_ms is not None:  # n queries, not the benchmark's expected QPS x the length
+        explicit["offline_expected_qps"] = explicit["min_query_count"] / (probe_ms / 1000) / 2
     one = resolve(flags, benchmark=cfg.benchmark, scenario=scenario, explicit=explicit)
     t0 = time.monotonic()
     s = run_child(one, "PerformanceOnly", run_dir)

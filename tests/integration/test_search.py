@@ -34,7 +34,7 @@ settings:
   engine_profile: cpu-tiny
   vocab_size: 2048
 scenarios:
-  offline: {offline_expected_qps: 100}
+  offline: {offline_expected_qps: 1000}  # (the bound run must not issue 1000/s x its length)
   server: {server_target_qps: 50}
 """
 ARGS = [
@@ -64,6 +64,8 @@ def test_search_finds_the_known_peak_from_the_offline_bound(tmp_path):
     doc = json.loads((root / "search.json").read_text())
     bound = doc["probes"][0]
     assert bound["kind"] == "bound" and bound["qps"] == pytest.approx(100, rel=0.03)
+    issued = json.loads((Path(bound["run_dir"]) / "summary.json").read_text())["harness"]["issued"]
+    assert issued == 512  # 300 queries, in whole permutations of the 256 samples
     assert 90 <= doc["chosen_qps"] <= 105 and doc["probes"][-1]["kind"] == "confirm"
     assert doc["probes"][-1]["holds"] and doc["probes"][-1]["qps"] == doc["chosen_qps"]
     for probe in doc["probes"]:  # every run's directory kept, with LoadGen's logs
