@@ -178,6 +178,7 @@ def test_search_keeps_one_launched_server_up_for_every_run_and_stops_it(tmp_path
     for probe in doc["probes"]:
         cfg = (Path(probe["run_dir"]) / "config.txt").read_text()
         assert url.group(1) in cfg  # each run spoke to the launched server
+        assert re.search(r"stop_when_invalid +False", cfg)  # auto: not against a server
         assert probe["failed"] == 0 or not probe["holds"]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", int(url.group(2))), timeout=2).close()
