@@ -15,7 +15,8 @@ behind; ``harness.report.delivery``). The search:
    where the runs' margin to their limits crosses zero between the highest that held and
    the lowest that broke (``search_aim``), else at the midpoint (and always after an aimed
    probe that did not halve the bracket). A probe stops once settled INVALID
-   (``--search_stop_early``);
+   (``--search_stop_early``); one that held while too short for its requests' lifetimes
+   runs again longer, as every later probe does (``--search_lengthen``);
 3. confirms the highest held QPS with a run of the configured length (``--min_duration``,
    ``--min_query_count``); if that breaks, steps down (1% or one resolution step, whichever
    is more) and confirms again (twice).
@@ -56,6 +57,12 @@ SEARCH_FLAGS: dict[str, tuple[str, str]] = {
         "each probe's fewest queries (LoadGen's early stopping needs some hundreds to judge a p99)",
     ),
     "search_confirm": ("true", "confirm the found QPS with a run of the configured length"),
+    "search_lengthen": (
+        "true",
+        "a probe that held while issuing for less than four of its requests' p90 lifetimes "
+        "(too short for a backlog to show) runs again, and every later probe with it, eight "
+        "lifetimes long; false: a note only",
+    ),
     "search_stop_early": (
         "auto",
         "stop a Server run once it is settled INVALID (--stop_when_invalid): true, false, or "
@@ -133,6 +140,8 @@ def split_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         raise ConfigError(f"--search_algorithm={own['search_algorithm']}: llmlib or loadgen")
     if own["search_confirm"] not in ("true", "false"):
         raise ConfigError(f"--search_confirm={own['search_confirm']}: true or false")
+    if own["search_lengthen"] not in ("true", "false"):
+        raise ConfigError(f"--search_lengthen={own['search_lengthen']}: true or false")
     if own["search_stop_early"] not in ("auto", "true", "false"):
         raise ConfigError(f"--search_stop_early={own['search_stop_early']}: auto, true or false")
     start, top = own["search_start"], own["search_max"]
@@ -245,6 +254,12 @@ def stopped_probe(kind: str, qps: float, s: dict[str, Any], wall: float, run_dir
                  "; ".join(s.get("reasons") or []), stopped_s=after)  # fmt: skip
 
 
+def too_short(p: Probe) -> bool:
+    """A probe that held while issuing for less than four of its requests' p90 lifetimes: a
+    growing backlog barely shows in it (one that broke has long latencies of its own)."""
+    return p.kind == "probe" and p.holds and p.latency_p90_s > p.window_s / 4
+
+
 def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
            say: Any) -> tuple[list[Probe], float]:  # fmt: skip
     """The bound and the probes; the highest QPS that held (0.0 if none)."""
@@ -286,6 +301,14 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
                       int(float(own["search_probe_queries"])), stops_early(cfg, own))  # fmt: skip
         probes.append(p)
         say(p)
+        longer = math.ceil(8 * p.latency_p90_s) * 1000
+        if own["search_lengthen"] == "true" and too_short(p) and longer > probe_ms:
+            print(f"note: probes lengthened from {probe_ms / 1000:g} s to {longer / 1000:g} s: "
+                  f"a request lives {p.latency_p90_s:.1f} s (p90) and the probe issued for "
+                  f"{p.window_s:.1f} s, too short for a backlog to show; {q:g} QPS again",
+                  flush=True)  # fmt: skip
+            probe_ms = longer
+            continue
         grow = p.holds and q >= hi  # the bound held: the next probe is 1.5x it, at once
         width = hi - lo
         if p.holds:
@@ -365,8 +388,7 @@ def main(argv: list[str]) -> int:
 
     def say(p: Probe) -> None:
         seen.append(p)
-        # (a probe that held: one that broke has long latencies of its own making)
-        if p.kind == "probe" and p.holds and p.latency_p90_s > p.window_s / 4 and not warned:
+        if own["search_lengthen"] == "false" and too_short(p) and not warned:
             warned.append(p)  # once: a backlog cannot show in a probe shorter than this
             print(f"note: probes are short for this workload: a request lives "
                   f"{p.latency_p90_s:.1f} s (p90) and a probe issues for {p.window_s:.1f} s, so "

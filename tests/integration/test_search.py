@@ -86,13 +86,35 @@ def test_probes_shorter_than_a_request_s_life_are_called_out(tmp_path):
         tmp_path, "--benchmarks=fixed16", "--progress=false", "--search_max=200",
         "--engine_flags=max_batch_size:256,step_base_us:150000,step_per_seq_us:0,"
         "prefill_per_token_us:0", "--search_probe_ms=1000", "--search_probe_queries=600",
-        "--search_resolution=20", "--search_confirm=false",
+        "--search_resolution=20", "--search_confirm=false", "--search_lengthen=false",
     )  # fmt: skip
     assert p.returncode in (0, 1), p.stdout + p.stderr
     note = [x for x in p.stdout.splitlines() if x.startswith("note: probes are short")]
     assert len(note) == 1 and "--search_probe_ms of at least" in note[0], p.stdout
     probe = json.loads((root / "search.json").read_text())["probes"][0]
     assert probe["holds"] and probe["latency_p90_s"] > probe["window_s"] / 4 > 0
+
+
+def test_a_probe_too_short_for_its_requests_runs_again_longer(tmp_path):
+    """100 ms steps: a request lives ~1.6 s. A probe of 600 queries at 120 QPS issues for
+    5 s and holds, too short to show a backlog, so 120 QPS runs again eight lifetimes long,
+    and the probes after it (up to 200 QPS, above the 160 the system serves) as long."""
+    p, root = search(
+        tmp_path, "--benchmarks=fixed16", "--progress=false", "--search_max=200",
+        "--search_start=120", "--engine_flags=max_batch_size:128,step_base_us:100000,"
+        "step_per_seq_us:0,prefill_per_token_us:0", "--search_probe_ms=1000",
+        "--search_probe_queries=600", "--search_resolution=40", "--search_confirm=false",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    probes = json.loads((root / "search.json").read_text())["probes"]
+    assert [x["qps"] for x in probes[:2]] == [120, 120] and len(probes) > 2, probes
+    short, again, *later = probes
+    assert short["holds"] and short["window_s"] < 4 * short["latency_p90_s"]
+    assert again["holds"] and again["window_s"] > 4 * again["latency_p90_s"], again
+    for x in later:  # as long (or stopped: broken)
+        assert x["window_s"] > 4 * short["latency_p90_s"] or x["stopped_s"] > 0, x
+    assert "note: probes lengthened from 1 s to" in p.stdout and "120 QPS again" in p.stdout
+    assert "probes are short" not in p.stdout
 
 
 def test_search_from_above_the_peak_is_not_fooled_by_a_valid_run_that_trails(tmp_path):
@@ -253,6 +275,7 @@ def test_loadgen_s_own_search_runs_as_one_test_and_says_when_it_finds_nothing(tm
         (["--search_confirm=maybe"], "--search_confirm=maybe: true or false"),
         (["--search_algorithm=fast"], "--search_algorithm=fast: llmlib or loadgen"),
         (["--search_stop_early=maybe"], "--search_stop_early=maybe: auto, true or false"),
+        (["--search_lengthen=1"], "--search_lengthen=1: true or false"),
         (["--search_probe_queries=2.5"], "--search_probe_queries must be a whole number"),
         (["--scenarios=offline"], "search finds a Server QPS"),
         (["--benchmarks=tiny,fixed16"], "one benchmark at a time"),
