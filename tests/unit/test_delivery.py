@@ -76,3 +76,18 @@ def test_the_verdict_comes_from_the_steady_window_not_the_tail():
     assert f"{behind['window_ratio']:.1%} done within" in delivery_lines({"delivery": behind})[0]
     assert window_ratio(queue_log(20, 10, 5)) is None  # too few issues to judge
     assert delivery(lg, 0.02, RequestLog())["ratio"] == pytest.approx(0.95)  # LoadGen's then
+
+
+def test_a_cold_start_does_not_excuse_a_backlog():
+    """The first quarter answered 3 s late (a server just started), then a backlog growing
+    at 2 ms per 10 ms: the second quarter's shorter latency sets the window, not the cold
+    start's (which alone would have counted everything done)."""
+    log, free = RequestLog(), 0
+    log.on_issue([req(q, issue_ns=q * 10 * MS) for q in range(400)])
+    for q in range(400):
+        start = max(free, q * 10 * MS)
+        free = start + 12 * MS
+        cold = 3000 * MS if q < 100 else 0
+        log.on_responses(answer(q, start + MS + cold, free + cold))
+    ratio = window_ratio(log)
+    assert ratio is not None and 0.88 < ratio < 0.95  # (3 s of lag would say 1.0)
