@@ -159,7 +159,9 @@ def search_plan(argv: list[str]) -> tuple[Config, dict[str, str], dict[str, str]
         raise ConfigError(f"search takes no {', '.join(sorted(actions))}")
     scen = flags.get("scenarios", "server")
     if scen not in ("server", "Server"):
-        raise ConfigError(f"search finds a Server QPS: --scenarios={scen} is not server")
+        raise ConfigError(f"search finds a Server QPS: --scenarios={scen} is not server (one "
+                          "Offline or SingleStream run measures its own figure: nothing to "
+                          "search)")  # fmt: skip
     flags["scenarios"] = "server"
     configs = plan(flags)
     if len(configs) != 1:
