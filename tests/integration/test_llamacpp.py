@@ -106,7 +106,9 @@ def test_launched_llama_cpp_native_ids_are_the_model_s_greedy_tokens(tmp_path, t
         "--min_query_count=200",
         "--offline_expected_qps=50",
         "--min_duration=100",
-        "--server_target_qps=20",
+        # the tiny model seldom says EOS: ~113 of 128 ids an answer. One llama.cpp thread
+        # on 2 cores made 1,100-2,300 ids/s across runs; 20 QPS (2,260/s) broke 1 run in 3
+        "--server_target_qps=6",
     ]
     p, runs = run_harness(
         tmp_path / "acc", *common, "--scenarios=offline", "--test_mode=AccuracyOnly"
