@@ -29,8 +29,15 @@ def by_source_eval(args: argparse.Namespace) -> None:
     k = args.folds
     cal = args.calibrate
     pre = tuple(int(x) for x in args.prefixes.split(",") if x)
-    fitter = router_fitter(template, prefixes=pre, calibrate=cal, **recipe)
-    res = {"router": cross_source(rows, *fitter, experts, k)}
+    if template.threshold_rule == "balanced" and cal != "source":
+        raise ConfigError(
+            "confidence_threshold: balanced is picked on unseen sources: add --calibrate source"
+        )
+    picked: list[float] = []
+    fitter = router_fitter(template, prefixes=pre, calibrate=cal, picked=picked, **recipe)
+    res = {"router": cross_source(rows, *fitter, experts, k, template.default)}
+    if picked:
+        res["router"]["thresholds_picked"] = picked
     res["router"]["recipe"] = {**recipe, "lexicon": args.lexicon or None, "calibrate": cal}
     teacher = None
     if args.distill:

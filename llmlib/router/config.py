@@ -6,7 +6,8 @@ settings, the gate's rules, and the expert pools.
     router: router.npz            # relative to this file
     precision: int8               # or float (an artifact saved with its float table)
     default_expert: general       # low confidence, empty or unreadable prompts go here
-    confidence_threshold: 0.5
+    confidence_threshold: 0.5     # or balanced: the artifact's threshold for this default,
+                                  # picked on unseen sources at training (router train)
     top_k: 2
     tie_margin: 0.1               # near-equal top-k experts: the less loaded pool wins
     max_words: 128                # decide on the prompt's first N words (incremental)
@@ -24,6 +25,7 @@ the pool fails.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,7 @@ class RoutingConfig:
     router_path: Path
     precision: str
     default_expert: str
-    threshold: float
+    threshold: float  # (NaN for "balanced": the artifact's, read when the router loads)
     top_k: int
     tie_margin: float
     max_words: int
@@ -94,14 +96,29 @@ class RoutingConfig:
                 "gate rule names and no pool falls back to: retrain the router with those "
                 "labels (router corpus --add, router train) or remove the pools"
             )
-        return Router(
+        threshold, rule = self.threshold, "fixed"
+        if math.isnan(threshold):
+            threshold, rule = self._balanced(model.meta.get("balanced_thresholds")), "balanced"
+        router = Router(
             model,
             Gate.from_config(self.gate_rules),
             self.default_expert,
-            self.threshold,
+            threshold,
             self.top_k,
             self.tie_margin,
         )
+        router.threshold_rule = rule
+        return router
+
+    def _balanced(self, table: Any) -> float:
+        """The artifact's balanced threshold for this config's default expert."""
+        if not isinstance(table, dict) or self.default_expert not in table:
+            raise ConfigError(
+                f"{self.path}: confidence_threshold is balanced, but {self.router_path.name} "
+                f"holds no balanced threshold for {self.default_expert}: retrain it with "
+                "python -m harness router train --calibrate source, or give a number"
+            )
+        return float(table[self.default_expert])
 
 
 def _unknown(where: str, kind: str, name: str, choices: Any) -> UnknownNameError:
@@ -173,12 +190,21 @@ def load_routing_config(path: str | Path) -> RoutingConfig:
     precision = str(d.get("precision", "int8"))
     if precision not in ("int8", "float"):
         raise _unknown(str(p), "precision", precision, ["int8", "float"])
+    balanced = str(d.get("confidence_threshold")).strip().lower() == "balanced"
+    if isinstance(d.get("confidence_threshold"), str) and not balanced:
+        try:
+            float(d["confidence_threshold"])
+        except ValueError:
+            raise ConfigError(
+                f"{p}: confidence_threshold must be a number in [0, 1] or balanced, not "
+                f"{d['confidence_threshold']!r}"
+            ) from None
     rc = RoutingConfig(
         path=p,
         router_path=(p.parent / str(d.get("router", "router.npz"))).resolve(),
         precision=precision,
         default_expert=str(d.get("default_expert") or next(iter(pools))),
-        threshold=_num(d, "confidence_threshold", float, 0.0, str(p)),
+        threshold=math.nan if balanced else _num(d, "confidence_threshold", float, 0.0, str(p)),
         top_k=_num(d, "top_k", int, 2, str(p)),
         tie_margin=_num(d, "tie_margin", float, 0.0, str(p)),
         max_words=_num(d, "max_words", int, MAX_WORDS, str(p)),
@@ -186,13 +212,13 @@ def load_routing_config(path: str | Path) -> RoutingConfig:
         pools=pools,
     )
     for key, value, ok in (
-        ("confidence_threshold", rc.threshold, 0.0 <= rc.threshold <= 1.0),
+        ("confidence_threshold", rc.threshold, balanced or 0.0 <= rc.threshold <= 1.0),
         ("top_k", rc.top_k, rc.top_k >= 1),
         ("tie_margin", rc.tie_margin, rc.tie_margin >= 0.0),
         ("max_words", rc.max_words, rc.max_words >= 1),
     ):
         if not ok:
-            want = "in [0, 1]" if key == "confidence_threshold" else "at least 1"
+            want = "in [0, 1] or balanced" if key == "confidence_threshold" else "at least 1"
             want = "0 or more" if key == "tie_margin" else want
             raise ConfigError(f"{p}: {key} must be {want}, not {value}")
     if rc.default_expert not in pools:

@@ -214,6 +214,7 @@ def cross_source(
     predict: Any,
     experts: list[str],
     k: int = 5,
+    default: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy and per-label recall on rows of sources held out a group at a time
     (``source_folds``): ``fit(train_rows)`` makes a model from the other sources,
@@ -234,6 +235,7 @@ def cross_source(
     per_source: dict[str, list[int]] = {}
     confidence: list[tuple[float, bool]] = []
     agree: Counter[int] = Counter()
+    decided: list[tuple[int, int, int, float]] = []  # (label, routed, MLP's own, confidence)
     for _, train_rows, test_rows in folds:
         got = predict(fit(train_rows), test_rows)
         for r, p in zip(test_rows, got, strict=True):
@@ -241,6 +243,10 @@ def cross_source(
                 p, mine, c, *more = p
                 if c is not None:
                     confidence.append((c, mine == r["label"]))
+                if r["label"] in experts and p in experts:
+                    decided.append((experts.index(r["label"]), experts.index(p),
+                                    -1 if mine is None else experts.index(mine),
+                                    1.0 if c is None else c))  # fmt: skip
                 for n, e in (more[0] if more else {}).items():
                     agree[n] += e == p
             if r["label"] in experts and p in experts:
@@ -264,11 +270,39 @@ def cross_source(
         }
         | ({"calibration": calibration(confidence)} if confidence else {})
         | (
+            {"thresholds": threshold_sweep(decided, experts, default)}
+            if decided and default in experts
+            else {}
+        )
+        | (
             {"prefix_agreement": {str(n): a / int(conf.sum()) for n, a in sorted(agree.items())}}
             if agree
             else {}
         )
     )
+
+
+def threshold_sweep(
+    decided: list[tuple[int, int, int, float]],
+    experts: list[str],
+    default: str,
+    thresholds: tuple[float, ...] = (0.0, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7),
+) -> list[dict[str, Any]]:
+    """Accuracy and per-label recall had the confidence threshold been each of
+    ``thresholds``: where the MLP decided, its own choice at or above the threshold, else
+    ``default``; rows the gate or an empty prompt decided keep their route. ``decided``
+    holds (label, routed, the MLP's own choice or -1, its confidence) as expert indices."""
+    a = np.array(decided, dtype=np.float64).reshape(-1, 4)
+    label, routed, mine = (a[:, j].astype(int) for j in range(3))
+    conf, mlp, d = a[:, 3], a[:, 2] >= 0, experts.index(default)
+    out = []
+    for t in thresholds:
+        got = np.where(mlp, np.where(conf >= t, mine, d), routed)
+        cm = np.zeros((len(experts), len(experts)), dtype=int)
+        np.add.at(cm, (label, got), 1)
+        out.append({"threshold": t, "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+                    "recall": recall(cm, experts)})  # fmt: skip
+    return out
 
 
 def calibration(pairs: list[tuple[float, bool]], bins: int = 5) -> dict[str, Any]:
@@ -304,6 +338,7 @@ def router_fitter(
     pool_source: str = "sharegpt",
     prefixes: tuple[int, ...] = (),
     calibrate: str = "validation",
+    picked: list[float] | None = None,
     **train_args: Any,
 ) -> tuple[Any, Any]:
     """(fit, predict) for ``cross_source``: the router trained on the rows (every row a
@@ -315,8 +350,11 @@ def router_fitter(
     alone; with ``prefixes``, also deciding on each prompt's first N words. ``calibrate``:
     validation, source (the temperature fitted on the fold's own sources held out in
     groups, never on the fold's test rows) or none. ``fuse`` "auto" picks the fusion weight
-    on the fold's training sources alone (``fusion.fusion_weight``)."""
-    from llmlib.router.train import calibration, train
+    on the fold's training sources alone (``fusion.fusion_weight``). A ``template`` whose
+    threshold is "balanced" gets each fold's threshold picked on that fold's training
+    sources (``train.source_calibration``; needs ``calibrate`` source); ``picked`` (a list)
+    then collects them."""
+    from llmlib.router.train import calibration, source_calibration, train
 
     def fit(rows: list[dict[str, Any]]) -> Router:
         rows = [dict(r, split="train") for r in rows]
@@ -328,12 +366,22 @@ def router_fitter(
             from llmlib.router.fusion import fusion_weight
 
             args["fuse"] = fusion_weight(rows, log=quiet, **args)
-        cal = calibration(calibrate, rows, log=quiet, **args)
+        threshold = None if template is None else template.threshold
+        if calibrate == "source":  # the temperature, and thresholds, on unseen sources
+            cal, ths = source_calibration(rows, log=quiet, **args)
+            if template is not None and template.threshold_rule == "balanced":
+                threshold = ths[template.default]  # picked on this fold's training sources
+                if picked is not None:
+                    picked.append(threshold)
+        else:
+            cal = calibration(calibrate, rows, log=quiet, **args)
         model = train(rows, log=quiet, calibrate=cal, **args)
-        if template is None:
+        if template is None or threshold is None:
             return Router(model)
-        return Router(model, template.gate, template.default, template.threshold,
-                      template.top_k, template.tie_margin)  # fmt: skip
+        router = Router(model, template.gate, template.default, threshold, template.top_k,
+                        template.tie_margin)  # fmt: skip
+        router.threshold_rule = template.threshold_rule
+        return router
 
     def predict(router: Router, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []

@@ -153,6 +153,9 @@ class Router:
                     f"router: unknown expert {name!r}; the model knows {', '.join(self.experts)}"
                 )
         self.threshold, self.top_k, self.tie_margin = threshold, max(1, top_k), tie_margin
+        # how the threshold was set: "fixed" (a number), or "balanced" (the artifact's,
+        # picked on unseen sources at training; router eval picks it again per fold)
+        self.threshold_rule = "fixed"
         self._cache = _WordCache(model.emb, model.buckets, lex_keys=model.lex_keys)
         self._ones = np.ones(2 * MAX_WORDS, dtype=np.float32)
         f32 = [np.ascontiguousarray(a, dtype=np.float32) for a in (model.w1, model.b1)]

@@ -278,28 +278,64 @@ def calibration(how: str, rows: list[dict[str, Any]], **train_args: Any) -> bool
 def source_temperature(
     rows: list[dict[str, Any]], k: int = 5, log: Any = print, **train_args: Any
 ) -> float:
-    """The temperature that fits rows of sources a model never saw: the training rows'
+    """The temperature that fits rows of sources a model never saw (``source_calibration``'s
+    first half)."""
+    return source_calibration(rows, k, log, **train_args)[0]
+
+
+def source_calibration(
+    rows: list[dict[str, Any]], k: int = 5, log: Any = print, **train_args: Any
+) -> tuple[float, dict[str, float]]:
+    """How confident a model should be on rows of sources it never saw: the training rows'
     sources held out in ``k`` groups (``evaluation.source_folds``), a model trained on the
-    rest scores each group, and one temperature is fitted to all those scores together
-    (``k`` extra trainings). Confidence then means, on new kinds of prompts, what it says;
-    a temperature fitted on the validation tenth (rows like the training rows) does not
-    (measured in BENCHMARKS.md)."""
+    rest scores each group (``k`` extra trainings), and from all those scores together
+
+    * one temperature (confidence then means, on new kinds of prompts, what it says; a
+      temperature fitted on the validation tenth, rows like the training rows, does not:
+      measured in BENCHMARKS.md), and
+    * for each expert as the routing's default, the confidence threshold under which
+      sending a prompt to that default routes unseen sources best, every expert's recall
+      weighing the same (``balanced_threshold``)."""
     from llmlib.router.evaluation import source_folds
     from llmlib.router.model import Router
 
     folds, _ = source_folds([r for r in rows if r["split"] == "train"], k)
     if len(folds) < 2:
         raise ConfigError("calibrating on unseen sources needs at least two sources to hold out")
-    zs, ys = [], []
+    zs, ys, experts = [], [], None
     for name, train_rows, test_rows in folds:
         model = train(train_rows, log=lambda _: None, calibrate=False, **train_args)
-        held = [r for r in test_rows if r["label"] in model.experts]
+        experts = experts or model.experts
+        held = [r for r in test_rows if r["label"] in experts]
         zs.append(Router(model, native=False).text_logits([r["text"] for r in held]))
-        ys += [model.experts.index(r["label"]) for r in held]
+        ys += [experts.index(r["label"]) for r in held]
         log(f"calibration fold {name[:60]}: {len(test_rows)} rows")
-    t, before, after = temperature(np.concatenate(zs), np.array(ys))
+    z, y = np.concatenate(zs), np.array(ys)
+    t, before, after = temperature(z, y)
     log(f"temperature {t:.3f} on unseen sources: ECE {before:.3f} at T=1, {after:.3f} at T")
-    return t
+    assert experts is not None
+    ths = {e: balanced_threshold(z / t, y, d) for d, e in enumerate(experts)}
+    log("balanced thresholds on unseen sources: " + ", ".join(f"{e} {v}" for e, v in ths.items()))
+    return t, ths
+
+
+def balanced_threshold(logits: Any, labels: Any, default: int) -> float:
+    """The confidence threshold (0 to 0.8 in steps of 0.01; 0: never the default) under
+    which a prompt goes to expert ``default`` that gives the best mean recall over the
+    experts on these rows (the highest such threshold where several tie)."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    conf, arg = p.max(axis=1), p.argmax(axis=1)
+    present = [c for c in range(z.shape[1]) if (y == c).any()]
+    best, score = 0.0, -1.0
+    for thr in np.round(np.arange(0.0, 0.8001, 0.01), 2):
+        got = np.where(conf >= thr, arg, default)
+        s = float(np.mean([np.mean(got[y == c] == c) for c in present]))
+        if s >= score - 1e-12:
+            best, score = float(thr), max(s, score)
+    return best
 
 
 def calibrated(logits: Any, labels: Any, calibrate: bool | float) -> dict[str, float]:

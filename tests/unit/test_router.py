@@ -455,7 +455,7 @@ def test_training_keeps_the_epoch_that_validates_best_and_stops_after_patience()
 
 
 def test_pools_are_sized_for_the_lowest_busiest_core_load():
-    from harness.tools.router import size_pools, split_bound
+    from harness.tools.router_harness import size_pools, split_bound
 
     shares = {"general": 0.497, "code": 0.380, "reasoning": 0.123}
     assert size_pools(shares, 6) == {"general": 3, "code": 2, "reasoning": 1}
@@ -708,3 +708,105 @@ def test_cross_source_reports_calibration_when_predictions_carry_confidence():
     cal = res["calibration"]
     assert cal["rows"] == 3 and cal["ece"] == pytest.approx(0.1)
     assert cal["bands"] == [[pytest.approx(0.867, abs=1e-3), 1.0, 3, 1.0, pytest.approx(0.9)]]
+
+
+def test_threshold_sweep_routes_each_threshold_as_the_router_would():
+    from llmlib.router.evaluation import threshold_sweep
+
+    experts = ["general", "code", "reasoning"]
+    g, c, r = 0, 1, 2
+    # (label, routed at 0.5, the MLP's own choice (-1: the gate decided), confidence)
+    decided = [
+        (r, g, r, 0.45),  # below 0.5: default; right at 0.4 and 0.45
+        (r, r, r, 0.9),  # right at every threshold
+        (g, g, c, 0.42),  # default at 0.5 is right; at 0.4 the MLP's code is wrong
+        (c, c, -1, 1.0),  # the gate: keeps its route at every threshold
+        (c, g, r, 0.35),  # wrong everywhere: reasoning at 0, general from 0.4
+    ]
+    got = {s["threshold"]: s for s in threshold_sweep(decided, experts, "general", (0.0, 0.4, 0.5))}
+    assert got[0.5]["accuracy"] == pytest.approx(3 / 5)  # what was routed
+    assert got[0.5]["recall"] == {"general": 1.0, "code": 0.5, "reasoning": 0.5}
+    assert got[0.4]["accuracy"] == pytest.approx(3 / 5)
+    assert got[0.4]["recall"] == {"general": 0.0, "code": 0.5, "reasoning": 1.0}
+    assert got[0.0]["recall"] == {"general": 0.0, "code": 0.5, "reasoning": 1.0}
+    assert threshold_sweep([], experts, "general", (0.5,))[0]["recall"]["code"] is None
+
+
+def test_balanced_threshold_is_the_one_that_weighs_every_expert_alike():
+    from llmlib.router.train import balanced_threshold
+
+    # confidences (3 experts, logits -> softmax): reasoning prompts the model is unsure of
+    z = np.log(
+        np.array(
+            [
+                [0.9, 0.05, 0.05],  # general, sure
+                [0.55, 0.40, 0.05],  # general at 0.55
+                [0.30, 0.25, 0.45],  # reasoning at 0.45: general below 0.46
+                [0.30, 0.28, 0.42],  # reasoning at 0.42
+                [0.05, 0.9, 0.05],  # code, sure
+            ]
+        )
+    )
+    y = np.array([0, 0, 2, 2, 1])
+    # every threshold up to 0.42 routes all five right; above it, reasoning goes to general
+    assert balanced_threshold(z, y, default=0) == 0.42
+    # with code as the default, a general prompt at 0.55 goes to code above 0.55
+    assert balanced_threshold(z, y, default=1) == 0.42
+    # a model that is wrong when unsure: sending unsure prompts to general helps
+    wrong = np.log(np.array([[0.4, 0.35, 0.25], [0.9, 0.05, 0.05]]))
+    assert balanced_threshold(wrong, np.array([1, 0]), default=1) == 0.8
+
+
+def test_routing_config_reads_the_artifact_s_balanced_threshold(artifact, tmp_path):
+    from llmlib.router.config import load_routing_config
+
+    pools = "".join(
+        f"  {e}: {{core_type: dummy, flags: {{engine_profile: zero}}}}\n"
+        for e in ("general", "code", "reasoning")
+    )
+
+    def config(threshold, router):
+        path = tmp_path / "routing.yaml"
+        path.write_text(
+            f"router: {router}\ndefault_expert: reasoning\n"
+            f"confidence_threshold: {threshold}\npools:\n{pools}"
+        )
+        return load_routing_config(path)
+
+    with pytest.raises(ConfigError, match="no balanced threshold for reasoning.*calibrate source"):
+        config("balanced", artifact).router()
+    model, _ = load_model(artifact, "float")
+    model.meta["balanced_thresholds"] = {"general": 0.41, "code": 0.5, "reasoning": 0.37}
+    with_th = tmp_path / "with.npz"
+    model.save(with_th)
+    router = config("Balanced", with_th).router()
+    assert (router.threshold, router.threshold_rule) == (0.37, "balanced")
+    assert config(0.6, with_th).router().threshold_rule == "fixed"
+    for bad in ("nan", "inf", "-0.1", "blanced"):
+        with pytest.raises(ConfigError, match="confidence_threshold must be"):
+            config(bad, with_th)
+
+
+def test_router_eval_picks_the_balanced_threshold_inside_each_fold(artifact, tmp_path):
+    rows = []
+    for label, temps in (("general", GENERAL), ("code", CODE), ("reasoning", REASONING)):
+        for k in range(30):  # three sources per label: each fold's calibration holds one out
+            rows.append({"text": temps[k % len(temps)].format(n=k + 2), "label": label,
+                         "source": f"{label}-{k % 3}"})  # fmt: skip
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, _ = load_model(artifact, "float")
+    model.meta["balanced_thresholds"] = {"general": 0.4, "code": 0.4, "reasoning": 0.4}
+    model.save(tmp_path / "router.npz")
+    pools = "".join(f"  {e}: {{core_type: dummy}}\n" for e in ("general", "code", "reasoning"))
+    cfg = tmp_path / "routing.yaml"
+    cfg.write_text(f"router: router.npz\nconfidence_threshold: balanced\npools:\n{pools}")
+    args = ["eval", "--split", "source", "--data", str(data), "--routing_config", str(cfg)]
+    p = run_cli(*args)  # calibrated on the validation tenth: no threshold to pick from
+    assert p.returncode == 2 and "add --calibrate source" in p.stderr, p.stderr
+    p = run_cli(*args, "--calibrate", "source", "--folds", "3", "--dim", "8")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout[: p.stdout.index("\n| label")])["router"]
+    assert len(res["thresholds_picked"]) == 3  # one per fold, each from its training sources
+    assert all(0.0 <= t <= 0.8 for t in res["thresholds_picked"])
+    assert [s["threshold"] for s in res["thresholds"]][:2] == [0.0, 0.4]
