@@ -9,6 +9,7 @@ see ``cores.openai.core`` for the behaviour it implements.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ from llmlib.errors import HealthCheckError, MissingDependencyError
 from llmlib.serving.async_core import RequestFailed, describe_failure
 
 KEEPALIVE_S = 2.0
+log = logging.getLogger(__name__)
 
 
 CLOSE = {"Connection": "close"}
@@ -78,6 +80,7 @@ class EndpointClient:
         # reuses one fails: "Can not write request body", ~2.5% of streams at concurrency 8)
         self.llamacpp = llamacpp
         self._open: set[_Stream] = set()  # requests in flight (the stall watch reads them)
+        self.resent = 0  # requests sent again after a hang-up before any answer
         self._last_byte = 0.0  # time.monotonic() of the last line any stream read
         self._watch: asyncio.Task[None] | None = None
 
@@ -211,10 +214,38 @@ class EndpointClient:
         wanted: its answer then holds every id (its stream can withhold some)."""
         if self.api == "llamacpp" and on_first is None:
             return await self._whole(prompt, max_new_tokens)
+        try:
+            return await self._stream(prompt, max_new_tokens, on_first, self.session)
+        except self.aiohttp.ServerDisconnectedError:
+            # hung up on before any answer: most often a pooled keep-alive connection the
+            # server closed as it was reused (uvicorn drops connections idle 5 s; a client
+            # whose loop was held up by a busy machine can still pick one). Sent again once,
+            # on a connection of its own; a server that is gone fails it again.
+            self.resent += 1
+            if self.resent == 1:
+                log.warning(
+                    "%s hung up on a request before any answer; sent again on a connection "
+                    "of its own (each such request is sent again once)",
+                    self.url,
+                )
+            async with self.aiohttp.ClientSession(
+                connector=self.aiohttp.TCPConnector(force_close=True),
+                timeout=self.session.timeout,
+            ) as fresh:
+                return await self._stream(prompt, max_new_tokens, on_first, fresh)
+
+    async def _stream(
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        on_first: Callable[[np.ndarray], None] | None,
+        session: Any,
+    ) -> Completion:
+        """One streamed request on ``session`` (``request``)."""
         s = _Stream(time.monotonic(), asyncio.current_task())
         self._open.add(s)
         try:
-            async with self.session.post(
+            async with session.post(
                 self.url + self.path,
                 json=self.body(prompt, max_new_tokens),
                 headers=CLOSE if self.llamacpp else None,

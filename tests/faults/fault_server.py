@@ -39,6 +39,7 @@ class FaultServer:
         self.mode, self.every = mode, every
         self.count = itertools.count(1)
         self.turn = itertools.cycle(FAULTS)
+        self.served: dict[object, int] = {}  # connection -> its requests so far
 
     def fault_for(self, n: int) -> str | None:
         if n % self.every:
@@ -53,6 +54,15 @@ class FaultServer:
         ids = [(int(prompt[-1]) + 1 + k) % 2000 + 3 for k in range(n_out)]
         if fault == "silent":
             await asyncio.sleep(3600)
+        if self.mode == "stale":  # a kept-alive connection closed as its second request came
+            assert request.transport is not None
+            peer = request.transport.get_extra_info("peername")  # the client's port: its socket
+            k = self.served[peer] = self.served.get(peer, 0) + 1
+            fault = "hangup" if k == 2 else None
+        if fault == "hangup":  # the connection closed before any answer
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if fault == "http500":
             return web.json_response({"error": {"message": "injected 500"}}, status=500)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -107,7 +117,7 @@ async def serve(mode: str, every: int, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", required=True, choices=(*FAULTS, "mix", "none"))
+    ap.add_argument("--mode", required=True, choices=(*FAULTS, "hangup", "stale", "mix", "none"))
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--port", type=int, default=0)
     a = ap.parse_args(argv)

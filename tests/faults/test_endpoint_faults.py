@@ -95,6 +95,28 @@ def test_every_query_is_accounted_for_whatever_the_server_does(tmp_path, mode):
     assert took < 120
 
 
+def test_a_request_hung_up_on_before_any_answer_is_sent_again_once(tmp_path):
+    server = FaultServer("stale")  # each connection's second request: a stale keep-alive
+    try:
+        p, s, rows, _ = run_against(tmp_path, server)
+    finally:
+        server.stop()
+    assert p.returncode == 0, p.stderr
+    h = s["harness"]
+    assert h["failed"] == 0 and h["completed"] == h["issued"] == len(rows) > 0
+    log = "".join(f.read_text() for f in tmp_path.rglob("harness.log"))
+    assert "sent again on a connection of its own" in log
+    server = FaultServer("hangup", every=1)  # a server that hangs up on every request
+    try:
+        p, s, rows, _ = run_against(tmp_path / "always", server)
+    finally:
+        server.stop()
+    assert p.returncode == 0, p.stderr
+    h = s["harness"]
+    assert h["failed"] == h["issued"] == len(rows) > 0 and s["validity"] == "INVALID"
+    assert all("Server disconnected" in r["error"] for r in rows), {r["error"] for r in rows}
+
+
 def test_a_mix_of_faults_through_worker_processes(tmp_path):
     server = FaultServer("mix", every=2)
     try:
