@@ -62,6 +62,15 @@ def run_against(tmp_path, server, *more):
     return p, s, rows, took
 
 
+def run_fault(tmp_path, mode, *more, every=3):
+    """run_against a fault server of ``mode``, stopped after the run whatever happens."""
+    server = FaultServer(mode, every)
+    try:
+        return run_against(tmp_path, server, *more)
+    finally:
+        server.stop()
+
+
 # mode -> what the failed requests' reason says
 EXPECT = {
     "bad_json": "not JSON in the stream",
@@ -77,11 +86,7 @@ EXPECT = {
 
 @pytest.mark.parametrize("mode", sorted(EXPECT))
 def test_every_query_is_accounted_for_whatever_the_server_does(tmp_path, mode):
-    server = FaultServer(mode)
-    try:
-        p, s, rows, took = run_against(tmp_path, server)
-    finally:
-        server.stop()
+    p, s, rows, took = run_fault(tmp_path, mode)
     assert p.returncode == 0, p.stderr
     h = s["harness"]
     failed = [r for r in rows if r["error"]]
@@ -96,21 +101,13 @@ def test_every_query_is_accounted_for_whatever_the_server_does(tmp_path, mode):
 
 
 def test_a_request_hung_up_on_before_any_answer_is_sent_again_once(tmp_path):
-    server = FaultServer("stale")  # each connection's second request: a stale keep-alive
-    try:
-        p, s, rows, _ = run_against(tmp_path, server)
-    finally:
-        server.stop()
+    p, s, rows, _ = run_fault(tmp_path, "stale")  # each connection's second request
     assert p.returncode == 0, p.stderr
     h = s["harness"]
     assert h["failed"] == 0 and h["completed"] == h["issued"] == len(rows) > 0
     log = "".join(f.read_text() for f in tmp_path.rglob("harness.log"))
     assert "sent again on a connection of its own" in log
-    server = FaultServer("hangup", every=1)  # a server that hangs up on every request
-    try:
-        p, s, rows, _ = run_against(tmp_path / "always", server)
-    finally:
-        server.stop()
+    p, s, rows, _ = run_fault(tmp_path / "always", "hangup", every=1)  # on every request
     assert p.returncode == 0, p.stderr
     h = s["harness"]
     assert h["failed"] == h["issued"] == len(rows) > 0 and s["validity"] == "INVALID"
@@ -118,12 +115,8 @@ def test_a_request_hung_up_on_before_any_answer_is_sent_again_once(tmp_path):
 
 
 def test_a_mix_of_faults_through_worker_processes(tmp_path):
-    server = FaultServer("mix", every=2)
-    try:
-        p, s, rows, took = run_against(tmp_path, server, "--workers_per_core=2",
-                                       "--fail_on_errors=true")  # fmt: skip
-    finally:
-        server.stop()
+    p, s, rows, took = run_fault(tmp_path, "mix", "--workers_per_core=2",
+                                 "--fail_on_errors=true", every=2)  # fmt: skip
     assert p.returncode == 1 and "requests failed (--fail_on_errors" in p.stderr
     h = s["harness"]
     assert h["completed"] + h["failed"] == h["issued"] == len(rows)
