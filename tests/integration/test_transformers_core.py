@@ -20,7 +20,9 @@ SMALL = [
     "--min_duration=100",
     "--min_query_count=500",  # p99 early stopping in Server needs ~460
     "--offline_expected_qps=20",
-    "--server_target_qps=30",
+    # Half of what the tiny Llama does Offline on two CPU cores (~16/s, 128 tokens each): at 30/s
+    # a slow CI machine could not keep up and Server was INVALID for speed, not for a fault.
+    "--server_target_qps=8",
 ]
 
 
