@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from llmlib.config.settings import REPO_ROOT
 from llmlib.errors import ConfigError
 from llmlib.router import features
 from llmlib.router.features import prepare
@@ -86,9 +87,13 @@ def reference(model, text, lex):
     return np.concatenate([model.emb[hashed].mean(axis=0), lex_mean])
 
 
-def test_the_c_path_finds_the_same_lexicon_rows(tmp_path):
-    model = train(lexicon_rows(10) + corpus(10), buckets=1 << 9, dim=8, hidden=8, epochs=2,
+# dim 8: the lexicon's live columns (all 8) held in a cache entry's head; 16: more than C
+# keeps there (its row copied beside the sums)
+@pytest.mark.parametrize("dim", [8, 16])
+def test_the_c_path_finds_the_same_lexicon_rows(tmp_path, dim):
+    model = train(lexicon_rows(10) + corpus(10), buckets=1 << 9, dim=dim, hidden=8, epochs=2,
                   lexicon=lexicon(), log=lambda _: None)  # fmt: skip
+    assert (np.abs(model.emb[model.buckets :]).max(axis=0) > 0).sum() == dim
     model.save(tmp_path / "r.npz")
     for precision in ("int8", "float"):
         m, _ = load_model(tmp_path / "r.npz", precision)
@@ -101,6 +106,23 @@ def test_the_c_path_finds_the_same_lexicon_rows(tmp_path):
                 assert (dc.expert, dc.source) == (dp.expert, dp.source), t[:40]
                 assert dc.confidence == pytest.approx(dp.confidence, rel=1e-4, abs=1e-6)
         assert c.decide_batch(texts) == py.decide_batch(texts)
+
+
+def test_the_shipped_router_decides_in_c_as_in_numpy():
+    """The shipped artifact has the widths C has loops of fixed length for (32 columns, a
+    lexicon) and a hidden layer (70) that is not a multiple of C's 16-unit blocks."""
+    m, _ = load_model(REPO_ROOT / "configs" / "routing" / "router.npz")
+    assert m.dim == 32 and m.lex_keys is not None and m.w1.shape[1] % 16 != 0
+    c, py = native_router(m), Router(m, native=False)
+    texts = TEXTS + TRICKY + [r["text"] for r in corpus(30)] + ["(parser), syntax; debug!"]
+    for _ in range(2):  # the second time from the word cache
+        for t in texts:
+            dc, dp = c.decide(t), py.decide(t)
+            assert (dc.expert, dc.source) == (dp.expert, dp.source), t[:40]
+            assert dc.confidence == pytest.approx(dp.confidence, rel=1e-4, abs=1e-6)
+    assert c.decide_batch(texts) == py.decide_batch(texts)
+    cols, want = c.decide_columns(texts), py.decide_columns(texts)
+    np.testing.assert_allclose(cols.confidence, want.confidence, rtol=1e-4, atol=1e-6)
 
 
 def test_lexicon_keys_strip_ascii_punctuation_and_keep_the_commonest_of_a_collision():
