@@ -49,6 +49,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define MAX_CHARS 2048
 #define MAX_WORDS 128
@@ -264,6 +267,24 @@ static inline const int16_t *slot_sums(const Slot *s) {
     return (const int16_t *)((const unsigned char *)s + 64);
 }
 
+/* whether a cached word's bytes (CACHE_WORD of them) start with w[:n] (n <= CACHE_WORD; w
+ * may be read up to 7 bytes past n: Words.buf has room) */
+static inline int same_bytes(const unsigned char *cached, const unsigned char *w, Py_ssize_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (Py_ssize_t k = 0; k < n; k += 8) { /* 8 bytes at a time, the last ones masked */
+        uint64_t a, b;
+        memcpy(&a, cached + k, 8);
+        memcpy(&b, w + k, 8);
+        uint64_t d = a ^ b;
+        if (n - k < 8) d &= ~(uint64_t)0 >> (8 * (8 - (n - k)));
+        if (d) return 0;
+    }
+    return 1;
+#else
+    return memcmp(cached, w, (size_t)n) == 0;
+#endif
+}
+
 /* the entry of word (w, n) with quick hash ``key``, filled on a miss; NULL when the word
  * is not cached (a float table, a word over 32 bytes, or no memory: the caller then sums
  * its rows itself) */
@@ -286,7 +307,7 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     for (;;) {
         Slot *s = slot_at(c, i);
         if (!s->used) break;
-        if (s->key == key && s->len == n && memcmp(s->bytes, w, (size_t)n) == 0) return s;
+        if (s->key == key && s->len == n && same_bytes(s->bytes, w, n)) return s;
         i = (i + 1) & mask;
     }
     if (c->n >= c->cap - c->cap / 4) { /* full: start again */
@@ -395,6 +416,11 @@ static uint64_t gate_word(const Gate *g, const unsigned char *w, Py_ssize_t n, u
                           int *python) {
     int r = gate_rule(g, w, n, h);
     if (r < 0) {
+        /* most words: no punctuation at either end, nothing to strip (a curly quote starts
+         * with byte E2) */
+        if (n > 0 && !punct_byte(w[0]) && w[0] != 0xE2 && !punct_byte(w[n - 1]) &&
+            !(n >= 3 && w[n - 3] == 0xE2))
+            return 0;
         Py_ssize_t lo = 0, hi = n;
         for (;;) {
             if (lo < hi && punct_byte(w[lo])) lo++;
@@ -476,6 +502,101 @@ static int words_from_list(PyObject *list, Words *ws) {
     return 0;
 }
 
+/* the words of ASCII text s[:L] (L <= MAX_CHARS), at most max_words, each cut to
+ * MAX_WORD_CHARS */
+#ifdef __SSE2__
+/* 16 bytes at a time: the text lower-cased into ws->buf at its own positions (words point
+ * into it), and a bit per character, set for whitespace, 64 characters a block, each block
+ * made when the scan first reaches it (a long text's tail past max_words is never read) */
+typedef struct {
+    const unsigned char *s;
+    unsigned char *out;
+    Py_ssize_t L, made;
+    uint64_t space[MAX_CHARS / 64 + 1];
+} AsciiScan;
+
+static inline uint64_t space_block(AsciiScan *a, Py_ssize_t b) {
+    while (a->made <= b) {
+        Py_ssize_t at = a->made * 64;
+        uint64_t bits = 0;
+        const __m128i flip = _mm_set1_epi8((char)0x80), sp = _mm_set1_epi8(' ');
+        for (int c = 0; c < 4; c++, at += 16) {
+            __m128i v;
+            if (at + 16 <= a->L) {
+                v = _mm_loadu_si128((const __m128i *)(a->s + at));
+            } else { /* the text's last bytes: never read past its end */
+                unsigned char tmp[16] = {0};
+                if (at < a->L) memcpy(tmp, a->s + at, (size_t)(a->L - at));
+                v = _mm_loadu_si128((const __m128i *)tmp);
+            }
+            /* x - lo < n, unsigned, as a signed compare with the top bits flipped */
+            __m128i upper = _mm_cmplt_epi8(_mm_xor_si128(_mm_sub_epi8(v, _mm_set1_epi8('A')), flip),
+                                           _mm_set1_epi8((char)(26 - 128)));
+            __m128i ws = _mm_or_si128(
+                _mm_cmpeq_epi8(v, sp),
+                _mm_or_si128(_mm_cmplt_epi8(_mm_xor_si128(_mm_sub_epi8(v, _mm_set1_epi8(9)), flip),
+                                            _mm_set1_epi8((char)(5 - 128))),
+                             _mm_cmplt_epi8(_mm_xor_si128(_mm_sub_epi8(v, _mm_set1_epi8(0x1C)), flip),
+                                            _mm_set1_epi8((char)(4 - 128)))));
+            _mm_storeu_si128((__m128i *)(a->out + at),
+                             _mm_add_epi8(v, _mm_and_si128(upper, _mm_set1_epi8(0x20))));
+            bits |= (uint64_t)(uint16_t)_mm_movemask_epi8(ws) << (16 * c);
+        }
+        Py_ssize_t past = a->L - a->made * 64; /* characters of this block in the text */
+        if (past < 64) bits |= ~(uint64_t)0 << past; /* beyond the text: whitespace */
+        a->space[a->made++] = bits;
+    }
+    return a->space[b];
+}
+
+/* the first position at or after pos whose bit is ``want`` (L where there is none) */
+static inline Py_ssize_t scan_to(AsciiScan *a, Py_ssize_t pos, int want) {
+    Py_ssize_t nb = (a->L + 63) / 64, b = pos >> 6;
+    if (b >= nb) return a->L;
+    uint64_t m = space_block(a, b) ^ (want ? 0 : ~(uint64_t)0);
+    m &= ~(uint64_t)0 << (pos & 63);
+    while (m == 0) {
+        if (++b >= nb) return a->L;
+        m = space_block(a, b) ^ (want ? 0 : ~(uint64_t)0);
+    }
+    Py_ssize_t at = b * 64 + __builtin_ctzll(m);
+    return at < a->L ? at : a->L;
+}
+
+static void split_ascii(const unsigned char *s, Py_ssize_t L, Py_ssize_t max_words, Words *ws) {
+    AsciiScan a;
+    a.s = s;
+    a.out = ws->buf;
+    a.L = L;
+    a.made = 0;
+    Py_ssize_t pos = 0;
+    while (ws->n < max_words) {
+        Py_ssize_t start = scan_to(&a, pos, 0);
+        if (start >= L) break;
+        pos = scan_to(&a, start, 1);
+        ws->off[ws->n] = start;
+        ws->len[ws->n] = pos - start < MAX_WORD_CHARS ? pos - start : MAX_WORD_CHARS;
+        ws->n++;
+    }
+}
+#else
+static void split_ascii(const unsigned char *s, Py_ssize_t L, Py_ssize_t max_words, Words *ws) {
+    Py_ssize_t i = 0, at = 0;
+    while (ws->n < max_words) {
+        while (i < L && ascii_space(s[i])) i++;
+        if (i >= L) break;
+        Py_ssize_t b = i;
+        while (i < L && !ascii_space(s[i])) i++;
+        Py_ssize_t n = i - b < MAX_WORD_CHARS ? i - b : MAX_WORD_CHARS;
+        for (Py_ssize_t k = 0; k < n; k++) ws->buf[at + k] = LOWER[s[b + k]];
+        ws->off[ws->n] = at;
+        ws->len[ws->n] = n;
+        ws->n++;
+        at += n;
+    }
+}
+#endif
+
 /* words of a prompt, as router.prepare makes them: 0, 1 (Python must), -1 error */
 static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
     ws->n = 0;
@@ -490,46 +611,29 @@ static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
         for (Py_ssize_t i = 0; i < L && ascii; i++) ascii = s[i] < 128;
     }
     if (ascii) {
-        const Py_UCS1 *s = PyUnicode_1BYTE_DATA(text);
-        Py_ssize_t i = 0, at = 0;
-        while (ws->n < max_words) {
-            while (i < L && ascii_space(s[i])) i++;
-            if (i >= L) break;
-            Py_ssize_t b = i;
-            while (i < L && !ascii_space(s[i])) i++;
-            Py_ssize_t n = i - b < MAX_WORD_CHARS ? i - b : MAX_WORD_CHARS;
-            unsigned char *o = ws->buf + at;
-            for (Py_ssize_t k = 0; k < n; k++) { /* ASCII lower case, as LOWER (vectorized) */
-                unsigned char c = s[b + k];
-                o[k] = (unsigned char)(c + (((unsigned char)(c - 'A') < 26) << 5));
-            }
-            ws->off[ws->n] = at;
-            ws->len[ws->n] = n;
-            ws->n++;
-            at += n;
-        }
+        split_ascii(PyUnicode_1BYTE_DATA(text), L, max_words, ws);
         return 0;
     }
     /* not ASCII: code point by code point with Python's whitespace test and its simple
      * lower-case mapping, which is what str.lower() does except for U+0130 (two
-     * characters in lower case) and U+03A3 (final sigma, by context): texts with those
-     * take Python's own methods below */
+     * characters in lower case) and U+03A3 (final sigma, by context): a text with one in
+     * the words taken (where it could change them) takes Python's own methods below */
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
-    int special = 0; /* (none in a text of one byte per code point) */
-    for (Py_ssize_t i = 0; i < L && !special && kind != PyUnicode_1BYTE_KIND; i++) {
-        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
-        special = ch == 0x130 || ch == 0x3A3;
-    }
-    if (!special) {
+    int special = 0;
+    {
         Py_ssize_t i = 0, at = 0;
-        while (ws->n < max_words) {
+        while (ws->n < max_words && !special) {
             while (i < L && uspace(PyUnicode_READ(kind, data, i))) i++;
             if (i >= L) break;
             Py_ssize_t start = at, cps = 0;
             for (; i < L; i++) {
                 Py_UCS4 ch = PyUnicode_READ(kind, data, i);
                 if (uspace(ch)) break;
+                if (ch == 0x130 || ch == 0x3A3) {
+                    special = 1;
+                    break;
+                }
                 if (cps == MAX_WORD_CHARS) continue;
                 cps++;
                 unsigned char *o = ws->buf + at;
@@ -561,11 +665,13 @@ static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
                     at += 4;
                 }
             }
+            if (special) break;
             ws->off[ws->n] = start;
             ws->len[ws->n] = at - start;
             ws->n++;
         }
-        return 0;
+        if (!special) return 0;
+        ws->n = 0;
     }
     PyObject *sub = PyUnicode_Substring(text, 0, L);
     if (sub == NULL) return -1;

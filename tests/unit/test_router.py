@@ -165,6 +165,15 @@ TRICKY = [
     "\u2211_{i=1}^{n} i\u00b2 = n(n+1)(2n+1)/6",
     "",
     "   \n\t  ",
+    # C splits ASCII 16 bytes at a time, in blocks of 64 characters
+    "a" * 63 + " b" + "\x1c" * 64 + "C" * 15 + "\x0b" + "d" * 17,
+    " " * 64 + "x" + "\t" * 63 + "@[`{ AZaz",
+    "ab " * 700,
+    # U+0130 and U+03A3 change lower() past the simple mapping: where they cannot change
+    # the words taken (after the 128th word, past a word's 32nd character) and where they can
+    "word " * 130 + "\u0130\u03a3",
+    "x" * 40 + "\u0130\u03a3 ok \u00e9",
+    "caf\u00e9 \u03a3 \u039f\u03a3 \u0130",
 ]
 
 
