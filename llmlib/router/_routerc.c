@@ -413,15 +413,17 @@ static int curly_at(const unsigned char *p, Py_ssize_t avail) {
 }
 
 /* rule bit mask hit by one word (as it is, else stripped); sets *python for rule >= 64 */
+/* no punctuation at either end of (w, n): nothing to strip (a curly quote starts with E2) */
+static inline int bare_word(const unsigned char *w, Py_ssize_t n) {
+    return n > 0 && !punct_byte(w[0]) && w[0] != 0xE2 && !punct_byte(w[n - 1]) &&
+           !(n >= 3 && w[n - 3] == 0xE2);
+}
+
 static uint64_t gate_word(const Gate *g, const unsigned char *w, Py_ssize_t n, uint64_t h,
                           int *python) {
     int r = gate_rule(g, w, n, h);
     if (r < 0) {
-        /* most words: no punctuation at either end, nothing to strip (a curly quote starts
-         * with byte E2) */
-        if (n > 0 && !punct_byte(w[0]) && w[0] != 0xE2 && !punct_byte(w[n - 1]) &&
-            !(n >= 3 && w[n - 3] == 0xE2))
-            return 0;
+        if (bare_word(w, n)) return 0;
         Py_ssize_t lo = 0, hi = n;
         for (;;) {
             if (lo < hi && punct_byte(w[lo])) lo++;
@@ -744,8 +746,12 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
     }
     if (g != NULL && g->cap) {
         int python = 0;
-        for (Py_ssize_t i = 0; i < nw; i++)
-            *mask |= gate_word(g, ws->buf + ws->off[i], ws->len[i], ws->key[i], &python);
+        for (Py_ssize_t i = 0; i < nw; i++) {
+            const unsigned char *w = ws->buf + ws->off[i];
+            /* most words: no keyword's length and ends, nothing to strip (gate_word's 0) */
+            if (!gate_may(g, w, ws->len[i]) && bare_word(w, ws->len[i])) continue;
+            *mask |= gate_word(g, w, ws->len[i], ws->key[i], &python);
+        }
         if (python) return ROUTE_PYTHON;
         if (*mask && !(g->regex & (*mask & (~*mask + 1)))) return ROUTE_GATED;
     }
