@@ -340,6 +340,20 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     return s;
 }
 
+/* the entry of word (w, n) with quick hash ``key`` where the cache holds it, else NULL (then
+ * cache_get): the look-up alone, inline in the word loop */
+static inline const Slot *cache_find(const Cache *c, const unsigned char *w, Py_ssize_t n,
+                                     uint64_t key) {
+    if (n > CACHE_WORD || c->mem == NULL) return NULL;
+    size_t mask = c->cap - 1, i = key & mask;
+    for (;;) {
+        const Slot *s = slot_at(c, i);
+        if (!s->used) return NULL;
+        if (s->key == key && s->len == n && same_bytes(s->bytes, w, n)) return s;
+        i = (i + 1) & mask;
+    }
+}
+
 /* start fetching the lines a word's look-up will read */
 static inline void cache_prefetch(const Cache *c, uint64_t key) {
     if (c->mem != NULL) {
@@ -768,7 +782,8 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
     }
     for (Py_ssize_t i = 0; i < nw; i++) { /* the words: cached sums, else their features */
         const unsigned char *w = ws->buf + ws->off[i];
-        const Slot *e = cache_get(m, &hd->cache, w, ws->len[i], ws->key[i]);
+        const Slot *e = cache_find(&hd->cache, w, ws->len[i], ws->key[i]);
+        if (e == NULL) e = cache_get(m, &hd->cache, w, ws->len[i], ws->key[i]);
         Py_ssize_t lr = -1;
         if (e != NULL) {
             ws->h[i] = e->h;
