@@ -327,7 +327,8 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     s->key = key;
     s->h = h;
     s->lex = m->nlex > 0 ? (int32_t)lex_row(m, w, n, h) : -1;
-    if (s->lex >= 0 && m->nlive <= LEX_INLINE) /* its live columns in the head */
+    memset(s->lexv, 0, sizeof(s->lexv));
+    if (s->lex >= 0 && m->nlive <= LEX_INLINE) /* its live columns in the head, zeros after */
         for (Py_ssize_t j = 0; j < m->nlive; j++)
             s->lexv[j] = m->q[(size_t)s->lex * (size_t)m->dim + (size_t)m->live[j]];
     else if (s->lex >= 0) /* a copy of its row beside the sums: no look-up in the big table */
@@ -772,6 +773,7 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
     if (nw == 0) return ROUTE_EMPTY;
     float acc[2048], lacc[1024];
     int32_t acci[1024], lacci[1024];
+    int32_t live_sum[LEX_INLINE] = {0}; /* the cached lexicon rows' live columns, summed */
     size_t dim = (size_t)m->dim;
     memset(acc, 0, sizeof(float) * dim);
     memset(acci, 0, sizeof(int32_t) * dim);
@@ -794,7 +796,7 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
             else
                 for (size_t d = 0; d < dim; d++) acci[d] += row[d];
             if (e->lex >= 0 && m->nlive <= LEX_INLINE) { /* its lexicon row's live columns */
-                for (Py_ssize_t j = 0; j < m->nlive; j++) lacci[m->live[j]] += e->lexv[j];
+                for (int j = 0; j < LEX_INLINE; j++) live_sum[j] += e->lexv[j];
                 nlex++;
             } else if (e->lex >= 0) { /* its lexicon row, copied into the entry */
                 const int8_t *lrow = (const int8_t *)(row + dim);
@@ -811,6 +813,7 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
             nlex++;
         }
     }
+    for (Py_ssize_t j = 0; j < m->nlive && j < LEX_INLINE; j++) lacci[m->live[j]] += live_sum[j];
     uint32_t bigram[MAX_WORDS]; /* then the bigrams: their rows asked for at once */
     for (Py_ssize_t i = 1; i < nw; i++) {
         uint32_t b = (uint32_t)(((uint64_t)ws->h[i - 1] * 0x9E3779B1u) & 0xFFFFFFFFu) ^ ws->h[i];
