@@ -49,7 +49,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef __SSE2__
+/* -DLLMLIB_ROUTER_PORTABLE: no SSE2 split, no AVX2 clones (what other processors build;
+ * tests/unit/test_router_portable.py builds it so and compares) */
+#if defined(__SSE2__) && !defined(LLMLIB_ROUTER_PORTABLE)
+#define SPLIT_SSE2 1
 #include <emmintrin.h>
 #endif
 
@@ -64,7 +67,7 @@
 /* the hot functions twice on x86-64 with glibc: for AVX2 (8 int16s widened, 8 floats, per
  * instruction) and for any x86-64, the loader picking one for the CPU at hand (no FMA: the
  * float sums round as the plain build's do) */
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(LLMLIB_ROUTER_PORTABLE)
 #define HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define HOT
@@ -522,7 +525,7 @@ static int words_from_list(PyObject *list, Words *ws) {
 
 /* the words of ASCII text s[:L] (L <= MAX_CHARS), at most max_words, each cut to
  * MAX_WORD_CHARS */
-#ifdef __SSE2__
+#ifdef SPLIT_SSE2
 /* 16 bytes at a time: the text lower-cased into ws->buf at its own positions (words point
  * into it), and a bit per character, set for whitespace, 64 characters a block, each block
  * made when the scan first reaches it (a long text's tail past max_words is never read) */
