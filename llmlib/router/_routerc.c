@@ -570,33 +570,37 @@ static inline uint64_t space_block(AsciiScan *a, Py_ssize_t b) {
     return a->space[b];
 }
 
-/* the first position at or after pos whose bit is ``want`` (L where there is none) */
-static inline Py_ssize_t scan_to(AsciiScan *a, Py_ssize_t pos, int want) {
-    Py_ssize_t nb = (a->L + 63) / 64, b = pos >> 6;
-    if (b >= nb) return a->L;
-    uint64_t m = space_block(a, b) ^ (want ? 0 : ~(uint64_t)0);
-    m &= ~(uint64_t)0 << (pos & 63);
-    while (m == 0) {
-        if (++b >= nb) return a->L;
-        m = space_block(a, b) ^ (want ? 0 : ~(uint64_t)0);
-    }
-    Py_ssize_t at = b * 64 + __builtin_ctzll(m);
-    return at < a->L ? at : a->L;
-}
-
 static void split_ascii(const unsigned char *s, Py_ssize_t L, Py_ssize_t max_words, Words *ws) {
     AsciiScan a;
     a.s = s;
     a.out = ws->buf;
     a.L = L;
     a.made = 0;
-    Py_ssize_t pos = 0;
-    while (ws->n < max_words) {
-        Py_ssize_t start = scan_to(&a, pos, 0);
-        if (start >= L) break;
-        pos = scan_to(&a, start, 1);
+    /* per block, words start where a word character follows whitespace (or the text's
+     * start) and end at the whitespace after one: both as bits, walked in order */
+    Py_ssize_t nb = (L + 63) / 64, start = 0;
+    uint64_t carry = 0; /* 1: the character before this block's first is a word's */
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        uint64_t space = space_block(&a, b), word = ~space;
+        uint64_t before = (word << 1) | carry; /* bit i: character i - 1 is a word's */
+        uint64_t ev = (word & ~before) | (space & before);
+        carry = word >> 63;
+        while (ev) {
+            int t = __builtin_ctzll(ev);
+            ev &= ev - 1;
+            Py_ssize_t at = b * 64 + t;
+            if ((word >> t) & 1) { /* a start */
+                start = at;
+                continue;
+            }
+            ws->off[ws->n] = start; /* an end */
+            ws->len[ws->n] = at - start < MAX_WORD_CHARS ? at - start : MAX_WORD_CHARS;
+            if (++ws->n >= max_words) return;
+        }
+    }
+    if (carry) { /* the last word runs to the text's end (L a multiple of 64) */
         ws->off[ws->n] = start;
-        ws->len[ws->n] = pos - start < MAX_WORD_CHARS ? pos - start : MAX_WORD_CHARS;
+        ws->len[ws->n] = L - start < MAX_WORD_CHARS ? L - start : MAX_WORD_CHARS;
         ws->n++;
     }
 }

@@ -169,6 +169,10 @@ TRICKY = [
     "a" * 63 + " b" + "\x1c" * 64 + "C" * 15 + "\x0b" + "d" * 17,
     " " * 64 + "x" + "\t" * 63 + "@[`{ AZaz",
     "ab " * 700,
+    "w" * 64,  # a word running to the text's end, at a block's end
+    "a " * 31 + "bc",
+    "a " * 63 + "Z",
+    "y" * 2100,
     # U+0130 and U+03A3 change lower() past the simple mapping: where they cannot change
     # the words taken (after the 128th word, past a word's 32nd character) and where they can
     "word " * 130 + "\u0130\u03a3",
