@@ -622,6 +622,64 @@ static void split_ascii(const unsigned char *s, Py_ssize_t L, Py_ssize_t max_wor
 }
 #endif
 
+/* the words of text of one ``kind`` (a constant where it is inlined: one loop per kind),
+ * code point by code point: 0, 1 (a lone surrogate: Python must), 2 (U+0130 or U+03A3
+ * inside a word taken: Python's str methods must) */
+static inline __attribute__((always_inline)) int split_kind(int kind, const void *data,
+                                                            Py_ssize_t L, Py_ssize_t max_words,
+                                                            Words *ws) {
+    int special = 0;
+    Py_ssize_t i = 0, at = 0;
+    while (ws->n < max_words && !special) {
+        while (i < L && uspace(PyUnicode_READ(kind, data, i))) i++;
+        if (i >= L) break;
+        Py_ssize_t start = at, cps = 0;
+        for (; i < L; i++) {
+            Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+            if (uspace(ch)) break;
+            if (ch == 0x130 || ch == 0x3A3) {
+                special = 1;
+                break;
+            }
+            if (cps == MAX_WORD_CHARS) continue;
+            cps++;
+            unsigned char *o = ws->buf + at;
+            if (ch < 0x80) {
+                o[0] = (ch >= 'A' && ch <= 'Z') ? (unsigned char)(ch + 32) : (unsigned char)ch;
+                at += 1;
+                continue;
+            }
+            ch = Py_UNICODE_TOLOWER(ch);
+            if (ch < 0x80) {
+                o[0] = (unsigned char)ch;
+                at += 1;
+            } else if (ch < 0x800) {
+                o[0] = (unsigned char)(0xC0 | (ch >> 6));
+                o[1] = (unsigned char)(0x80 | (ch & 0x3F));
+                at += 2;
+            } else if (ch >= 0xD800 && ch <= 0xDFFF) {
+                return 1; /* a lone surrogate: not UTF-8, Python decides */
+            } else if (ch < 0x10000) {
+                o[0] = (unsigned char)(0xE0 | (ch >> 12));
+                o[1] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+                o[2] = (unsigned char)(0x80 | (ch & 0x3F));
+                at += 3;
+            } else {
+                o[0] = (unsigned char)(0xF0 | (ch >> 18));
+                o[1] = (unsigned char)(0x80 | ((ch >> 12) & 0x3F));
+                o[2] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+                o[3] = (unsigned char)(0x80 | (ch & 0x3F));
+                at += 4;
+            }
+        }
+        if (special) break;
+        ws->off[ws->n] = start;
+        ws->len[ws->n] = at - start;
+        ws->n++;
+    }
+    return special ? 2 : 0;
+}
+
 /* words of a prompt, as router.prepare makes them: 0, 1 (Python must), -1 error */
 static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
     ws->n = 0;
@@ -643,61 +701,20 @@ static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
      * lower-case mapping, which is what str.lower() does except for U+0130 (two
      * characters in lower case) and U+03A3 (final sigma, by context): a text with one in
      * the words taken (where it could change them) takes Python's own methods below */
-    int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
-    int special = 0;
-    {
-        Py_ssize_t i = 0, at = 0;
-        while (ws->n < max_words && !special) {
-            while (i < L && uspace(PyUnicode_READ(kind, data, i))) i++;
-            if (i >= L) break;
-            Py_ssize_t start = at, cps = 0;
-            for (; i < L; i++) {
-                Py_UCS4 ch = PyUnicode_READ(kind, data, i);
-                if (uspace(ch)) break;
-                if (ch == 0x130 || ch == 0x3A3) {
-                    special = 1;
-                    break;
-                }
-                if (cps == MAX_WORD_CHARS) continue;
-                cps++;
-                unsigned char *o = ws->buf + at;
-                if (ch < 0x80) {
-                    o[0] = (ch >= 'A' && ch <= 'Z') ? (unsigned char)(ch + 32) : (unsigned char)ch;
-                    at += 1;
-                    continue;
-                }
-                ch = Py_UNICODE_TOLOWER(ch);
-                if (ch < 0x80) {
-                    o[0] = (unsigned char)ch;
-                    at += 1;
-                } else if (ch < 0x800) {
-                    o[0] = (unsigned char)(0xC0 | (ch >> 6));
-                    o[1] = (unsigned char)(0x80 | (ch & 0x3F));
-                    at += 2;
-                } else if (ch >= 0xD800 && ch <= 0xDFFF) {
-                    return 1; /* a lone surrogate: not UTF-8, Python decides */
-                } else if (ch < 0x10000) {
-                    o[0] = (unsigned char)(0xE0 | (ch >> 12));
-                    o[1] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
-                    o[2] = (unsigned char)(0x80 | (ch & 0x3F));
-                    at += 3;
-                } else {
-                    o[0] = (unsigned char)(0xF0 | (ch >> 18));
-                    o[1] = (unsigned char)(0x80 | ((ch >> 12) & 0x3F));
-                    o[2] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
-                    o[3] = (unsigned char)(0x80 | (ch & 0x3F));
-                    at += 4;
-                }
-            }
-            if (special) break;
-            ws->off[ws->n] = start;
-            ws->len[ws->n] = at - start;
-            ws->n++;
-        }
-        if (!special) return 0;
-        ws->n = 0;
+    int rc;
+    switch (PyUnicode_KIND(text)) {
+    case PyUnicode_1BYTE_KIND:
+        rc = split_kind(PyUnicode_1BYTE_KIND, data, L, max_words, ws);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        rc = split_kind(PyUnicode_2BYTE_KIND, data, L, max_words, ws);
+        break;
+    default:
+        rc = split_kind(PyUnicode_4BYTE_KIND, data, L, max_words, ws);
     }
+    if (rc < 2) return rc;
+    ws->n = 0;
     PyObject *sub = PyUnicode_Substring(text, 0, L);
     if (sub == NULL) return -1;
     PyObject *low = PyObject_CallMethod(sub, "lower", NULL);
@@ -706,7 +723,7 @@ static int words_from_text(PyObject *text, Py_ssize_t max_words, Words *ws) {
     PyObject *list = PyUnicode_Split(low, NULL, -1);
     Py_DECREF(low);
     if (list == NULL) return -1;
-    int rc = 0;
+    rc = 0;
     Py_ssize_t nw = PyList_GET_SIZE(list);
     for (Py_ssize_t i = 0; i < nw && i < max_words && rc == 0; i++) {
         PyObject *w = PyList_GET_ITEM(list, i);
