@@ -186,7 +186,7 @@ static Py_ssize_t lex_row(const Model *m, const unsigned char *w, Py_ssize_t n, 
 
 /* sum of the feature rows of one word (its crc ``h`` given) into acc or acci; returns
  * the feature count */
-static Py_ssize_t add_word(const Model *m, const unsigned char *w, Py_ssize_t n, uint32_t h,
+HOT static Py_ssize_t add_word(const Model *m, const unsigned char *w, Py_ssize_t n, uint32_t h,
                            float *acc, int32_t *acci) {
     Py_ssize_t count = 1;
     add_row(m, h, acc, acci);
