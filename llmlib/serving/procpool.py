@@ -1,16 +1,21 @@
 """Client worker processes for a core: N spawned processes, each fed batches through its
-own queue, all answering in batches into one queue that a reader thread drains.
+own queue, each answering in batches through its own pipe, which one reader thread drains.
 
 Cores use it so one Python process's GIL is not the client's ceiling (the ``openai`` core's
 ``workers_per_core``, ``triton_grpc``'s clients per server). A worker is
 ``target(settings, inq, outq)``: it reads batches from ``inq`` until ``None``, and puts
 lists of answers on ``outq``. The reader hands every list to ``on_batch``; a worker that
 exits while the pool is open is reported once to ``on_death`` (the core then fails what it
-has pending: nothing issued is left waiting on a process that is gone). A watcher thread
-waits on the workers' process sentinels, so a death is seen at once under any load, and
-puts the news on the answer queue: the reader reports it after the answers the worker sent
-before it died, and the watcher, which never calls the consumer, may end (a thread that
-completed queries to LoadGen must not: see ``llmlib.serving.core``).
+has pending: nothing issued is left waiting on a process that is gone). The reader waits on
+the answer pipes and the workers' process sentinels together, so a death is seen at once
+under any load, and reported after the answers the worker sent before it died. The reader
+never ends before ``close`` (a thread that completed queries to LoadGen must not: see
+``llmlib.serving.core``).
+
+Each worker has a pipe of its own, not a share of one ``multiprocessing.Queue``: such a
+queue's writers hold one lock across processes while they send, and a worker killed holding
+it (SIGKILL, the OOM killer) left every other writer, and the news of its death, waiting on
+that lock for ever: the run hung (seen in CI, 2026-12-07).
 Timestamps taken in a worker with ``time.perf_counter_ns`` compare with the parent's: on
 Linux it is the system's monotonic clock, the same in every process.
 """
@@ -43,22 +48,21 @@ class WorkerPool:
     ) -> None:
         ctx = mp.get_context("spawn")
         self.name = name
-        self._out: Any = ctx.Queue()
         self._on_batch, self._on_death = on_batch, on_death
         self._closing = False
         self.workers: list[tuple[Any, Any]] = []
+        self._answers: list[Any] = []  # each worker's pipe, the read end
         for i, s in enumerate(settings):
             inq = ctx.Queue()
-            p = ctx.Process(
-                target=_worker_entry, args=(target, s, inq, self._out), name=f"{name}-{i}"
-            )
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker_entry, args=(target, s, inq, w), name=f"{name}-{i}")
             p.daemon = True
             p.start()
+            w.close()  # the worker's end only: its exit is then the pipe's end
             self.workers.append((p, inq))
+            self._answers.append(r)
         self._reader = threading.Thread(target=self._read, name=f"{name}-rx", daemon=True)
         self._reader.start()
-        self._watcher = threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
-        self._watcher.start()
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -66,33 +70,42 @@ class WorkerPool:
     def put(self, k: int, batch: list[Any]) -> None:
         self.workers[k][1].put(batch)
 
-    def _watch(self) -> None:
-        """Wait for a worker to exit; put the news on the answer queue (once)."""
-        procs = {p.sentinel: p for p, _ in self.workers}
-        while not self._closing:
-            ready = mp_connection.wait(list(procs), timeout=0.5)
-            if ready and not self._closing:
-                p = procs[ready[0]]  # type: ignore[index]
-                p.join(1)  # (its exit code)
-                self._out.put(f"worker process {p.name} exited (code {p.exitcode})")
-                return
-
     def _read(self) -> None:
+        live = {conn: k for k, conn in enumerate(self._answers)}
+        exits = {p.sentinel: k for k, (p, _) in enumerate(self.workers)}
         reported = False
-        while True:
-            batch = self._out.get()
-            if batch is None:
-                return
-            if isinstance(batch, str):  # a death, from the watcher
-                if not reported and not self._closing:
-                    reported = True
-                    self._on_death(batch)
+        while not (self._closing and not live):
+            if not live and not exits:
+                time.sleep(0.5)  # every worker gone: wait for close, delivering nothing
                 continue
-            try:
-                self._on_batch(batch)
-            except Exception as exc:  # the reader must live on: a dead one strands every query
-                log.exception("%s: answers could not be delivered", self.name)
-                self._on_death(f"{self.name}: answers could not be delivered: {exc!r}")
+            for ready in mp_connection.wait([*live, *exits], timeout=0.5):
+                if ready in live:
+                    self._take(ready, live)
+                    continue
+                k = exits.pop(ready)  # type: ignore[call-overload]
+                conn = self._answers[k]
+                while conn in live and conn.poll():  # what it sent before it died
+                    self._take(conn, live)
+                if not reported and not self._closing:
+                    p = self.workers[k][0]
+                    p.join(1)  # (its exit code)
+                    reported = True
+                    self._on_death(f"worker process {p.name} exited (code {p.exitcode})")
+
+    def _take(self, conn: Any, live: dict[Any, int]) -> None:
+        """One batch from a worker's pipe to ``on_batch``; at the pipe's end (the worker is
+        gone, perhaps mid-message) the pipe leaves ``live``."""
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            del live[conn]
+            conn.close()
+            return
+        try:
+            self._on_batch(batch)
+        except Exception as exc:  # the reader must live on: a dead one strands every query
+            log.exception("%s: answers could not be delivered", self.name)
+            self._on_death(f"{self.name}: answers could not be delivered: {exc!r}")
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask every worker to stop (``None``), wait, kill stragglers, stop the reader."""
@@ -100,19 +113,21 @@ class WorkerPool:
         for _, inq in self.workers:
             with contextlib.suppress(Exception):
                 inq.put(None)
-        for p, _ in self.workers:
+        for p, inq in self.workers:
             p.join(timeout_s)
             if p.is_alive():
                 p.kill()
-        self._out.put(None)
+                p.join(timeout_s)
+            inq.cancel_join_thread()  # (a dead worker's full pipe must not hold our exit)
         self._reader.join(timeout_s)
-        self._watcher.join(timeout_s)
 
 
-def _worker_entry(target: WorkerTarget, settings: Any, inq: Any, outq: Any) -> None:
+def _worker_entry(target: WorkerTarget, settings: Any, inq: Any, answers: Any) -> None:
     """A worker's start: SIGINT ignored (a terminal's Ctrl-C reaches the whole process group;
     the core stops its workers itself), and an exit when the parent is gone (a parent killed
-    outright cannot stop them; nothing of a run may outlive it)."""
+    outright cannot stop them; nothing of a run may outlive it). Its answers go to its own
+    pipe, sent by a thread of its own (``put`` never blocks the caller), all sent before it
+    returns."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
 
@@ -122,7 +137,51 @@ def _worker_entry(target: WorkerTarget, settings: Any, inq: Any, outq: Any) -> N
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-    target(settings, inq, outq)
+    outq = _PipeSender(answers)
+    try:
+        target(settings, inq, outq)
+    finally:
+        outq.close()
+
+
+class _PipeSender:
+    """``put`` for a worker's answer pipe: objects queued here, sent in order by one thread,
+    so a caller (an event loop) never waits on a full pipe; ``close`` sends what is left."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._items: list[Any] = []
+        self._cv = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._send, name="answers", daemon=True)
+        self._thread.start()
+
+    def put(self, obj: Any) -> None:
+        with self._cv:
+            self._items.append(obj)
+            self._cv.notify()
+
+    def _send(self) -> None:
+        while True:
+            with self._cv:
+                while not self._items and not self._done:
+                    self._cv.wait()
+                items, self._items = self._items, []
+                done = self._done
+            try:
+                for obj in items:
+                    self._conn.send(obj)
+            except OSError:  # the parent is gone: nothing to answer to
+                return
+            if done:
+                return
+
+    def close(self) -> None:
+        with self._cv:
+            self._done = True
+            self._cv.notify()
+        self._thread.join()
+        self._conn.close()
 
 
 class Outbox:

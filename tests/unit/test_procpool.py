@@ -90,6 +90,35 @@ def test_a_death_is_seen_at_once_while_answers_keep_coming():
     assert noticed < 1.0  # (~1 ms here; a bound for a loaded CI machine, not a benchmark)
 
 
+def bulky_or_streamer(settings, inq, outq):
+    """Worker "a" is nearly always in the middle of sending (4 MB answers, back to back);
+    the others are ``streamer``s."""
+    if settings["tag"] != "a":
+        return streamer(settings, inq, outq)
+    blob = b"x" * (4 << 20)
+    while True:
+        outq.put([(settings["tag"], blob)])
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_in_the_middle_of_sending_strands_no_one():
+    # with one answer queue for all workers, a worker killed while it held the queue's
+    # cross-process write lock left the others, and the news of its death, waiting for
+    # ever (a hung run in CI, 2026-12-07); each worker now has a pipe of its own
+    sink = Sink()
+    pool = WorkerPool("t", bulky_or_streamer, [{"tag": "a"}, {"tag": "b"}], sink.batch,
+                      sink.death)  # fmt: skip
+    try:
+        sink.wait(lambda: sum(t == "a" for t, _ in sink.got) >= 3)
+        pool.workers[0][0].kill()
+        sink.wait(lambda: sink.deaths, timeout=10)
+        n = len(sink.got)
+        sink.wait(lambda: len(sink.got) > n + 20, timeout=10)  # "b" still answers
+    finally:
+        pool.close()
+    assert sink.deaths == ["worker process t-0 exited (code -9)"]
+
+
 def test_a_consumer_that_raises_is_a_death_and_the_reader_lives_on():
     sink = Sink(fail_first=True)
     pool = WorkerPool("t", doubler, [{"tag": "a"}], sink.batch, sink.death)
