@@ -132,6 +132,7 @@ def test_a_worker_process_killed_mid_run_fails_its_core_and_the_run_ends(tmp_pat
     from tests.faults.test_signals import sessions_and_children, wait_started
 
     server = FaultServer("none")
+    p = None
     try:
         t0 = time.monotonic()
         p = subprocess.Popen(
@@ -151,6 +152,9 @@ def test_a_worker_process_killed_mid_run_fails_its_core_and_the_run_ends(tmp_pat
         out, err = p.communicate(timeout=120)
         took = time.monotonic() - t0
     finally:
+        if p is not None and p.poll() is None:  # a hung run must not outlive its test
+            p.kill()
+            p.communicate()
         server.stop()
     assert p.returncode == 0, err
     s = json.loads((run_dir / "summary.json").read_text())
