@@ -144,78 +144,78 @@ def _worker_entry(target: WorkerTarget, settings: Any, inq: Any, answers: Any) -
         outq.close()
 
 
-class _PipeSender:
-    """``put`` for a worker's answer pipe: objects queued here, sent in order by one thread,
-    so a caller (an event loop) never waits on a full pipe; ``close`` sends what is left."""
+class _Flusher:
+    """A thread that ships what callers gather, so no caller waits on the sending: callers
+    add under ``_cv``, ``_ship`` gets everything gathered since its last call (False: stop
+    early), ``close`` ships what is left and stops the thread."""
 
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
+    def __init__(self, name: str) -> None:
         self._items: list[Any] = []
         self._cv = threading.Condition()
         self._done = False
-        self._thread = threading.Thread(target=self._send, name="answers", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def _ship(self, items: list[Any]) -> bool:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._items and not self._done:
+                    self._cv.wait()
+                items, self._items = self._items, []
+                done = self._done
+            if (items and not self._ship(items)) or done:
+                return
+
+    def close(self) -> None:
+        """Ship what is left and stop the thread."""
+        with self._cv:
+            self._done = True
+            self._cv.notify()
+        self._thread.join()
+
+
+class _PipeSender(_Flusher):
+    """``put`` for a worker's answer pipe: objects sent in order by the flusher thread, so a
+    caller (an event loop) never waits on a full pipe; ``close`` sends what is left."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        super().__init__("answers")
 
     def put(self, obj: Any) -> None:
         with self._cv:
             self._items.append(obj)
             self._cv.notify()
 
-    def _send(self) -> None:
-        while True:
-            with self._cv:
-                while not self._items and not self._done:
-                    self._cv.wait()
-                items, self._items = self._items, []
-                done = self._done
-            try:
-                for obj in items:
-                    self._conn.send(obj)
-            except OSError:  # the parent is gone: nothing to answer to
-                return
-            if done:
-                return
+    def _ship(self, items: list[Any]) -> bool:
+        try:
+            for obj in items:
+                self._conn.send(obj)
+        except OSError:  # the parent is gone: nothing to answer to
+            return False
+        return True
 
     def close(self) -> None:
-        with self._cv:
-            self._done = True
-            self._cv.notify()
-        self._thread.join()
+        super().close()
         self._conn.close()
 
 
-class Outbox:
-    """A worker's answers, sent in batches from any thread: ``emit`` appends, a flusher
+class Outbox(_Flusher):
+    """A worker's answers, sent in batches from any thread: ``emit`` appends, the flusher
     thread puts everything gathered since its last put as one list on ``outq``."""
 
     def __init__(self, outq: Any) -> None:
         self._outq = outq
-        self._items: list[Any] = []
-        self._cv = threading.Condition()
-        self._done = False
-        self._thread = threading.Thread(target=self._flush, name="outbox", daemon=True)
-        self._thread.start()
+        super().__init__("outbox")
 
     def emit(self, items: list[Any]) -> None:
         with self._cv:
             self._items.extend(items)
             self._cv.notify()
 
-    def _flush(self) -> None:
-        while True:
-            with self._cv:
-                while not self._items and not self._done:
-                    self._cv.wait()
-                items, self._items = self._items, []
-                done = self._done
-            if items:
-                self._outq.put(items)
-            if done:
-                return
-
-    def close(self) -> None:
-        """Send what is left and stop the flusher."""
-        with self._cv:
-            self._done = True
-            self._cv.notify()
-        self._thread.join()
+    def _ship(self, items: list[Any]) -> bool:
+        self._outq.put(items)
+        return True

@@ -78,6 +78,17 @@ def test_the_table_holds_the_lexicons_rows_and_the_artifact_keeps_them(tmp_path)
     assert (row_ids("...", 512, lex) >= 512).sum() == 0  # punctuation alone: none
 
 
+def decide_alike(c, py, texts):
+    """Router ``c`` decides each text as ``py`` does, twice (the second time from its word
+    cache), and in a batch."""
+    for _ in range(2):
+        for t in texts:
+            dc, dp = c.decide(t), py.decide(t)
+            assert (dc.expert, dc.source) == (dp.expert, dp.source), t[:40]
+            assert dc.confidence == pytest.approx(dp.confidence, rel=1e-4, abs=1e-6)
+    assert c.decide_batch(texts) == py.decide_batch(texts)
+
+
 def reference(model, text, lex):
     """The embedding by definition: the mean of the hashed rows, then the mean of the
     lexicon rows (zeros where no word is in the lexicon)."""
@@ -100,12 +111,7 @@ def test_the_c_path_finds_the_same_lexicon_rows(tmp_path, dim):
         c, py = native_router(m), Router(m, native=False)
         texts = TEXTS + TRICKY + ["(parser), syntax; debug! array?", "'theorem'", "a.b.c ..."]
         texts += ['"the" [of] {what}', "PARSER Syntax", "sum" + "!" * 40, "x" * 31 + "sum"]
-        for _ in range(2):  # the second time from the word cache
-            for t in texts:
-                dc, dp = c.decide(t), py.decide(t)
-                assert (dc.expert, dc.source) == (dp.expert, dp.source), t[:40]
-                assert dc.confidence == pytest.approx(dp.confidence, rel=1e-4, abs=1e-6)
-        assert c.decide_batch(texts) == py.decide_batch(texts)
+        decide_alike(c, py, texts)
 
 
 def test_the_shipped_router_decides_in_c_as_in_numpy():
@@ -115,12 +121,7 @@ def test_the_shipped_router_decides_in_c_as_in_numpy():
     assert m.dim == 32 and m.lex_keys is not None and m.w1.shape[1] % 16 != 0
     c, py = native_router(m), Router(m, native=False)
     texts = TEXTS + TRICKY + [r["text"] for r in corpus(30)] + ["(parser), syntax; debug!"]
-    for _ in range(2):  # the second time from the word cache
-        for t in texts:
-            dc, dp = c.decide(t), py.decide(t)
-            assert (dc.expert, dc.source) == (dp.expert, dp.source), t[:40]
-            assert dc.confidence == pytest.approx(dp.confidence, rel=1e-4, abs=1e-6)
-    assert c.decide_batch(texts) == py.decide_batch(texts)
+    decide_alike(c, py, texts)
     cols, want = c.decide_columns(texts), py.decide_columns(texts)
     np.testing.assert_allclose(cols.confidence, want.confidence, rtol=1e-4, atol=1e-6)
 

@@ -22,6 +22,7 @@ from llmlib.router.features import MAX_WORDS, prepare
 from llmlib.router.model import Router
 from llmlib.router.weights import load_model
 from tests.unit.test_router import TEXTS, TRICKY, corpus
+from tests.unit.test_router_lexicon import decide_alike
 
 
 def _unbuilt(why: str) -> None:
@@ -67,12 +68,7 @@ def test_the_portable_build_decides_as_numpy_and_as_the_usual_build(portable, mo
     router = Router(model)
     assert router.native
     batch = texts()
-    for _ in range(2):  # the second time from the word cache
-        for t in batch:
-            got, want = router.decide(t), py.decide(t)
-            assert (got.expert, got.source) == (want.expert, want.source), t[:40]
-            assert got.confidence == pytest.approx(want.confidence, rel=1e-4, abs=1e-6)
-    assert router.decide_batch(batch) == py.decide_batch(batch)
+    decide_alike(router, py, batch)
     monkeypatch.undo()
     usual = Router(model)
     if not usual.native:
