@@ -39,7 +39,11 @@ class FaultServer:
         self.mode, self.every = mode, every
         self.count = itertools.count(1)
         self.turn = itertools.cycle(FAULTS)
-        self.served: dict[object, int] = {}  # connection -> its requests so far
+        # connection (its transport, held so no later one takes its id) -> its requests so
+        # far; not the client's port: a port can be given again to a later connection (where
+        # a network stack picks ephemeral ports at random), whose first request would then
+        # read as a second one
+        self.served: dict[object, int] = {}
 
     def fault_for(self, n: int) -> str | None:
         if n % self.every:
@@ -56,8 +60,8 @@ class FaultServer:
             await asyncio.sleep(3600)
         if self.mode == "stale":  # a kept-alive connection closed as its second request came
             assert request.transport is not None
-            peer = request.transport.get_extra_info("peername")  # the client's port: its socket
-            k = self.served[peer] = self.served.get(peer, 0) + 1
+            conn = request.transport
+            k = self.served[conn] = self.served.get(conn, 0) + 1
             fault = "hangup" if k == 2 else None
         if fault == "hangup":  # the connection closed before any answer
             assert request.transport is not None
