@@ -250,12 +250,18 @@ typedef struct {
     uint8_t len, used;
     unsigned char bytes[CACHE_WORD];
     int8_t lexv[LEX_INLINE]; /* its lexicon row's live columns, where there are this few */
+    uint16_t gate_epoch;     /* gate_r is the answer of the cache's gate of this epoch (0: none) */
+    int8_t gate_r;           /* the gate's rule for the word (gate_code), as last asked */
 } Slot;
 _Static_assert(sizeof(Slot) <= 64, "a cache entry's head is one cache line");
 
 typedef struct {
     unsigned char *mem;
     size_t cap, n, stride;
+    size_t gen;      /* how many times it was cleared (an entry found before may be gone) */
+    uint64_t gate;   /* the serial of the gate its entries' gate_r answer for */
+    uint16_t epoch;  /* gate_epoch of an entry whose gate_r is that gate's (never 0) */
+    size_t slots;    /* entries asked for (cache_slots; 0: as many as fit 16 MiB, <= 65,536) */
 } Cache;
 
 static void cache_free(Cache *c) {
@@ -298,11 +304,15 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     if (c->mem == NULL) { /* first use: sums, then (with a lexicon) the word's lexicon row */
         size_t lexb = m->nlex > 0 && m->nlive > LEX_INLINE ? (size_t)m->dim : 0;
         size_t stride = (64 + (size_t)m->dim * sizeof(int16_t) + lexb + 63) & ~(size_t)63;
-        size_t cap = 1u << 16;
-        while (cap > 1024 && cap * stride > (16u << 20)) cap >>= 1;
+        size_t cap = c->slots ? c->slots : 1u << 16;
+        while (!c->slots && cap > 1024 && cap * stride > (16u << 20)) cap >>= 1;
         c->mem = aligned_alloc(64, cap * stride);
         if (c->mem == NULL) return NULL;
-        for (size_t i = 0; i < cap; i++) ((Slot *)(c->mem + i * stride))->used = 0;
+        for (size_t i = 0; i < cap; i++) {
+            Slot *s = (Slot *)(c->mem + i * stride);
+            s->used = 0;
+            s->gate_epoch = 0;
+        }
         c->cap = cap;
         c->stride = stride;
         c->n = 0;
@@ -317,6 +327,7 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     if (c->n >= c->cap - c->cap / 4) { /* full: start again */
         for (size_t j = 0; j < c->cap; j++) slot_at(c, j)->used = 0;
         c->n = 0;
+        c->gen++;
         i = key & mask;
     }
     Slot *s = slot_at(c, i);
@@ -339,6 +350,7 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
                m->q + (size_t)s->lex * (size_t)m->dim, (size_t)m->dim);
     s->len = (uint8_t)n;
     s->count = (uint16_t)count;
+    s->gate_epoch = 0; /* the gate not asked yet */
     memcpy(s->bytes, w, (size_t)n);
     c->n++;
     return s;
@@ -396,7 +408,10 @@ typedef struct {
     uint64_t regex;        /* rules with a regex: Python decides when one is hit first */
     uint8_t expert[64];    /* the expert index of each of the first 64 rules */
     int rules;
+    uint64_t serial; /* this gate's number (from 1), which word caches know it by */
 } Gate;
+
+static uint64_t gates_made; /* (the GIL guards it, as every call here) */
 
 /* the rule of keyword (w, n) with quick hash h, or -1 */
 /* whether (w, n) could be a keyword: its length, first and last bytes (no look-up else) */
@@ -430,18 +445,21 @@ static int curly_at(const unsigned char *p, Py_ssize_t avail) {
            (p[2] == 0x9C || p[2] == 0x9D || p[2] == 0x98 || p[2] == 0x99);
 }
 
-/* rule bit mask hit by one word (as it is, else stripped); sets *python for rule >= 64 */
 /* no punctuation at either end of (w, n): nothing to strip (a curly quote starts with E2) */
 static inline int bare_word(const unsigned char *w, Py_ssize_t n) {
     return n > 0 && !punct_byte(w[0]) && w[0] != 0xE2 && !punct_byte(w[n - 1]) &&
            !(n >= 3 && w[n - 3] == 0xE2);
 }
 
-static uint64_t gate_word(const Gate *g, const unsigned char *w, Py_ssize_t n, uint64_t h,
-                          int *python) {
+/* the rule one word hits (as it is, else stripped; quick hash ``h``): -1 for none, the rule
+ * for the first 64, GATE_PYTHON for a later one (Python decides) */
+#define GATE_PYTHON 64
+static int gate_code(const Gate *g, const unsigned char *w, Py_ssize_t n, uint64_t h) {
+    /* most words: no keyword's length and ends, nothing to strip */
+    if (!gate_may(g, w, n) && bare_word(w, n)) return -1;
     int r = gate_rule(g, w, n, h);
     if (r < 0) {
-        if (bare_word(w, n)) return 0;
+        if (bare_word(w, n)) return -1;
         Py_ssize_t lo = 0, hi = n;
         for (;;) {
             if (lo < hi && punct_byte(w[lo])) lo++;
@@ -453,15 +471,24 @@ static uint64_t gate_word(const Gate *g, const unsigned char *w, Py_ssize_t n, u
             else if (hi - lo >= 3 && curly_at(w + hi - 3, 3)) hi -= 3;
             else break;
         }
-        if ((lo == 0 && hi == n) || !gate_may(g, w + lo, hi - lo)) return 0;
+        if ((lo == 0 && hi == n) || !gate_may(g, w + lo, hi - lo)) return -1;
         r = gate_rule(g, w + lo, hi - lo, quick_hash(w + lo, hi - lo));
-        if (r < 0) return 0;
+        if (r < 0) return -1;
     }
-    if (r >= 64) {
-        *python = 1;
-        return 0;
+    return r >= 64 ? GATE_PYTHON : r;
+}
+
+/* the cache's epoch for gate ``g``: a new one when the cache last served another gate
+ * (an entry's gate_r then reads as not asked); at the epochs' wrap, every entry's is reset */
+static uint16_t gate_epoch_of(Cache *c, const Gate *g) {
+    if (c->gate != g->serial) {
+        c->gate = g->serial;
+        if (++c->epoch == 0) {
+            for (size_t j = 0; c->mem != NULL && j < c->cap; j++) slot_at(c, j)->gate_epoch = 0;
+            c->epoch = 1;
+        }
     }
-    return (uint64_t)1 << r;
+    return c->epoch;
 }
 
 /* --- words ----------------------------------------------------------------------------- */
@@ -788,23 +815,41 @@ HOT static void mlp(const Model *m, const float *acc, float *out) {
 /* the gate's rules hit (*mask) and, unless the gate decides alone, the logits: ROUTE_* */
 HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, float *out) {
     const Model *m = &hd->m;
+    Cache *cache = &hd->cache;
     Py_ssize_t nw = ws->n;
     *mask = 0;
     for (Py_ssize_t i = 0; i < nw; i++) {
         ws->key[i] = quick_hash(ws->buf + ws->off[i], ws->len[i]);
-        cache_prefetch(&hd->cache, ws->key[i]);
+        cache_prefetch(cache, ws->key[i]);
     }
-    if (g != NULL && g->cap) {
-        int python = 0;
-        for (Py_ssize_t i = 0; i < nw; i++) {
-            const unsigned char *w = ws->buf + ws->off[i];
-            /* most words: no keyword's length and ends, nothing to strip (gate_word's 0) */
-            if (!gate_may(g, w, ws->len[i]) && bare_word(w, ws->len[i])) continue;
-            *mask |= gate_word(g, w, ws->len[i], ws->key[i], &python);
+    /* each word's cache entry (NULL: not cached yet), and the gate's rule for it: kept in
+     * the entry, so a word is put to the gate once while the cache holds it */
+    const Slot *slot[MAX_WORDS];
+    int8_t rule[MAX_WORDS];
+    int gated = g != NULL && g->cap, python = 0;
+    uint16_t epoch = gated ? gate_epoch_of(cache, g) : 0;
+    size_t gen = cache->gen;
+    for (Py_ssize_t i = 0; i < nw; i++) {
+        const unsigned char *w = ws->buf + ws->off[i];
+        Slot *e = (Slot *)cache_find(cache, w, ws->len[i], ws->key[i]);
+        slot[i] = e;
+        if (!gated) continue;
+        int r;
+        if (e != NULL && e->gate_epoch == epoch) {
+            r = e->gate_r;
+        } else {
+            r = gate_code(g, w, ws->len[i], ws->key[i]);
+            if (e != NULL) {
+                e->gate_epoch = epoch;
+                e->gate_r = (int8_t)r;
+            }
         }
-        if (python) return ROUTE_PYTHON;
-        if (*mask && !(g->regex & (*mask & (~*mask + 1)))) return ROUTE_GATED;
+        rule[i] = (int8_t)r;
+        if (r == GATE_PYTHON) python = 1;
+        else if (r >= 0) *mask |= (uint64_t)1 << r;
     }
+    if (python) return ROUTE_PYTHON;
+    if (*mask && !(g->regex & (*mask & (~*mask + 1)))) return ROUTE_GATED;
     if (nw == 0) return ROUTE_EMPTY;
     float acc[2048], lacc[1024];
     int32_t acci[1024], lacci[1024];
@@ -819,8 +864,18 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
     }
     for (Py_ssize_t i = 0; i < nw; i++) { /* the words: cached sums, else their features */
         const unsigned char *w = ws->buf + ws->off[i];
-        const Slot *e = cache_find(&hd->cache, w, ws->len[i], ws->key[i]);
-        if (e == NULL) e = cache_get(m, &hd->cache, w, ws->len[i], ws->key[i]);
+        const Slot *e = slot[i];
+        if (e == NULL || cache->gen != gen) { /* not cached, or the cache cleared since */
+            e = cache_find(cache, w, ws->len[i], ws->key[i]);
+            if (e == NULL) {
+                Slot *f = (Slot *)cache_get(m, cache, w, ws->len[i], ws->key[i]);
+                if (f != NULL && gated) {
+                    f->gate_epoch = epoch;
+                    f->gate_r = rule[i];
+                }
+                e = f;
+            }
+        }
         Py_ssize_t lr = -1;
         if (e != NULL) {
             ws->h[i] = e->h;
@@ -1123,6 +1178,7 @@ static PyObject *make_gate(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyMem_Free(g);
         return NULL;
     }
+    g->serial = ++gates_made;
     g->regex = PyLong_AsUnsignedLongLongMask(args[1]);
     Py_ssize_t nr = PyList_GET_SIZE(args[2]);
     g->rules = (int)nr;
@@ -1384,6 +1440,27 @@ fail:
     return NULL;
 }
 
+/* cache_slots(model, n): the model's word cache emptied, and made of n entries (a power of
+ * two, 4 to 2^20) when next used; 0: the default size. For tests: a small cache is cleared
+ * often, in the middle of prompts */
+static PyObject *cache_slots(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "cache_slots(model, n: int)");
+        return NULL;
+    }
+    Held *hd = model_of(args[0]);
+    if (hd == NULL) return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n != 0 && (n < 4 || n > (1 << 20) || (n & (n - 1)) != 0)) {
+        PyErr_SetString(PyExc_ValueError, "cache_slots: 0, or a power of two from 4 to 2^20");
+        return NULL;
+    }
+    cache_free(&hd->cache);
+    hd->cache.slots = (size_t)n;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"make_model", (PyCFunction)(void (*)(void))make_model, METH_FASTCALL,
      "A model (capsule) from table, scale, w1, b1, w2, b2; it holds their buffers."},
@@ -1399,6 +1476,8 @@ static PyMethodDef methods[] = {
      "(probabilities, entropy) of one prompt's words, or None when Python must compute."},
     {"gate_hits", (PyCFunction)(void (*)(void))gate_hits, METH_FASTCALL,
      "Keywords hit by words (exactly, or with punctuation stripped), or None."},
+    {"cache_slots", (PyCFunction)(void (*)(void))cache_slots, METH_FASTCALL,
+     "Empty a model's word cache and give it n entries (tests: 0 is the default size)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -261,14 +261,65 @@ def test_column_decisions_are_the_single_decisions(artifact):
 
 
 def test_the_word_cache_starts_again_when_full_and_stays_right(artifact):
+    # The test artifact's entries are 128 bytes: 65,536 of them, cleared at 49,152 words.
+    # Each prompt is 64 new words, then the previous prompt's 64 (found in the cache before
+    # its new words are summed): 800 prompts hold 51,200 distinct words, so the cache is
+    # cleared in the middle of a prompt whose later words it held.
     model = load_model(artifact)[0]
-    c, py = native_router(model), Router(model, native=False)
-    texts = [" ".join(f"w{k}x{j}" for j in range(MAX_WORDS)) for k in range(300)]  # 38,400 words
+    gate = Gate.from_config([{"expert": "code", "keywords": ["w9x9", "nowhere"]}])
+    c, py = native_router(model, gate=gate), Router(model, gate=gate, native=False)
+    news = [[f"w{k}x{j}" for j in range(64)] for k in range(800)]
+    texts = [" ".join(new + (news[k - 1] if k else [])) for k, new in enumerate(news)]
     first = [c.decide(t) for t in texts]
-    again = [c.decide(t) for t in texts]
-    for t, a, b in zip(texts[::37], first[::37], again[::37], strict=False):
+    again = c.decide_batch(texts)
+    for t, a, b in zip(texts, first, again, strict=True):
         want = py.decide(t)
-        assert a.confidence == b.confidence == pytest.approx(want.confidence, rel=1e-4)
+        assert a.expert == b == want.expert and a.source == want.source, t[:40]
+        if want.source == "mlp":
+            assert a.confidence == pytest.approx(want.confidence, rel=1e-4)
+    assert first[9].source == "gate" and first[10].source == "gate"  # w9x9: in both
+    # caches of a few entries, cleared every few words: an entry found before a clear is
+    # found again (a later word may have taken its place)
+    rng = np.random.default_rng(0)
+    vocab = [f"v{k}" for k in range(40)] + ["nowhere", "(w9x9)", "x" * 40]
+    texts = [" ".join(rng.choice(vocab, size=int(rng.integers(1, 60)))) for _ in range(300)]
+    want = [py.decide(t) for t in texts]
+    for slots in (4, 16, 64, 0):
+        c._c.cache_slots(c._c_model, slots)
+        for _ in range(2):
+            for t, a, b, w in zip(texts, [c.decide(t) for t in texts], c.decide_batch(texts),
+                                  want, strict=True):  # fmt: skip
+                assert a.expert == b == w.expert and a.source == w.source, (slots, t)
+                if w.source == "mlp":
+                    assert a.confidence == pytest.approx(w.confidence, rel=1e-4), (slots, t)
+    with pytest.raises(ValueError, match="power of two"):
+        c._c.cache_slots(c._c_model, 6)
+
+
+def test_one_word_cache_serves_gates_that_disagree(artifact):
+    # a word's gate rule is kept in its cache entry: asked through another gate, the entry
+    # must not answer for the first one
+    model = load_model(artifact)[0]
+    gates = [
+        Gate.from_config([
+            {"expert": "reasoning", "keywords": ["alpha"]},
+            {"expert": "code", "keywords": ["epsilon"]},
+        ]),
+        Gate.from_config([
+            {"expert": "general", "keywords": ["delta"]},
+            {"expert": "code", "keywords": ["alpha"]},
+        ]),
+        None,
+    ]  # fmt: skip
+    routers = [native_router(model, gate=g) for g in gates]
+    texts = ["alpha rest", "(alpha), rest", "rest delta.", "epsilon and alpha", "delta alpha"]
+    c, one = routers[0]._c, routers[0]._c_model  # every gate below through this one cache
+    for g in [0, 1, 2, 1, 0, 2, 0]:
+        want = [d.expert for d in (Router(model, gate=gates[g], native=False).decide(t)
+                                   for t in texts)]  # fmt: skip
+        got, src = c.route_many(texts, one, routers[g]._c_gate, 0.0, 0, MAX_WORDS, None)
+        assert [model.experts[e] for e in got] == want, g
+        assert (2 in src) == (g != 2)  # SRC_GATE
 
 
 def test_trained_router_routes_held_out_prompts_and_int8_agrees_with_float(artifact):
