@@ -200,13 +200,16 @@ HOT static Py_ssize_t add_word(const Model *m, const unsigned char *w, Py_ssize_
     for (Py_ssize_t i = 0; i < len; i++)
         if ((buf[i] & 0xC0) != 0x80) starts[cps++] = i;
     starts[cps] = len;
-    for (int g = 3; g <= 4; g++) {
-        for (Py_ssize_t i = 0; i + g <= cps; i++) {
-            uint32_t c = crc_more(CRC_C, buf + starts[i], starts[i + g] - starts[i]);
-            add_row(m, c, acc, acci);
-            count++;
-        }
+    /* the 3-grams' crcs, and each 4-gram's as its 3-gram's carried on by one code point;
+     * then their rows, all 3-grams first (the float sums' order) */
+    uint32_t tri[WORD_BYTES + 2], quad[WORD_BYTES + 2];
+    for (Py_ssize_t i = 0; i + 3 <= cps; i++) {
+        tri[i] = crc_more(CRC_C, buf + starts[i], starts[i + 3] - starts[i]);
+        if (i + 4 <= cps) quad[i] = crc_more(tri[i], buf + starts[i + 3], starts[i + 4] - starts[i + 3]);
     }
+    for (Py_ssize_t i = 0; i + 3 <= cps; i++) add_row(m, tri[i], acc, acci);
+    for (Py_ssize_t i = 0; i + 4 <= cps; i++) add_row(m, quad[i], acc, acci);
+    count += (cps >= 3 ? cps - 2 : 0) + (cps >= 4 ? cps - 3 : 0);
     /* the shape (features.py's word_shape), never longer than the word's bytes */
     unsigned char shape[WORD_BYTES];
     Py_ssize_t sl = 0;
@@ -663,6 +666,13 @@ static inline __attribute__((always_inline)) int split_kind(int kind, const void
         Py_ssize_t start = at, cps = 0;
         for (; i < L; i++) {
             Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+            if (ch < 0x80) { /* most of most texts: one look-up each for space and case */
+                if (SPACE[ch]) break;
+                if (cps == MAX_WORD_CHARS) continue;
+                cps++;
+                ws->buf[at++] = LOWER[ch];
+                continue;
+            }
             if (uspace(ch)) break;
             if (ch == 0x130 || ch == 0x3A3) {
                 special = 1;
@@ -671,11 +681,6 @@ static inline __attribute__((always_inline)) int split_kind(int kind, const void
             if (cps == MAX_WORD_CHARS) continue;
             cps++;
             unsigned char *o = ws->buf + at;
-            if (ch < 0x80) {
-                o[0] = (ch >= 'A' && ch <= 'Z') ? (unsigned char)(ch + 32) : (unsigned char)ch;
-                at += 1;
-                continue;
-            }
             ch = Py_UNICODE_TOLOWER(ch);
             if (ch < 0x80) {
                 o[0] = (unsigned char)ch;
