@@ -261,7 +261,6 @@ _Static_assert(sizeof(Slot) <= 64, "a cache entry's head is one cache line");
 typedef struct {
     unsigned char *mem;
     size_t cap, n, stride;
-    size_t gen;      /* how many times it was cleared (an entry found before may be gone) */
     uint64_t gate;   /* the serial of the gate its entries' gate_r answer for */
     uint16_t epoch;  /* gate_epoch of an entry whose gate_r is that gate's (never 0) */
     size_t slots;    /* entries asked for (cache_slots; 0: as many as fit 16 MiB, <= 65,536) */
@@ -330,7 +329,6 @@ static const Slot *cache_get(const Model *m, Cache *c, const unsigned char *w, P
     if (c->n >= c->cap - c->cap / 4) { /* full: start again */
         for (size_t j = 0; j < c->cap; j++) slot_at(c, j)->used = 0;
         c->n = 0;
-        c->gen++;
         i = key & mask;
     }
     Slot *s = slot_at(c, i);
@@ -818,6 +816,34 @@ HOT static void mlp(const Model *m, const float *acc, float *out) {
 }
 
 /* the gate's rules hit (*mask) and, unless the gate decides alone, the logits: ROUTE_* */
+/* a prompt's integer sums: the hashed rows', the lexicon rows' (lacci, or ``live`` for
+ * the live columns kept in cache entries), the feature and lexicon row counts */
+typedef struct {
+    int32_t *acci, *lacci;
+    int32_t live[LEX_INLINE];
+    Py_ssize_t count, nlex;
+} Sums;
+
+/* add a cached word's sums */
+static inline __attribute__((always_inline)) void add_entry(const Model *m, const Slot *e,
+                                                            Sums *sm) {
+    size_t dim = (size_t)m->dim;
+    sm->count += e->count;
+    const int16_t *row = slot_sums(e);
+    if (dim == 32) /* the shipped width: a loop of fixed length, unrolled */
+        for (int d = 0; d < 32; d++) sm->acci[d] += row[d];
+    else
+        for (size_t d = 0; d < dim; d++) sm->acci[d] += row[d];
+    if (e->lex >= 0 && m->nlive <= LEX_INLINE) { /* its lexicon row's live columns */
+        for (int j = 0; j < LEX_INLINE; j++) sm->live[j] += e->lexv[j];
+        sm->nlex++;
+    } else if (e->lex >= 0) { /* its lexicon row, copied into the entry */
+        const int8_t *lrow = (const int8_t *)(row + dim);
+        for (size_t d = 0; d < dim; d++) sm->lacci[d] += lrow[d];
+        sm->nlex++;
+    }
+}
+
 HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, float *out) {
     const Model *m = &hd->m;
     Cache *cache = &hd->cache;
@@ -827,17 +853,32 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
         ws->key[i] = quick_hash(ws->buf + ws->off[i], ws->len[i]);
         cache_prefetch(cache, ws->key[i]);
     }
-    /* each word's cache entry (NULL: not cached yet), and the gate's rule for it: kept in
-     * the entry, so a word is put to the gate once while the cache holds it */
-    const Slot *slot[MAX_WORDS];
+    float acc[2048], lacc[1024];
+    int32_t acci[1024], lacci[1024];
+    Sums sm = {acci, lacci, {0}, 0, 0};
+    size_t dim = (size_t)m->dim;
+    memset(acc, 0, sizeof(float) * dim);
+    memset(acci, 0, sizeof(int32_t) * dim);
+    if (m->nlex > 0) {
+        memset(lacc, 0, sizeof(float) * dim);
+        memset(lacci, 0, sizeof(int32_t) * dim);
+    }
+    /* the words the cache holds: their sums, and the gate's rule (kept in the entry, so a
+     * word is put to the gate once while the cache holds it); the others after the gate
+     * (integer sums: the order they are added in changes nothing) */
+    Py_ssize_t miss[MAX_WORDS], nmiss = 0;
     int8_t rule[MAX_WORDS];
     int gated = g != NULL && g->cap, python = 0;
     uint16_t epoch = gated ? gate_epoch_of(cache, g) : 0;
-    size_t gen = cache->gen;
     for (Py_ssize_t i = 0; i < nw; i++) {
         const unsigned char *w = ws->buf + ws->off[i];
         Slot *e = (Slot *)cache_find(cache, w, ws->len[i], ws->key[i]);
-        slot[i] = e;
+        if (e != NULL) {
+            ws->h[i] = e->h;
+            add_entry(m, e, &sm);
+        } else {
+            miss[nmiss++] = i;
+        }
         if (!gated) continue;
         int r;
         if (e != NULL && e->gate_epoch == epoch) {
@@ -856,58 +897,32 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
     if (python) return ROUTE_PYTHON;
     if (*mask && !(g->regex & (*mask & (~*mask + 1)))) return ROUTE_GATED;
     if (nw == 0) return ROUTE_EMPTY;
-    float acc[2048], lacc[1024];
-    int32_t acci[1024], lacci[1024];
-    int32_t live_sum[LEX_INLINE] = {0}; /* the cached lexicon rows' live columns, summed */
-    size_t dim = (size_t)m->dim;
-    memset(acc, 0, sizeof(float) * dim);
-    memset(acci, 0, sizeof(int32_t) * dim);
-    Py_ssize_t count = 0, nlex = 0;
-    if (m->nlex > 0) {
-        memset(lacc, 0, sizeof(float) * dim);
-        memset(lacci, 0, sizeof(int32_t) * dim);
-    }
-    for (Py_ssize_t i = 0; i < nw; i++) { /* the words: cached sums, else their features */
+    for (Py_ssize_t k = 0; k < nmiss; k++) { /* in order (a float table's sums: all here) */
+        Py_ssize_t i = miss[k];
         const unsigned char *w = ws->buf + ws->off[i];
-        const Slot *e = slot[i];
-        if (e == NULL || cache->gen != gen) { /* not cached, or the cache cleared since */
-            e = cache_find(cache, w, ws->len[i], ws->key[i]);
-            if (e == NULL) {
-                Slot *f = (Slot *)cache_get(m, cache, w, ws->len[i], ws->key[i]);
-                if (f != NULL && gated) {
-                    f->gate_epoch = epoch;
-                    f->gate_r = rule[i];
-                }
-                e = f;
+        Slot *e = (Slot *)cache_find(cache, w, ws->len[i], ws->key[i]); /* (taken just now) */
+        if (e == NULL) {
+            e = (Slot *)cache_get(m, cache, w, ws->len[i], ws->key[i]);
+            if (e != NULL && gated) {
+                e->gate_epoch = epoch;
+                e->gate_r = rule[i];
             }
         }
-        Py_ssize_t lr = -1;
         if (e != NULL) {
             ws->h[i] = e->h;
-            count += e->count;
-            const int16_t *row = slot_sums(e);
-            if (dim == 32) /* the shipped width: a loop of fixed length, unrolled */
-                for (int d = 0; d < 32; d++) acci[d] += row[d];
-            else
-                for (size_t d = 0; d < dim; d++) acci[d] += row[d];
-            if (e->lex >= 0 && m->nlive <= LEX_INLINE) { /* its lexicon row's live columns */
-                for (int j = 0; j < LEX_INLINE; j++) live_sum[j] += e->lexv[j];
-                nlex++;
-            } else if (e->lex >= 0) { /* its lexicon row, copied into the entry */
-                const int8_t *lrow = (const int8_t *)(row + dim);
-                for (size_t d = 0; d < dim; d++) lacci[d] += lrow[d];
-                nlex++;
-            }
-        } else {
-            ws->h[i] = crc_more(CRC_W, w, ws->len[i]);
-            count += add_word(m, w, ws->len[i], ws->h[i], acc, acci);
-            if (m->nlex > 0) lr = lex_row(m, w, ws->len[i], ws->h[i]);
+            add_entry(m, e, &sm);
+            continue;
         }
+        ws->h[i] = crc_more(CRC_W, w, ws->len[i]);
+        sm.count += add_word(m, w, ws->len[i], ws->h[i], acc, acci);
+        Py_ssize_t lr = m->nlex > 0 ? lex_row(m, w, ws->len[i], ws->h[i]) : -1;
         if (lr >= 0) { /* the lexicon's row: its own sum */
             add_row_at(m, lr, lacc, lacci);
-            nlex++;
+            sm.nlex++;
         }
     }
+    Py_ssize_t count = sm.count, nlex = sm.nlex;
+    int32_t *live_sum = sm.live;
     for (Py_ssize_t j = 0; j < m->nlive && j < LEX_INLINE; j++) lacci[m->live[j]] += live_sum[j];
     uint32_t bigram[MAX_WORDS]; /* then the bigrams: their rows asked for at once */
     for (Py_ssize_t i = 1; i < nw; i++) {

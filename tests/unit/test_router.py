@@ -262,8 +262,8 @@ def test_column_decisions_are_the_single_decisions(artifact):
 
 def test_the_word_cache_starts_again_when_full_and_stays_right(artifact):
     # The test artifact's entries are 128 bytes: 65,536 of them, cleared at 49,152 words.
-    # Each prompt is 64 new words, then the previous prompt's 64 (found in the cache before
-    # its new words are summed): 800 prompts hold 51,200 distinct words, so the cache is
+    # Each prompt is 64 new words, then the previous prompt's 64 (summed from the cache
+    # before its new words are): 800 prompts hold 51,200 distinct words, so the cache is
     # cleared in the middle of a prompt whose later words it held.
     model = load_model(artifact)[0]
     gate = Gate.from_config([{"expert": "code", "keywords": ["w9x9", "nowhere"]}])
@@ -278,8 +278,8 @@ def test_the_word_cache_starts_again_when_full_and_stays_right(artifact):
         if want.source == "mlp":
             assert a.confidence == pytest.approx(want.confidence, rel=1e-4)
     assert first[9].source == "gate" and first[10].source == "gate"  # w9x9: in both
-    # caches of a few entries, cleared every few words: an entry found before a clear is
-    # found again (a later word may have taken its place)
+    # caches of a few entries, cleared every few words, in the middle of prompts: a word
+    # the cache held is summed once, and words it did not are summed whatever it holds next
     rng = np.random.default_rng(0)
     vocab = [f"v{k}" for k in range(40)] + ["nowhere", "(w9x9)", "x" * 40]
     texts = [" ".join(rng.choice(vocab, size=int(rng.integers(1, 60)))) for _ in range(300)]
