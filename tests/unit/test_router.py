@@ -320,6 +320,17 @@ def test_one_word_cache_serves_gates_that_disagree(artifact):
         got, src = c.route_many(texts, one, routers[g]._c_gate, 0.0, 0, MAX_WORDS, None)
         assert [model.experts[e] for e in got] == want, g
         assert (2 in src) == (g != 2)  # SRC_GATE
+    # a cache's gate epochs are 16 bits: at their wrap every entry's is reset, else the
+    # entry of "alpha", stamped in epoch 1 for gate 0, would answer for the gate of the
+    # next epoch 1 (each call through a gate other than the last one starts an epoch)
+    c.cache_slots(one, 0)
+    a, b = routers[0]._c_gate, routers[1]._c_gate
+    c.route_many(["alpha"], one, None, 0.0, 0, MAX_WORDS, None)  # cached (a gated prompt is not)
+    assert bytes(c.route_many(["alpha"], one, a, 0.0, 0, MAX_WORDS, None)[0]) == b"\x02"  # epoch 1
+    for k in range(2, 65536):  # epochs 2 .. 65,535 on another word
+        c.route_many(["rest"], one, b if k % 2 == 0 else a, 0.0, 0, MAX_WORDS, None)
+    got = c.route_many(["alpha"], one, b, 0.0, 0, MAX_WORDS, None)[0]  # epoch 1 again
+    assert model.experts[got[0]] == "code"
 
 
 def test_trained_router_routes_held_out_prompts_and_int8_agrees_with_float(artifact):
