@@ -227,6 +227,20 @@ def test_the_c_split_and_lower_case_agree_with_python_on_every_code_point():
         for n in (MAX_WORDS, 3, 0):
             assert words(text, n) == prepare(text)[:n], (text[:40], n)
     assert words("\ud800 x", MAX_WORDS) is None  # not UTF-8: Python's path
+    # mostly ASCII text of each kind (one non-ASCII code point makes it Latin-1, UCS-2 or
+    # UCS-4, or is whitespace, or is U+0130): words and whitespace of every length, long
+    # words cut at 32
+    rng = np.random.default_rng(1)
+    ascii_ = list("aZ9_.") + [" ", "\t", "\x1c", "\x0b"]
+    for kind in ("\u00e9", "\u2014", "\U0001f642", "\u00a0", "\u3000", "\u0130"):
+        for _ in range(300):
+            parts = [("".join(rng.choice(ascii_[:5], size=int(rng.integers(0, 45))))
+                      + "".join(rng.choice(ascii_[5:], size=int(rng.integers(0, 3)))))
+                     for _ in range(int(rng.integers(1, 12)))]  # fmt: skip
+            at = int(rng.integers(0, len(parts)))
+            parts[at] = parts[at][: len(parts[at]) // 2] + kind + parts[at][len(parts[at]) // 2 :]
+            text = "".join(parts)
+            assert words(text, MAX_WORDS) == prepare(text), repr(text)
 
 
 def test_column_decisions_are_the_single_decisions(artifact):
