@@ -24,16 +24,7 @@ from typing import Any
 
 from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from llmlib.deploy.launch import free_ports
 
 
 def front(port: int, log: Path) -> subprocess.Popen[bytes]:

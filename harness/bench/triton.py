@@ -32,7 +32,7 @@ import numpy as np
 
 from harness.argparser import ArgParser
 from llmlib.config.settings import REPO_ROOT, resolve
-from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_ports
 from llmlib.deploy.triton.repo import generate_triton_config
 from llmlib.serving.request import LLMRequest, LLMResponse
 
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                            model_dir=args.model if args.server == "tiny" else "",
                            max_concurrency=per_instance, instances=args.instances,
                            vocab_size=2048, token_interval_ms=args.token_interval_ms)  # fmt: skip
-    spec = ServerSpec("triton", str(work / "repo"), port=free_port(), grpc_port=free_port(),
-                      metrics_port=free_port())  # fmt: skip
+    http, grpc, metrics = free_ports(3)
+    spec = ServerSpec("triton", str(work / "repo"), port=http, grpc_port=grpc, metrics_port=metrics)
     url = f"127.0.0.1:{spec.grpc_port}"
     ps = prompts(256)
     clients = [int(k) for k in args.clients.split(",")]

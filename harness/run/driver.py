@@ -15,7 +15,7 @@ from harness.report.report import console_table
 from harness.run.interrupt import DriverSignals, Interrupted, say_interrupted
 from harness.run.prepare import MODE_DIR, required_compliance, run_config
 from llmlib.config.settings import REPO_ROOT, Config
-from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_ports, parse_server_args
 from llmlib.errors import ConfigError, LLMLibError
 
 DRIVER = DriverSignals()  # SIGINT/SIGTERM while tests run (harness.run.interrupt)
@@ -109,13 +109,14 @@ def launched_server(cfg: Config, log_path: Path) -> LaunchedServer:
     serving that directory's tiny Llama (a Python-backend model, ``llmlib.deploy.triton.repo``)."""
     model: str = cfg.server_model
     extra: dict[str, Any] = {}
+    http, grpc, metrics = free_ports(3)
     if cfg.launch_server == "triton":
         model = str(triton_repository(cfg, log_path.parent / "triton_repo"))
-        extra = {"grpc_port": free_port(), "metrics_port": free_port()}
+        extra = {"grpc_port": grpc, "metrics_port": metrics}
     spec = ServerSpec(
         cfg.launch_server,
         model,
-        port=cfg.server_port or free_port(),
+        port=cfg.server_port or http,
         args=parse_server_args(cfg.server_args),
         **extra,
     )

@@ -229,9 +229,21 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` now: each bound while the next is, so the
+    network stack cannot hand one out twice (a stack that picks ephemeral ports at random
+    may, to ports bound and closed one after another)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]

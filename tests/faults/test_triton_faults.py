@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_ports
 from llmlib.deploy.triton.repo import generate_triton_config
 from tests.conftest import TRITON_MARKS, run_harness
 
@@ -27,8 +27,8 @@ def test_every_query_is_accounted_for_whatever_the_model_does(tmp_path, mode):
     repo = tmp_path / "repo"
     generate_triton_config(repo, "counting", vocab_size=2048, max_concurrency=64,
                            token_interval_ms=2, fault=mode, fault_every=3)  # fmt: skip
-    spec = ServerSpec("triton", str(repo), port=free_port(), grpc_port=free_port(),
-                      metrics_port=free_port())  # fmt: skip
+    http, grpc, metrics = free_ports(3)
+    spec = ServerSpec("triton", str(repo), port=http, grpc_port=grpc, metrics_port=metrics)
     with LaunchedServer(spec, tmp_path / "server.log") as server:
         server.wait_ready(60)
         t0 = time.monotonic()

@@ -20,7 +20,7 @@ from cores.triton.core import TritonGrpcCore
 from cores.triton.stream import BROKEN, FAILED, TritonStream
 from llmlib.config.settings import REPO_ROOT, resolve
 from llmlib.data.benchmarks import SyntheticDataset, load_benchmark
-from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_ports
 from llmlib.deploy.triton.repo import generate_triton_config
 from llmlib.errors import ConfigError
 from llmlib.eval.accuracy import read_accuracy_log
@@ -74,8 +74,8 @@ def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tin
 def test_a_server_killed_mid_run_fails_every_query_and_the_run_ends(tmp_path, tiny_model):
     repo = tmp_path / "repo"
     generate_triton_config(repo, "python", model_dir=tiny_model)
-    spec = ServerSpec("triton", str(repo), port=free_port(), grpc_port=free_port(),
-                      metrics_port=free_port())  # fmt: skip
+    http, grpc, metrics = free_ports(3)
+    spec = ServerSpec("triton", str(repo), port=http, grpc_port=grpc, metrics_port=metrics)
     server = LaunchedServer(spec, tmp_path / "server.log")
     with server:
         run = subprocess.Popen(
@@ -101,8 +101,8 @@ def test_a_server_killed_mid_run_fails_every_query_and_the_run_ends(tmp_path, ti
 def server_url(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("triton")
     generate_triton_config(tmp / "repo", "python", model_dir=tiny_model)
-    spec = ServerSpec("triton", str(tmp / "repo"), port=free_port(), grpc_port=free_port(),
-                      metrics_port=free_port())  # fmt: skip
+    http, grpc, metrics = free_ports(3)
+    spec = ServerSpec("triton", str(tmp / "repo"), port=http, grpc_port=grpc, metrics_port=metrics)
     with LaunchedServer(spec, tmp / "server.log"):
         yield f"127.0.0.1:{spec.grpc_port}"
 
@@ -253,8 +253,9 @@ def test_the_counting_model_counts_on_from_the_prompt(tmp_path):
     """The benchmark's weightless server model: each token the last plus one (modulo the
     vocabulary), first from the prompt's last; end_id ends it."""
     generate_triton_config(tmp_path / "repo", "counting", vocab_size=50)
-    spec = ServerSpec("triton", str(tmp_path / "repo"), port=free_port(),
-                      grpc_port=free_port(), metrics_port=free_port())  # fmt: skip
+    http, grpc, metrics = free_ports(3)
+    spec = ServerSpec("triton", str(tmp_path / "repo"), port=http, grpc_port=grpc,
+                      metrics_port=metrics)  # fmt: skip
     with LaunchedServer(spec, tmp_path / "server.log"):
         for end_id, want in (("none", [48, 49, 0, 1, 2]), ("0", [48, 49, 0])):
             done = Done()

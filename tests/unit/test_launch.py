@@ -6,7 +6,13 @@ import sys
 import pytest
 
 from harness.bench.endpoint import histogram_quantile
-from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port, parse_server_args
+from llmlib.deploy.launch import (
+    LaunchedServer,
+    ServerSpec,
+    free_port,
+    free_ports,
+    parse_server_args,
+)
 from llmlib.errors import BackendError, ConfigError, HealthCheckError
 
 
@@ -73,3 +79,17 @@ def test_histogram_quantile_interpolates_within_the_bucket():
     assert histogram_quantile(0.25, b) == pytest.approx(0.1)
     assert histogram_quantile(0.5, b) == pytest.approx(0.15)
     assert histogram_quantile(1.0, b) == pytest.approx(0.5)
+
+
+def test_free_ports_are_distinct_and_free():
+    import socket
+
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    socks = [socket.socket() for _ in ports]
+    try:
+        for s, p in zip(socks, ports, strict=True):
+            s.bind(("127.0.0.1", p))  # all of them at once: none taken, none twice
+    finally:
+        for s in socks:
+            s.close()
