@@ -19,10 +19,9 @@ live ``LLMServer`` runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
-import random
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,16 +29,14 @@ from typing import Any
 import numpy as np
 
 from harness.argparser import ArgParser
-from harness.run.prepare import build_dataset
 from llmlib.config.flags import KV_TRANSFER_FLAGS, parse_flag_string
-from llmlib.config.settings import REPO_ROOT, Config
+from llmlib.config.settings import REPO_ROOT
 from llmlib.data.benchmarks import load_benchmark
 from llmlib.errors import ConfigError
 from llmlib.model.arrivals import SimRequest, arrivals, chat_arrivals
-from llmlib.model.engine import get_profile, load_profiles, profile_from_config
+from llmlib.model.engine import get_profile, load_profiles
 from llmlib.model.simulator import EngineSpec, KVTransfer, simulate
 from llmlib.serving.policies import POLICIES, POLICY_FLAGS, make_policy
-from llmlib.serving.prefix import token_blocks
 
 PROFILES = REPO_ROOT / "configs" / "engine_profiles.yaml"
 
@@ -69,109 +66,17 @@ def parse_engines(text: str, profiles_file: str | Path = PROFILES) -> list[Engin
     return specs
 
 
-def replay(run_dir: Path, jitter_runs: int = 6, jitter_ms: float = 0.5) -> dict[str, Any]:
-    """A finished run of the dummy core, simulated: the same requests (its dataset's prompt
-    lengths, the tokens each answer had, LoadGen's issue times from ``requests.csv``) on as
-    many engines of its profile, under its traffic policy. Returns both runs' TTFT
-    percentiles and the ratio at p95 (live over simulated); the same with the live run's own
-    placement (the engine model alone); and the simulated p95 over ``jitter_runs`` copies
-    with arrivals moved by up to ``jitter_ms`` (seeded): how much p95 moves when a policy
-    decides on slightly different timing, as the live run's harness timing does."""
-    spec_path = run_dir / "spec.json"
-    if not spec_path.is_file() or not (run_dir / "requests.csv").is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (spec.json and requests.csv)")
-    cfg = Config.from_json(json.loads(spec_path.read_text())["config"])
-    if cfg.core_type != "dummy":
-        raise ConfigError(
-            f"{run_dir}: a {cfg.core_type} run; replay needs the dummy core's (its engine model "
-            "is what the simulator runs)"
-        )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    ds = build_dataset(cfg, load_benchmark(cfg.config_dir, cfg.benchmark))
-    profile = profile_from_config(cfg)
-    if profile.is_zero:
-        raise ConfigError(f"{run_dir}: the zero profile answers at once: nothing to simulate")
-    rows = []
-    with open(run_dir / "requests.csv", newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["error"] or not r["ttft_ms"]:
-                continue
-            rows.append((float(r["issue_ms"]), int(r["sample_index"]), int(r["n_tokens"]),
-                         float(r["ttft_ms"]), int(r["core"])))  # fmt: skip
-    if not rows:
-        raise ConfigError(f"{run_dir}: no answered requests with a first-token time")
-    rows.sort()
-    cached = profile.prefix_cache_blocks > 0
-    reqs = []
-    for issue_ms, i, n_tokens, _, _ in rows:
-        tokens = ds.input_tokens(i)
-        blocks = token_blocks(tokens) if cached else ()
-        reqs.append(SimRequest(int(issue_ms * 1e6), len(tokens), max(n_tokens, 1), blocks))
-    cores = int(summary.get("num_cores") or cfg.num_cores)
-    policy = str(summary.get("policy") or "least_pending")
-    pools: dict[str, Any] = {"policy_flags": cfg.policy_flags}
-    fleet = [EngineSpec(profile, cores)]
-    if cfg.pd_flags:  # disaggregated: the same pools, policies and KV transfer
-        fleet = [EngineSpec(profile, int(cfg.pd_flags["prefill"]))]
-        pools.update(
-            decode_engines=[EngineSpec(profile, int(cfg.pd_flags["decode"]))],
-            decode_policy=cfg.decode_policy,
-            decode_policy_flags=cfg.decode_policy_flags,
-            kv_transfer=KVTransfer.from_flags(cfg.kv_transfer),
-        )
-    res = simulate(reqs, fleet, policy, cfg.policy_seed, **pools)
-    sim = res.summary()
-    same: dict[str, Any] | None = None
-    agree = None
-    if not cfg.pd_flags:  # (the log names the core that answered: a decode core there)
-        # the same engines given the live run's own choices: the engine model alone,
-        # without the policy deciding differently on slightly different timing
-        placement = [r[4] for r in rows]
-        same = simulate(reqs, fleet, policy, placement=placement, **pools).summary()
-        agree = float(np.mean(res.engine == np.array(placement)))
-    spread = []
-    for seed in range(jitter_runs):
-        rng = random.Random(seed)
-        step = int(jitter_ms * 1e6)
-        moved = [
-            dataclasses.replace(r, arrival_ns=max(0, r.arrival_ns + rng.randint(-step, step)))
-            for r in reqs
-        ]
-        moved.sort(key=lambda r: r.arrival_ns)
-        got = simulate(moved, fleet, policy, cfg.policy_seed, **pools).summary()
-        spread.append(got["ttft_ms"]["p95"])
-    live_ttft = np.array([r[3] for r in rows])
-    live = {f"p{q}": float(np.percentile(live_ttft, q)) for q in (50, 95, 99)}
-    return {
-        "run_dir": str(run_dir),
-        "scenario": cfg.scenario,
-        "profile": profile.name,
-        "engines": cores,
-        "pools": sim["pools"],
-        "policy": policy,
-        "requests": len(reqs),
-        "live_ttft_ms": live,
-        "sim_ttft_ms": sim["ttft_ms"],
-        "p95_live_over_sim": live["p95"] / sim["ttft_ms"]["p95"],
-        "sim_prefix_hit_rate": sim["prefix_hit_rate"],
-        "placement_agreement": agree,
-        # (None for a disaggregated run)
-        "sim_live_placement_ttft_ms": same and same["ttft_ms"],
-        "p95_live_over_sim_live_placement": same and live["p95"] / same["ttft_ms"]["p95"],
-        "sim_live_placement_prefix_hit_rate": same and same["prefix_hit_rate"],
-        "jitter": {"runs": jitter_runs, "ms": jitter_ms, "sim_p95_ms": spread},
-        "live_p95_within_jitter_range": bool(spread) and min(spread) <= live["p95"] <= max(spread),
-        "p95_live_over_jitter_median": live["p95"] / float(np.median(spread)) if spread else None,
-    }
-
-
 def main(argv: list[str]) -> int:
     ap = ArgParser(
         prog="python -m harness simulate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--engines", default="cpu-tiny:8:0.5", help="profile[:count[:price]],...")
+    ap.add_argument(
+        "--engines",
+        default="cpu-tiny:8:0.5",
+        help="profile[:count[:price]],... (with --sweep, fleets separated by ';')",
+    )
     ap.add_argument("--profiles_file", default=str(PROFILES))
     ap.add_argument(
         "--policy",
@@ -214,7 +119,9 @@ def main(argv: list[str]) -> int:
         default=-1,
         help="every engine's prefix cache, in blocks of 16 tokens (-1: the profile's)",
     )
-    ap.add_argument("--rate", type=float, default=300.0, help="mean arrivals per second")
+    ap.add_argument(
+        "--rate", default="300", help="mean arrivals per second (with --sweep, a list: 50,100)"
+    )
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument(
         "--prompt_len",
@@ -232,8 +139,39 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--ttft_limit_ms", type=float, default=None, help="default 2000")
     ap.add_argument("--tpot_limit_ms", type=float, default=None, help="default 200")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", default="0", help="the workload's seed (with --sweep, a list)")
     ap.add_argument("--out", default=str(REPO_ROOT / "build" / "sim"), help="a directory")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every fleet x policy x rate x seed, each one run (harness.tools.sweep): one "
+        "table, sweep.json, sweep.csv and sweep.png in --out",
+    )
+    ap.add_argument(
+        "--sweep_backend",
+        default="ray",
+        choices=["ray", "process"],
+        help="ray: the runs as Ray tasks, on this machine's cores or the cluster at "
+        "--ray_address (the ray extra); process: one after another in this process",
+    )
+    ap.add_argument(
+        "--ray_address",
+        default="",
+        help="a running Ray cluster (host:port, or auto); '' starts one on this machine",
+    )
+    ap.add_argument(
+        "--ray_connect_timeout_s",
+        type=float,
+        default=30.0,
+        help="how long to wait for the cluster at --ray_address (Ray itself waits for ever on "
+        "a port that is not a cluster's)",
+    )
+    ap.add_argument(
+        "--ray_cpus",
+        type=int,
+        default=0,
+        help="the Ray started here: CPUs to use (0: all); ignored with --ray_address",
+    )
     ap.add_argument(
         "--replay",
         default="",
@@ -242,7 +180,9 @@ def main(argv: list[str]) -> int:
     return _run(ap.parse_args(argv))  # (errors: harness/cli.py says them, exit 2)
 
 
-def benchmark_lengths(reqs: list[SimRequest], args: argparse.Namespace) -> list[SimRequest]:
+def benchmark_lengths(
+    reqs: list[SimRequest], args: argparse.Namespace, seed: int
+) -> list[SimRequest]:
     """``reqs`` (their arrival times) with prompt and output lengths drawn from
     ``args.benchmark``'s synthetic shape; its Server limits from mlperf.conf fill the ones
     not given."""
@@ -251,7 +191,7 @@ def benchmark_lengths(reqs: list[SimRequest], args: argparse.Namespace) -> list[
     if args.arrival == "chat":
         raise ConfigError("--benchmark draws independent requests: use --arrival poisson or bursty")
     spec = load_benchmark(REPO_ROOT / "configs", args.benchmark)
-    rng = np.random.default_rng([args.seed, 0xB3])
+    rng = np.random.default_rng([seed, 0xB3])
     n = len(reqs)
     ins = spec.input_len.sample(rng, n)
     outs = np.minimum(spec.output_len.sample(rng, n), spec.max_new_tokens)
@@ -267,20 +207,27 @@ def benchmark_lengths(reqs: list[SimRequest], args: argparse.Namespace) -> list[
     ]
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.replay:
-        replayed = replay(Path(args.replay))
-        print(json.dumps(replayed, indent=1))
-        return 0
-    engines = parse_engines(args.engines, args.profiles_file)
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every run of one ``simulate`` command shares, checked before any run."""
+
+    policies: list[str]
+    flags: dict[str, Any]
+    decode: list[EngineSpec]
+    decode_flags: dict[str, Any]
+    kv: KVTransfer
+
+    def flags_for(self, policy: str) -> dict[str, Any]:  # the given keys this policy has
+        return {k: v for k, v in self.flags.items() if k in POLICIES[policy].tunables}
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """The policies and pools ``args`` name, checked (a ConfigError for any unknown name or
+    flag, before the workload is built)."""
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     flags = parse_flag_string(args.policy_flags, POLICY_FLAGS, "--policy_flags")
-
-    def flags_for(policy: str) -> dict[str, Any]:  # the given keys this policy has
-        return {k: v for k, v in flags.items() if k in POLICIES[policy].tunables}
-
-    for p in policies:  # unknown names refused before the workload is built
-        make_policy(p, 1, flags=flags_for(p))
+    for p in policies:
+        make_policy(p, 1, flags={k: v for k, v in flags.items() if k in POLICIES[p].tunables})
     unused = set(flags) - {k for p in policies for k in POLICIES[p].tunables}
     if unused:
         raise ConfigError(
@@ -292,65 +239,139 @@ def _run(args: argparse.Namespace) -> int:
     kv = KVTransfer.from_flags(
         parse_flag_string(args.kv_transfer, KV_TRANSFER_FLAGS, "--kv_transfer")
     )
-    if args.prefix_cache_blocks >= 0:
-        engines = [
-            dataclasses.replace(
-                e,
-                profile=dataclasses.replace(
-                    e.profile, prefix_cache_blocks=args.prefix_cache_blocks
-                ),
-            )
-            for e in engines
-        ]
+    return Setup(policies, flags, decode, dflags, kv)
+
+
+def fleet(args: argparse.Namespace, engines: str) -> list[EngineSpec]:
+    """The engines ``profile[:count[:price]],...`` with ``--prefix_cache_blocks`` applied."""
+    specs = parse_engines(engines, args.profiles_file)
+    if args.prefix_cache_blocks < 0:
+        return specs
+    return [
+        dataclasses.replace(
+            e, profile=dataclasses.replace(e.profile, prefix_cache_blocks=args.prefix_cache_blocks)
+        )
+        for e in specs
+    ]
+
+
+def workload(args: argparse.Namespace, rate: float, seed: int) -> list[SimRequest]:
+    """The seeded requests of ``args``'s arrival process at ``rate``; with ``--benchmark``
+    its lengths (and, where not given, its limits: ``args`` is updated)."""
     if args.prompt_len <= 0:
         args.prompt_len = 128 if args.arrival == "chat" else 512
     if args.arrival == "chat":
         reqs = chat_arrivals(
-            args.requests, args.rate, args.seed, args.systems, args.system_len, args.turns,
+            args.requests, rate, seed, args.systems, args.system_len, args.turns,
             args.prompt_len, args.output_len, args.think_s, args.length_sigma,
         )  # fmt: skip
     else:
         reqs = arrivals(
-            args.requests, args.rate, args.arrival, args.seed, args.prompt_len, args.output_len,
+            args.requests, rate, args.arrival, seed, args.prompt_len, args.output_len,
             args.length_sigma, args.burst_cv,
         )  # fmt: skip
     if args.benchmark:
-        reqs = benchmark_lengths(reqs, args)
+        reqs = benchmark_lengths(reqs, args, seed)
     args.ttft_limit_ms = 2000.0 if args.ttft_limit_ms is None else args.ttft_limit_ms
     args.tpot_limit_ms = 200.0 if args.tpot_limit_ms is None else args.tpot_limit_ms
+    return reqs
+
+
+def run_one(
+    args: argparse.Namespace,
+    su: Setup,
+    reqs: list[SimRequest],
+    engines: list[EngineSpec],
+    policy: str,
+    seed: int,
+) -> dict[str, Any]:
+    """One simulation: its summary, with the workload that made it and its own time."""
+    t0 = time.perf_counter()
+    res = simulate(
+        reqs, engines, policy, seed, policy_flags=su.flags_for(policy),
+        decode_engines=su.decode, decode_policy=args.decode_policy,
+        decode_policy_flags=su.decode_flags, kv_transfer=su.kv,
+    )  # fmt: skip
+    took = time.perf_counter() - t0
+    s = res.summary(args.ttft_limit_ms, args.tpot_limit_ms)
+    s["workload"] = {k: getattr(args, k) for k in (
+        "engines", "arrival", "rate", "requests", "prompt_len", "output_len",
+        "length_sigma", "burst_cv", "seed", "systems", "system_len", "turns", "think_s",
+        "prefix_cache_blocks", "policy_flags", "decode_engines", "decode_policy",
+        "decode_policy_flags", "kv_transfer", "benchmark", "ttft_limit_ms",
+        "tpot_limit_ms")}  # fmt: skip
+    s["simulated_in_s"] = took
+    return s
+
+
+TABLE_HEAD = (
+    "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | goodput rps | "
+    "goodput per $ | prefix hits | busiest / mean | migrations | sim s |"
+)
+
+
+def table_row(name: str, s: dict[str, Any]) -> str:
+    t, p = s["ttft_ms"], s["tpot_ms"]
+    gpd = s["goodput_per_dollar"]
+    return (
+        f"| {name} | {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | "
+        f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | {s['goodput_rps']:.1f} | "
+        f"{'-' if gpd is None else f'{gpd:,.0f}'} | {s['prefix_hit_rate']:.1%} | "
+        f"{s['per_engine']['busiest_over_mean']:.2f} | "
+        f"{'-' if s['migrations'] is None else s['migrations']} | {s['simulated_in_s']:.2f} |"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.replay:
+        from harness.tools.replay import replay
+
+        replayed = replay(Path(args.replay))
+        print(json.dumps(replayed, indent=1))
+        return 0
+    if args.sweep:
+        from harness.tools.sweep import sweep
+
+        return sweep(args)
+    rate, seed = single(args.rate, "rate", float), single(args.seed, "seed", int)
+    su = setup(args)
+    engines = fleet(args, args.engines)
+    args.rate, args.seed = rate, seed
+    reqs = workload(args, rate, seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(
-        "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | goodput rps | "
-        "goodput per $ | prefix hits | busiest / mean | migrations | sim s |"
-    )
+    print(TABLE_HEAD)
     print("|---|---|---|---|---|---|---|---|---|")
-    for policy in policies:
-        t0 = time.perf_counter()
-        res = simulate(
-            reqs, engines, policy, args.seed, policy_flags=flags_for(policy),
-            decode_engines=decode, decode_policy=args.decode_policy,
-            decode_policy_flags=dflags, kv_transfer=kv,
-        )  # fmt: skip
-        took = time.perf_counter() - t0
-        s = res.summary(args.ttft_limit_ms, args.tpot_limit_ms)
-        s["workload"] = {k: getattr(args, k) for k in (
-            "engines", "arrival", "rate", "requests", "prompt_len", "output_len",
-            "length_sigma", "burst_cv", "seed", "systems", "system_len", "turns", "think_s",
-            "prefix_cache_blocks", "policy_flags", "decode_engines", "decode_policy",
-            "decode_policy_flags", "kv_transfer", "benchmark", "ttft_limit_ms",
-            "tpot_limit_ms")}  # fmt: skip
-        s["simulated_in_s"] = took
-        path = out / f"sim-{policy}.json"
-        path.write_text(json.dumps(s, indent=1) + "\n")
-        t, p = s["ttft_ms"], s["tpot_ms"]
-        gpd = s["goodput_per_dollar"]
-        print(
-            f"| {policy} | {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | "
-            f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | {s['goodput_rps']:.1f} | "
-            f"{'-' if gpd is None else f'{gpd:,.0f}'} | {s['prefix_hit_rate']:.1%} | "
-            f"{s['per_engine']['busiest_over_mean']:.2f} | "
-            f"{'-' if s['migrations'] is None else s['migrations']} | {took:.2f} |"
-        )
+    for policy in su.policies:
+        s = run_one(args, su, reqs, engines, policy, seed)
+        (out / f"sim-{policy}.json").write_text(json.dumps(s, indent=1) + "\n")
+        print(table_row(policy, s))
     print(f"summaries: {out}/sim-<policy>.json")
     return 0
+
+
+def numbers(text: str, name: str, kind: type) -> list[Any]:
+    """``--name``'s comma-separated values as ``kind`` (finite, rates above 0, seeds from 0);
+    a ConfigError for any other."""
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        what = "an integer" if kind is int else "a number"
+        try:
+            v = kind(part)
+        except ValueError:
+            raise ConfigError(f"--{name}: {part!r} is not {what}") from None
+        low = name == "rate"  # rates above 0, seeds from 0
+        if not math.isfinite(v) or (v <= 0 if low else v < 0):
+            raise ConfigError(
+                f"--{name}: {part!r} must be finite and {'above' if low else 'at least'} 0"
+            )
+        out.append(v)
+    return out
+
+
+def single(text: str, name: str, kind: type) -> Any:
+    """The one value of ``--name`` (a list needs ``--sweep``)."""
+    got = numbers(text, name, kind)
+    if len(got) != 1:
+        raise ConfigError(f"--{name}: {text!r} is a list; a list needs --sweep")
+    return got[0]
