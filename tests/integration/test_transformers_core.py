@@ -20,9 +20,11 @@ SMALL = [
     "--min_duration=100",
     "--min_query_count=500",  # p99 early stopping in Server needs ~460
     "--offline_expected_qps=20",
-    # Half of what the tiny Llama does Offline on two CPU cores (~16/s, 128 tokens each): at 30/s
-    # a slow CI machine could not keep up and Server was INVALID for speed, not for a fault.
-    "--server_target_qps=8",
+    # A third of what the tiny Llama does Offline on two idle CPU cores (~16/s, 128 tokens
+    # each): at 30/s a slow CI machine could not keep up, and 8/s failed once beside other
+    # work (Server INVALID for speed, not for a fault). A machine whose other work holds a
+    # core is beyond any rate here: torch's threads then give ~3/s.
+    "--server_target_qps=5",
 ]
 
 
