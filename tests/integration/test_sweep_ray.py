@@ -109,11 +109,12 @@ def test_a_cluster_of_two_nodes_and_its_worker_node_killed(tmp_path, monkeypatch
         assert main([*GRID, f"--ray_address={addr}", f"--out={tmp_path / 'c'}"]) == 0
         assert main([*GRID, "--sweep_backend=process", f"--out={tmp_path / 'p'}"]) == 0
         assert results(tmp_path / "c")[1] == results(tmp_path / "p")[1]
-        # a longer sweep, and the worker node killed once it has begun: the runs it held
-        # and those still queued (no node with a CPU is left) fail; the command ends
+        # a longer sweep (40 runs of 2-3 s each here, on the node's 2 CPUs), and the worker
+        # node killed 12 s in: the runs it held and those still queued (no node with a CPU
+        # is left) fail; the command ends
         cmd = [sys.executable, "-m", "harness", "simulate", "--sweep", f"--ray_address={addr}",
                "--engines=cpu-tiny:4:0.5", "--policy=least_pending", "--rate=50",
-               "--seed=" + ",".join(map(str, range(12))), "--requests=100000",
+               "--seed=" + ",".join(map(str, range(40))), "--requests=100000",
                f"--out={tmp_path / 'k'}"]  # fmt: skip
         sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=env)  # fmt: skip
@@ -129,7 +130,7 @@ def test_a_cluster_of_two_nodes_and_its_worker_node_killed(tmp_path, monkeypatch
         assert sweep.returncode == 1, err
         doc = json.loads((tmp_path / "k" / "sweep.json").read_text())
         why = [r["error"] for r in doc["runs"] if "error" in r]
-        assert doc["points"] == 12 and doc["failed"] == len(why) >= 1, why
+        assert doc["points"] == 40 and doc["failed"] == len(why) >= 1, why
         assert all(("summary" in r) != ("error" in r) for r in doc["runs"])
     finally:
         run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
