@@ -134,3 +134,25 @@ def test_a_cluster_of_two_nodes_and_its_worker_node_killed(tmp_path, monkeypatch
         assert all(("summary" in r) != ("error" in r) for r in doc["runs"])
     finally:
         run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_an_address_where_no_ray_cluster_answers_is_one_line(tmp_path):
+    listener = socket.socket()  # something listens there, and it is not Ray
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        for addr, wait, msg in (
+            (f"127.0.0.1:{listener.getsockname()[1]}", "3", "none answered within 3 s"),
+            (f"127.0.0.1:{free_port()}", "30", "Connection refused"),
+        ):
+            t0 = time.monotonic()
+            p = subprocess.run(
+                [sys.executable, "-m", "harness", "simulate", "--sweep", f"--ray_address={addr}",
+                 f"--ray_connect_timeout_s={wait}", "--requests=10", f"--out={tmp_path}"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert p.returncode == 2, p.stderr
+            assert f"error: no Ray cluster at {addr}: {msg}" in p.stderr, p.stderr
+            assert time.monotonic() - t0 < 60 and not (tmp_path / "sweep.json").exists()
+    finally:
+        listener.close()
