@@ -61,6 +61,8 @@ def grid(args: argparse.Namespace) -> list[Point]:
     for f in fleets:
         fleet(args, f)
     policies = setup(args).policies
+    if args.sweep_backend == "ray" and args.ray_address:
+        host_port(args.ray_address)
     rates = numbers(args.rate, "rate", float)
     seeds = numbers(args.seed, "seed", int)
     return [Point(*p) for p in itertools.product(fleets, policies, rates, seeds)]
@@ -86,16 +88,24 @@ def in_process(
     return out
 
 
-def unreachable(address: str, timeout_s: float = 3.0) -> str:
-    """Why nothing listens at ``address`` (host:port or ray://host:port), or "" (also for
-    auto: Ray says at once when no cluster runs here)."""
+def host_port(address: str) -> tuple[str, int] | None:
+    """``--ray_address``'s host and port (None for auto); a ConfigError for another form."""
     if address == "auto":
-        return ""
+        return None
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--ray_address={address}: not host:port, ray://host:port or auto")
+    return host or "127.0.0.1", int(port)
+
+
+def unreachable(address: str, timeout_s: float = 3.0) -> str:
+    """Why nothing listens at ``address``, or "" (also for auto: Ray says at once when no
+    cluster runs here)."""
+    where = host_port(address)
+    if where is None:
+        return ""
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout_s).close()
+        socket.create_connection(where, timeout_s).close()
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__
     return ""

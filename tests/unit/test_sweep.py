@@ -104,4 +104,6 @@ def test_without_ray_the_ray_backend_says_what_to_install(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
     with pytest.raises(ConfigError, match=r"needs Ray: pip install -e '\.\[ray\]'"):
         main(["--sweep", "--requests=10", f"--out={tmp_path}"])
+    with pytest.raises(ConfigError, match="not host:port"):  # bad input first, Ray or not
+        main(["--sweep", "--ray_address=nohostport", "--requests=10", f"--out={tmp_path}"])
     assert not (tmp_path / "sweep.json").exists()
