@@ -414,13 +414,13 @@ typedef struct {
 
 static uint64_t gates_made; /* (the GIL guards it, as every call here) */
 
-/* the rule of keyword (w, n) with quick hash h, or -1 */
 /* whether (w, n) could be a keyword: its length, first and last bytes (no look-up else) */
 static inline int gate_may(const Gate *g, const unsigned char *w, Py_ssize_t n) {
     return n > 0 && ((g->lens >> (n < 63 ? n : 63)) & 1) && ((g->first[w[0] >> 6] >> (w[0] & 63)) & 1) &&
            ((g->last[w[n - 1] >> 6] >> (w[n - 1] & 63)) & 1);
 }
 
+/* the rule of keyword (w, n) with quick hash h, or -1 */
 static int gate_rule(const Gate *g, const unsigned char *w, Py_ssize_t n, uint64_t h) {
     if (!gate_may(g, w, n)) return -1;
     size_t mask = g->cap - 1, i = h & mask;
@@ -815,7 +815,6 @@ HOT static void mlp(const Model *m, const float *acc, float *out) {
     }
 }
 
-/* the gate's rules hit (*mask) and, unless the gate decides alone, the logits: ROUTE_* */
 /* a prompt's integer sums: the hashed rows', the lexicon rows' (lacci, or ``live`` for
  * the live columns kept in cache entries), the feature and lexicon row counts */
 typedef struct {
@@ -844,6 +843,7 @@ static inline __attribute__((always_inline)) void add_entry(const Model *m, cons
     }
 }
 
+/* the gate's rules hit (*mask) and, unless the gate decides alone, the logits: ROUTE_* */
 HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, float *out) {
     const Model *m = &hd->m;
     Cache *cache = &hd->cache;
@@ -921,9 +921,7 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
             sm.nlex++;
         }
     }
-    Py_ssize_t count = sm.count, nlex = sm.nlex;
-    int32_t *live_sum = sm.live;
-    for (Py_ssize_t j = 0; j < m->nlive && j < LEX_INLINE; j++) lacci[m->live[j]] += live_sum[j];
+    for (Py_ssize_t j = 0; j < m->nlive && j < LEX_INLINE; j++) lacci[m->live[j]] += sm.live[j];
     uint32_t bigram[MAX_WORDS]; /* then the bigrams: their rows asked for at once */
     for (Py_ssize_t i = 1; i < nw; i++) {
         uint32_t b = (uint32_t)(((uint64_t)ws->h[i - 1] * 0x9E3779B1u) & 0xFFFFFFFFu) ^ ws->h[i];
@@ -931,15 +929,15 @@ HOT static int route_words(Held *hd, const Gate *g, Words *ws, uint64_t *mask, f
         if (m->q != NULL) __builtin_prefetch(m->q + (size_t)bigram[i] * dim);
     }
     for (Py_ssize_t i = 1; i < nw; i++) add_row_at(m, bigram[i], acc, acci);
-    count += nw - 1;
-    float inv = 1.0f / (float)count;
+    sm.count += nw - 1;
+    float inv = 1.0f / (float)sm.count;
     if (m->q != NULL)
         for (size_t d = 0; d < dim; d++) acc[d] = (float)acci[d] * m->scale[d] * inv;
     else
         for (size_t d = 0; d < dim; d++) acc[d] *= inv;
     if (m->nlex > 0) { /* the lexicon rows' mean after the hashed rows' (zeros: none), of
                         * the live columns only */
-        float linv = nlex > 0 ? 1.0f / (float)nlex : 0.0f;
+        float linv = sm.nlex > 0 ? 1.0f / (float)sm.nlex : 0.0f;
         for (Py_ssize_t j = 0; j < m->nlive; j++) {
             Py_ssize_t d = m->live[j];
             acc[dim + j] = m->q != NULL ? (float)lacci[d] * m->scale[d] * linv : lacc[d] * linv;
