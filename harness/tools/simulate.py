@@ -217,8 +217,13 @@ class Setup:
     decode_flags: dict[str, Any]
     kv: KVTransfer
 
-    def flags_for(self, policy: str) -> dict[str, Any]:  # the given keys this policy has
-        return {k: v for k, v in self.flags.items() if k in POLICIES[policy].tunables}
+    def flags_for(self, policy: str) -> dict[str, Any]:
+        return tunable(self.flags, policy)
+
+
+def tunable(flags: dict[str, Any], policy: str) -> dict[str, Any]:
+    """The keys of ``flags`` that ``policy`` has."""
+    return {k: v for k, v in flags.items() if k in POLICIES[policy].tunables}
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -227,7 +232,7 @@ def setup(args: argparse.Namespace) -> Setup:
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     flags = parse_flag_string(args.policy_flags, POLICY_FLAGS, "--policy_flags")
     for p in policies:
-        make_policy(p, 1, flags={k: v for k, v in flags.items() if k in POLICIES[p].tunables})
+        make_policy(p, 1, flags=tunable(flags, p))
     unused = set(flags) - {k for p in policies for k in POLICIES[p].tunables}
     if unused:
         raise ConfigError(
