@@ -183,6 +183,7 @@ class _PipeSender(_Flusher):
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self._sending = threading.Lock()  # (the flusher's sends and send_now's, one at a time)
         super().__init__("answers")
 
     def put(self, obj: Any) -> None:
@@ -192,11 +193,17 @@ class _PipeSender(_Flusher):
 
     def _ship(self, items: list[Any]) -> bool:
         try:
-            for obj in items:
-                self._conn.send(obj)
+            with self._sending:
+                for obj in items:
+                    self._conn.send(obj)
         except OSError:  # the parent is gone: nothing to answer to
             return False
         return True
+
+    def send_now(self, obj: Any) -> bool:
+        """Send ``obj`` from the calling thread (one that may wait: an ``Outbox``'s flusher,
+        which needs no second hand-off); False once the parent is gone."""
+        return self._ship([obj])
 
     def close(self) -> None:
         super().close()
@@ -205,7 +212,8 @@ class _PipeSender(_Flusher):
 
 class Outbox(_Flusher):
     """A worker's answers, sent in batches from any thread: ``emit`` appends, the flusher
-    thread puts everything gathered since its last put as one list on ``outq``."""
+    thread puts everything gathered since its last put as one list on ``outq`` (on a worker's
+    answer pipe it sends the list itself: one thread between the callers and the pipe)."""
 
     def __init__(self, outq: Any) -> None:
         self._outq = outq
@@ -217,5 +225,8 @@ class Outbox(_Flusher):
             self._cv.notify()
 
     def _ship(self, items: list[Any]) -> bool:
+        send_now = getattr(self._outq, "send_now", None)  # a worker's pipe: sent from here
+        if send_now is not None:
+            return bool(send_now(items))
         self._outq.put(items)
         return True
