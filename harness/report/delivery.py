@@ -45,20 +45,22 @@ def window_ratio(log: RequestLog, min_issued: int = 32) -> float | None:
     server's cold start can hold the first requests for seconds, which would excuse any
     backlog; seen on vLLM's CPU build). A system that keeps up completes each request
     about that long after it came (share 1); one that falls behind is left with its backlog
-    (share about its service rate over the rate LoadGen actually scheduled). None with
-    fewer than ``min_issued`` requests."""
+    (share about its service rate over the rate LoadGen actually scheduled). A failed
+    request is not done (LoadGen counts it completed: a server that fails everything fast
+    would keep up). None with fewer than ``min_issued`` requests."""
     if len(log) < min_issued:
         return None
     t = log.table()
     iss, fin = (np.asarray(t[k], dtype=np.int64) for k in ("issue_ns", "final_ns"))
+    done = (fin > 0) & ~np.asarray(t["error"], dtype=bool)  # a failed request is not delivered
     lo, hi = int(iss.min()), int(iss.max())
     q1, q2 = lo + (hi - lo) // 4, lo + (hi - lo) // 2
-    quarters = ((iss <= q1) & (fin > 0), (iss > q1) & (iss <= q2) & (fin > 0))
+    quarters = ((iss <= q1) & done, (iss > q1) & (iss <= q2) & done)
     lags = [float(np.quantile(fin[m] - iss[m], 0.9)) for m in quarters if m.any()]
     if not lags:
         return 0.0
     lag = min(lags)  # (a cold start slows the first quarter; a backlog, the second)
-    return float(((fin > 0) & (fin <= hi + lag)).sum()) / len(iss)
+    return float((done & (fin <= hi + lag)).sum()) / len(iss)
 
 
 def goodput(log: RequestLog, duration_ns: int, lg: dict[str, Any]) -> dict[str, Any] | None:

@@ -91,3 +91,26 @@ def test_a_cold_start_does_not_excuse_a_backlog():
         log.on_responses(answer(q, start + MS + cold, free + cold))
     ratio = window_ratio(log)
     assert ratio is not None and 0.88 < ratio < 0.95  # (3 s of lag would say 1.0)
+
+
+def test_failed_requests_are_not_delivered():
+    """A server that hangs after its first quarter: the harness fails every open request
+    promptly (its stall watch), so each one ends soon after it was issued. LoadGen counts
+    them completed; delivery must not (seen on llama.cpp with CUDA: 299 of 300 failed, and
+    the run read 100% delivered)."""
+    log = RequestLog()
+    log.on_issue([req(q, issue_ns=q * 10 * MS) for q in range(400)])
+    log.on_responses(
+        [r for q in range(100) for r in answer(q, q * 10 * MS + MS, q * 10 * MS + 5 * MS)]
+    )
+    log.on_responses(
+        [failed_response(q, "stalled", q * 10 * MS + 20 * MS, 0) for q in range(100, 400)]
+    )
+    ratio = window_ratio(log)
+    assert ratio == pytest.approx(0.25)
+    assert delivery(server(100.0, 100.0), 0.02, log)["under_delivered"]
+    # all failed: nothing delivered, not an error
+    none = RequestLog()
+    none.on_issue([req(q, issue_ns=q * 10 * MS) for q in range(40)])
+    none.on_responses([failed_response(q, "down", q * 10 * MS + MS, 0) for q in range(40)])
+    assert window_ratio(none) == 0.0
