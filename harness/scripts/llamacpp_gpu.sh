@@ -69,7 +69,22 @@ if [ -n "${build:-}" ]; then
 fi
 
 server_pid=""
-stop_server() { [ -n "$server_pid" ] && kill "$server_pid" && wait "$server_pid" || true; }
+stop_server() {  # SIGTERM; a server that has not gone in 15 s is hung: its threads' stacks
+    # (gdb, where the machine has it) go to $OUT, then SIGKILL
+    [ -n "$server_pid" ] || return 0
+    kill "$server_pid" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$server_pid" 2>/dev/null; then
+        say "llama-server did not stop on SIGTERM in 15 s: killed"
+        for t in /proc/"$server_pid"/task/*; do  # each thread: name, state, where it waits
+            echo "$(cat "$t/comm") $(awk '{print $3}' "$t/stat") $(cat "$t/wchan")"
+        done > "$OUT/hung-server-threads-$(date +%s).txt" 2>&1 || true
+        timeout 30 gdb -batch -p "$server_pid" -ex 'thread apply all bt' \
+            > "$OUT/hung-server-stacks-$(date +%s).txt" 2>&1 || true
+        kill -9 "$server_pid" 2>/dev/null || true
+    fi
+    wait "$server_pid" 2>/dev/null || true
+}
 start_server() {  # $1: parallel slots (without $LLAMA_ARGS if it will not start with them)
     local extra
     for extra in "$LLAMA_ARGS" ""; do
