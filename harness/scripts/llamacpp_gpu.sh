@@ -128,7 +128,7 @@ YAML
 sed -i "s/VOCAB/$VOCAB/" $CFG/benchmarks/fixed-512x128.yaml
 # the run directories' system name: the GPU's, not the default system's (cpu-dummy)
 SYSTEM=${SYSTEM:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
-    | tr ' ' '-' | tr -cd 'A-Za-z0-9-')-llamacpp}
+    | tr ' ' '-' | tr -cd 'A-Za-z0-9-' || true)-llamacpp}
 harness() { timeout "$STEP_S" $PYTHON -m harness --config_dir=$CFG --core_type=openai --server_urls=$URL \
     --system_name="$SYSTEM" \
     --vocab_size="$VOCAB" --progress=false --warmup_queries=0 "$@"; }

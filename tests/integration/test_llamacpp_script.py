@@ -53,3 +53,47 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
     assert list(out.glob("llama-server-*.log"))  # each server's log kept for the record
     with pytest.raises(OSError):  # no server left behind on the port
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+FAKE_SERVER = """#!{python}
+# answers /health and nothing else, and ignores SIGTERM: llama-server as it hung on the H100
+import signal, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
+    do_POST = do_GET
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_a_server_that_ignores_sigterm_is_killed_and_the_script_goes_on(tmp_path):
+    """A llama-server that hangs and ignores SIGTERM (seen at 5+ QPS on the H100) must not
+    hold the script until the device call's limit: killed after 15 s, its threads' states
+    kept, the next phase run, nothing left on the port."""
+    from llmlib.deploy.launch import free_port
+
+    bin_dir, out, port = tmp_path / "bin", tmp_path / "out", free_port()
+    bin_dir.mkdir()
+    fake = bin_dir / "llama-server"
+    fake.write_text(FAKE_SERVER.format(python=sys.executable))
+    fake.chmod(0o755)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    env = dict(
+        os.environ, BIN=str(bin_dir), MODEL=str(tmp_path / "model.gguf"), VOCAB="2048",
+        PORT=str(port), PYTHON=sys.executable, OUT=str(out), RUNS=str(tmp_path / "runs"),
+        BATCH="2", REQUESTS="2", STEP_S="20", LLAMA_ARGS="", VARIANTS="-a;-b",
+    )  # fmt: skip
+    p = subprocess.run(["bash", str(SCRIPT), "variants"], env=env, capture_output=True,
+                       text=True, timeout=240)  # fmt: skip
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-3000:]
+    assert log.count("did not stop on SIGTERM in 15 s: killed") == 2, log[-3000:]
+    assert "variant '-b' done" in log  # the second server started after the first was killed
+    threads = list(out.glob("hung-server-threads-*.txt"))
+    assert len(threads) == 2 and "llama-server" in threads[0].read_text()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
