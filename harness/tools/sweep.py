@@ -30,16 +30,14 @@ import copy
 import csv
 import itertools
 import json
-import logging
-import socket
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.tools.simulate import fleet, numbers, run_one, setup, workload
+from llmlib.deploy.ray_cluster import host_port, init_ray
 from llmlib.errors import ConfigError
 
 
@@ -88,83 +86,11 @@ def in_process(
     return out
 
 
-def host_port(address: str) -> tuple[str, int] | None:
-    """``--ray_address``'s host and port (None for auto); a ConfigError for another form."""
-    if address == "auto":
-        return None
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--ray_address={address}: not host:port, ray://host:port or auto")
-    return host or "127.0.0.1", int(port)
-
-
-def unreachable(address: str, timeout_s: float = 3.0) -> str:
-    """Why nothing listens at ``address``, or "" (also for auto: Ray says at once when no
-    cluster runs here)."""
-    where = host_port(address)
-    if where is None:
-        return ""
-    try:
-        socket.create_connection(where, timeout_s).close()
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-    return ""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def connect(ray: Any, kw: dict[str, Any], address: str, wait_s: float) -> None:
-    """``ray.init(**kw)`` to the cluster at ``address`` in a thread of its own, given
-    ``wait_s``: a ConfigError when it fails or still waits (the thread is left behind; the
-    command then ends)."""
-    failed: list[BaseException] = []
-
-    def init() -> None:
-        try:
-            ray.init(**kw)
-        except BaseException as exc:  # (said below)
-            failed.append(exc)
-
-    t = threading.Thread(target=init, name="ray-init", daemon=True)
-    t.start()
-    t.join(wait_s)
-    if t.is_alive():
-        raise ConfigError(f"no Ray cluster at {address}: none answered within {wait_s:g} s")
-    if failed:
-        raise ConfigError(f"no Ray cluster at {address}: {first_line(failed[0])}")
-
-
 def on_ray(
     args: argparse.Namespace, points: list[Point], fn: Any = run_point
 ) -> list[dict[str, Any] | str]:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(
-            "--sweep_backend=ray needs Ray: pip install -e '.[ray]' (or --sweep_backend=process)"
-        ) from None
-    kw: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-    }
-    if args.ray_address:
-        kw["address"] = args.ray_address
-        why = unreachable(args.ray_address)
-        if why:
-            raise ConfigError(f"no Ray cluster at {args.ray_address}: {why}")
-    elif args.ray_cpus > 0:
-        kw["num_cpus"] = args.ray_cpus
-    if args.ray_address:
-        connect(ray, kw, args.ray_address, args.ray_connect_timeout_s)
-    else:  # (in the main thread: from another, ray.init hangs starting a cluster)
-        try:
-            ray.init(**kw)
-        except Exception as exc:
-            raise ConfigError(f"Ray did not start on this machine: {first_line(exc)}") from None
+    ray = init_ray("--sweep_backend=ray", "--sweep_backend=process", args.ray_address,
+                   args.ray_cpus, args.ray_connect_timeout_s)  # fmt: skip
     try:
         task = ray.remote(max_retries=0)(fn)  # a failed run is reported, not rerun
         refs = [task.remote(args, p) for p in points]
