@@ -117,6 +117,7 @@ def validate(cfg: Config) -> None:
         if path and not Path(path).is_file():
             raise ConfigError(f"--{name}: file not found: {path}")
     get_core_class(cfg.core_type).validate_config(cfg)
+    get_core_class(cfg.core_type).preflight(cfg)
     if cfg.launch_server:
         want = "triton_grpc" if cfg.launch_server == "triton" else "openai"
         if cfg.core_type != want:

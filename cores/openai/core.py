@@ -26,7 +26,11 @@ batches, to N processes (spawned), each with its own event loop, session and sha
 concurrency cap, so one Python process's GIL is not the client's ceiling; their responses
 come back in batches to a reader thread that delivers them. Timestamps are taken in the
 worker (``perf_counter_ns`` is the system's monotonic clock, the same in every process). A
-worker that dies takes its core down: everything pending fails, the run ends.
+worker that dies takes its core down: everything pending fails, the run ends. With
+``client_backend`` ray the workers are Ray actors (``llmlib.serving.raypool``) on a Ray
+started here or the cluster at ``ray_address``; their clocks are other hosts', so answers
+are stamped when they reach this process, and the workers' own durations are kept beside
+(the report says what the hop added). A lost actor or node takes the core down the same way.
 
 Reasoning models: a server may stream the reasoning apart from the answer
 (``reasoning_content`` or ``reasoning`` deltas, as vLLM's reasoning parsers do) or as text
@@ -43,6 +47,7 @@ tokens: the request completes as failed with the reason, and the report counts i
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from array import array
@@ -57,10 +62,12 @@ import numpy as np
 from cores.openai.client import EndpointClient
 from llmlib.config.fields import Section, setting
 from llmlib.config.settings import Config
+from llmlib.deploy.ray_cluster import import_ray, init_ray, unreachable
 from llmlib.errors import ConfigError
 from llmlib.serving.async_core import AsyncLoopCore
 from llmlib.serving.core import CoreCapabilities
 from llmlib.serving.procpool import WorkerPool
+from llmlib.serving.raypool import RayWorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
 
@@ -89,6 +96,28 @@ class EndpointSettings(Section):
         "worker processes per endpoint core, each with its own loop and session (0: none)",
         minimum=0,
     )
+    client_backend: str = setting(
+        "process",
+        "where the worker processes run: process (spawned here) or ray (Ray actors on the "
+        "cluster at --ray_address, or on a Ray started here; pip install -e '.[ray]')",
+        choices=("process", "ray"),
+    )
+    ray_address: str = setting(
+        "", "the Ray cluster for --client_backend=ray: host:port, ray://host:port or auto "
+        "(empty: start Ray on this machine)"
+    )  # fmt: skip
+    ray_placement: str = setting(
+        "spread", "Ray client workers spread over the nodes, or packed onto as few as fit",
+        choices=("spread", "pack"),
+    )  # fmt: skip
+    ray_worker_resource: str = setting(
+        "", "a custom Ray resource each client worker takes one unit of: nodes started with "
+        "--resources='{\"NAME\": N}' hold at most N workers, others none"
+    )  # fmt: skip
+    ray_connect_timeout_s: float = setting(
+        30.0, "how long to wait for the Ray cluster to answer, and to place the workers",
+        minimum=1.0,
+    )  # fmt: skip
     endpoint_concurrency: int = setting(
         512, "requests in flight per core (more wait in the core)", minimum=1
     )
@@ -125,8 +154,45 @@ class EndpointCore(AsyncLoopCore):
             )
         for u in urls:
             check_http_url(u, "--server_urls")
+        if s.client_backend == "ray":
+            if not s.workers_per_core:
+                raise ConfigError(
+                    "--client_backend=ray runs the worker processes as Ray actors: give "
+                    "--workers_per_core=N (N >= 1)"
+                )
+            import_ray("--client_backend=ray", "--client_backend=process")
+            if s.ray_address:
+                why = unreachable(s.ray_address)  # (its form too)
+                if why:
+                    raise ConfigError(f"no Ray cluster at {s.ray_address}: {why}")
+            elif s.ray_worker_resource:
+                raise ConfigError(
+                    "--ray_worker_resource places workers on the nodes of a cluster that offer "
+                    "it: give --ray_address (a Ray started here has no custom resources)"
+                )
         if s.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
+
+    @classmethod
+    def preflight(cls, cfg: Config) -> None:
+        """With Ray workers on a cluster: join it, and check that it has the CPUs (and the
+        custom resource) for every core's workers, once, before any test starts."""
+        s = EndpointSettings.of(cfg)
+        if s.client_backend != "ray" or not s.ray_address:
+            return
+        n = s.workers_per_core * max(1, len(s.server_urls))
+        ray = init_ray("--client_backend=ray", "--client_backend=process", s.ray_address,
+                       0, s.ray_connect_timeout_s)  # fmt: skip
+        try:
+            have = ray.cluster_resources()
+        finally:
+            ray.shutdown()
+        for key in ("CPU", s.ray_worker_resource):
+            if key and have.get(key, 0) < n:
+                raise ConfigError(
+                    f"the Ray cluster at {s.ray_address} has {have.get(key, 0):g} {key} in all; "
+                    f"{n} client workers take one each: fewer --workers_per_core, or more nodes"
+                )
 
     @classmethod
     def num_cores_for_workload(cls, cfg: Config) -> int:
@@ -163,7 +229,18 @@ class EndpointCore(AsyncLoopCore):
         self.splits = array("q")
         self._issued: dict[int, tuple[int, int]] = {}  # worker path: id -> (sample, issue)
         self.n_workers = s.workers_per_core
-        self._pool: WorkerPool | None = None
+        self._pool: WorkerPool | RayWorkerPool | None = None
+        self._ray = s if s.client_backend == "ray" else None
+        # Ray workers: the worker's first-token time by id until its final answer; then per
+        # answer, flat: ns from issue to the first token and to the last on the driver's clock,
+        # and the same two from the worker's receipt on the worker's own clock
+        self._wfirst: dict[int, int] = {}
+        self._dfirst: dict[int, int] = {}
+        self.clocks = array("q")
+        if self._ray is not None:  # (from the main thread: Ray started from another hangs)
+            init_ray("--client_backend=ray", "--client_backend=process", s.ray_address,
+                     max(os.cpu_count() or 1, s.workers_per_core) if not s.ray_address else 0,
+                     s.ray_connect_timeout_s)  # fmt: skip
         super().__init__(core_id, cfg, callback, concurrency=limit)
 
     @property
@@ -230,9 +307,14 @@ class EndpointCore(AsyncLoopCore):
         share = max(1, self.client.limit // self.n_workers)
         settings = [dict(self.settings, limit=share) for _ in range(self.n_workers)]
         self._next = 0
-        self._pool = WorkerPool(
-            f"endpoint-{self.core_id}", worker_main, settings, self._on_batch, self._fail
-        )
+        name, r = f"endpoint-{self.core_id}", self._ray
+        if r is None:
+            self._pool = WorkerPool(name, worker_main, settings, self._on_batch, self._fail)
+            return
+        self._pool = RayWorkerPool(
+            name, worker_main, settings, self._on_batch, self._fail, placement=r.ray_placement,
+            resource=r.ray_worker_resource, place_s=r.ray_connect_timeout_s,
+        )  # fmt: skip
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if not self.n_workers:
@@ -262,8 +344,11 @@ class EndpointCore(AsyncLoopCore):
     def _on_batch(self, batch: list[Any]) -> None:
         cid = self.core_id
         out = []
-        for rid, data, final, t, err, source, split in batch:
+        now = time.perf_counter_ns()  # Ray workers' clocks are other hosts': stamped here
+        for rid, data, final, t, err, source, split, t0 in batch:
             ids = np.frombuffer(data, dtype=np.uint32)
+            if self._ray is not None:
+                t = self._clock(rid, final, t, t0, now)
             if final:
                 sample, issue = self._issued.pop(rid, (-1, 0))
             if err is not None:
@@ -275,6 +360,42 @@ class EndpointCore(AsyncLoopCore):
             out.append(LLMResponse(rid, ids, final, t, cid))
         self._deliver(out)
 
+    def _clock(self, rid: int, final: bool, t: int, t0: int, now: int) -> int:
+        """A Ray worker's answer: ``now`` (the driver's clock) for LoadGen; the worker's own
+        durations kept beside the driver's for the report (what the hop cost)."""
+        if not final:
+            self._wfirst[rid] = t
+            self._dfirst[rid] = now
+            return now
+        issue = self._issued.get(rid, (-1, 0))[1]
+        wfirst, dfirst = self._wfirst.pop(rid, t), self._dfirst.pop(rid, now)
+        if issue and t0:
+            self.clocks.extend((dfirst - issue, now - issue, wfirst - t0, t - t0))
+        return now
+
+    def clock_lines(self) -> list[str]:
+        """The report's lines on Ray workers: where they ran, latency on the worker's clock
+        against the driver's, and what the hop added (p50/p99, ms)."""
+        if self._ray is None or not isinstance(self._pool, RayWorkerPool):
+            return []
+        nodes = Counter((h, node[:8]) for h, node, _ in self._pool.hosts)
+        where = ", ".join(f"{n} on {h} (node {node})" for (h, node), n in sorted(nodes.items()))
+        line = (f"core {self.core_id}: {self.n_workers} Ray client workers "
+                f"({self._ray.ray_placement}: {where})")  # fmt: skip
+        if not self.clocks:
+            return [line]
+        c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 4) / 1e6
+        hop_first, hop_last = c[:, 0] - c[:, 2], c[:, 1] - c[:, 3]
+
+        def pp(v: np.ndarray) -> str:
+            return f"p50 {np.percentile(v, 50):.2f} / p99 {np.percentile(v, 99):.2f} ms"
+
+        return [
+            f"{line}; on the workers' clocks, over {len(c)} answers: first token {pp(c[:, 2])}, "
+            f"last {pp(c[:, 3])}; the hop to the driver added {pp(hop_first)} to the first "
+            f"token and {pp(hop_last)} to the last"
+        ]
+
     def _close_impl(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -285,6 +406,7 @@ class EndpointCore(AsyncLoopCore):
         api = f"{self.url}{self.path}, model {self.model or '?'}"
         procs = f"; {self.n_workers} worker processes" if self.n_workers else ""
         notes = [f"core {self.core_id}: {api}{procs}; output token ids: {src or 'none completed'}"]
+        notes += self.clock_lines()
         if self.withheld[0]:
             n, ids = self.withheld
             notes.append(
@@ -321,10 +443,11 @@ async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
         pending.clear()
 
     async def one(rid: int, prompt: bytes, max_new: int, stream: bool) -> None:
+        t0 = time.perf_counter_ns()  # the worker's receipt, on its own clock
         async with slots:
 
             def first(ids: np.ndarray) -> None:
-                emit((rid, ids.tobytes(), False, time.perf_counter_ns(), None, "", None))
+                emit((rid, ids.tobytes(), False, time.perf_counter_ns(), None, "", None, 0))
 
             try:
                 done = await client.request(
@@ -333,11 +456,12 @@ async def _worker(settings: dict[str, Any], inq: Any, outq: Any) -> None:
             except Exception as exc:
                 got = getattr(exc, "tokens", None)  # what arrived before the failure
                 data = b"" if got is None else np.asarray(got, dtype=np.uint32).tobytes()
-                emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), "", None))
+                emit((rid, data, True, time.perf_counter_ns(), client.describe(exc), "", None, t0))
                 return
             split = (done.reasoning_tokens, done.answer_tokens, done.first_answer_ns,
                      done.withheld)  # fmt: skip
-            emit((rid, done.ids.tobytes(), True, time.perf_counter_ns(), None, done.source, split))
+            emit((rid, done.ids.tobytes(), True, time.perf_counter_ns(), None, done.source, split,
+                  t0))  # fmt: skip
 
     def start(batch: list[tuple[Any, ...]] | None) -> None:
         if batch is None:

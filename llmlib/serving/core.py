@@ -127,6 +127,13 @@ class LLMCore(ABC):
         return None
 
     @classmethod
+    def preflight(cls, cfg: Config) -> None:
+        """Raise ConfigError for what only a connection can tell (a cluster that cannot
+        hold the workers asked for): run once, by the command, after ``validate_config``
+        and before any test starts. Default: nothing to check."""
+        return None
+
+    @classmethod
     def config_for_core(cls, index: int, cfg: Config) -> Any:
         """The configuration core ``index`` is built with (default: the shared one)."""
         return cfg
