@@ -183,6 +183,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-endpoint": ("harness.bench.endpoint:main", "the HTTP core as a client"),
     "bench-closed-loop": ("harness.bench.closed_loop:main", "the simplest client, for engines"),
     "bench-front": ("harness.bench.front:main", "the serving front: /route, capacity, overload"),
+    "bench-client": ("harness.bench.client_cost:main", "the endpoint client's CPU per event"),
     "bench-triton": ("harness.bench.triton:main", "the Triton core against a real Triton"),
     "soak": ("harness.bench.soak:main", "a long Server run against failing fronts"),
 }

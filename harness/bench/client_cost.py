@@ -1,0 +1,146 @@
+"""``python -m harness bench-client``: what the endpoint client costs per request and per
+streamed event, with no server in the way (issue 23: how many client cores a million
+streamed tokens a second needs).
+
+Streams are recorded first from llmlib's serving front (``zero`` profile: answers at once;
+``--stream_events token``: one SSE event a token, as engines stream): ``/v1/completions``
+with token ids (vLLM's ``return_token_ids``), and ``/v1/chat/completions`` (text deltas
+only). A third set is made from the chat streams: each event's text split into one event a
+character, the same JSON around it (the worst case MLCommons' endpoints client measures).
+Then each recorded stream is parsed in this process as the client parses it (a ``Stream``
+fed line by line, the output ids taken at the end) ``--repeats`` times, timed in CPU time
+(``time.process_time_ns``). Next to it, the floor for any Python client that decodes the
+same events: ``json.loads`` of each event and nothing else.
+
+Results go to build/bench/<stamp>/client_cost.json; a markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from harness.argparser import ArgParser
+from harness.serve.process import FrontProcess
+from llmlib.config.settings import REPO_ROOT
+
+
+def record(url: str, path: str, body: dict[str, Any]) -> list[bytes]:
+    """One streamed response's lines, as the server sent them."""
+    req = urllib.request.Request(
+        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return [line for line in r.read().split(b"\n") if line.strip()]
+
+
+def per_char(lines: list[bytes]) -> list[bytes]:
+    """A chat stream with each content delta split into one event a character."""
+    out = []
+    for line in lines:
+        data = line[5:].strip() if line.startswith(b"data:") else b""
+        if not data or data == b"[DONE]":
+            out.append(line)
+            continue
+        obj = json.loads(data)
+        delta = obj["choices"][0].get("delta") or {}
+        text = delta.get("content") or ""
+        if len(text) <= 1:
+            out.append(line)
+            continue
+        for ch in text:
+            delta["content"] = ch
+            out.append(b"data: " + json.dumps(obj).encode())
+    return out
+
+
+def parse_client(lines: list[bytes]) -> int:
+    """The endpoint client's work on one stream: feed every line, then its output ids (the
+    server's, or the text's where the stream had none: counted, not re-tokenized here)."""
+    from cores.openai.stream import Stream
+
+    s = Stream()
+    for raw in lines:
+        s.feed(raw)
+    assert s.done, "a recorded stream ends with [DONE]"
+    return len(s.ids) if s.server_ids else len("".join(s.texts))
+
+
+def parse_floor(lines: list[bytes]) -> int:
+    """``json.loads`` of each event and nothing else."""
+    n = 0
+    for raw in lines:
+        data = raw[5:].strip()
+        if data != b"[DONE]":
+            json.loads(data)
+            n += 1
+    return n
+
+
+def cpu_us(fn: Any, streams: list[list[bytes]], repeats: int) -> float:
+    """CPU microseconds for ``fn`` over every stream, per pass (the best of ``repeats``)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time_ns()
+        for lines in streams:
+            fn(lines)
+        best = min(best, (time.process_time_ns() - t0) / 1e3)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgParser(prog="python -m harness bench-client", description=__doc__)
+    ap.add_argument("--requests", type=int, default=200, help="streams recorded per kind")
+    ap.add_argument("--max_tokens", type=int, default=128, help="tokens a stream")
+    ap.add_argument("--repeats", type=int, default=7, help="parse passes (the best is kept)")
+    ap.add_argument("--out", default="", help="results folder (default build/bench/<stamp>)")
+    ap.add_argument(
+        "--tokenizer_path",
+        default=str(REPO_ROOT / "build" / "tiny-model"),
+        help="the front's tokenizer, for chat (default: make tiny-model's)",
+    )
+    args = ap.parse_args(argv)
+    if args.requests < 1 or args.max_tokens < 1 or args.repeats < 1:
+        ap.error("--requests, --max_tokens and --repeats must be at least 1")
+    if not (Path(args.tokenizer_path) / "tokenizer.json").is_file():
+        ap.error(f"--tokenizer_path: no tokenizer.json in {args.tokenizer_path} (make tiny-model)")
+    front = FrontProcess(["--engine_profile=zero", "--stream_events=token",
+                          f"--tokenizer_path={args.tokenizer_path}"])  # fmt: skip
+    try:
+        kinds: dict[str, list[list[bytes]]] = {"completions, token ids": [], "chat, text": []}
+        for k in range(args.requests):
+            prompt = [1 + (k + j) % 500 for j in range(32)]
+            body = {"prompt": prompt, "max_tokens": args.max_tokens, "stream": True,
+                    "return_token_ids": True, "ignore_eos": True}  # fmt: skip
+            kinds["completions, token ids"].append(record(front.url, "/v1/completions", body))
+            chat = {"messages": [{"role": "user", "content": f"question {k}"}],
+                    "max_tokens": args.max_tokens, "stream": True, "ignore_eos": True}  # fmt: skip
+            kinds["chat, text"].append(record(front.url, "/v1/chat/completions", chat))
+    finally:
+        front.stop()
+    kinds["chat, one character an event"] = [per_char(x) for x in kinds["chat, text"]]
+    rows: list[dict[str, Any]] = []
+    for kind, streams in kinds.items():
+        events = sum(parse_floor(x) for x in streams)
+        client = cpu_us(parse_client, streams, args.repeats)
+        floor = cpu_us(parse_floor, streams, args.repeats)
+        n = len(streams)
+        rows.append({"kind": kind, "requests": n, "events": events, "client_us": client,
+                     "floor_us": floor, "client_us_per_request": client / n,
+                     "client_us_per_event": client / events, "floor_us_per_event": floor / events,
+                     "events_per_s_per_core": events / client * 1e6})  # fmt: skip
+    out = Path(args.out or REPO_ROOT / "build" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "client_cost.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print("| stream | events a request | client us/request | client us/event | json.loads "
+          "us/event | events/s a core |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['events'] / r['requests']:.0f} | "
+              f"{r['client_us_per_request']:.1f} | {r['client_us_per_event']:.2f} | "
+              f"{r['floor_us_per_event']:.2f} | {r['events_per_s_per_core']:,.0f} |")  # fmt: skip
+    print(f"results: {out / 'client_cost.json'}")
+    return 0

@@ -1,0 +1,36 @@
+"""``python -m harness bench-client``: streams recorded from the real serving front, then
+parsed in process as the endpoint client parses them. What it reports must be what the
+client got: the ids or text of every recorded stream, every event counted."""
+
+import json
+
+import pytest
+
+from harness.bench.client_cost import main, parse_client, parse_floor, per_char
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_bench_records_parses_and_reports(tmp_path, tiny_tokenizer):
+    tok_dir = tiny_tokenizer if tiny_tokenizer.is_dir() else tiny_tokenizer.parent
+    assert main(["--requests=3", "--max_tokens=16", "--repeats=1", f"--out={tmp_path}",
+                 f"--tokenizer_path={tok_dir}"]) == 0  # fmt: skip
+    rows = {r["kind"]: r for r in json.loads((tmp_path / "client_cost.json").read_text())["rows"]}
+    assert set(rows) == {"completions, token ids", "chat, text", "chat, one character an event"}
+    for r in rows.values():
+        assert r["requests"] == 3 and r["events"] >= 3 * 16 and r["client_us"] > 0
+    # one event a token (16, and the final event with no token), and more than one a
+    # character once split
+    assert rows["completions, token ids"]["events"] == 3 * 17
+    assert rows["chat, one character an event"]["events"] > rows["chat, text"]["events"]
+
+
+def test_splitting_a_chat_stream_into_characters_keeps_its_text():
+    def event(text):
+        obj = {"choices": [{"index": 0, "delta": {"content": text}}]}
+        return b"data: " + json.dumps(obj).encode()
+
+    lines = [event("Hello"), event(" wo"), event("r"), event(""), b"data: [DONE]"]
+    split = per_char(lines)
+    assert parse_floor(split) == 5 + 3 + 1 + 1  # each character an event, the empty kept
+    assert parse_client(split) == parse_client(lines) == len("Hello wor")
