@@ -47,7 +47,6 @@ tokens: the request completes as failed with the reason, and the report counts i
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from array import array
@@ -62,12 +61,11 @@ import numpy as np
 from cores.openai.client import EndpointClient
 from llmlib.config.fields import Section, setting
 from llmlib.config.settings import Config
-from llmlib.deploy.ray_cluster import import_ray, init_ray, unreachable
 from llmlib.errors import ConfigError
 from llmlib.serving.async_core import AsyncLoopCore
 from llmlib.serving.core import CoreCapabilities
 from llmlib.serving.procpool import WorkerPool
-from llmlib.serving.raypool import RayWorkerPool
+from llmlib.serving.raypool import RaySettings, RayWorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
 
@@ -96,28 +94,6 @@ class EndpointSettings(Section):
         "worker processes per endpoint core, each with its own loop and session (0: none)",
         minimum=0,
     )
-    client_backend: str = setting(
-        "process",
-        "where the worker processes run: process (spawned here) or ray (Ray actors on the "
-        "cluster at --ray_address, or on a Ray started here; pip install -e '.[ray]')",
-        choices=("process", "ray"),
-    )
-    ray_address: str = setting(
-        "", "the Ray cluster for --client_backend=ray: host:port, ray://host:port or auto "
-        "(empty: start Ray on this machine)"
-    )  # fmt: skip
-    ray_placement: str = setting(
-        "spread", "Ray client workers spread over the nodes, or packed onto as few as fit",
-        choices=("spread", "pack"),
-    )  # fmt: skip
-    ray_worker_resource: str = setting(
-        "", "a custom Ray resource each client worker takes one unit of: nodes started with "
-        "--resources='{\"NAME\": N}' hold at most N workers, others none"
-    )  # fmt: skip
-    ray_connect_timeout_s: float = setting(
-        30.0, "how long to wait for the Ray cluster to answer, and to place the workers",
-        minimum=1.0,
-    )  # fmt: skip
     endpoint_concurrency: int = setting(
         512, "requests in flight per core (more wait in the core)", minimum=1
     )
@@ -154,45 +130,16 @@ class EndpointCore(AsyncLoopCore):
             )
         for u in urls:
             check_http_url(u, "--server_urls")
-        if s.client_backend == "ray":
-            if not s.workers_per_core:
-                raise ConfigError(
-                    "--client_backend=ray runs the worker processes as Ray actors: give "
-                    "--workers_per_core=N (N >= 1)"
-                )
-            import_ray("--client_backend=ray", "--client_backend=process")
-            if s.ray_address:
-                why = unreachable(s.ray_address)  # (its form too)
-                if why:
-                    raise ConfigError(f"no Ray cluster at {s.ray_address}: {why}")
-            elif s.ray_worker_resource:
-                raise ConfigError(
-                    "--ray_worker_resource places workers on the nodes of a cluster that offer "
-                    "it: give --ray_address (a Ray started here has no custom resources)"
-                )
+        RaySettings.of(cfg).check(s.workers_per_core, "--workers_per_core=N (N >= 1)")
         if s.endpoint_api == "chat" and not cfg.tokenizer_path:
             raise ConfigError("--endpoint_api=chat sends text: give --tokenizer_path")
 
     @classmethod
     def preflight(cls, cfg: Config) -> None:
-        """With Ray workers on a cluster: join it, and check that it has the CPUs (and the
-        custom resource) for every core's workers, once, before any test starts."""
+        """Ray workers on a cluster: one that can hold every core's."""
         s = EndpointSettings.of(cfg)
-        if s.client_backend != "ray" or not s.ray_address:
-            return
         n = s.workers_per_core * max(1, len(s.server_urls))
-        ray = init_ray("--client_backend=ray", "--client_backend=process", s.ray_address,
-                       0, s.ray_connect_timeout_s)  # fmt: skip
-        try:
-            have = ray.cluster_resources()
-        finally:
-            ray.shutdown()
-        for key in ("CPU", s.ray_worker_resource):
-            if key and have.get(key, 0) < n:
-                raise ConfigError(
-                    f"the Ray cluster at {s.ray_address} has {have.get(key, 0):g} {key} in all; "
-                    f"{n} client workers take one each: fewer --workers_per_core, or more nodes"
-                )
+        RaySettings.of(cfg).preflight(n, "--workers_per_core")
 
     @classmethod
     def num_cores_for_workload(cls, cfg: Config) -> int:
@@ -230,7 +177,8 @@ class EndpointCore(AsyncLoopCore):
         self._issued: dict[int, tuple[int, int]] = {}  # worker path: id -> (sample, issue)
         self.n_workers = s.workers_per_core
         self._pool: WorkerPool | RayWorkerPool | None = None
-        self._ray = s if s.client_backend == "ray" else None
+        ray = RaySettings.of(cfg)
+        self._ray = ray if ray.on_ray else None
         # Ray workers: the worker's first-token time by id until its final answer; then per
         # answer, flat: ns from issue to the first token and to the last on the driver's clock,
         # and the same two from the worker's receipt on the worker's own clock
@@ -238,9 +186,7 @@ class EndpointCore(AsyncLoopCore):
         self._dfirst: dict[int, int] = {}
         self.clocks = array("q")
         if self._ray is not None:  # (from the main thread: Ray started from another hangs)
-            init_ray("--client_backend=ray", "--client_backend=process", s.ray_address,
-                     max(os.cpu_count() or 1, s.workers_per_core) if not s.ray_address else 0,
-                     s.ray_connect_timeout_s)  # fmt: skip
+            self._ray.start(s.workers_per_core)
         super().__init__(core_id, cfg, callback, concurrency=limit)
 
     @property
@@ -311,10 +257,7 @@ class EndpointCore(AsyncLoopCore):
         if r is None:
             self._pool = WorkerPool(name, worker_main, settings, self._on_batch, self._fail)
             return
-        self._pool = RayWorkerPool(
-            name, worker_main, settings, self._on_batch, self._fail, placement=r.ray_placement,
-            resource=r.ray_worker_resource, place_s=r.ray_connect_timeout_s,
-        )  # fmt: skip
+        self._pool = r.pool(name, worker_main, settings, self._on_batch, self._fail)
 
     def _enqueue_impl(self, requests: Sequence[LLMRequest]) -> None:
         if not self.n_workers:
@@ -378,10 +321,7 @@ class EndpointCore(AsyncLoopCore):
         against the driver's, and what the hop added (p50/p99, ms)."""
         if self._ray is None or not isinstance(self._pool, RayWorkerPool):
             return []
-        nodes = Counter((h, node[:8]) for h, node, _ in self._pool.hosts)
-        where = ", ".join(f"{n} on {h} (node {node})" for (h, node), n in sorted(nodes.items()))
-        line = (f"core {self.core_id}: {self.n_workers} Ray client workers "
-                f"({self._ray.ray_placement}: {where})")  # fmt: skip
+        line = f"core {self.core_id}: {self._ray.describe(self._pool, 'client workers')}"
         if not self.clocks:
             return [line]
         c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 4) / 1e6

@@ -20,7 +20,8 @@ with tritonclient's ``start_stream``, whose callback gets an error without its r
 id. A failure is a record, never a retry: a response with an error fails the request it
 names (``infer_response.id``), as does a response that cannot be read. A stream that ends
 (the server gone) or an error with no request id takes the core down: every pending query
-completes as failed; so does a client process that dies. Closing the
+completes as failed; so does a client process that dies (or, with ``--client_backend=ray``,
+a client that runs as a Ray actor: its process or node lost). Closing the
 core cancels what is in flight (``stop_stream``). Health: the server is ready and so is
 every model.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,6 +51,7 @@ from llmlib.config.settings import Config
 from llmlib.errors import ConfigError, HealthCheckError
 from llmlib.serving.core import CompletionCallback, CoreCapabilities, LLMCore
 from llmlib.serving.procpool import WorkerPool
+from llmlib.serving.raypool import RaySettings, RayWorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
 
@@ -116,6 +119,17 @@ class TritonGrpcCore(LLMCore):
             raise ConfigError("--triton_num_clients_per_server and _models_per_server: >= 1")
         end_id_for(cfg)
         grpc_module()
+        RaySettings.of(cfg).check(
+            0 if s.triton_clients_in_process else s.triton_num_clients_per_server,
+            "clients out of the process (not --triton_clients_in_process)",
+        )
+
+    @classmethod
+    def preflight(cls, cfg: Config) -> None:
+        """Ray clients on a cluster: one that can hold every core's."""
+        s = TritonSettings.of(cfg)
+        n = s.triton_num_clients_per_server * max(1, len(s.triton_server_urls))
+        RaySettings.of(cfg).preflight(n, "--triton_num_clients_per_server")
 
     @classmethod
     def num_cores_for_workload(cls, cfg: Config) -> int:
@@ -147,7 +161,9 @@ class TritonGrpcCore(LLMCore):
         self._closing = False
         self._health = grpc_module().InferenceServerClient(self.url)
         self.streams: list[TritonStream] = []
-        self._pool: WorkerPool | None = None
+        self._pool: WorkerPool | RayWorkerPool | None = None
+        ray = RaySettings.of(cfg)
+        self._ray = ray if ray.on_ray else None
         if self.in_process:
             self.streams = [
                 TritonStream(self.url, self.end_id, self._on_events, self.stall_s)
@@ -156,6 +172,12 @@ class TritonGrpcCore(LLMCore):
         else:
             settings = {"url": self.url, "end_id": self.end_id, "models": self.models,
                         "stall_s": self.stall_s}  # fmt: skip
+            if self._ray is not None:  # (from the main thread: Ray started elsewhere hangs)
+                self._ray.start(self.n_clients)
+                self._pool = self._ray.pool(f"triton-{core_id}", worker_main,
+                                            [settings] * self.n_clients, self._on_remote_events,
+                                            self._fail)  # fmt: skip
+                return
             self._pool = WorkerPool(
                 f"triton-{core_id}", worker_main, [settings] * self.n_clients,
                 self._on_events, self._fail,
@@ -200,6 +222,12 @@ class TritonGrpcCore(LLMCore):
         if out:
             self._deliver(out)
 
+    def _on_remote_events(self, events: list[Event]) -> None:
+        """Ray clients' events, stamped as they arrive here: a client on another host has
+        another clock (the hop's cost is then in the latencies LoadGen sees)."""
+        now = time.perf_counter_ns()
+        self._on_events([(kind, rid, payload, now) for kind, rid, payload, _ in events])
+
     # --- health and shutdown ----------------------------------------------------------------
     def _health_check_impl(self) -> None:
         client = self._health
@@ -225,7 +253,10 @@ class TritonGrpcCore(LLMCore):
 
     def report_notes(self) -> list[str]:
         where = "in this process" if self.in_process else "each in its own process"
+        clients = f"{self.n_clients} gRPC stream clients, {where}"
+        if self._ray is not None and isinstance(self._pool, RayWorkerPool):
+            clients = self._ray.describe(self._pool, "gRPC stream clients")
         return [
             f"core {self.core_id}: triton {self.url}, models {', '.join(self.models)}; "
-            f"{self.n_clients} gRPC stream clients, {where}; end_id {self.end_id}"
+            f"{clients}; end_id {self.end_id}"
         ]

@@ -40,6 +40,7 @@ SECTIONS: list[str] = [
     "cores.vllm:VLLMSettings",
     "cores.tiny_llama:TinyLlamaSettings",
     "cores.hf:TransformersSettings",
+    "llmlib.serving.raypool:RaySettings",
 ]
 CORE_ALIASES: dict[str, str] = {"trtllm_endpoint": "openai"}  # former core type names
 

@@ -33,11 +33,113 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
+from llmlib.config.fields import Section, setting
+from llmlib.deploy.ray_cluster import import_ray, init_ray, unreachable
 from llmlib.errors import ConfigError
 
 log = logging.getLogger(__name__)
+BACKEND = ("--client_backend=ray", "--client_backend=process")  # (the flag, its other choice)
+
+
+@dataclass(frozen=True)
+class RaySettings(Section):
+    """Where a client core's workers run (the ``openai`` core's ``--workers_per_core``, the
+    ``triton_grpc`` core's clients per server): spawned here, or as Ray actors."""
+
+    group: ClassVar[str] = "ray"
+    client_backend: str = setting(
+        "process",
+        "where client worker processes run: process (spawned here) or ray (Ray actors on the "
+        "cluster at --ray_address, or on a Ray started here; pip install -e '.[ray]')",
+        choices=("process", "ray"),
+    )
+    ray_address: str = setting(
+        "", "the Ray cluster for --client_backend=ray: host:port, ray://host:port or auto "
+        "(empty: start Ray on this machine)"
+    )  # fmt: skip
+    ray_placement: str = setting(
+        "spread", "Ray client workers spread over the nodes, or packed onto as few as fit",
+        choices=("spread", "pack"),
+    )  # fmt: skip
+    ray_worker_resource: str = setting(
+        "", "a custom Ray resource each client worker takes one unit of: nodes started with "
+        "--resources='{\"NAME\": N}' hold at most N workers, others none"
+    )  # fmt: skip
+    ray_connect_timeout_s: float = setting(
+        30.0, "how long to wait for the Ray cluster to answer, and to place the workers",
+        minimum=1.0,
+    )  # fmt: skip
+
+    @property
+    def on_ray(self) -> bool:
+        return self.client_backend == "ray"
+
+    def check(self, workers: int, what: str) -> None:
+        """What can be checked without a connection (``what``: the flag that sets the
+        workers, for the message): Ray installed, the address's form and that something
+        listens there, a custom resource only with a cluster."""
+        if not self.on_ray:
+            return
+        if workers < 1:
+            raise ConfigError(f"--client_backend=ray runs the workers as Ray actors: give {what}")
+        import_ray(*BACKEND)
+        if self.ray_address:
+            why = unreachable(self.ray_address)  # (its form too)
+            if why:
+                raise ConfigError(f"no Ray cluster at {self.ray_address}: {why}")
+        elif self.ray_worker_resource:
+            raise ConfigError(
+                "--ray_worker_resource places workers on the nodes of a cluster that offer it: "
+                "give --ray_address (a Ray started here has no custom resources)"
+            )
+
+    def preflight(self, workers: int, what: str) -> None:
+        """Join the cluster at ``ray_address`` and check it has a CPU (and a unit of the
+        custom resource) for each of ``workers``, once, before any test starts."""
+        if not self.on_ray or not self.ray_address:
+            return
+        ray = init_ray(*BACKEND, self.ray_address, 0, self.ray_connect_timeout_s)
+        try:
+            have = ray.cluster_resources()
+        finally:
+            ray.shutdown()
+        for key in ("CPU", self.ray_worker_resource):
+            if key and have.get(key, 0) < workers:
+                raise ConfigError(
+                    f"the Ray cluster at {self.ray_address} has {have.get(key, 0):g} {key} in "
+                    f"all; {workers} client workers take one each: fewer {what}, or more nodes"
+                )
+
+    def start(self, workers: int) -> None:
+        """Ray joined, or started here with a CPU for each worker at least (from the main
+        thread: Ray started from another one hangs)."""
+        cpus = 0 if self.ray_address else max(os.cpu_count() or 1, workers)
+        init_ray(*BACKEND, self.ray_address, cpus, self.ray_connect_timeout_s)
+
+    def pool(
+        self,
+        name: str,
+        target: Callable[[Any, Any, Any], None],
+        settings: Sequence[Any],
+        on_batch: Callable[[list[Any]], None],
+        on_death: Callable[[str], None],
+    ) -> RayWorkerPool:
+        return RayWorkerPool(name, target, settings, on_batch, on_death,
+                             placement=self.ray_placement, resource=self.ray_worker_resource,
+                             place_s=self.ray_connect_timeout_s)  # fmt: skip
+
+    def describe(self, pool: RayWorkerPool, what: str) -> str:
+        """``N Ray client workers (spread: 2 on host (node id), ...)``."""
+        from collections import Counter
+
+        nodes = Counter((h, node[:8]) for h, node, _ in pool.hosts)
+        where = ", ".join(f"{n} on {h} (node {node})" for (h, node), n in sorted(nodes.items()))
+        return f"{len(pool)} Ray {what} ({self.ray_placement}: {where})"
+
+
 POLL_S = 0.5  # a poll's longest wait in the actor (the reader's turn-around for closing)
 
 

@@ -77,7 +77,7 @@ def test_workers_on_a_ray_started_here_give_loadgen_the_servers_ids(tmp_path):
 @pytest.mark.parametrize(
     "flags, says",
     [
-        (("--client_backend=ray",), "--client_backend=ray runs the worker processes as Ray"),
+        (("--client_backend=ray",), "--client_backend=ray runs the workers as Ray actors"),
         ((*RAY, "--ray_address=nohostport"), "not host:port, ray://host:port or auto"),
         ((*RAY, "--ray_address=127.0.0.1:PORT"), "no Ray cluster at 127.0.0.1:"),
         ((*RAY, "--ray_placement=diagonal"), "ray_placement"),
@@ -150,3 +150,13 @@ def test_a_cluster_of_two_nodes_and_its_worker_node_killed(tmp_path, monkeypatch
     finally:
         f.stop()
         run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_triton_clients_in_process_cannot_be_ray_actors(tmp_path):
+    pytest.importorskip("tritonclient", reason="tritonclient is not installed (make triton)")
+    p, runs = run_harness(tmp_path, "--core_type=triton_grpc", "--triton_server_urls=127.0.0.1:9",
+                          "--client_backend=ray", "--triton_clients_in_process=true",
+                          "--scenarios=server")  # fmt: skip
+    assert p.returncode == 2 and not runs, p.stderr[-2000:]
+    assert "give clients out of the process (not --triton_clients_in_process)" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -32,9 +32,13 @@ pytestmark = TRITON_MARKS
 TINY = ["--vocab_size=2048", "--sample_count=24", "--warmup_queries=2"]
 
 
-def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tiny_model):
+@pytest.mark.parametrize("backend", ["process", "ray"])
+def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tiny_model, backend):
+    if backend == "ray" and not os.environ.get("LLMLIB_REQUIRE_RAY"):
+        pytest.importorskip("ray", reason="the ray extra is not installed")
     p, runs = run_harness(
         tmp_path,
+        f"--client_backend={backend}",  # ray: the clients are Ray actors on a Ray started here
         "--core_type=triton_grpc",
         "--launch_server=triton",
         f"--server_model={tiny_model}",
@@ -68,7 +72,10 @@ def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tin
     log = next((tmp_path / "logs").glob("*/server.log")).read_text()
     assert "tritonserver" in log.splitlines()[0]
     assert "tensorrt_llm_0" in log and "tensorrt_llm_1" in log  # two models loaded
-    assert any("3 gRPC stream clients, each in its own process" in n for n in s["notes"]), s
+    where = "3 gRPC stream clients, each in its own process"
+    if backend == "ray":
+        where = "3 Ray gRPC stream clients (spread: 3 on "
+    assert any(where in n for n in s["notes"]), s["notes"]
 
 
 def test_a_server_killed_mid_run_fails_every_query_and_the_run_ends(tmp_path, tiny_model):
