@@ -34,3 +34,22 @@ def test_splitting_a_chat_stream_into_characters_keeps_its_text():
     split = per_char(lines)
     assert parse_floor(split) == 5 + 3 + 1 + 1  # each character an event, the empty kept
     assert parse_client(split) == parse_client(lines) == len("Hello wor")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--requests=0"], "must be at least 1"),
+        (["--repeats=-1"], "must be at least 1"),
+        (["--requests=nan"], "invalid int value"),
+        (["--tokenizer_path=/nonexistent"], "no tokenizer.json in /nonexistent"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(args, says):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "harness", "bench-client", *args],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2 and says in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
