@@ -53,6 +53,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -180,8 +181,8 @@ class EndpointCore(AsyncLoopCore):
         ray = RaySettings.of(cfg)
         self._ray = ray if ray.on_ray else None
         # Ray workers: the worker's first-token time by id until its final answer; then per
-        # answer, flat: ns from issue to the first token and to the last on the driver's clock,
-        # and the same two from the worker's receipt on the worker's own clock
+        # answer, flat: its id, ns from issue to the first token and to the last on the
+        # driver's clock, and the same two from the worker's receipt on the worker's own
         self._wfirst: dict[int, int] = {}
         self._dfirst: dict[int, int] = {}
         self.clocks = array("q")
@@ -313,7 +314,7 @@ class EndpointCore(AsyncLoopCore):
         issue = self._issued.get(rid, (-1, 0))[1]
         wfirst, dfirst = self._wfirst.pop(rid, t), self._dfirst.pop(rid, now)
         if issue and t0:
-            self.clocks.extend((dfirst - issue, now - issue, wfirst - t0, t - t0))
+            self.clocks.extend((rid, dfirst - issue, now - issue, wfirst - t0, t - t0))
         return now
 
     def clock_lines(self) -> list[str]:
@@ -324,7 +325,7 @@ class EndpointCore(AsyncLoopCore):
         line = f"core {self.core_id}: {self._ray.describe(self._pool, 'client workers')}"
         if not self.clocks:
             return [line]
-        c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 4) / 1e6
+        c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 5)[:, 1:] / 1e6
         hop_first, hop_last = c[:, 0] - c[:, 2], c[:, 1] - c[:, 3]
 
         def pp(v: np.ndarray) -> str:
@@ -335,6 +336,19 @@ class EndpointCore(AsyncLoopCore):
             f"last {pp(c[:, 3])}; the hop to the driver added {pp(hop_first)} to the first "
             f"token and {pp(hop_last)} to the last"
         ]
+
+    def write_records(self, run_dir: Path) -> list[str]:
+        """Ray workers: ``worker_clocks_core<N>.csv``, a row per answer: its id, then ns from
+        issue to the first and the last token on this host's clock, and from the worker's
+        receipt on the worker's own (their difference is the hop; warmup queries have
+        negative ids)."""
+        if not self.clocks:
+            return []
+        name = f"worker_clocks_core{self.core_id}.csv"
+        c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 5)
+        head = "request_id,driver_ttft_ns,driver_latency_ns,worker_ttft_ns,worker_latency_ns"
+        np.savetxt(run_dir / name, c, fmt="%d", delimiter=",", header=head, comments="")
+        return [name]
 
     def _close_impl(self) -> None:
         if self._pool is not None:

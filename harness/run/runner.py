@@ -299,6 +299,9 @@ def report(plan: TestPlan, done: Executed) -> RunSummary:
     if done.gpu is not None and (gpu_note := done.gpu.note()):
         notes.append(gpu_note)
         summary["gpu"] = done.gpu.summary()
+    files = [f for c in cores for f in c.write_records(run_dir)]
+    if files:
+        notes.append(f"per-request records of the cores: {', '.join(files)}")
     records = [r for c in cores for r in c.reasoning_records() if r[0] >= 0]  # (not warmup)
     if records:
         summary["reasoning"] = reasoning_summary(records, run_dir)

@@ -43,6 +43,8 @@ from llmlib.serving.request import (
 )
 
 if TYPE_CHECKING:  # (settings imports the policies, which import this)
+    from pathlib import Path
+
     from llmlib.config.settings import Config
 
 log = logging.getLogger(__name__)
@@ -226,6 +228,11 @@ class LLMCore(ABC):
         """For reasoning models, per finished request: (request id, sample index, reasoning
         tokens, answer tokens, ns from issue to the first answer token, -1 if unknown).
         Empty when the backend saw no reasoning (the default)."""
+        return []
+
+    def write_records(self, run_dir: Path) -> list[str]:
+        """Write the core's own per-request records into ``run_dir`` (once the test is over);
+        the names of the files written. None by default."""
         return []
 
     def close(self) -> None:
