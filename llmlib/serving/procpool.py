@@ -101,11 +101,7 @@ class WorkerPool:
             del live[conn]
             conn.close()
             return
-        try:
-            self._on_batch(batch)
-        except Exception as exc:  # the reader must live on: a dead one strands every query
-            log.exception("%s: answers could not be delivered", self.name)
-            self._on_death(f"{self.name}: answers could not be delivered: {exc!r}")
+        deliver(self.name, self._on_batch, self._on_death, batch)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask every worker to stop (``None``), wait, kill stragglers, stop the reader."""
@@ -120,6 +116,20 @@ class WorkerPool:
                 p.join(timeout_s)
             inq.cancel_join_thread()  # (a dead worker's full pipe must not hold our exit)
         self._reader.join(timeout_s)
+
+
+def deliver(
+    name: str, on_batch: Callable[[list[Any]], None], on_death: Callable[[str], None],
+    batch: list[Any],
+) -> None:  # fmt: skip
+    """A pool's reader hands ``batch`` to ``on_batch``; a failure there is reported to
+    ``on_death`` (the core then fails what is pending), never raised: the reader must live
+    on, since a dead one strands every query (``WorkerPool``, ``RayWorkerPool``)."""
+    try:
+        on_batch(batch)
+    except Exception as exc:
+        log.exception("%s: answers could not be delivered", name)
+        on_death(f"{name}: answers could not be delivered: {exc!r}")
 
 
 def _worker_entry(target: WorkerTarget, settings: Any, inq: Any, answers: Any) -> None:

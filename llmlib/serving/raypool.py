@@ -27,7 +27,6 @@ transport's cost then shows in its latencies) and may keep the worker's own dura
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import queue
 import socket
@@ -39,8 +38,8 @@ from typing import Any, ClassVar, cast
 from llmlib.config.fields import Section, setting
 from llmlib.deploy.ray_cluster import import_ray, init_ray, unreachable
 from llmlib.errors import ConfigError
+from llmlib.serving.procpool import deliver
 
-log = logging.getLogger(__name__)
 BACKEND = ("--client_backend=ray", "--client_backend=process")  # (the flag, its other choice)
 
 
@@ -264,20 +263,13 @@ class RayWorkerPool:
                 except Exception as exc:  # the actor's process or node is gone
                     batches, ended = [], f"lost ({type(exc).__name__}: {_first(exc)})"
                 for batch in batches:
-                    self._deliver(batch)
+                    deliver(self.name, self._on_batch, self._on_death, batch)
                 if ended and not self._closing:
                     if not reported:
                         reported = True
                         self._on_death(f"Ray client worker {self.name}-{k} {ended}")
                     continue
                 polls[self.actors[k].take.remote()] = k
-
-    def _deliver(self, batch: list[Any]) -> None:
-        try:
-            self._on_batch(batch)
-        except Exception as exc:  # the reader must live on: a dead one strands every query
-            log.exception("%s: answers could not be delivered", self.name)
-            self._on_death(f"{self.name}: answers could not be delivered: {exc!r}")
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask every worker to stop, wait, kill the actors, free their placement."""
