@@ -33,7 +33,7 @@ run_llm_server: $(STAMP)
 	$(PY) -m harness $(if $(findstring --launch_server,$(RUN_ARGS)),launch,serve) $(RUN_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

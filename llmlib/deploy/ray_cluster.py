@@ -9,12 +9,17 @@ so a cluster that never answers costs ``wait_s``, not the run."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 import threading
 from typing import Any
 
 from llmlib.errors import ConfigError
+
+GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
+LOCAL_GCS_WAIT_S = 120.0
 
 
 def host_port(address: str) -> tuple[str, int] | None:
@@ -98,8 +103,13 @@ def init_ray(
         return ray
     if cpus > 0:
         kw["num_cpus"] = cpus
+    # Ray gives its GCS 30 s to bind a port, which a busy 2-core machine can miss (seen in
+    # CI with a Triton server and the harness running); the operator's own setting stands.
+    os.environ.setdefault(GCS_WAIT, str(int(max(wait_s, LOCAL_GCS_WAIT_S))))
     try:
         ray.init(**kw)
     except Exception as exc:
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # whatever of it did start
         raise ConfigError(f"Ray did not start on this machine: {first_line(exc)}") from None
     return ray

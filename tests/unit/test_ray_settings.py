@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from llmlib.deploy.ray_cluster import GCS_WAIT, init_ray
 from llmlib.errors import ConfigError
 from llmlib.serving.raypool import RaySettings
 
@@ -27,3 +28,50 @@ def test_no_workers_and_a_resource_without_a_cluster_are_refused(monkeypatch):
         RaySettings(client_backend="ray", ray_worker_resource="clients").check(2, "x")
     with pytest.raises(ConfigError, match="not host:port"):
         RaySettings(client_backend="ray", ray_address="nohostport").check(2, "x")
+
+
+class FakeRay:
+    """``ray`` as init_ray sees it: ``init`` records the GCS wait it would run under."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail, self.gcs_wait, self.shut = fail, "", False
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kw) -> None:
+        import os
+
+        self.gcs_wait = os.environ.get(GCS_WAIT, "")
+        if self.fail:
+            raise TimeoutError(self.fail)
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_ray_started_here_gives_its_gcs_time_on_a_busy_machine(monkeypatch):
+    # CI once lost a run to Ray's own 30 s wait for its GCS port on a loaded 2-core machine
+    monkeypatch.delenv(GCS_WAIT, raising=False)
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    init_ray("--client_backend=ray", wait_s=30)
+    assert fake.gcs_wait == "120"
+    monkeypatch.delenv(GCS_WAIT)
+    init_ray("--client_backend=ray", wait_s=300)
+    assert fake.gcs_wait == "300"
+    monkeypatch.setenv(GCS_WAIT, "45")  # the operator's own setting stands
+    init_ray("--client_backend=ray", wait_s=300)
+    assert fake.gcs_wait == "45"
+
+
+def test_ray_that_fails_to_start_is_one_line_and_shut_down(monkeypatch):
+    fake = FakeRay(fail="Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y\nmore")
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ConfigError) as e:
+        init_ray("--client_backend=ray")
+    assert str(e.value) == (
+        "Ray did not start on this machine: Timed out waiting for file "
+        "/tmp/ray/session_x/gcs_server_port_y"
+    )
+    assert fake.shut
