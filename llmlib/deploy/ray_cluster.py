@@ -20,6 +20,7 @@ from llmlib.errors import ConfigError
 
 GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
 LOCAL_GCS_WAIT_S = 120.0
+LOCAL_STARTS = 2
 
 
 def host_port(address: str) -> tuple[str, int] | None:
@@ -106,10 +107,17 @@ def init_ray(
     # Ray gives its GCS 30 s to bind a port, which a busy 2-core machine can miss (seen in
     # CI with a Triton server and the harness running); the operator's own setting stands.
     os.environ.setdefault(GCS_WAIT, str(int(max(wait_s, LOCAL_GCS_WAIT_S))))
-    try:
-        ray.init(**kw)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            ray.shutdown()  # whatever of it did start
-        raise ConfigError(f"Ray did not start on this machine: {first_line(exc)}") from None
-    return ray
+    why = ""
+    for _ in range(LOCAL_STARTS):  # its raylet and agents have fixed waits of their own
+        # (15-30 s) that a busy machine also misses now and then: one more start, clean
+        try:
+            ray.init(**kw)
+            return ray
+        except Exception as exc:
+            why = why or first_line(exc)
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # whatever of it did start
+    raise ConfigError(
+        f"Ray did not start on this machine ({LOCAL_STARTS} tries): {why}; its logs: "
+        "/tmp/ray/session_latest/logs"
+    )
