@@ -109,6 +109,20 @@ def run_harness(tmp_path: Path, *args: str, cwd: Path | None = None, timeout: fl
     return p, summaries
 
 
+def check_worker_clocks(summary: dict[str, Any], run_dir: Path) -> None:
+    """A run with client workers on a Ray started here: the report's line on their clocks,
+    and ``worker_clocks_core0.csv`` a row per answer, consistent on one host's clock (the
+    driver's times hold the worker's, which start at its receipt)."""
+    (line,) = [n for n in summary["notes"] if "on the workers' clocks, over " in n]
+    assert line.startswith("core 0: ") and "the hop to the driver added" in line, line
+    rows = np.loadtxt(run_dir / "worker_clocks_core0.csv", delimiter=",", skiprows=1,
+                      dtype=np.int64, ndmin=2)  # fmt: skip
+    assert len(rows) >= summary["harness"]["completed"] > 0
+    assert (rows[:, 1] >= rows[:, 3]).all() and (rows[:, 2] >= rows[:, 4]).all()
+    assert (rows[:, 3] > 0).all() and (rows[:, 4] >= rows[:, 3]).all()
+    assert any("worker_clocks_core0.csv" in n for n in summary["notes"])
+
+
 # --- a sink in place of LoadGen ---------------------------------------------------------
 class RecordingSink:
     """Copies the data at each pointer, as LoadGen does during the call."""

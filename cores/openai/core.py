@@ -69,6 +69,7 @@ from llmlib.serving.procpool import WorkerPool
 from llmlib.serving.raypool import RaySettings, RayWorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse
+from llmlib.serving.workerclocks import WorkerClocks
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,7 @@ class EndpointCore(AsyncLoopCore):
         self._pool: WorkerPool | RayWorkerPool | None = None
         ray = RaySettings.of(cfg)
         self._ray = ray if ray.on_ray else None
-        # Ray workers: the worker's first-token time by id until its final answer; then per
-        # answer, flat: its id, ns from issue to the first token and to the last on the
-        # driver's clock, and the same two from the worker's receipt on the worker's own
-        self._wfirst: dict[int, int] = {}
-        self._dfirst: dict[int, int] = {}
-        self.clocks = array("q")
+        self.clocks = WorkerClocks()  # Ray workers: their own clocks beside ours
         if self._ray is not None:  # (from the main thread: Ray started from another hangs)
             self._ray.start(s.workers_per_core)
         super().__init__(core_id, cfg, callback, concurrency=limit)
@@ -291,8 +287,10 @@ class EndpointCore(AsyncLoopCore):
         now = time.perf_counter_ns()  # Ray workers' clocks are other hosts': stamped here
         for rid, data, final, t, err, source, split, t0 in batch:
             ids = np.frombuffer(data, dtype=np.uint32)
-            if self._ray is not None:
-                t = self._clock(rid, final, t, t0, now)
+            if self._ray is not None:  # (a failed request leaves no row of clocks)
+                t = self._clock(rid, final, t, t0, now) if err is None else now
+                if err is not None:
+                    self.clocks.forget(rid)
             if final:
                 sample, issue = self._issued.pop(rid, (-1, 0))
             if err is not None:
@@ -307,48 +305,24 @@ class EndpointCore(AsyncLoopCore):
     def _clock(self, rid: int, final: bool, t: int, t0: int, now: int) -> int:
         """A Ray worker's answer: ``now`` (the driver's clock) for LoadGen; the worker's own
         durations kept beside the driver's for the report (what the hop cost)."""
-        if not final:
-            self._wfirst[rid] = t
-            self._dfirst[rid] = now
-            return now
-        issue = self._issued.get(rid, (-1, 0))[1]
-        wfirst, dfirst = self._wfirst.pop(rid, t), self._dfirst.pop(rid, now)
-        if issue and t0:
-            self.clocks.extend((rid, dfirst - issue, now - issue, wfirst - t0, t - t0))
+        if final:
+            self.clocks.final(rid, self._issued.get(rid, (-1, 0))[1], t, t0, now)
+        else:
+            self.clocks.first(rid, t, now)
         return now
 
     def clock_lines(self) -> list[str]:
         """The report's lines on Ray workers: where they ran, latency on the worker's clock
-        against the driver's, and what the hop added (p50/p99, ms)."""
+        against the driver's, and what the hop added."""
         if self._ray is None or not isinstance(self._pool, RayWorkerPool):
             return []
         line = f"core {self.core_id}: {self._ray.describe(self._pool, 'client workers')}"
-        if not self.clocks:
-            return [line]
-        c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 5)[:, 1:] / 1e6
-        hop_first, hop_last = c[:, 0] - c[:, 2], c[:, 1] - c[:, 3]
-
-        def pp(v: np.ndarray) -> str:
-            return f"p50 {np.percentile(v, 50):.2f} / p99 {np.percentile(v, 99):.2f} ms"
-
-        return [
-            f"{line}; on the workers' clocks, over {len(c)} answers: first token {pp(c[:, 2])}, "
-            f"last {pp(c[:, 3])}; the hop to the driver added {pp(hop_first)} to the first "
-            f"token and {pp(hop_last)} to the last"
-        ]
+        clocks = self.clocks.line()
+        return [f"{line}; {clocks}" if clocks else line]
 
     def write_records(self, run_dir: Path) -> list[str]:
-        """Ray workers: ``worker_clocks_core<N>.csv``, a row per answer: its id, then ns from
-        issue to the first and the last token on this host's clock, and from the worker's
-        receipt on the worker's own (their difference is the hop; warmup queries have
-        negative ids)."""
-        if not self.clocks:
-            return []
-        name = f"worker_clocks_core{self.core_id}.csv"
-        c = np.frombuffer(self.clocks, dtype=np.int64).reshape(-1, 5)
-        head = "request_id,driver_ttft_ns,driver_latency_ns,worker_ttft_ns,worker_latency_ns"
-        np.savetxt(run_dir / name, c, fmt="%d", delimiter=",", header=head, comments="")
-        return [name]
+        """Ray workers: ``worker_clocks_core<N>.csv`` (``WorkerClocks``)."""
+        return self.clocks.write(run_dir, self.core_id)
 
     def _close_impl(self) -> None:
         if self._pool is not None:

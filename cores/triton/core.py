@@ -33,6 +33,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,6 +55,7 @@ from llmlib.serving.procpool import WorkerPool
 from llmlib.serving.raypool import RaySettings, RayWorkerPool
 from llmlib.serving.registry import register_core
 from llmlib.serving.request import LLMRequest, LLMResponse, failed_response
+from llmlib.serving.workerclocks import WorkerClocks
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class TritonGrpcCore(LLMCore):
         self._pool: WorkerPool | RayWorkerPool | None = None
         ray = RaySettings.of(cfg)
         self._ray = ray if ray.on_ray else None
+        self._issued: dict[int, int] = {}  # Ray clients: open request -> its issue time
+        self.clocks = WorkerClocks()  # Ray clients: their own clocks beside ours
         if self.in_process:
             self.streams = [
                 TritonStream(self.url, self.end_id, self._on_events, self.stall_s)
@@ -194,6 +198,8 @@ class TritonGrpcCore(LLMCore):
                                          bool(req.stream), self.models[(i // n) % m])  # fmt: skip
             return
         batches: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
+        if self._ray is not None:
+            self._issued.update((r.request_id, r.issue_ns) for r in requests)
         for req in requests:  # the same order; one batch per client process
             i = next(turn)
             ids_bytes = np.asarray(req.input_tokens, dtype=np.int32).tobytes()
@@ -204,11 +210,12 @@ class TritonGrpcCore(LLMCore):
             if batch:
                 self._pool.put(k, batch)
 
-    def _on_events(self, events: list[Event]) -> None:
-        """What the streams report (gRPC's thread, or the client processes' reader)."""
+    def _on_events(self, events: Sequence[tuple[Any, ...]]) -> None:
+        """What the streams report (gRPC's thread, or the client processes' reader: their
+        events carry a fifth item, unused here)."""
         cid = self.core_id
         out: list[LLMResponse] = []
-        for kind, rid, payload, t in events:
+        for kind, rid, payload, t, *_ in events:
             if kind in (FIRST, FINAL):
                 if isinstance(payload, bytes):
                     payload = np.frombuffer(payload, dtype=np.int32)
@@ -222,11 +229,22 @@ class TritonGrpcCore(LLMCore):
         if out:
             self._deliver(out)
 
-    def _on_remote_events(self, events: list[Event]) -> None:
-        """Ray clients' events, stamped as they arrive here: a client on another host has
-        another clock (the hop's cost is then in the latencies LoadGen sees)."""
-        now = time.perf_counter_ns()
-        self._on_events([(kind, rid, payload, now) for kind, rid, payload, _ in events])
+    def _on_remote_events(self, events: list[tuple[int, int, Any, int, int]]) -> None:
+        """Ray clients' events, stamped as they arrive here (a client on another host has
+        another clock: the hop's cost is then in the latencies LoadGen sees); the client's
+        own durations kept beside ours (``WorkerClocks``)."""
+        now, clocks, issued = time.perf_counter_ns(), self.clocks, self._issued
+        out: list[Event] = []
+        for kind, rid, payload, t, t0 in events:
+            if kind == FIRST:
+                clocks.first(rid, t, now)
+            elif kind == FINAL:
+                clocks.final(rid, issued.pop(rid, 0), t, t0, now)
+            elif kind == FAILED:
+                clocks.forget(rid)
+                issued.pop(rid, None)
+            out.append((kind, rid, payload, now))
+        self._on_events(out)
 
     # --- health and shutdown ----------------------------------------------------------------
     def _health_check_impl(self) -> None:
@@ -256,7 +274,14 @@ class TritonGrpcCore(LLMCore):
         clients = f"{self.n_clients} gRPC stream clients, {where}"
         if self._ray is not None and isinstance(self._pool, RayWorkerPool):
             clients = self._ray.describe(self._pool, "gRPC stream clients")
-        return [
+        notes = [
             f"core {self.core_id}: triton {self.url}, models {', '.join(self.models)}; "
             f"{clients}; end_id {self.end_id}"
         ]
+        if line := self.clocks.line():
+            notes.append(f"core {self.core_id}: {line}")
+        return notes
+
+    def write_records(self, run_dir: Path) -> list[str]:
+        """Ray clients: ``worker_clocks_core<N>.csv`` (``WorkerClocks``)."""
+        return self.clocks.write(run_dir, self.core_id)

@@ -17,7 +17,8 @@ from llmlib.errors import MissingDependencyError
 from llmlib.serving.procpool import Outbox
 
 # what a stream reports: (kind, request id, payload, time_ns); payload: int32 token ids for
-# FIRST/FINAL (bytes when it crossed from a worker process), the reason for FAILED/BROKEN
+# FIRST/FINAL (bytes when it crossed from a worker process, which adds a fifth item: when
+# the worker received the request), the reason for FAILED/BROKEN
 FIRST, FINAL, FAILED, BROKEN = range(4)
 Event = tuple[int, int, Any, int]
 
@@ -233,19 +234,26 @@ class TritonStream:
 # --- a client process --------------------------------------------------------------------------
 def worker_main(settings: dict[str, Any], inq: Any, outq: Any) -> None:
     """A client process: one stream; request batches from ``inq`` (None stops it: what is in
-    flight is cancelled), events in batches to ``outq`` (token ids as bytes)."""
+    flight is cancelled), events in batches to ``outq`` (token ids as bytes), each with the
+    time this worker received its request, on this worker's clock (0 when unknown): a
+    worker on another host has another clock, so its core keeps durations, not times."""
     box = Outbox(outq)
+    received: dict[int, int] = {}  # open request -> when it came, on this worker's clock
 
     def emit(events: list[Event]) -> None:
-        box.emit([
-            (k, rid, p.tobytes() if isinstance(p, np.ndarray) else p, t) for k, rid, p, t in events
-        ])  # fmt: skip
+        out = []
+        for k, rid, p, t in events:
+            t0 = received.get(rid, 0) if k == FIRST else received.pop(rid, 0)
+            out.append((k, rid, p.tobytes() if isinstance(p, np.ndarray) else p, t, t0))
+        box.emit(out)
 
     stream = TritonStream(settings["url"], settings["end_id"], emit, settings["stall_s"])
     models = settings["models"]
     try:
         while (batch := inq.get()) is not None:
+            now = time.perf_counter_ns()
             for rid, data, max_new, streaming, model in batch:
+                received[rid] = now
                 stream.send(rid, np.frombuffer(data, dtype=np.int32), max_new, streaming,
                             models[model])  # fmt: skip
     finally:

@@ -26,7 +26,7 @@ from llmlib.errors import ConfigError
 from llmlib.eval.accuracy import read_accuracy_log
 from llmlib.model.tiny_llama_np import TinyLlama
 from llmlib.serving.request import LLMRequest
-from tests.conftest import TRITON_MARKS, run_harness
+from tests.conftest import TRITON_MARKS, check_worker_clocks, run_harness
 
 pytestmark = TRITON_MARKS
 TINY = ["--vocab_size=2048", "--sample_count=24", "--warmup_queries=2"]
@@ -75,6 +75,10 @@ def test_offline_and_server_through_loadgen_get_the_model_s_tokens(tmp_path, tin
     where = "3 gRPC stream clients, each in its own process"
     if backend == "ray":
         where = "3 Ray gRPC stream clients (spread: 3 on "
+        for scenario in ("offline", "server"):  # the clients' own clocks (one answer, or
+            check_worker_clocks(*runs[(scenario, "accuracy")])  # streamed)
+    else:
+        assert not any("workers' clocks" in n for n in s["notes"])
     assert any(where in n for n in s["notes"]), s["notes"]
 
 
