@@ -12,12 +12,19 @@ fed line by line, the output ids taken at the end) ``--repeats`` times, timed in
 (``time.process_time_ns``). Next to it, the floor for any Python client that decodes the
 same events: ``json.loads`` of each event and nothing else.
 
-Results go to build/bench/<stamp>/client_cost.json; a markdown table is printed.
+With ``--live``, the same client then runs against a server cheaper than itself
+(``harness.bench.replay``: the recorded completions streams written back, one chunk an
+event), each in a process of its own, at each of ``--live_concurrency``: its CPU time per
+event with its sockets, aiohttp and event loop, next to the server's, and the same for
+vLLM's benchmark client where the vllm extra is installed; rounds alternate the clients.
+
+Results go to build/bench/<stamp>/client_cost.json; markdown tables are printed.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -102,9 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         default=str(REPO_ROOT / "build" / "tiny-model"),
         help="the front's tokenizer, for chat (default: make tiny-model's)",
     )
+    ap.add_argument("--live", action="store_true", help="also against a replay server")
+    ap.add_argument("--live_requests", type=int, default=400, help="requests a live run")
+    ap.add_argument("--live_concurrency", default="1,32", help="comma list: requests in flight")
+    ap.add_argument("--live_rounds", type=int, default=3, help="live runs a client and level")
     args = ap.parse_args(argv)
-    if args.requests < 1 or args.max_tokens < 1 or args.repeats < 1:
-        ap.error("--requests, --max_tokens and --repeats must be at least 1")
+    if min(args.requests, args.max_tokens, args.repeats, args.live_requests,
+           args.live_rounds) < 1:  # fmt: skip
+        ap.error("--requests, --max_tokens, --repeats and --live_* must be at least 1")
+    try:
+        levels = [int(x) for x in args.live_concurrency.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        ap.error(f"--live_concurrency={args.live_concurrency}: a comma list of whole numbers >= 1")
     if not (Path(args.tokenizer_path) / "tokenizer.json").is_file():
         ap.error(f"--tokenizer_path: no tokenizer.json in {args.tokenizer_path} (make tiny-model)")
     front = FrontProcess(["--engine_profile=zero", "--stream_events=token",
@@ -134,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
                      "events_per_s_per_core": events / client * 1e6})  # fmt: skip
     out = Path(args.out or REPO_ROOT / "build" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "client_cost.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print("| stream | events a request | client us/request | client us/event | json.loads "
           "us/event | events/s a core |")  # fmt: skip
     print("|---|---|---|---|---|---|")
@@ -142,5 +159,65 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['kind']} | {r['events'] / r['requests']:.0f} | "
               f"{r['client_us_per_request']:.1f} | {r['client_us_per_event']:.2f} | "
               f"{r['floor_us_per_event']:.2f} | {r['events_per_s_per_core']:,.0f} |")  # fmt: skip
+    live = []
+    if args.live:
+        try:
+            live = run_live(kinds["completions, token ids"], out, levels, args)
+        except RuntimeError as exc:  # a client or the replay server that failed
+            print(f"error: bench-client --live: {exc}", file=sys.stderr)
+            return 2
+        print("\n| client (live, replay server) | in flight | runs | client us/event | server "
+              "us/event | events/s (wall) |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for r in live:
+            print(f"| {r['client']} | {r['concurrency']} | {r['runs']} | "
+                  f"{' / '.join(f'{x:.1f}' for x in r['client_us_per_event'])} | "
+                  f"{' / '.join(f'{x:.1f}' for x in r['server_us_per_event'])} | "
+                  f"{' / '.join(f'{x:,.0f}' for x in r['events_per_s'])} |")  # fmt: skip
+    (out / "client_cost.json").write_text(
+        json.dumps({"args": vars(args), "rows": rows, "live": live}, indent=1)
+    )
     print(f"results: {out / 'client_cost.json'}")
     return 0
+
+
+def run_live(
+    streams: list[list[bytes]], out: Path, levels: list[int], args: Any
+) -> list[dict[str, Any]]:
+    """Each client at each level against the replay server, ``--live_rounds`` times,
+    alternating: per client and level, each run's CPU us an event (the server's events over
+    the run), the server's, and events a second of wall time."""
+    import importlib.util
+
+    from harness.bench.replay import ReplayServer, run_client
+
+    clients = ["llmlib"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+    got: dict[tuple[str, int], dict[str, list[float]]] = {}
+    server = ReplayServer(streams, out)
+    try:
+        for _ in range(args.live_rounds):
+            for c in levels:
+                for kind in clients:
+                    r = run_client(kind, server, args.live_requests, c, args.max_tokens)
+                    if r["failed"]:
+                        raise RuntimeError(f"the {kind} client failed {r['failed']} requests")
+                    ev = r["server_events"]
+                    g = got.setdefault((kind, c), {"c": [], "s": [], "w": [], "e": []})
+                    g["e"].append(ev)
+                    g["c"].append(r["cpu_s"] / ev * 1e6)
+                    g["s"].append(r["server_cpu_s"] / ev * 1e6)
+                    g["w"].append(ev / r["wall_s"])
+    finally:
+        server.stop()
+    return [
+        {
+            "client": k,
+            "concurrency": c,
+            "runs": len(g["c"]),
+            "client_us_per_event": g["c"],
+            "server_us_per_event": g["s"],
+            "events_per_s": g["w"],
+            "events": g["e"],
+        }
+        for (k, c), g in sorted(got.items(), key=lambda x: (x[0][1], x[0][0]))
+    ]

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.slow
 def test_the_bench_records_parses_and_reports(tmp_path, tiny_tokenizer):
     tok_dir = tiny_tokenizer if tiny_tokenizer.is_dir() else tiny_tokenizer.parent
     assert main(["--requests=3", "--max_tokens=16", "--repeats=1", f"--out={tmp_path}",
-                 f"--tokenizer_path={tok_dir}"]) == 0  # fmt: skip
-    rows = {r["kind"]: r for r in json.loads((tmp_path / "client_cost.json").read_text())["rows"]}
+                 f"--tokenizer_path={tok_dir}", "--live", "--live_requests=6",
+                 "--live_concurrency=1,2", "--live_rounds=1"]) == 0  # fmt: skip
+    got = json.loads((tmp_path / "client_cost.json").read_text())
+    rows = {r["kind"]: r for r in got["rows"]}
     assert set(rows) == {"completions, token ids", "chat, text", "chat, one character an event"}
     for r in rows.values():
         assert r["requests"] == 3 and r["events"] >= 3 * 16 and r["client_us"] > 0
@@ -23,6 +25,13 @@ def test_the_bench_records_parses_and_reports(tmp_path, tiny_tokenizer):
     # character once split
     assert rows["completions, token ids"]["events"] == 3 * 17
     assert rows["chat, one character an event"]["events"] > rows["chat, text"]["events"]
+    # live: each client in a process of its own against the replay server, timed over
+    # exactly its requests (the server wrote 17 events and [DONE] for each)
+    live = {(r["client"], r["concurrency"]): r for r in got["live"]}
+    assert ("llmlib", 1) in live and ("llmlib", 2) in live
+    for r in live.values():
+        assert r["runs"] == 1 and r["events"] == [6 * 18], r
+        assert r["client_us_per_event"][0] > 0 and r["server_us_per_event"][0] > 0
 
 
 def test_splitting_a_chat_stream_into_characters_keeps_its_text():
@@ -43,6 +52,9 @@ def test_splitting_a_chat_stream_into_characters_keeps_its_text():
         (["--repeats=-1"], "must be at least 1"),
         (["--requests=nan"], "invalid int value"),
         (["--tokenizer_path=/nonexistent"], "no tokenizer.json in /nonexistent"),
+        (["--live_concurrency=1,x"], "--live_concurrency=1,x: a comma list"),
+        (["--live_concurrency=0"], "a comma list of whole numbers >= 1"),
+        (["--live_rounds=0"], "must be at least 1"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args, says):
