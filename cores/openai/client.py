@@ -253,8 +253,9 @@ class EndpointClient:
                 if resp.status != 200:
                     text = (await resp.text())[:300]
                     raise RequestFailed(f"HTTP {resp.status} from {self.url}: {text}")
-                # what has arrived, whole lines parsed (aiohttp's own line iteration costs
-                # a coroutine step per event: 8 us of the client's ~30 us an event, measured)
+                # what has arrived, whole lines parsed: aiohttp's own line iteration (a
+                # coroutine step a line) cost 5-10 us of the client's 27-33 us an event at
+                # 32 in flight (bench-client --live, BENCHMARKS.md)
                 rest = b""
                 async for chunk in resp.content.iter_any():
                     self._last_byte = s.last = time.monotonic()
