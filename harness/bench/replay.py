@@ -6,8 +6,9 @@ next to a peer client's cost on the same streams).
 every POST with the next of the recorded SSE streams in ``FILE`` (round robin), as HTTP/1.1
 chunked, one chunk an event, yielding to the other connections between events as a server
 that streams a batch's tokens step by step does; its connections are kept alive. It counts
-the events it wrote and its own CPU time (``GET /stats``). Nothing else is parsed: the
-request's body is read and dropped.
+the events it wrote and its own CPU time (``GET /stats``); any other GET is answered with a
+model list (``/health``, ``/v1/models``: the ``openai`` core can run against it). Nothing
+else is parsed: the request's body is read and dropped.
 
 ``client`` (``python -m harness.bench.replay client KIND URL ...``, a child process each)
 sends ``--requests`` streamed requests at ``--concurrency`` with one client and prints one
@@ -52,8 +53,12 @@ async def serve(streams: list[list[bytes]], port: int) -> None:
                         length = int(line.split(b":", 1)[1])
                 if length:
                     await reader.readexactly(length)
-                if head.startswith(b"GET /stats"):
-                    body = json.dumps({**state, "cpu_s": cpu_s()}).encode()
+                if head.startswith(b"GET "):  # its counters; health and a model for cores
+                    path = head.split(b" ", 2)[1]
+                    body = json.dumps(
+                        {**state, "cpu_s": cpu_s()} if path == b"/stats"
+                        else {"data": [{"id": "replay", "object": "model", "owned_by": "replay"}]}
+                    ).encode()  # fmt: skip
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
                     await writer.drain()
