@@ -18,6 +18,12 @@ event), each in a process of its own, at each of ``--live_concurrency``: its CPU
 event with its sockets, aiohttp and event loop, next to the server's, and the same for
 vLLM's benchmark client where the vllm extra is installed; rounds alternate the clients.
 
+With ``--capacity "FLAGS;FLAGS..."``, the whole harness (LoadGen Offline, the ``openai``
+core, streamed) runs against the replay server (``--replay_processes`` of it, one port)
+once per flag set a round, e.g. ``--workers_per_core=4;--workers_per_core=4
+--client_backend=ray``: tokens/s for each, with the server's CPU per event beside it (a
+server at a core's worth of CPU is the ceiling, not the client).
+
 Results go to build/bench/<stamp>/client_cost.json; markdown tables are printed.
 """
 
@@ -113,10 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live_requests", type=int, default=400, help="requests a live run")
     ap.add_argument("--live_concurrency", default="1,32", help="comma list: requests in flight")
     ap.add_argument("--live_rounds", type=int, default=3, help="live runs a client and level")
+    ap.add_argument("--capacity", default="", help="flag sets (';' apart) for harness runs")
+    ap.add_argument("--capacity_rounds", type=int, default=2, help="runs a flag set")
+    ap.add_argument("--capacity_qps", type=float, default=400.0, help="Offline expected QPS")
+    ap.add_argument("--capacity_ms", type=int, default=5000, help="Offline min duration")
+    ap.add_argument("--replay_processes", type=int, default=1, help="replay server processes")
     args = ap.parse_args(argv)
-    if min(args.requests, args.max_tokens, args.repeats, args.live_requests,
-           args.live_rounds) < 1:  # fmt: skip
-        ap.error("--requests, --max_tokens, --repeats and --live_* must be at least 1")
+    if min(args.requests, args.max_tokens, args.repeats, args.live_requests, args.live_rounds,
+           args.capacity_rounds, args.capacity_ms, args.replay_processes) < 1:  # fmt: skip
+        ap.error("--requests, --max_tokens, --repeats, --live_*, --capacity_rounds, "
+                 "--capacity_ms and --replay_processes must be at least 1")  # fmt: skip
+    if not 0 < args.capacity_qps < float("inf"):
+        ap.error(f"--capacity_qps={args.capacity_qps}: a number above 0")
     try:
         levels = [int(x) for x in args.live_concurrency.split(",")]
     except ValueError:
@@ -174,9 +188,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"{' / '.join(f'{x:.1f}' for x in r['client_us_per_event'])} | "
                   f"{' / '.join(f'{x:.1f}' for x in r['server_us_per_event'])} | "
                   f"{' / '.join(f'{x:,.0f}' for x in r['events_per_s'])} |")  # fmt: skip
-    (out / "client_cost.json").write_text(
-        json.dumps({"args": vars(args), "rows": rows, "live": live}, indent=1)
-    )
+    capacity = []
+    if args.capacity:
+        try:
+            capacity = run_capacity(kinds["completions, token ids"], out, args)
+        except RuntimeError as exc:
+            print(f"error: bench-client --capacity: {exc}", file=sys.stderr)
+            return 2
+        print("\n| harness flags (Offline, replay server) | runs | tokens/s | server us/event "
+              "| validity |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for r in capacity:
+            print(f"| {r['flags'] or '(in process)'} | {len(r['tokens_per_s'])} | "
+                  f"{' / '.join(f'{x:,.0f}' for x in r['tokens_per_s'])} | "
+                  f"{' / '.join(f'{x:.1f}' for x in r['server_us_per_event'])} | "
+                  f"{', '.join(sorted(set(r['validity'])))} |")  # fmt: skip
+    (out / "client_cost.json").write_text(json.dumps(
+        {"args": vars(args), "rows": rows, "live": live, "capacity": capacity}, indent=1
+    ))  # fmt: skip
     print(f"results: {out / 'client_cost.json'}")
     return 0
 
@@ -220,4 +249,55 @@ def run_live(
             "events": g["e"],
         }
         for (k, c), g in sorted(got.items(), key=lambda x: (x[0][1], x[0][0]))
+    ]
+
+
+def run_capacity(streams: list[list[bytes]], out: Path, args: Any) -> list[dict[str, Any]]:
+    """The harness against the replay server, each flag set of ``--capacity`` once a round:
+    per flag set, each run's tokens/s (the harness's count), the server's CPU us an event
+    over the run, LoadGen's validity and the requests completed and failed."""
+    import shlex
+    import subprocess
+
+    from harness.bench.replay import ReplayServer
+
+    sets = [x.strip() for x in args.capacity.split(";")]
+    got: dict[str, dict[str, list[Any]]] = {f: {"t": [], "s": [], "v": [], "n": []} for f in sets}
+    server = ReplayServer(streams, out, args.replay_processes)
+    try:
+        for r in range(args.capacity_rounds):
+            for k, flags in enumerate(sets):
+                log = out / "capacity" / f"{r}-{k}"
+                s0 = server.stats()
+                p = subprocess.run(
+                    [sys.executable, "-m", "harness", "--core_type=openai",
+                     f"--server_urls={server.url}", "--scenarios=offline", "--benchmarks=tiny",
+                     f"--offline_expected_qps={args.capacity_qps:g}",
+                     f"--min_duration={args.capacity_ms}", "--progress=false", "--plots=false",
+                     f"--log_dir={log}", *shlex.split(flags)],
+                    capture_output=True, text=True, cwd=REPO_ROOT, timeout=1800,
+                )  # fmt: skip
+                s1 = server.stats()
+                found = list(log.rglob("summary.json"))
+                if p.returncode != 0 or not found:
+                    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise RuntimeError(f"the run with {flags or 'no flags'} failed: {tail}")
+                summary = json.loads(found[0].read_text())
+                h, g = summary["harness"], got[flags]
+                g["t"].append(h["tokens_per_second"])
+                g["s"].append((s1["cpu_s"] - s0["cpu_s"]) / max(1, s1["events"] - s0["events"])
+                              * 1e6)  # fmt: skip
+                g["v"].append(summary["validity"])
+                g["n"].append((h["completed"], h["failed"]))
+    finally:
+        server.stop()
+    return [
+        {
+            "flags": f,
+            "tokens_per_s": g["t"],
+            "server_us_per_event": g["s"],
+            "validity": g["v"],
+            "completed_failed": g["n"],
+        }  # fmt: skip
+        for f, g in got.items()
     ]

@@ -79,44 +79,69 @@ async def serve(streams: list[list[bytes]], port: int) -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", port, backlog=1024)
-    print(f"replay server: http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
-    async with server:
+    # the shared port (several processes on it: the kernel spreads connections) and this
+    # process's own, for its counters
+    server = await asyncio.start_server(answer, "127.0.0.1", port, backlog=1024,
+                                        reuse_port=True)  # fmt: skip
+    own = await asyncio.start_server(answer, "127.0.0.1", 0)
+    shared, mine = (x.sockets[0].getsockname()[1] for x in (server, own))
+    print(f"replay server: http://127.0.0.1:{shared} http://127.0.0.1:{mine}", flush=True)
+    async with server, own:
         await server.serve_forever()
 
 
 class ReplayServer:
-    """The replay server as a child process on a free port of 127.0.0.1."""
+    """The replay server as ``processes`` child processes on one free port of 127.0.0.1
+    (``SO_REUSEPORT``), so that a machine with cores to spare can serve more clients than
+    one process can; ``stats`` sums their counters."""
 
-    def __init__(self, streams: list[list[bytes]], folder: Path) -> None:
+    def __init__(self, streams: list[list[bytes]], folder: Path, processes: int = 1) -> None:
         path = folder / "streams.pkl"
         path.write_bytes(pickle.dumps(streams))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.bench.replay", "serve", str(path)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("replay server: "):
+        self.procs: list[subprocess.Popen[str]] = []
+        self.own: list[str] = []
+        port = "0"
+        try:
+            for _ in range(processes):
+                p = subprocess.Popen(
+                    [sys.executable, "-m", "harness.bench.replay", "serve", str(path), port],
+                    stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                self.procs.append(p)
+                assert p.stdout is not None
+                line = p.stdout.readline()
+                if not line.startswith("replay server: "):
+                    raise RuntimeError(f"the replay server did not start: {line!r}")
+                self.url, own = line.split(": ", 1)[1].split()
+                self.own.append(own)
+                port = self.url.rsplit(":", 1)[1]
+        except BaseException:
             self.stop()
-            raise RuntimeError(f"the replay server did not start: {line!r}")
-        self.url = line.split(": ", 1)[1].strip()
+            raise
 
     def stats(self) -> dict[str, Any]:
+        """Events and requests written, and CPU seconds, summed over the processes."""
         import urllib.request
 
-        with urllib.request.urlopen(self.url + "/stats", timeout=30) as r:
-            return dict(json.loads(r.read()))
+        total: dict[str, Any] = {"events": 0, "requests": 0, "cpu_s": 0.0}
+        for url in self.own:
+            with urllib.request.urlopen(url + "/stats", timeout=30) as r:
+                one = json.loads(r.read())
+            for k in total:
+                total[k] += one[k]
+        return total
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
 
 
 async def drive(kind: str, url: str, requests: int, concurrency: int, max_tokens: int) -> dict:
@@ -214,14 +239,14 @@ def run_client(
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         streams = pickle.loads(Path(argv[1]).read_bytes())
-        asyncio.run(serve(streams, 0))
+        asyncio.run(serve(streams, int(argv[2])))
         return 0
     if argv[:1] == ["client"]:
         kind, url, requests, concurrency, max_tokens = argv[1:6]
         res = asyncio.run(drive(kind, url, int(requests), int(concurrency), int(max_tokens)))
         print(json.dumps(res), flush=True)
         return 0
-    print("usage: python -m harness.bench.replay serve FILE | client KIND URL N C T")
+    print("usage: python -m harness.bench.replay serve FILE PORT | client KIND URL N C T")
     return 2
 
 

@@ -34,6 +34,46 @@ def test_the_bench_records_parses_and_reports(tmp_path, tiny_tokenizer):
         assert r["client_us_per_event"][0] > 0 and r["server_us_per_event"][0] > 0
 
 
+def test_the_harness_runs_against_the_replay_server_per_flag_set(tmp_path, tiny_tokenizer, capsys):
+    tok_dir = tiny_tokenizer if tiny_tokenizer.is_dir() else tiny_tokenizer.parent
+    common = ["--requests=4", "--max_tokens=16", "--repeats=1", f"--tokenizer_path={tok_dir}",
+              "--capacity_rounds=1", "--capacity_ms=500", "--capacity_qps=50",
+              "--replay_processes=2"]  # fmt: skip
+    sets = "--min_query_count=60;--min_query_count=60 --workers_per_core=2"
+    assert main([*common, f"--out={tmp_path / 'ok'}", f"--capacity={sets}"]) == 0
+    cap = json.loads((tmp_path / "ok" / "client_cost.json").read_text())["capacity"]
+    assert [r["flags"] for r in cap] == sets.split(";")
+    for r in cap:  # every request LoadGen issued came back, each a stream of the replay's
+        ((done, failed),) = r["completed_failed"]
+        assert done >= 60 and failed == 0, r
+        assert r["tokens_per_s"][0] > 0 and r["server_us_per_event"][0] > 0
+    # a flag set the harness refuses: one line, exit 2, the replay server stopped
+    assert main([*common, f"--out={tmp_path / 'bad'}", "--capacity=--workers_per_core=x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: bench-client --capacity: the run with --workers_per_core=x "
+                              "failed: "), err  # fmt: skip
+
+
+def test_replay_processes_share_one_port_and_their_counters_add_up(tmp_path):
+    import urllib.request
+
+    from harness.bench.replay import ReplayServer
+
+    streams = [[b'data: {"choices": [{"text": "a", "token_ids": [3]}]}', b"data: [DONE]"]]
+    server = ReplayServer(streams, tmp_path, processes=2)
+    try:
+        assert len(server.procs) == 2 and len(set(server.own)) == 2
+        for _ in range(20):  # a connection each: the kernel spreads them over the two
+            req = urllib.request.Request(server.url + "/v1/completions", b"{}", method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert b"[DONE]" in r.read()
+        got = server.stats()
+        assert (got["requests"], got["events"]) == (20, 40)
+    finally:
+        server.stop()
+    assert all(p.poll() is not None for p in server.procs)
+
+
 def test_splitting_a_chat_stream_into_characters_keeps_its_text():
     def event(text):
         obj = {"choices": [{"index": 0, "delta": {"content": text}}]}
