@@ -46,6 +46,11 @@ class HealthCheckError(BackendError):
     """A core failed its health check or did not become ready in time."""
 
 
+class WrongServerError(HealthCheckError):
+    """The server answered, and is not what the flags say it is (another kind of server, a
+    model it does not serve): waiting for it to become ready cannot help."""
+
+
 def unknown_message(kind: str, name: str, choices: Iterable[str]) -> str:
     """``Unknown core type 'dumy'. Did you mean 'dummy'? Available: a, b``."""
     choices = sorted(choices)

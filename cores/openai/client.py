@@ -20,7 +20,7 @@ from cores.openai.llamacpp import native_body, native_ids
 from cores.openai.stream import ANSWER_MARKERS  # noqa: F401 (tests, core)
 from cores.openai.stream import Stream as _Stream
 from llmlib.data.tokenizer import Tokenizer, load_tokenizer
-from llmlib.errors import HealthCheckError, MissingDependencyError
+from llmlib.errors import HealthCheckError, MissingDependencyError, WrongServerError
 from llmlib.serving.async_core import RequestFailed, describe_failure
 
 KEEPALIVE_S = 2.0
@@ -174,7 +174,7 @@ class EndpointClient:
         owners = {m.get("owned_by") for m in data or () if isinstance(m, dict)}
         self.llamacpp = "llamacpp" in owners
         if self.api == "llamacpp" and not self.llamacpp:
-            raise HealthCheckError(
+            raise WrongServerError(
                 f"--endpoint_api=llamacpp: {self.url} is not llama.cpp's server (its "
                 "/v1/models does not say owned_by llamacpp); use --endpoint_api=auto"
             )

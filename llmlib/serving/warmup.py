@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from llmlib.errors import HealthCheckError
+from llmlib.errors import HealthCheckError, WrongServerError
 from llmlib.serving.core import LLMCore
 from llmlib.serving.pool import Pool
 from llmlib.serving.request import LLMRequest
@@ -26,7 +26,7 @@ def wait_until_healthy(
 ) -> None:
     """Health-check all cores in parallel, retrying each with exponential backoff until it
     passes or ``timeout_s`` runs out; then raise HealthCheckError naming the cores that
-    never became ready and their last error."""
+    never became ready and their last error. A ``WrongServerError`` is not retried."""
     deadline = clock() + timeout_s
 
     def one(core: LLMCore) -> None:
@@ -35,6 +35,8 @@ def wait_until_healthy(
             try:
                 core.run_health_check()
                 return
+            except WrongServerError as exc:  # an answer that waiting will not change
+                raise HealthCheckError(f"core {core.core_id} ({core.name}): {exc}") from exc
             except HealthCheckError as exc:
                 left = deadline - clock()
                 if left <= 0:

@@ -1,6 +1,6 @@
 import pytest
 
-from llmlib.errors import HealthCheckError
+from llmlib.errors import HealthCheckError, WrongServerError
 from llmlib.serving.core import LLMCore
 from llmlib.serving.policies import make_policy
 from llmlib.serving.pool import LLMServer
@@ -75,3 +75,19 @@ def test_warmup_queries_never_reach_the_callback():
     assert sum(c.telemetry.completed for c in cores) == 6
     server.issue([LLMRequest(1, 0, [1], 4)])
     assert [r.request_id for r in seen] == [1]
+
+
+class WrongKind(SlowStart):
+    """A server that answers, and is another kind than asked for."""
+
+    def _health_check_impl(self):
+        self.checks += 1
+        raise WrongServerError("http://x is not llama.cpp's server")
+
+
+def test_a_server_of_the_wrong_kind_is_said_at_once_not_waited_for():
+    ft = FakeTime()
+    core = WrongKind(0, ready_after=0)
+    with pytest.raises(HealthCheckError, match=r"^core 0 \(slow_start\): http://x is not llama"):
+        wait_until_healthy([core], timeout_s=60, sleep=ft.sleep, clock=ft.clock)
+    assert core.checks == 1 and ft.sleeps == []
