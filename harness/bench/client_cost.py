@@ -167,13 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                      "events_per_s_per_core": events / client * 1e6})  # fmt: skip
     out = Path(args.out or REPO_ROOT / "build" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    print("| stream | events a request | client us/request | client us/event | json.loads "
-          "us/event | events/s a core |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kind']} | {r['events'] / r['requests']:.0f} | "
-              f"{r['client_us_per_request']:.1f} | {r['client_us_per_event']:.2f} | "
-              f"{r['floor_us_per_event']:.2f} | {r['events_per_s_per_core']:,.0f} |")  # fmt: skip
+    table(["stream", "events a request", "client us/request", "client us/event",
+           "json.loads us/event", "events/s a core"],
+          [[r["kind"], f"{r['events'] / r['requests']:.0f}", f"{r['client_us_per_request']:.1f}",
+            f"{r['client_us_per_event']:.2f}", f"{r['floor_us_per_event']:.2f}",
+            f"{r['events_per_s_per_core']:,.0f}"] for r in rows])  # fmt: skip
     live = []
     if args.live:
         try:
@@ -181,14 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:  # a client or the replay server that failed
             print(f"error: bench-client --live: {exc}", file=sys.stderr)
             return 2
-        print("\n| client (live, replay server) | in flight | runs | client us/event | server "
-              "us/event | events/s (wall) |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
-        for r in live:
-            print(f"| {r['client']} | {r['concurrency']} | {r['runs']} | "
-                  f"{' / '.join(f'{x:.1f}' for x in r['client_us_per_event'])} | "
-                  f"{' / '.join(f'{x:.1f}' for x in r['server_us_per_event'])} | "
-                  f"{' / '.join(f'{x:,.0f}' for x in r['events_per_s'])} |")  # fmt: skip
+        table(["client (live, replay server)", "in flight", "runs", "client us/event",
+               "server us/event", "events/s (wall)"],
+              [[r["client"], str(r["concurrency"]), str(r["runs"]),
+                each(r["client_us_per_event"], ".1f"), each(r["server_us_per_event"], ".1f"),
+                each(r["events_per_s"], ",.0f")] for r in live])  # fmt: skip
     capacity = []
     if args.capacity:
         try:
@@ -196,19 +191,28 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"error: bench-client --capacity: {exc}", file=sys.stderr)
             return 2
-        print("\n| harness flags (Offline, replay server) | runs | tokens/s | server us/event "
-              "| validity |")  # fmt: skip
-        print("|---|---|---|---|---|")
-        for r in capacity:
-            print(f"| {r['flags'] or '(in process)'} | {len(r['tokens_per_s'])} | "
-                  f"{' / '.join(f'{x:,.0f}' for x in r['tokens_per_s'])} | "
-                  f"{' / '.join(f'{x:.1f}' for x in r['server_us_per_event'])} | "
-                  f"{', '.join(sorted(set(r['validity'])))} |")  # fmt: skip
+        table(["harness flags (Offline, replay server)", "runs", "tokens/s",
+               "server us/event", "validity"],
+              [[r["flags"] or "(in process)", str(len(r["tokens_per_s"])),
+                each(r["tokens_per_s"], ",.0f"), each(r["server_us_per_event"], ".1f"),
+                ", ".join(sorted(set(r["validity"])))] for r in capacity])  # fmt: skip
     (out / "client_cost.json").write_text(json.dumps(
         {"args": vars(args), "rows": rows, "live": live, "capacity": capacity}, indent=1
     ))  # fmt: skip
     print(f"results: {out / 'client_cost.json'}")
     return 0
+
+
+def each(values: list[float], fmt: str) -> str:
+    """A run's figures, ``a / b / c``."""
+    return " / ".join(format(x, fmt) for x in values)
+
+
+def table(head: list[str], rows: list[list[str]]) -> None:
+    """A markdown table on stdout, a blank line before it."""
+    print(f"\n| {' | '.join(head)} |\n|{'---|' * len(head)}")
+    for r in rows:
+        print(f"| {' | '.join(r)} |")
 
 
 def run_live(
