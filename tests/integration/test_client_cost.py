@@ -105,3 +105,23 @@ def test_bad_arguments_are_one_line_and_exit_2(args, says):
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2 and says in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_a_replay_server_that_does_not_start_is_one_error_and_nothing_left(tmp_path, monkeypatch):
+    import shutil
+
+    from harness.bench import replay
+
+    monkeypatch.setattr(replay.sys, "executable", shutil.which("false"))  # exits at once
+    started = []
+
+    class Seen(replay.subprocess.Popen):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            started.append(self)
+
+    monkeypatch.setattr(replay.subprocess, "Popen", Seen)
+    with pytest.raises(RuntimeError, match="the replay server did not start: ''"):
+        replay.ReplayServer([[b"data: [DONE]"]], tmp_path, processes=2)
+    assert len(started) == 1 and started[0].poll() is not None  # no second one, none left
+    assert started[0].stdout.closed
