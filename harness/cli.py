@@ -29,6 +29,7 @@ from llmlib.data.loaders import TEXT_FORMATS, check_source
 from llmlib.data.tokenizer import load_tokenizer
 from llmlib.deploy.launch import ServerSpec, parse_server_args
 from llmlib.errors import ConfigError, LLMLibError, UnknownNameError
+from llmlib.eval.rules import check_loadgen
 from llmlib.model.engine import profile_from_config
 from llmlib.serving.policies import POLICIES
 from llmlib.serving.registry import core_names, get_core_class
@@ -108,6 +109,7 @@ def help_text() -> str:
 
 def validate(cfg: Config) -> None:
     """Everything that can be checked before a process is started."""
+    check_loadgen()  # an old LoadGen would fail inside the first test
     if cfg.core_type not in core_names():
         raise UnknownNameError("core type", cfg.core_type, core_names())
     check_pools(cfg)  # policy names and flags, disaggregated pools

@@ -20,7 +20,15 @@ import json
 import subprocess
 import sys
 from functools import lru_cache
+from importlib import metadata
 from typing import Any
+
+from llmlib.errors import MissingDependencyError
+
+# The oldest LoadGen that knows this round's benchmarks and settings (llama3_1-8b, TTFT/TPOT,
+# accuracy_sample_count_override): the v6.0 round's
+LOADGEN_MIN = (6, 0)
+LOADGEN_FIX = "pip install 'mlcommons-loadgen>=6.0' (or the carried cp312 wheel of 6.0.x)"
 
 _PROBE = """
 import json, sys, tempfile, mlperf_loadgen as lg
@@ -33,18 +41,47 @@ print(json.dumps({k: getattr(ts, k) for k in (
 """
 
 
+def check_loadgen() -> str:
+    """The installed LoadGen's version; MissingDependencyError where it is absent or older
+    than LOADGEN_MIN (an older one fails mid-test on settings it lacks)."""
+    try:
+        version = metadata.version("mlcommons-loadgen")
+    except metadata.PackageNotFoundError:
+        raise MissingDependencyError(
+            f"MLCommons LoadGen is not installed for {sys.executable}: {LOADGEN_FIX}"
+        ) from None
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < LOADGEN_MIN:
+        raise MissingDependencyError(
+            f"mlcommons-loadgen {version} is installed; llmlib needs >= "
+            f"{'.'.join(map(str, LOADGEN_MIN))} (the v6.0 round's benchmarks and settings): "
+            f"{LOADGEN_FIX}"
+        )
+    return version
+
+
 @lru_cache(maxsize=16)
 def official_settings(model: str, scenario: str) -> dict[str, Any]:
     """mlperf.conf's settings for (LoadGen model name, scenario), e.g. ("llama2-70b",
-    "Server")."""
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, model, scenario],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return dict(json.loads(out.stdout))
+    "Server"). A LoadGen that cannot say is MissingDependencyError, one line."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, model, scenario],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return dict(json.loads(out.stdout))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as exc:
+        lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines() or ["no output"]
+        raise MissingDependencyError(
+            f"LoadGen could not give mlperf.conf's settings for {model} {scenario}: "
+            f"{lines[-1]}; {LOADGEN_FIX}"
+        ) from None
 
 
 def check_llm_run(detail: dict[str, Any], official: dict[str, Any], scenario: str) -> list[str]:
