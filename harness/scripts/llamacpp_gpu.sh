@@ -36,14 +36,23 @@ SLOT_CTX=${SLOT_CTX:-2560}
 # one top-k of 1 (cores/openai/llamacpp.py): the default sampler chain on the CPU loop was the
 # first limit found (1,300 tokens/s at 128 slots against 3,500)
 LLAMA_ARGS=${LLAMA_ARGS:-"-cram 0"}
+# CUDA graphs off in llama-server (GGML_CUDA_DISABLE_GRAPHS=1; CUDA_GRAPHS=1 keeps them): with
+# them, streamed Server runs of variable lengths hung the server from 5 QPS, 5 runs of 5 (one
+# kernel that never ends; session 24); without them, 9 runs of 9 at 2-10 QPS did not (session
+# 26). llama-batched-bench keeps them (it never hung, and its figures were taken with them)
+CUDA_GRAPHS=${CUDA_GRAPHS:-0}
 MINQ=${SERVER_MIN_QUERIES:-500}  # the fewest queries of a Server run
 STEP_S=${STEP_S:-300}  # a limit for each measured step (a slow server must not eat the call)
 SKIP_BB=${SKIP_BB:-0}  # 1: no llama-batched-bench (its figures taken already)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
-$PYTHON -c "import mlperf_loadgen, gguf" 2>/dev/null || $PYTHON -m pip install -q --no-index \
-    --no-deps --target /tmp/site .devcarry/llamacpp/*.whl
+# the carried wheels, unless what is there already does (a LoadGen older than the v6.0 round's,
+# left in /tmp/site by an earlier call, is replaced: it fails inside the first test)
+$PYTHON -c "import gguf; from llmlib.eval.rules import check_loadgen; check_loadgen()" \
+    2>/dev/null || $PYTHON -m pip install -q --no-index --no-deps --upgrade --target /tmp/site \
+    .devcarry/llamacpp/*.whl
+$PYTHON -c "from llmlib.eval.rules import check_loadgen as c; print('mlcommons-loadgen', c())"
 $PYTHON -c "import pyarrow, aiohttp, numpy; print('pyarrow', pyarrow.__version__, 'aiohttp', aiohttp.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 
@@ -86,16 +95,19 @@ stop_server() {  # SIGTERM; a server that has not gone in 15 s is hung: its thre
     wait "$server_pid" 2>/dev/null || true
 }
 start_server() {  # $1: parallel slots (without $LLAMA_ARGS if it will not start with them)
-    local extra
+    local extra graphs
     for extra in "$LLAMA_ARGS" ""; do
         [ -f $SLOG ] && tail -c 200000 $SLOG \
             > "$OUT/llama-server-$(date +%s).log"  # the last server's log, its tail kept
-        $BIN/llama-server -m $MODEL -ngl 99 -fa on -c $(( $1 * SLOT_CTX )) --parallel "$1" \
+        # (llama.cpp reads the variable's presence, not its value: "0" would disable them too)
+        if [ "$CUDA_GRAPHS" = 1 ]; then graphs=(-u GGML_CUDA_DISABLE_GRAPHS)
+        else graphs=(GGML_CUDA_DISABLE_GRAPHS=1); fi
+        env "${graphs[@]}" $BIN/llama-server -m $MODEL -ngl 99 -fa on -c $(( $1 * SLOT_CTX )) --parallel "$1" \
             -b 2048 -ub 512 --host 127.0.0.1 --port $PORT --no-webui $extra \
             > $SLOG 2>&1 &
         server_pid=$!
         for _ in $(seq 240); do
-            curl -sf $URL/health >/dev/null && { LLAMA_ARGS=$extra; return 0; }
+            curl -sf $URL/health >/dev/null && { LLAMA_ARGS=$extra; say "CUDA graphs: $CUDA_GRAPHS"; return 0; }
             kill -0 $server_pid 2>/dev/null || break
             sleep 0.5
         done

@@ -97,3 +97,56 @@ def test_a_server_that_ignores_sigterm_is_killed_and_the_script_goes_on(tmp_path
     assert len(threads) == 2 and "llama-server" in threads[0].read_text()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+ENV_SERVER = """#!{python}
+# writes whether llama.cpp would see GGML_CUDA_DISABLE_GRAPHS (it reads presence, not value)
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+with open({record!r}, "a") as f:
+    f.write(repr(os.environ.get("GGML_CUDA_DISABLE_GRAPHS")) + "\\n")
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
+    do_POST = do_GET
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    "graphs,outer,seen",
+    [(None, None, "'1'"), ("0", None, "'1'"), ("1", None, "None"), ("1", "0", "None")],
+)
+def test_the_server_runs_without_cuda_graphs_unless_asked(tmp_path, graphs, outer, seen):
+    """CUDA graphs hung llama-server in streamed Server runs on the H100 (session 24) and
+    without them it held (session 26): the script starts it with GGML_CUDA_DISABLE_GRAPHS set,
+    and CUDA_GRAPHS=1 takes the variable away, even one the caller set to "0" (llama.cpp
+    disables graphs on the variable's presence)."""
+    from llmlib.deploy.launch import free_port
+
+    bin_dir, out, port, record = tmp_path / "bin", tmp_path / "out", free_port(), tmp_path / "env"
+    bin_dir.mkdir()
+    fake = bin_dir / "llama-server"
+    fake.write_text(ENV_SERVER.format(python=sys.executable, record=str(record)))
+    fake.chmod(0o755)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    env = dict(
+        os.environ, BIN=str(bin_dir), MODEL=str(tmp_path / "model.gguf"), VOCAB="2048",
+        PORT=str(port), PYTHON=sys.executable, OUT=str(out), RUNS=str(tmp_path / "runs"),
+        BATCH="2", REQUESTS="2", STEP_S="20", LLAMA_ARGS="", VARIANTS="-a",
+    )  # fmt: skip
+    env.pop("CUDA_GRAPHS", None), env.pop("GGML_CUDA_DISABLE_GRAPHS", None)
+    if graphs is not None:
+        env["CUDA_GRAPHS"] = graphs
+    if outer is not None:
+        env["GGML_CUDA_DISABLE_GRAPHS"] = outer
+    p = subprocess.run(["bash", str(SCRIPT), "variants"], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-3000:]
+    assert record.read_text().splitlines() == [seen]
+    assert f"CUDA graphs: {graphs or 0}" in log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
