@@ -199,10 +199,11 @@ server)  # a fresh server for each run: a run stopped by its limit leaves no bac
             for qps in $q; do
                 dir=$RUNS/server-$bench-$qps
                 start_server "$BATCH"; say "server up ($BATCH slots, flags: $LLAMA_ARGS)"
-                n=$(( qps * ${SERVER_MS:-30000} / 1000 > MINQ ? qps * ${SERVER_MS:-30000} / 1000 \
-                    : MINQ ))  # as many samples as queries: LoadGen runs whole permutations of
-                # the sample set for the LLM benchmarks (sample_concatenate_permutation), so a
-                # larger set would lengthen the run past SERVER_MS
+                # as many samples as queries: LoadGen runs whole permutations of the sample
+                # set for the LLM benchmarks (sample_concatenate_permutation), so a larger set
+                # would lengthen the run past SERVER_MS. QPS may be fractional (1.5)
+                n=$(awk -v q="$qps" -v ms="${SERVER_MS:-30000}" -v m="$MINQ" \
+                    'BEGIN { n = int(q * ms / 1000 + 0.999); print (n > m ? n : m) }')
                 harness --benchmarks="$bench" --scenarios=server --server_target_qps="$qps" \
                     --sample_count="$n" --min_duration="${SERVER_MS:-30000}" \
                     --min_query_count="$n" \

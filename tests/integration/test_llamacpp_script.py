@@ -31,7 +31,7 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
         VOCAB="2048", PORT=str(port), PYTHON=sys.executable, OUT=str(out),
         RUNS=str(tmp_path / "runs"), BATCH="4", REQUESTS="8", SKIP_BB="1", STEP_S="240",
         SLOT_CTX="1024", LLAMA_ARGS=f"{threads} -cram 0", VARIANTS=f"{threads};{threads} -kvu",
-        SERVER_QPS="tiny:4", SERVER_MS="2000", SERVER_MIN_QUERIES="8", SYSTEM="cpu-script",
+        SERVER_QPS="tiny:4.5", SERVER_MS="2000", SERVER_MIN_QUERIES="8", SYSTEM="cpu-script",
     )  # fmt: skip
     p = subprocess.run(
         ["bash", str(SCRIPT), "variants", "offline", "server"],
@@ -48,7 +48,7 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
     assert offline["validity"] in ("VALID", "INVALID") and offline["system"] == "cpu-script"
     assert offline["harness"]["completed"] == 8 and offline["harness"]["failed"] == 0
     (server,) = [json.loads(x) for x in (out / "server.jsonl").read_text().splitlines()]
-    assert server["benchmark"] == "tiny" and server["target_qps"] == 4.0
+    assert server["benchmark"] == "tiny" and server["target_qps"] == 4.5
     assert server["completed"] >= 8 and server["failed"] == 0
     assert list(out.glob("llama-server-*.log"))  # each server's log kept for the record
     with pytest.raises(OSError):  # no server left behind on the port
