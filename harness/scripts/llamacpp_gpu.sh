@@ -11,6 +11,8 @@
 #            LoadGen Offline at the same lengths and concurrency, the closed-loop client again
 #   server   LoadGen Server runs at each QPS of $SERVER_QPS ("benchmark:q1,q2 ..."), each on a
 #            fresh server, SERVER_MS long (as many samples as queries)
+#   search   harness search (the highest Server QPS that holds) for each benchmark of
+#            $SEARCH_BENCHMARKS, a fresh server each, with $SEARCH_ARGS (its flags)
 #   variants the closed-loop client against one server per llama-server flag set of $VARIANTS
 #            (";" apart), to find what holds the server below the engine
 # Results to $OUT: bench.log, batched_bench.jsonl, closed_loop.jsonl, offline.json,
@@ -224,6 +226,22 @@ PY
                 stop_server; server_pid=""
             done
         done
+    done
+    ;;
+search)  # harness search (the highest Server QPS that holds) for each benchmark of
+    # $SEARCH_BENCHMARKS, each on a fresh server, within SEARCH_S; $SEARCH_ARGS: its flags
+    for bench in ${SEARCH_BENCHMARKS:-llama3.1-8b-interactive}; do
+        dir=$RUNS/search-$bench
+        start_server "$BATCH"; say "server up ($BATCH slots, flags: $LLAMA_ARGS)"
+        timeout "${SEARCH_S:-$STEP_S}" $PYTHON -m harness search --config_dir=$CFG \
+            --core_type=openai --server_urls=$URL --system_name="$SYSTEM" \
+            --vocab_size="$VOCAB" --progress=false --warmup_queries=0 --benchmarks="$bench" \
+            ${SEARCH_ARGS:-} --log_dir=$dir | tail -4 \
+            || say "search for $bench found no QPS, failed or ran out of time"
+        for f in search.json search.md user.conf; do
+            find $dir -name $f -exec cp {} "$OUT/search-$bench-$f" \; 2>/dev/null || true
+        done
+        stop_server; server_pid=""; say "search for $bench done"
     done
     ;;
 esac

@@ -32,9 +32,12 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
         RUNS=str(tmp_path / "runs"), BATCH="4", REQUESTS="8", SKIP_BB="1", STEP_S="240",
         SLOT_CTX="1024", LLAMA_ARGS=f"{threads} -cram 0", VARIANTS=f"{threads};{threads} -kvu",
         SERVER_QPS="tiny:4.5", SERVER_MS="2000", SERVER_MIN_QUERIES="8", SYSTEM="cpu-script",
+        SEARCH_BENCHMARKS="tiny", SEARCH_ARGS="--search_max=8 --search_resolution=3 "
+        "--search_probe_ms=1000 --search_probe_queries=8 --search_confirm=false "
+        "--search_lengthen=false",
     )  # fmt: skip
     p = subprocess.run(
-        ["bash", str(SCRIPT), "variants", "offline", "server"],
+        ["bash", str(SCRIPT), "variants", "offline", "server", "search"],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     log = p.stdout + p.stderr
@@ -50,6 +53,9 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
     (server,) = [json.loads(x) for x in (out / "server.jsonl").read_text().splitlines()]
     assert server["benchmark"] == "tiny" and server["target_qps"] == 4.5
     assert server["completed"] >= 8 and server["failed"] == 0
+    search = json.loads((out / "search-tiny-search.json").read_text())
+    assert search["probes"] and all(p["failed"] == 0 for p in search["probes"]), search
+    assert (out / "search-tiny-search.md").is_file()
     assert list(out.glob("llama-server-*.log"))  # each server's log kept for the record
     with pytest.raises(OSError):  # no server left behind on the port
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
