@@ -43,6 +43,7 @@ from harness.run.driver import DRIVER, launched_server, results_root, run_child,
 from harness.run.interrupt import Interrupted, exit_status
 from harness.run.prepare import check_datasets
 from harness.run.search_aim import aim, down, margin, steady_rate
+from harness.run.search_stop import stops_early
 from llmlib.config.settings import Config, resolve
 from llmlib.errors import ConfigError
 
@@ -67,8 +68,9 @@ SEARCH_FLAGS: dict[str, tuple[str, str]] = {
         "auto",
         "stop a Server run once it is settled INVALID (--stop_when_invalid): true, false, or "
         "auto: true where the engine lives in the run's process (dummy, transformers, "
-        "tiny_llama, vllm), false against servers (one that does not abort a request whose "
-        "connection closed would carry the stopped run's backlog into the next)",
+        "tiny_llama, vllm) and against llama.cpp's server (it aborts a request whose "
+        "connection closed; its /v1/models says what it is), false against others (a backlog "
+        "not aborted would carry into the next probe)",
     ),
     "search_algorithm": (
         "llmlib",
@@ -173,14 +175,6 @@ def search_plan(argv: list[str]) -> tuple[Config, dict[str, str], dict[str, str]
         raise ConfigError("--search_max must be above --search_resolution")
     check_datasets(configs)
     return configs[0], flags, own
-
-
-IN_PROCESS = ("dummy", "transformers", "tiny_llama", "vllm")  # the engine dies with the run
-
-
-def stops_early(cfg: Config, own: dict[str, str]) -> bool:
-    v = own["search_stop_early"]
-    return v == "true" or (v == "auto" and cfg.core_type in IN_PROCESS)
 
 
 def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir: Path,
@@ -300,7 +294,8 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
                 break
             q, grown = max(down(hi, res), round(lo + res, 9)), grown + 1
         p = run_probe(flags, cfg, "probe", q, root / f"{len(probes):02d}-server-{q:g}", probe_ms,
-                      int(float(own["search_probe_queries"])), stops_early(cfg, own))  # fmt: skip
+                      int(float(own["search_probe_queries"])),
+                      own["search_stop_early"] == "true")  # fmt: skip
         probes.append(p)
         say(p)
         longer = math.ceil(8 * p.latency_p90_s) * 1000
@@ -410,7 +405,7 @@ def main(argv: list[str]) -> int:
 
     from harness.run.search_report import write_results
 
-    server = None
+    server, served = None, cfg
     if cfg.launch_server:  # one server for every run, as python -m harness has
         server = launched_server(cfg, root / "server.log")
         print(f"server: {server.spec.kind} at {server.url} (log {server.log_path})", flush=True)
@@ -419,6 +414,9 @@ def main(argv: list[str]) -> int:
             v = getattr(served, key)
             if v:
                 flags[key] = ",".join(v) if isinstance(v, list) else str(v)
+    stop, why = stops_early(served, own["search_stop_early"])
+    own = {**own, "search_stop_early": "true" if stop else "false"}
+    print(f"probes {'stop' if stop else 'do not stop'} once settled INVALID: {why}", flush=True)
     DRIVER.install()
     try:
         find = loadgen_peak if own["search_algorithm"] == "loadgen" else bisect
@@ -426,7 +424,7 @@ def main(argv: list[str]) -> int:
         chosen = peak
         if peak > 0 and own["search_confirm"] == "true":
             runs, chosen = confirm(flags, cfg, root, peak, float(own["search_resolution"]), say,
-                                   stops_early(cfg, own))  # fmt: skip
+                                   own["search_stop_early"] == "true")  # fmt: skip
             probes += runs
     except Interrupted as exc:  # the runs so far, written down before the exit
         out = write_results(root, cfg, [asdict(p) for p in seen], 0.0, 0.0,

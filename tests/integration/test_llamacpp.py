@@ -217,3 +217,55 @@ def test_closed_loop_client_counts_what_llama_cpp_generated(tmp_path, tiny_model
     gone = subprocess.run([*cmd, "--requests", "2"], capture_output=True, text=True)  # stopped
     assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
     assert gone.stderr.startswith(f"error: {spec.url}: ClientConnectorError")
+
+
+def test_llama_cpp_aborts_a_request_whose_connection_closed(tmp_path, tiny_model):
+    """What ``harness search --search_stop_early=auto`` relies on against llama.cpp: a
+    request whose client went away is stopped, not decoded to its end (so a stopped probe
+    leaves no backlog for the next). The control, read to its end, decodes every token."""
+    import http.client
+    import json
+    import re
+    import time
+    import urllib.request
+
+    from harness.tools.tiny_model import build_gguf
+    from llmlib.deploy.launch import LaunchedServer, ServerSpec, free_port
+
+    gguf = build_gguf(tmp_path, model_dir=tiny_model)
+    spec = ServerSpec("llamacpp", str(gguf), port=free_port(), args=SERVER_ARGS.split())
+    n = 1000  # a slot holds 1,024 cells (8,192 over 8 slots)
+    body = json.dumps({"prompt": [1, 5, 6, 7], "n_predict": n, "stream": True, "ignore_eos": True,
+                       "cache_prompt": False, "samplers": ["top_k"], "top_k": 1})  # fmt: skip
+    log = tmp_path / "server.log"
+
+    def busy():
+        with urllib.request.urlopen(spec.url + "/slots", timeout=10) as r:
+            return sum(bool(s["is_processing"]) for s in json.loads(r.read()))
+
+    def released():  # the n_tokens of each slot release so far (prompt + decoded)
+        return [int(x) for x in re.findall(r"stop processing: n_tokens = (\d+)", log.read_text())]
+
+    def ask(read_all):
+        conn = http.client.HTTPConnection("127.0.0.1", spec.port, timeout=60)
+        conn.request("POST", "/completion", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"data: ")
+        if read_all:
+            resp.read()
+        else:
+            assert busy() == 1  # decoding when the client goes
+        conn.close()
+        for _ in range(100):
+            if busy() == 0 and len(released()) > len(seen):
+                return released()[-1]
+            time.sleep(0.05)
+        pytest.fail(f"the server still decodes 5 s after the client went: {released()}")
+
+    with LaunchedServer(spec, log):
+        seen: list[int] = []
+        full = ask(read_all=True)
+        seen = released()
+        cut = ask(read_all=False)
+    assert n <= full <= n + 4, full  # (a slot's n_tokens: prompt and answer, less its last)
+    assert 4 <= cut < n // 2, (full, cut)
