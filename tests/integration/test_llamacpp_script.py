@@ -62,10 +62,10 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
 
 
 FAKE_SERVER = """#!{python}
-# answers /health and nothing else, and ignores SIGTERM: llama-server as it hung on the H100
-import signal, sys
+# answers /health and nothing else (and first does what BEFORE says)
+import os, signal, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+BEFORE
 port = int(sys.argv[sys.argv.index("--port") + 1])
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -74,25 +74,33 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
+IGNORES_SIGTERM = "signal.signal(signal.SIGTERM, signal.SIG_IGN)"  # as it hung on the H100
+
+
+def fake_server_run(tmp_path, before, variants):
+    """(env, out, port) for the script's ``variants`` phase against a fake llama-server that
+    runs ``before`` first."""
+    from llmlib.deploy.launch import free_port
+
+    bin_dir, out, port = tmp_path / "bin", tmp_path / "out", free_port()
+    bin_dir.mkdir()
+    fake = bin_dir / "llama-server"
+    fake.write_text(FAKE_SERVER.format(python=sys.executable).replace("BEFORE", before))
+    fake.chmod(0o755)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    env = dict(
+        os.environ, BIN=str(bin_dir), MODEL=str(tmp_path / "model.gguf"), VOCAB="2048",
+        PORT=str(port), PYTHON=sys.executable, OUT=str(out), RUNS=str(tmp_path / "runs"),
+        BATCH="2", REQUESTS="2", STEP_S="20", LLAMA_ARGS="", VARIANTS=variants,
+    )  # fmt: skip
+    return env, out, port
 
 
 def test_a_server_that_ignores_sigterm_is_killed_and_the_script_goes_on(tmp_path):
     """A llama-server that hangs and ignores SIGTERM (seen at 5+ QPS on the H100) must not
     hold the script until the device call's limit: killed after 15 s, its threads' states
     kept, the next phase run, nothing left on the port."""
-    from llmlib.deploy.launch import free_port
-
-    bin_dir, out, port = tmp_path / "bin", tmp_path / "out", free_port()
-    bin_dir.mkdir()
-    fake = bin_dir / "llama-server"
-    fake.write_text(FAKE_SERVER.format(python=sys.executable))
-    fake.chmod(0o755)
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    env = dict(
-        os.environ, BIN=str(bin_dir), MODEL=str(tmp_path / "model.gguf"), VOCAB="2048",
-        PORT=str(port), PYTHON=sys.executable, OUT=str(out), RUNS=str(tmp_path / "runs"),
-        BATCH="2", REQUESTS="2", STEP_S="20", LLAMA_ARGS="", VARIANTS="-a;-b",
-    )  # fmt: skip
+    env, out, port = fake_server_run(tmp_path, IGNORES_SIGTERM, "-a;-b")
     p = subprocess.run(["bash", str(SCRIPT), "variants"], env=env, capture_output=True,
                        text=True, timeout=240)  # fmt: skip
     log = p.stdout + p.stderr
@@ -105,22 +113,6 @@ def test_a_server_that_ignores_sigterm_is_killed_and_the_script_goes_on(tmp_path
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
-ENV_SERVER = """#!{python}
-# writes whether llama.cpp would see GGML_CUDA_DISABLE_GRAPHS (it reads presence, not value)
-import os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-with open({record!r}, "a") as f:
-    f.write(repr(os.environ.get("GGML_CUDA_DISABLE_GRAPHS")) + "\\n")
-port = int(sys.argv[sys.argv.index("--port") + 1])
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
-    do_POST = do_GET
-    def log_message(self, *a): pass
-ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"""
-
-
 @pytest.mark.parametrize(
     "graphs,outer,seen",
     [(None, None, "'1'"), ("0", None, "'1'"), ("1", None, "None"), ("1", "0", "None")],
@@ -130,19 +122,10 @@ def test_the_server_runs_without_cuda_graphs_unless_asked(tmp_path, graphs, oute
     without them it held (session 26): the script starts it with GGML_CUDA_DISABLE_GRAPHS set,
     and CUDA_GRAPHS=1 takes the variable away, even one the caller set to "0" (llama.cpp
     disables graphs on the variable's presence)."""
-    from llmlib.deploy.launch import free_port
-
-    bin_dir, out, port, record = tmp_path / "bin", tmp_path / "out", free_port(), tmp_path / "env"
-    bin_dir.mkdir()
-    fake = bin_dir / "llama-server"
-    fake.write_text(ENV_SERVER.format(python=sys.executable, record=str(record)))
-    fake.chmod(0o755)
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    env = dict(
-        os.environ, BIN=str(bin_dir), MODEL=str(tmp_path / "model.gguf"), VOCAB="2048",
-        PORT=str(port), PYTHON=sys.executable, OUT=str(out), RUNS=str(tmp_path / "runs"),
-        BATCH="2", REQUESTS="2", STEP_S="20", LLAMA_ARGS="", VARIANTS="-a",
-    )  # fmt: skip
+    record = tmp_path / "env"
+    before = (f"open({str(record)!r}, 'a').write("
+              "repr(os.environ.get('GGML_CUDA_DISABLE_GRAPHS')) + '\\n')")  # fmt: skip
+    env, out, port = fake_server_run(tmp_path, before, "-a")
     env.pop("CUDA_GRAPHS", None), env.pop("GGML_CUDA_DISABLE_GRAPHS", None)
     if graphs is not None:
         env["CUDA_GRAPHS"] = graphs
