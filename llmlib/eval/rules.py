@@ -17,6 +17,7 @@ short duration is normal, it just is not a submission).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from functools import lru_cache
@@ -50,11 +51,8 @@ def check_loadgen() -> str:
         raise MissingDependencyError(
             f"MLCommons LoadGen is not installed for {sys.executable}: {LOADGEN_FIX}"
         ) from None
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
-        parts.append(int(digits) if digits else 0)
-    if tuple(parts) < LOADGEN_MIN:
+    m = re.match(r"(\d+)\.(\d+)", version)  # major.minor; anything else is not new enough
+    if not m or (int(m[1]), int(m[2])) < LOADGEN_MIN:
         raise MissingDependencyError(
             f"mlcommons-loadgen {version} is installed; llmlib needs >= "
             f"{'.'.join(map(str, LOADGEN_MIN))} (the v6.0 round's benchmarks and settings): "
