@@ -15,4 +15,6 @@ class ArgParser(argparse.ArgumentParser):
     and exit; sub-parsers (``add_subparsers``) are of this class too."""
 
     def error(self, message: str) -> NoReturn:  # "serve: ... (python -m harness serve --help)"
+        if message.endswith("expected one argument"):  # argparse takes "--x --y=1" as two flags
+            message += " (a value that starts with '-' goes after '=': --flag=VALUE)"
         raise ConfigError(f"{self.prog.split()[-1]}: {message} ({self.prog} --help)")

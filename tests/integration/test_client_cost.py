@@ -95,6 +95,7 @@ def test_splitting_a_chat_stream_into_characters_keeps_its_text():
         (["--live_concurrency=1,x"], "--live_concurrency=1,x: a comma list"),
         (["--live_concurrency=0"], "a comma list of whole numbers >= 1"),
         (["--live_rounds=0"], "must be at least 1"),
+        (["--capacity", "--workers_per_core=1"], "goes after '=': --flag=VALUE"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args, says):
