@@ -4,6 +4,7 @@ per-request records. Writes summary.json, report.md and requests.csv into the ru
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -73,6 +74,9 @@ def parse_detail_log(path: str | Path) -> dict[str, Any]:
     return out
 
 
+EARLY_STOPPING = "early stopping not satisfied"  # a reason a run is INVALID
+
+
 def loadgen_result(detail: dict[str, Any], summary_txt: str = "") -> dict[str, Any]:
     """LoadGen's result in one dict: validity with the reasons, throughput, latency
     percentiles (ns) as LoadGen computed them."""
@@ -85,16 +89,13 @@ def loadgen_result(detail: dict[str, Any], summary_txt: str = "") -> dict[str, A
         ("result_perf_constraints_met", "performance constraints (latency/TTFT/TPOT) not met"),
         ("result_min_duration_met", "minimum duration not met"),
         ("result_min_queries_met", "minimum query count not met"),
-        ("early_stopping_met", "early stopping not satisfied"),
+        ("early_stopping_met", EARLY_STOPPING),
     )
     for key, text in checks:
         if detail.get(key) is False:
             reasons.append(text)
-    if (
-        "Early stopping satisfied: NO" in summary_txt
-        and "early stopping not satisfied" not in reasons
-    ):
-        reasons.append("early stopping not satisfied")
+    if "Early stopping satisfied: NO" in summary_txt and EARLY_STOPPING not in reasons:
+        reasons.append(EARLY_STOPPING)
     if detail.get("result_invalid_reason"):
         reasons.append(str(detail["result_invalid_reason"]).strip())
     offline = scenario == "Offline"
@@ -126,8 +127,20 @@ def loadgen_result(detail: dict[str, Any], summary_txt: str = "") -> dict[str, A
             "result_time_to_output_token_mean",
         ),
         "errors": detail.get("num_errors"),
+        "early_stopping_more_queries": early_stopping_more(detail, summary_txt),
     }
     return res
+
+
+_MORE = re.compile(r"Would need to run at least (\d+) more queries")
+
+
+def early_stopping_more(detail: dict[str, Any], summary_txt: str = "") -> int:
+    """How many more queries LoadGen's early stopping asked for (0: none), the most over its
+    estimates (TTFT, TPOT or latency): with that many more, every one under the limits, the
+    run would pass it. LoadGen says it in ``early_stopping_*result`` and the summary."""
+    texts = [str(v) for k, v in detail.items() if str(k).startswith("early_stopping")]
+    return max((int(n) for t in [*texts, summary_txt] for n in _MORE.findall(t)), default=0)
 
 
 def _pcts(detail: dict[str, Any], pattern: str, mean_key: str) -> dict[str, float]:

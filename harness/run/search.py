@@ -39,13 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import parse_flags, plan
+from harness.report.report import EARLY_STOPPING
 from harness.run.driver import DRIVER, launched_server, results_root, run_child, served_by
 from harness.run.interrupt import Interrupted, exit_status
 from harness.run.prepare import check_datasets
 from harness.run.search_aim import aim, down, margin, steady_rate
 from harness.run.search_stop import stops_early
 from llmlib.config.settings import Config, resolve
+from llmlib.data.benchmarks import load_benchmark
 from llmlib.errors import ConfigError
+from llmlib.eval.rules import fewest_passing_queries, official_settings
 
 # the search's own flags: name -> (default, help)
 SEARCH_FLAGS: dict[str, tuple[str, str]] = {
@@ -102,6 +105,8 @@ class Probe:
     window_s: float = 0.0
     stopped_s: float = 0.0  # stopped early, this long into the test (0: ran its length)
     margin: float | None = None  # how far from breaking (search_aim.margin)
+    issued: int = 0
+    more_queries: int = 0  # LoadGen's early stopping asked for this many more (0: none)
 
 
 def number(name: str, raw: str, low: float = 0.0) -> float:
@@ -174,6 +179,14 @@ def search_plan(argv: list[str]) -> tuple[Config, dict[str, str], dict[str, str]
     if own["search_max"] and float(own["search_max"]) <= res:
         raise ConfigError("--search_max must be above --search_resolution")
     check_datasets(configs)
+    spec = load_benchmark(configs[0].config_dir, configs[0].benchmark)
+    pct = float(official_settings(spec.mlperf_model, "Server").get(
+        "server_target_latency_percentile") or 0.99)  # fmt: skip
+    fewest = fewest_passing_queries(pct)
+    if int(float(own["search_probe_queries"])) < fewest:
+        print(f"note: --search_probe_queries={own['search_probe_queries']} is below {fewest}, "
+              f"the fewest with which LoadGen's early stopping passes a p{pct * 100:g}: a probe "
+              "that meets the limits runs again with the queries LoadGen asks for")  # fmt: skip
     return configs[0], flags, own
 
 
@@ -226,6 +239,8 @@ def run_probe(flags: dict[str, str], cfg: Config, kind: str, qps: float, run_dir
         int(h.get("issued") or 0) / sched if sched else 0.0,
         margin=None if kind == "bound" else margin(float(d.get("ratio") or 0.0),
                                                    cfg.delivery_tolerance, lg),
+        issued=int(h.get("issued") or 0),
+        more_queries=int(lg.get("early_stopping_more_queries") or 0),
     )  # fmt: skip
 
 
@@ -256,16 +271,24 @@ def too_short(p: Probe) -> bool:
     return p.kind == "probe" and p.holds and p.latency_p90_s > p.window_s / 4
 
 
+def undecided(p: Probe) -> bool:
+    """A probe that broke only because LoadGen's early stopping wanted more queries (its
+    latencies met the limits, nothing failed, it delivered): too short to judge, not broken.
+    With no query over a limit, a p99 passes early stopping from 459 queries."""
+    return p.kind == "probe" and p.why == EARLY_STOPPING and p.more_queries > 0
+
+
 def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
            say: Any) -> tuple[list[Probe], float]:  # fmt: skip
     """The bound and the probes; the highest QPS that held (0.0 if none)."""
     res, probe_ms = float(own["search_resolution"]), float(own["search_probe_ms"])
+    queries = int(float(own["search_probe_queries"]))
     probes: list[Probe] = []
+    again = 0  # runs again at this QPS for early stopping's queries
     if own["search_max"]:
         hi = float(own["search_max"])
     else:
-        b = run_probe(flags, cfg, "bound", 0.0, root / "00-offline-bound", probe_ms,
-                      int(float(own["search_probe_queries"])))  # fmt: skip
+        b = run_probe(flags, cfg, "bound", 0.0, root / "00-offline-bound", probe_ms, queries)
         probes.append(b)
         hi = b.qps = max(b.completed_qps, steady_rate(Path(b.run_dir)))
         say(b)
@@ -294,10 +317,18 @@ def bisect(flags: dict[str, str], cfg: Config, own: dict[str, str], root: Path,
                 break
             q, grown = max(down(hi, res), round(lo + res, 9)), grown + 1
         p = run_probe(flags, cfg, "probe", q, root / f"{len(probes):02d}-server-{q:g}", probe_ms,
-                      int(float(own["search_probe_queries"])),
-                      own["search_stop_early"] == "true")  # fmt: skip
+                      queries, own["search_stop_early"] == "true")  # fmt: skip
         probes.append(p)
         say(p)
+        if undecided(p) and again < 2:  # LoadGen's count assumes every added query is in time
+            again += 1
+            queries = max(queries, math.ceil((p.issued + p.more_queries) * 11 / 10))
+            print(f"note: probes issue at least {queries} queries from now on: at {q:g} QPS "
+                  f"LoadGen's early stopping needed {p.more_queries} more than {p.issued} "
+                  f"to judge a p99 (its latencies met the limits); {q:g} QPS again",
+                  flush=True)  # fmt: skip
+            continue
+        again = 0
         longer = math.ceil(8 * p.latency_p90_s) * 1000
         if own["search_lengthen"] == "true" and too_short(p) and longer > probe_ms:
             print(f"note: probes lengthened from {probe_ms / 1000:g} s to {longer / 1000:g} s: "

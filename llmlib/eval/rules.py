@@ -17,6 +17,7 @@ short duration is normal, it just is not a submission).
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -38,8 +39,18 @@ with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
     ts.FromConfig(f.name, sys.argv[1], sys.argv[2], 1)
 print(json.dumps({k: getattr(ts, k) for k in (
     "min_duration_ms", "min_query_count", "performance_sample_count_override",
-    "accuracy_sample_count_override", "use_token_latencies", "ttft_latency", "tpot_latency")}))
+    "accuracy_sample_count_override", "use_token_latencies", "ttft_latency", "tpot_latency",
+    "server_target_latency_percentile")}))
 """
+
+
+EARLY_STOPPING_CONFIDENCE = 0.99  # LoadGen's, for its estimate of a latency percentile
+
+
+def fewest_passing_queries(percentile: float) -> int:
+    """The fewest queries with which LoadGen's early stopping passes a run at this latency
+    percentile, none of them over the limit (459 at p99): a shorter run cannot be VALID."""
+    return math.ceil(math.log(1 - EARLY_STOPPING_CONFIDENCE) / math.log(percentile))
 
 
 def check_loadgen() -> str:
