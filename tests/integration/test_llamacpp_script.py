@@ -32,8 +32,11 @@ def test_every_phase_of_the_gpu_script_runs_and_leaves_its_results(tmp_path, tin
         RUNS=str(tmp_path / "runs"), BATCH="4", REQUESTS="8", SKIP_BB="1", STEP_S="240",
         SLOT_CTX="1024", LLAMA_ARGS=f"{threads} -cram 0", VARIANTS=f"{threads};{threads} -kvu",
         SERVER_QPS="tiny:4.5", SERVER_MS="2000", SERVER_MIN_QUERIES="8", SYSTEM="cpu-script",
-        SEARCH_BENCHMARKS="tiny", SEARCH_ARGS="--search_max=8 --search_resolution=3 "
-        "--search_probe_ms=1000 --search_probe_queries=8 --search_confirm=false "
+        # probes far above the one-thread server's ~50 QPS: each breaks on its limits in
+        # seconds (a probe that met them on too few queries would run again, far longer)
+        SEARCH_BENCHMARKS="tiny", SEARCH_ARGS="--search_max=300 --search_start=200 "
+        "--search_resolution=150 --search_probe_ms=1000 --search_probe_queries=8 "
+        "--search_confirm=false "
         "--search_lengthen=false", GRAPH_NPL="1,2", GRAPH_ROUNDS="1",
     )  # fmt: skip
     p = subprocess.run(
