@@ -23,7 +23,9 @@ With ``--capacity "FLAGS;FLAGS..."``, the whole harness (LoadGen Offline, the ``
 core, streamed) runs against the replay server (``--replay_processes`` of it, one port)
 once per flag set a round, e.g. ``--workers_per_core=4;--workers_per_core=4
 --client_backend=ray``: tokens/s for each, with the server's CPU per event beside it (a
-server at a core's worth of CPU is the ceiling, not the client).
+server at a core's worth of CPU is the ceiling, not the client). ``--replay_cpus`` and
+``--client_cpus`` (CPU lists, ``0-5,8``) keep the server and each harness run, with what it
+starts, on CPUs of their own.
 
 Results go to build/bench/<stamp>/client_cost.json; markdown tables are printed.
 """
@@ -31,6 +33,7 @@ Results go to build/bench/<stamp>/client_cost.json; markdown tables are printed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -49,6 +52,24 @@ def record(url: str, path: str, body: dict[str, Any]) -> list[bytes]:
     )
     with urllib.request.urlopen(req, timeout=60) as r:
         return [line for line in r.read().split(b"\n") if line.strip()]
+
+
+def cpu_list(raw: str) -> set[int]:
+    """A CPU list as taskset takes it ("0-5,8"; "": none), each CPU one this process may
+    run on; ValueError says what is wrong."""
+    cpus: set[int] = set()
+    for part in filter(None, raw.split(",")):
+        lo, dash, hi = part.partition("-")
+        if not (lo.isdigit() and (hi.isdigit() if dash else True)) or int(hi or lo) < int(lo):
+            raise ValueError(f"'{part}' is not a CPU or a range of CPUs (0-5,8)")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    if raw and not cpus:
+        raise ValueError("no CPU in it (0-5,8)")
+    allowed = os.sched_getaffinity(0)
+    if cpus - allowed:
+        raise ValueError(f"CPU {min(cpus - allowed)} is not one this process may run on "
+                         f"({len(allowed)} allowed, up to {max(allowed)})")  # fmt: skip
+    return cpus
 
 
 def per_char(lines: list[bytes]) -> list[bytes]:
@@ -125,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity_qps", type=float, default=400.0, help="Offline expected QPS")
     ap.add_argument("--capacity_ms", type=int, default=5000, help="Offline min duration")
     ap.add_argument("--replay_processes", type=int, default=1, help="replay server processes")
+    ap.add_argument("--replay_cpus", default="", help="CPUs of the replay server (0-5,8)")
+    ap.add_argument("--client_cpus", default="", help="CPUs of each --capacity harness run")
     args = ap.parse_args(argv)
+    for name in ("replay_cpus", "client_cpus"):
+        try:
+            setattr(args, name, sorted(cpu_list(getattr(args, name))))
+        except ValueError as exc:
+            ap.error(f"--{name}={getattr(args, name)}: {exc}")
     if min(args.requests, args.max_tokens, args.repeats, args.live_requests, args.live_rounds,
            args.capacity_rounds, args.capacity_ms, args.replay_processes) < 1:  # fmt: skip
         ap.error("--requests, --max_tokens, --repeats, --live_*, --capacity_rounds, "
@@ -264,11 +292,11 @@ def run_capacity(streams: list[list[bytes]], out: Path, args: Any) -> list[dict[
     import shlex
     import subprocess
 
-    from harness.bench.replay import ReplayServer
+    from harness.bench.replay import ReplayServer, pinned
 
     sets = [x.strip() for x in args.capacity.split(";")]
     got: dict[str, dict[str, list[Any]]] = {f: {"t": [], "s": [], "v": [], "n": []} for f in sets}
-    server = ReplayServer(streams, out, args.replay_processes)
+    server = ReplayServer(streams, out, args.replay_processes, set(args.replay_cpus))
     try:
         for r in range(args.capacity_rounds):
             for k, flags in enumerate(sets):
@@ -281,6 +309,7 @@ def run_capacity(streams: list[list[bytes]], out: Path, args: Any) -> list[dict[
                      f"--min_duration={args.capacity_ms}", "--progress=false", "--plots=false",
                      f"--log_dir={log}", *shlex.split(flags)],
                     capture_output=True, text=True, cwd=REPO_ROOT, timeout=1800,
+                    preexec_fn=pinned(set(args.client_cpus)),
                 )  # fmt: skip
                 s1 = server.stats()
                 found = list(log.rglob("summary.json"))

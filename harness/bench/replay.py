@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +92,19 @@ async def serve(streams: list[list[bytes]], port: int) -> None:
         await server.serve_forever()
 
 
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that keeps a child (and what it starts) on ``cpus`` (None: no pin)."""
+    return None if not cpus else (lambda: os.sched_setaffinity(0, cpus))
+
+
 class ReplayServer:
     """The replay server as ``processes`` child processes on one free port of 127.0.0.1
     (``SO_REUSEPORT``), so that a machine with cores to spare can serve more clients than
-    one process can; ``stats`` sums their counters."""
+    one process can, on ``cpus`` where given (the client's kept off them); ``stats`` sums
+    their counters."""
 
-    def __init__(self, streams: list[list[bytes]], folder: Path, processes: int = 1) -> None:
+    def __init__(self, streams: list[list[bytes]], folder: Path, processes: int = 1,
+                 cpus: set[int] | None = None) -> None:  # fmt: skip
         path = folder / "streams.pkl"
         path.write_bytes(pickle.dumps(streams))
         self.procs: list[subprocess.Popen[str]] = []
@@ -105,7 +114,7 @@ class ReplayServer:
             for _ in range(processes):
                 p = subprocess.Popen(
                     [sys.executable, "-m", "harness.bench.replay", "serve", str(path), port],
-                    stdout=subprocess.PIPE, text=True,
+                    stdout=subprocess.PIPE, text=True, preexec_fn=pinned(cpus),
                 )  # fmt: skip
                 self.procs.append(p)
                 assert p.stdout is not None

@@ -3,6 +3,7 @@ parsed in process as the endpoint client parses them. What it reports must be wh
 client got: the ids or text of every recorded stream, every event counted."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,45 @@ def test_the_harness_runs_against_the_replay_server_per_flag_set(tmp_path, tiny_
                               "failed: "), err  # fmt: skip
 
 
+def test_the_replay_server_and_the_harness_runs_keep_to_their_cpus(tmp_path, tiny_tokenizer):
+    """--replay_cpus and --client_cpus: on a machine with cores to spare, the server on
+    cores of its own, so the client's figure is the client's. Each run's harness, and every
+    process it starts, stays on --client_cpus."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.bench.client_cost import cpu_list
+    from harness.bench.replay import ReplayServer, pinned
+
+    last = max(os.sched_getaffinity(0))
+    assert cpu_list(f"0,{last}") == {0, last} and cpu_list("") == set()
+    server = ReplayServer([[b"data: [DONE]"]], tmp_path, processes=2, cpus={last})
+    try:
+        for p in server.procs:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+            assert f"Cpus_allowed_list:\t{last}\n" in status, status
+    finally:
+        server.stop()
+    # what a pinned harness run starts (its worker processes) is pinned too
+    child = "import os, subprocess, sys; print(subprocess.run([sys.executable, '-c', " \
+        "'import os; print(sorted(os.sched_getaffinity(0)))'], capture_output=True, " \
+        "text=True).stdout.strip())"
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                         preexec_fn=pinned({0}), timeout=60).stdout  # fmt: skip
+    assert out.strip() == "[0]"
+
+    tok_dir = tiny_tokenizer if tiny_tokenizer.is_dir() else tiny_tokenizer.parent
+    assert main(["--requests=2", "--max_tokens=8", "--repeats=1", f"--tokenizer_path={tok_dir}",
+                 "--capacity_rounds=1", "--capacity_ms=300", "--capacity_qps=50",
+                 f"--replay_cpus={last}", "--client_cpus=0", f"--out={tmp_path / 'o'}",
+                 "--capacity=--min_query_count=20"]) == 0  # fmt: skip
+    got = json.loads((tmp_path / "o" / "client_cost.json").read_text())
+    assert got["args"]["replay_cpus"] == [last] and got["args"]["client_cpus"] == [0]
+    ((done, failed),) = got["capacity"][0]["completed_failed"]
+    assert done >= 20 and failed == 0
+
+
 def test_replay_processes_share_one_port_and_their_counters_add_up(tmp_path):
     import urllib.request
 
@@ -96,6 +136,10 @@ def test_splitting_a_chat_stream_into_characters_keeps_its_text():
         (["--live_concurrency=0"], "a comma list of whole numbers >= 1"),
         (["--live_rounds=0"], "must be at least 1"),
         (["--capacity", "--workers_per_core=1"], "goes after '=': --flag=VALUE"),
+        (["--replay_cpus=x"], "--replay_cpus=x: 'x' is not a CPU or a range of CPUs"),
+        (["--client_cpus=3-1"], "'3-1' is not a CPU or a range of CPUs"),
+        (["--client_cpus=,"], "--client_cpus=,: no CPU in it"),
+        (["--replay_cpus=0,4096"], "CPU 4096 is not one this process may run on"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args, says):
