@@ -76,9 +76,11 @@ def test_the_replay_server_and_the_harness_runs_keep_to_their_cpus(tmp_path, tin
     finally:
         server.stop()
     # what a pinned harness run starts (its worker processes) is pinned too
-    child = "import os, subprocess, sys; print(subprocess.run([sys.executable, '-c', " \
-        "'import os; print(sorted(os.sched_getaffinity(0)))'], capture_output=True, " \
+    child = (
+        "import os, subprocess, sys; print(subprocess.run([sys.executable, '-c', "
+        "'import os; print(sorted(os.sched_getaffinity(0)))'], capture_output=True, "
         "text=True).stdout.strip())"
+    )
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                          preexec_fn=pinned({0}), timeout=60).stdout  # fmt: skip
     assert out.strip() == "[0]"
