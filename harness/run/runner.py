@@ -9,6 +9,7 @@ directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -357,12 +358,16 @@ def compliance_checks(plan: TestPlan) -> dict[str, Any]:
     raise ConfigError(f"no verification for compliance test {plan.compliance}")
 
 
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file-size limit, a quota
+
+
 def main_child(spec_path: str) -> int:
     """Entry of the per-test process: ``python -m harness _run_one <spec.json>``."""
     global CHILD_SIGNALS
     CHILD_SIGNALS = ChildSignals().install()
     spec = json.loads(Path(spec_path).read_text())
     run_dir = Path(spec["run_dir"])
+    logging.raiseExceptions = False  # a log that cannot be written (a full disk) is no traceback
     logging.basicConfig(
         level=logging.INFO,
         filename=run_dir / "harness.log",
@@ -375,6 +380,15 @@ def main_child(spec_path: str) -> int:
     except LLMLibError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            log.exception("test failed")
+            raise
+        where = f" ({Path(exc.filename).name})" if exc.filename else ""
+        print(f"error: the test ran, but its results could not be written in {run_dir}: "
+              f"{exc.strerror}{where}; free space there (or raise the file-size limit), "
+              "or give --log_dir elsewhere", file=sys.stderr)  # fmt: skip
         return 2
     except Exception:
         log.exception("test failed")

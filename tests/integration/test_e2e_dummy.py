@@ -129,6 +129,28 @@ def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):
             f.unlink()
 
 
+def test_results_that_cannot_be_written_are_one_line_not_a_traceback(tmp_path):
+    """A disk that fills during the run (here a file-size limit of 64 KiB: the same error
+    path, EFBIG for ENOSPC) stops the results' writing: the test's process says where and
+    what in one line and exits 2; the driver names the test that failed; no traceback."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", f"--log_dir={tmp_path / 'logs'}", "--benchmarks=tiny",
+         "--scenarios=offline", "--progress=false"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, preexec_fn=small_files,
+    )  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and "Logging error" not in p.stderr, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.startswith("error: ")]
+    assert lines[0].startswith("error: the test ran, but its results could not be written in ")
+    assert "File too large" in lines[0] and "give --log_dir elsewhere" in lines[0]
+    assert lines[1].startswith("error: tiny/offline/performance failed (exit 2)")
+
+
 def test_accuracy_mode_hands_loadgen_the_cores_token_ids(tmp_path):
     p, runs = run_harness(
         tmp_path,
