@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cores.openai.llamacpp import native_body, native_ids
+from cores.openai.llamacpp import OWNER, model_owners, native_body, native_ids
 from cores.openai.stream import ANSWER_MARKERS  # noqa: F401 (tests, core)
 from cores.openai.stream import Stream as _Stream
 from llmlib.data.tokenizer import Tokenizer, load_tokenizer
@@ -170,9 +170,7 @@ class EndpointClient:
             data = None
         if not data and not self.model:
             raise HealthCheckError(f"{self.url}/v1/models lists no model: give --endpoint_model")
-        # llama.cpp's server says so in /v1/models
-        owners = {m.get("owned_by") for m in data or () if isinstance(m, dict)}
-        self.llamacpp = "llamacpp" in owners
+        self.llamacpp = OWNER in model_owners(data)  # llama.cpp's server says so
         if self.api == "llamacpp" and not self.llamacpp:
             raise WrongServerError(
                 f"--endpoint_api=llamacpp: {self.url} is not llama.cpp's server (its "

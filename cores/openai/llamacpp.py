@@ -11,6 +11,16 @@ import numpy as np
 
 from llmlib.serving.async_core import RequestFailed
 
+OWNER = "llamacpp"  # what llama.cpp's server says of its models in /v1/models (owned_by)
+
+
+def model_owners(models: Any) -> set[str]:
+    """The ``owned_by`` of every model in a ``/v1/models`` answer's ``data`` (anything
+    else: none)."""
+    if not isinstance(models, list):
+        return set()
+    return {str(m["owned_by"]) for m in models if isinstance(m, dict) and m.get("owned_by")}
+
 
 def native_body(prompt: np.ndarray, max_new_tokens: int, stream: bool) -> dict[str, Any]:
     return {

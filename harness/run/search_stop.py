@@ -18,23 +18,24 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from cores.openai.llamacpp import OWNER as LLAMACPP
+from cores.openai.llamacpp import model_owners
 from llmlib.config.settings import Config
 
 IN_PROCESS = ("dummy", "transformers", "tiny_llama", "vllm")  # the engine dies with the run
 # /v1/models' owned_by of servers that abort a request whose connection closed
-ABORTING_SERVERS = ("llamacpp",)
+ABORTING_SERVERS = (LLAMACPP,)
 LAUNCHED_ABORTING = ("llamacpp",)  # --launch_server kinds of those
 
 
-def server_owner(url: str, timeout_s: float = 5.0) -> str:
-    """``owned_by`` of the first model a server's ``/v1/models`` lists ("" if it does not
-    answer, or answers something else)."""
+def server_owners(url: str, timeout_s: float = 5.0) -> set[str]:
+    """``owned_by`` of the models a server's ``/v1/models`` lists (none if it does not
+    answer, or answers something else); the endpoint core reads them the same way."""
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=timeout_s) as r:
-            data = json.loads(r.read()).get("data") or []
-        return str(data[0].get("owned_by") or "") if isinstance(data[0], dict) else ""
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
-        return ""
+            return model_owners(json.loads(r.read()).get("data"))
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def stops_early(cfg: Config, setting: str) -> tuple[bool, str]:
@@ -49,11 +50,13 @@ def stops_early(cfg: Config, setting: str) -> tuple[bool, str]:
             f"the launched {cfg.launch_server} server aborts what a closed connection asked",
         )
     if cfg.core_type == "openai" and cfg.server_urls:
-        owners = [server_owner(u) for u in cfg.server_urls]
-        if all(o in ABORTING_SERVERS for o in owners):
-            return True, f"the servers ({', '.join(sorted(set(owners)))}) abort on disconnect"
-        other = next(u for u, o in zip(cfg.server_urls, owners, strict=True)
-                     if o not in ABORTING_SERVERS)  # fmt: skip
+        owners = [server_owners(u) & set(ABORTING_SERVERS) for u in cfg.server_urls]
+        if all(owners):
+            return (
+                True,
+                f"the servers ({', '.join(sorted(set().union(*owners)))}) abort on disconnect",
+            )
+        other = next(u for u, o in zip(cfg.server_urls, owners, strict=True) if not o)
         return False, (f"{other} is not known to abort a request whose connection closed "
                        "(its backlog would carry into the next probe); --search_stop_early=true "
                        "if it does")  # fmt: skip

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness.run.search_stop import server_owner, stops_early
+from harness.run.search_stop import server_owners, stops_early
 from llmlib.config.settings import resolve
 
 
@@ -58,16 +58,18 @@ def test_servers_that_say_they_are_llama_cpp_are_stopped_early(serve):
 @pytest.mark.parametrize(
     "body,owner",
     [
-        (models("llmlib"), "llmlib"),
-        (models("vllm"), "vllm"),
-        (b"not json", ""),
-        (b'{"data": []}', ""),
-        (b'{"data": ["m"]}', ""),
+        (models("llmlib"), {"llmlib"}),
+        (models("vllm"), {"vllm"}),
+        (b"not json", set()),
+        (b'{"data": []}', set()),
+        (b'{"data": ["m"]}', set()),
+        (b'{"data": "m"}', set()),
+        (b'["m"]', set()),
     ],  # fmt: skip
 )
 def test_any_other_server_is_not(serve, body, owner):
     good, other = serve(models("llamacpp")), serve(body)
-    assert server_owner(other) == owner
+    assert server_owners(other) == owner
     stop, why = stops_early(cfg(core_type="openai", server_urls=f"{good},{other}"), "auto")
     assert not stop and why.startswith(f"{other} is not known to abort")
     assert "--search_stop_early=true" in why
@@ -77,7 +79,7 @@ def test_a_server_that_does_not_answer_is_not():
     from llmlib.deploy.launch import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    assert server_owner(url, timeout_s=2) == ""
+    assert server_owners(url, timeout_s=2) == set()
     assert stops_early(cfg(core_type="openai", server_urls=url), "auto")[0] is False
 
 
