@@ -310,17 +310,18 @@ def run_one(
 
 
 TABLE_HEAD = (
-    "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | goodput rps | "
-    "goodput per $ | prefix hits | busiest / mean | migrations | sim s |"
+    "| policy | TTFT p50 / p95 / p99 ms | TPOT p50 / p95 ms | end-to-end p50 / p95 s | "
+    "goodput rps | goodput per $ | prefix hits | busiest / mean | migrations | sim s |"
 )
 
 
 def table_row(name: str, s: dict[str, Any]) -> str:
-    t, p = s["ttft_ms"], s["tpot_ms"]
+    t, p, e = s["ttft_ms"], s["tpot_ms"], s.get("e2e_ms") or {}
     gpd = s["goodput_per_dollar"]
     return (
         f"| {name} | {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | "
-        f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | {s['goodput_rps']:.1f} | "
+        f"{p.get('p50', 0):.2f} / {p.get('p95', 0):.2f} | "
+        f"{e.get('p50', 0) / 1e3:.1f} / {e.get('p95', 0) / 1e3:.1f} | {s['goodput_rps']:.1f} | "
         f"{'-' if gpd is None else f'{gpd:,.0f}'} | {s['prefix_hit_rate']:.1%} | "
         f"{s['per_engine']['busiest_over_mean']:.2f} | "
         f"{'-' if s['migrations'] is None else s['migrations']} | {s['simulated_in_s']:.2f} |"

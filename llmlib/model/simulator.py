@@ -107,6 +107,7 @@ class SimResult:
             "throughput_rps": len(arr) / span_s,
             "ttft_ms": pct(ttft),
             "tpot_ms": pct(tpot[multi]),
+            "e2e_ms": pct((self.final_ns - arr) / 1e6),
             "limits_ms": {"ttft": ttft_limit_ms, "tpot": tpot_limit_ms},
             "goodput_rps": goodput,
             "prefix_hit_rate": self.cached_tokens / self.prompt_tokens
@@ -219,6 +220,14 @@ class _FleetRun:
         chooser.bind(self.tels[:n_pre])
         if dchooser is not None:
             dchooser.bind(self.tels[n_pre:])
+        # the requests each engine holds, by id() (what a policy keys a SimRequest by), for
+        # policies that read them; kept only for those
+        self.holds: list[set[int]] | None = None
+        if chooser.uses_pending_ids or (dchooser is not None and dchooser.uses_pending_ids):
+            self.holds = [set() for _ in range(n_eng)]
+            chooser.bind_pending(self.holds[:n_pre])
+            if dchooser is not None:
+                dchooser.bind_pending(self.holds[n_pre:])
         self.watch = chooser.uses_telemetry or (dchooser is not None and dchooser.uses_telemetry)
         n = len(requests)
         self.pending = [0] * n_eng
@@ -246,6 +255,8 @@ class _FleetRun:
             out = 1 if self.disagg else req.output_len
             self.models[e].submit(k, t, req.prompt_len, out, req.blocks)
             self.pending[e] += 1
+            if self.holds is not None:
+                self.holds[e].add(id(req))
             self.in_system += 1
             self.schedule(e)
             if k % every == 0:
@@ -264,6 +275,8 @@ class _FleetRun:
                     self.tels[e].observe_ttft(t - requests[sid].arrival_ns)
                 continue
             self.pending[e] -= 1
+            if self.holds is not None:
+                self.holds[e].discard(id(requests[sid]))
             out = requests[sid].output_len
             if self.disagg and e < self.n_pre and out > 1:  # prefilled: its KV cache moves on
                 self.link_free[e], landed = self.transfer.landed_ns(
@@ -307,6 +320,8 @@ class _FleetRun:
         self.decode_engine[sid] = d
         self.models[d].submit_decode(sid, at, self.requests[sid].output_len - 1)
         self.pending[d] += 1
+        if self.holds is not None:
+            self.holds[d].add(id(self.requests[sid]))
         self.schedule(d)
 
 

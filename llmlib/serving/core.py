@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -144,6 +144,11 @@ class LLMCore(ABC):
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def pending_ids(self) -> Container[int]:
+        """The ids of the requests still pending here (a live view: ``id in pending_ids``)."""
+        return self._pending.keys()
 
     @property
     def alive(self) -> bool:

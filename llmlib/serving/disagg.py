@@ -61,6 +61,8 @@ class PDServer:
         self.decode = list(decode)
         self.decode_policy = decode_policy
         decode_policy.bind([c.telemetry for c in decode])
+        if decode_policy.uses_pending_ids:
+            decode_policy.bind_pending([c.pending_ids for c in decode])
         self.decode_health = CoreHealth(
             decode, decode_policy.eject_after, decode_policy.eject_s, decode_policy.max_eject_s
         )

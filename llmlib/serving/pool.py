@@ -42,6 +42,8 @@ class LLMServer:
         self.cores = list(cores)
         self.policy = policy
         policy.bind([c.telemetry for c in self.cores])  # what telemetry-reading policies see
+        if policy.uses_pending_ids:  # and which requests each core still holds
+            policy.bind_pending([c.pending_ids for c in self.cores])
         self.issued = [0] * len(self.cores)
         self.health = CoreHealth(self.cores, policy.eject_after, policy.eject_s, policy.max_eject_s)
 

@@ -129,6 +129,19 @@ def test_cores_dying_in_an_offline_run_leave_a_report_not_a_crash(tmp_path):
             f.unlink()
 
 
+def test_predicted_work_places_a_live_server_run_across_the_cores(tmp_path):
+    """The pool gives predicted_work each core's pending ids, as the simulator does: a
+    Server run on two dummy cores completes every query, spread over both."""
+    p, runs = run_harness(tmp_path, "--scenarios=server", "--num_cores=2",
+                          "--traffic_distribution_policy=predicted_work")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    s, _ = runs[("server", "performance")]
+    h = s["harness"]
+    assert h["failed"] == 0 and h["completed"] == h["issued"] and s["validity"] == "VALID"
+    per_core = [c["issued"] for c in h["per_core"].values()]
+    assert len(per_core) == 2 and min(per_core) > 0.3 * sum(per_core), per_core
+
+
 def test_results_that_cannot_be_written_are_one_line_not_a_traceback(tmp_path):
     """A disk that fills during the run (here a file-size limit of 64 KiB: the same error
     path, EFBIG for ENOSPC) stops the results' writing: the test's process says where and

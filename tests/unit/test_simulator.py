@@ -308,3 +308,29 @@ def test_simulate_takes_a_benchmarks_lengths_and_limits(tmp_path):
     assert p.returncode == 2 and "--benchmark draws independent requests" in p.stderr
     p = run_cli("--benchmark=deepsek-r1", f"--out={out}")
     assert p.returncode == 2 and "Did you mean 'deepseek-r1'" in p.stderr
+
+
+def test_predicted_work_in_the_simulator_forgets_what_the_engines_finish(monkeypatch):
+    """The simulator tells predicted_work which requests each engine still holds (as the
+    live pool does from its cores): what it keeps stays within what the engines hold, and
+    long answers end up spread, one engine's long work not piled on another's."""
+    from llmlib.serving import predicted as policies
+
+    seen: list[tuple[int, int]] = []  # (requests the policy keeps, requests held) per arrival
+    real = policies.PredictedWork.assign
+
+    def assign(self, requests, loads):
+        out = real(self, requests, loads)
+        seen.append((sum(map(len, self.placed)), sum(loads)))
+        return out
+
+    monkeypatch.setattr(policies.PredictedWork, "assign", assign)
+    reqs = arrivals(3000, 150.0, prompt_len=64, output_len=100, length_sigma=1.2, seed=3)
+    res = simulate(reqs, [EngineSpec(BATCH, 4)], "predicted_work")
+    s = res.summary()
+    assert s["requests"] == 3000 and s["e2e_ms"]["p95"] > s["e2e_ms"]["p50"] > 0
+    assert all(kept == held for kept, held in seen)  # settled every time, nothing leaked
+    assert max(held for _, held in seen) < 3000  # (requests did finish between arrivals)
+    assert np.array_equal(
+        res.engine, simulate(reqs, [EngineSpec(BATCH, 4)], "predicted_work").engine
+    )
