@@ -183,7 +183,7 @@ def search_plan(argv: list[str]) -> tuple[Config, dict[str, str], dict[str, str]
     pct = float(official_settings(spec.mlperf_model, "Server").get(
         "server_target_latency_percentile") or 0.99)  # fmt: skip
     fewest = fewest_passing_queries(pct)
-    if int(float(own["search_probe_queries"])) < fewest:
+    if own["search_algorithm"] == "llmlib" and int(float(own["search_probe_queries"])) < fewest:
         print(f"note: --search_probe_queries={own['search_probe_queries']} is below {fewest}, "
               f"the fewest with which LoadGen's early stopping passes a p{pct * 100:g}: a probe "
               "that meets the limits runs again with the queries LoadGen asks for")  # fmt: skip

@@ -103,3 +103,14 @@ def test_loadgen_itself_asks_for_the_fewest_passing_queries(tmp_path):
     s = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert EARLY_STOPPING in s["reasons"]
     assert s["harness"]["issued"] + s["loadgen"]["early_stopping_more_queries"] == 459
+
+
+def test_the_search_says_up_front_when_its_probes_are_too_short_to_pass(capsys):
+    from harness.run.search import search_plan
+
+    search_plan(["--benchmarks=tiny", "--search_probe_queries=100"])
+    out = capsys.readouterr().out
+    assert "--search_probe_queries=100 is below 459, the fewest with which LoadGen's" in out
+    search_plan(["--benchmarks=tiny", "--search_probe_queries=459"])
+    search_plan(["--benchmarks=tiny", "--search_probe_queries=100", "--search_algorithm=loadgen"])
+    assert capsys.readouterr().out == ""  # (LoadGen's own search is judged by LoadGen alone)
