@@ -57,12 +57,17 @@ def record(url: str, path: str, body: dict[str, Any]) -> list[bytes]:
 def cpu_list(raw: str) -> set[int]:
     """A CPU list as taskset takes it ("0-5,8"; "": none), each CPU one this process may
     run on; ValueError says what is wrong."""
+    from llmlib.deploy.topology import parse_cpulist
+
     cpus: set[int] = set()
     for part in filter(None, raw.split(",")):
-        lo, dash, hi = part.partition("-")
-        if not (lo.isdigit() and (hi.isdigit() if dash else True)) or int(hi or lo) < int(lo):
+        try:
+            got = parse_cpulist(part)
+        except ValueError:
+            got = []
+        if not got:  # (a reversed range is empty)
             raise ValueError(f"'{part}' is not a CPU or a range of CPUs (0-5,8)")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
+        cpus.update(got)
     if raw and not cpus:
         raise ValueError("no CPU in it (0-5,8)")
     allowed = os.sched_getaffinity(0)
